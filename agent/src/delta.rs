@@ -1,0 +1,518 @@
+//! Turns successive ipamd pages of one node into deltas: the pure heart of the agent (no I/O, no clock:
+//! the caller passes the time).
+//!
+//! Each scrape is first *normalised*: only `awscni_*` samples are kept, each is given its kind from the
+//! catalogue (whatever the page's TYPE says for families whose type flipped across ipamd versions),
+//! node-level labels the catalogue folds away are summed, and ipamd's `process_start_time_seconds` is read.
+//!
+//! Then per series:
+//! - a gauge is reported when its value changed;
+//! - a counter is reported as a running total of increments since the series was defined in this agent
+//!   run (see the proto). A counter that decreases, or any counter after ipamd's start time changed, is a
+//!   reset: its new value is the increment.
+//! - first sight: on the agent's first usable scrape, if ipamd started within `initial_window` the values
+//!   are real increments (a new node); otherwise they are the baseline (increment 0). A series that
+//!   appears on a later scrape was born since the previous one, so its whole value is an increment.
+//! - series missing from a clean page are removed; a page with bad lines removes nothing (a garbled line
+//!   is not a vanished series). A removed counter leaves a tombstone for the rest of the ipamd process, so
+//!   one that comes back is continued, not counted again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cni_metrics_proto::catalog::{self, NodeFold, SampleRole};
+use cni_metrics_proto::v1::{FamilyType, MetricKind};
+
+use crate::parse::Page;
+
+/// Identity of a series after node-level folding: sample name plus sorted labels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+}
+
+/// What the stream layer needs to define a series.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeriesInfo {
+    pub id: u32,
+    pub family: Arc<str>,
+    pub key: SeriesKey,
+    pub kind: MetricKind,
+    pub family_type: FamilyType,
+    pub node_fold: NodeFold,
+}
+
+#[derive(Clone, Debug)]
+struct SeriesState {
+    info: SeriesInfo,
+    /// ipamd's last (folded) value.
+    last_raw: f64,
+    /// Gauge: the value. Counter: running total of increments since definition.
+    value: f64,
+    present: bool,
+    /// The scrape epoch that last saw it.
+    seen: u64,
+}
+
+/// Configuration of the delta engine.
+#[derive(Clone, Debug)]
+pub struct DeltaConfig {
+    /// An ipamd that started at most this long before the agent's first scrape is a new node.
+    pub initial_window: Duration,
+    /// At most this many live series per node; more are dropped and counted.
+    pub max_series: usize,
+}
+
+impl Default for DeltaConfig {
+    fn default() -> Self {
+        Self { initial_window: Duration::from_secs(300), max_series: 2000 }
+    }
+}
+
+/// The outcome of one scrape.
+#[derive(Debug, Default, PartialEq)]
+pub struct Observation {
+    /// False when the page had no usable ipamd sample: nothing was applied.
+    pub usable: bool,
+    /// Newly defined series (their current value is included in `changed`).
+    pub added: Vec<u32>,
+    /// Series whose value (gauge) or running total (counter) changed, including added ones.
+    pub changed: Vec<u32>,
+    pub removed: Vec<u32>,
+    /// ipamd restarted since the previous scrape (start time changed).
+    pub ipamd_restarted: bool,
+    /// Samples ignored because they were invalid for their kind (non-finite or negative counters,
+    /// duplicate series).
+    pub invalid_samples: u32,
+    /// New series refused because of `max_series` in this scrape.
+    pub dropped_series: u32,
+}
+
+/// Per-node delta state.
+#[derive(Debug)]
+pub struct DeltaEngine {
+    cfg: DeltaConfig,
+    series: HashMap<SeriesKey, SeriesState>,
+    by_id: HashMap<u32, SeriesKey>,
+    next_id: u32,
+    live: usize,
+    ipamd_start: Option<f64>,
+    first_scrape_done: bool,
+    families: HashMap<String, Arc<str>>,
+    epoch: u64,
+}
+
+/// One normalised sample.
+struct Normalised {
+    family: Arc<str>,
+    kind: MetricKind,
+    family_type: FamilyType,
+    node_fold: NodeFold,
+    value: f64,
+}
+
+impl DeltaEngine {
+    pub fn new(cfg: DeltaConfig) -> Self {
+        Self {
+            cfg,
+            series: HashMap::new(),
+            by_id: HashMap::new(),
+            next_id: 1,
+            live: 0,
+            ipamd_start: None,
+            first_scrape_done: false,
+            families: HashMap::new(),
+            epoch: 0,
+        }
+    }
+
+    /// ipamd's `process_start_time_seconds` as last seen.
+    pub fn ipamd_start_time(&self) -> Option<f64> {
+        self.ipamd_start
+    }
+
+    /// The definition of a series.
+    pub fn info(&self, id: u32) -> Option<&SeriesInfo> {
+        self.by_id.get(&id).and_then(|k| self.series.get(k)).map(|s| &s.info)
+    }
+
+    /// The current value (gauge) or running total (counter) of a series.
+    pub fn value(&self, id: u32) -> Option<f64> {
+        self.by_id.get(&id).and_then(|k| self.series.get(k)).map(|s| s.value)
+    }
+
+    /// Every live series, ordered by id.
+    pub fn live_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.series.values().filter(|s| s.present).map(|s| s.info.id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Apply one parsed page scraped at `now_unix` (seconds).
+    pub fn observe(&mut self, page: &Page<'_>, now_unix: f64) -> Observation {
+        let mut obs = Observation::default();
+        let start = page
+            .samples
+            .iter()
+            .find(|s| s.name == catalog::PROCESS_START_TIME && s.labels.is_empty())
+            .map(|s| s.value)
+            .filter(|v| v.is_finite() && *v > 0.0);
+        let current = self.normalise(page, &mut obs);
+        if current.is_empty() {
+            return obs;
+        }
+        obs.usable = true;
+
+        let restarted = matches!((self.ipamd_start, start), (Some(a), Some(b)) if a != b);
+        obs.ipamd_restarted = restarted;
+        if restarted {
+            // Counters restart from zero with the process: tombstones no longer apply.
+            self.series.retain(|_, s| s.present);
+            self.by_id.retain(|_, k| self.series.contains_key(k));
+        }
+        if start.is_some() {
+            self.ipamd_start = start;
+        }
+        let first = !self.first_scrape_done;
+        self.first_scrape_done = true;
+        let fresh_ipamd = start.is_some_and(|s| now_unix - s <= self.cfg.initial_window.as_secs_f64());
+
+        self.epoch += 1;
+        let epoch = self.epoch;
+        for (key, n) in current {
+            match self.series.get_mut(&key) {
+                Some(st) if st.present && st.info.kind == n.kind => {
+                    st.seen = epoch;
+                    let new_value = match n.kind {
+                        MetricKind::Counter => {
+                            let inc = if restarted || n.value < st.last_raw { n.value } else { n.value - st.last_raw };
+                            st.last_raw = n.value;
+                            st.value + inc
+                        }
+                        _ => n.value,
+                    };
+                    if !same(new_value, st.value) {
+                        st.value = new_value;
+                        obs.changed.push(st.info.id);
+                    }
+                }
+                existing => {
+                    // New, reappearing (tombstone) or kind-changed series: define it under a new id.
+                    let mut tombstone_raw = None;
+                    if let Some(st) = existing {
+                        if st.present {
+                            // Kind changed (an unknown family flipped TYPE): retire the old series.
+                            obs.removed.push(st.info.id);
+                            self.live -= 1;
+                        } else if st.info.kind == n.kind && !restarted {
+                            tombstone_raw = Some(st.last_raw);
+                        }
+                        self.by_id.remove(&st.info.id);
+                        self.series.remove(&key);
+                    }
+                    if self.live >= self.cfg.max_series {
+                        obs.dropped_series += 1;
+                        continue;
+                    }
+                    let value = match n.kind {
+                        MetricKind::Counter => match tombstone_raw {
+                            Some(last) if n.value >= last => n.value - last,
+                            Some(_) => n.value,
+                            None if restarted || !first || fresh_ipamd => n.value,
+                            None => 0.0,
+                        },
+                        _ => n.value,
+                    };
+                    let id = self.next_id;
+                    self.next_id = self.next_id.wrapping_add(1).max(1);
+                    let info = SeriesInfo {
+                        id,
+                        family: n.family,
+                        key: key.clone(),
+                        kind: n.kind,
+                        family_type: n.family_type,
+                        node_fold: n.node_fold,
+                    };
+                    self.by_id.insert(id, key.clone());
+                    self.series.insert(key, SeriesState { info, last_raw: n.value, value, present: true, seen: epoch });
+                    self.live += 1;
+                    obs.added.push(id);
+                    obs.changed.push(id);
+                }
+            }
+        }
+
+        // Removals only on a clean page, and only of series not seen in it.
+        if page.bad_lines == 0 {
+            self.remove_unseen(&mut obs);
+        }
+        obs.added.sort_unstable();
+        obs.changed.sort_unstable();
+        obs.removed.sort_unstable();
+        obs
+    }
+
+    fn remove_unseen(&mut self, obs: &mut Observation) {
+        let epoch = self.epoch;
+        let mut gauges_gone = Vec::new();
+        for (key, st) in self.series.iter_mut() {
+            if st.present && st.seen != epoch {
+                st.present = false;
+                obs.removed.push(st.info.id);
+                self.live -= 1;
+                if st.info.kind != MetricKind::Counter {
+                    gauges_gone.push(key.clone());
+                }
+            }
+        }
+        // Gauges need no tombstone; cap counter tombstones at max_series.
+        for key in gauges_gone {
+            if let Some(st) = self.series.remove(&key) {
+                self.by_id.remove(&st.info.id);
+            }
+        }
+        let tombstones = self.series.len() - self.live;
+        if tombstones > self.cfg.max_series {
+            let dead: Vec<SeriesKey> =
+                self.series.iter().filter(|(_, s)| !s.present).map(|(k, _)| k.clone()).take(tombstones - self.cfg.max_series).collect();
+            for key in dead {
+                if let Some(st) = self.series.remove(&key) {
+                    self.by_id.remove(&st.info.id);
+                }
+            }
+        }
+    }
+
+    /// Select, classify and fold the page's ipamd samples.
+    fn normalise(&mut self, page: &Page<'_>, obs: &mut Observation) -> Vec<(SeriesKey, Normalised)> {
+        let mut out: HashMap<SeriesKey, Normalised> = HashMap::with_capacity(page.samples.len());
+        let mut raw_seen = std::collections::HashSet::new();
+        for s in &page.samples {
+            if !s.name.starts_with(catalog::FORWARDED_PREFIX) {
+                continue;
+            }
+            let (family, role, spec_type, drop) = resolve_family(page, s.name, s.label("quantile").is_some());
+            let (kind, node_fold) = catalog::sample_kind(spec_type, role);
+            if kind == MetricKind::Counter && !(s.value.is_finite() && s.value >= 0.0) {
+                obs.invalid_samples += 1;
+                continue;
+            }
+            // A series listed twice on one page is a page error: keep the first.
+            let raw_key = (s.name, s.labels.iter().map(|(n, v)| (*n, v.as_ref())).collect::<Vec<_>>());
+            if !raw_seen.insert(raw_key) {
+                obs.invalid_samples += 1;
+                continue;
+            }
+            let mut labels: Vec<(String, String)> = s
+                .labels
+                .iter()
+                .filter(|(n, _)| !drop.contains(n))
+                .map(|(n, v)| ((*n).to_owned(), v.as_ref().to_owned()))
+                .collect();
+            labels.sort_unstable();
+            let key = SeriesKey { name: s.name.to_owned(), labels };
+            match out.get_mut(&key) {
+                Some(n) => n.value += s.value,
+                None => {
+                    let family = self.intern(family);
+                    out.insert(key, Normalised { family, kind, family_type: spec_type, node_fold, value: s.value });
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    fn intern(&mut self, family: &str) -> Arc<str> {
+        if let Some(f) = self.families.get(family) {
+            return f.clone();
+        }
+        let f: Arc<str> = Arc::from(family);
+        self.families.insert(family.to_owned(), f.clone());
+        f
+    }
+}
+
+/// Find a sample's family, its role in it, the family type to use and the node-level labels to drop.
+fn resolve_family<'p>(
+    page: &Page<'p>,
+    name: &'p str,
+    has_quantile: bool,
+) -> (&'p str, SampleRole, FamilyType, &'static [&'static str]) {
+    let known = |fam: &str| catalog::family(fam);
+    // The sample is its family's own value when the family is known under that exact name.
+    if let Some(spec) = known(name) {
+        let role = if has_quantile && spec.family_type == FamilyType::Summary { SampleRole::Quantile } else { SampleRole::Value };
+        return (name, role, spec.family_type, spec.node_drop_labels);
+    }
+    if let Some(t) = page.declared_type(name) {
+        let role = if has_quantile && t == FamilyType::Summary { SampleRole::Quantile } else { SampleRole::Value };
+        return (name, role, t, &[]);
+    }
+    for suffix in ["_sum", "_count", "_bucket"] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            let t = known(base).map(|s| (s.family_type, s.node_drop_labels)).or_else(|| page.declared_type(base).map(|t| (t, &[][..])));
+            if let Some((t, drop)) = t {
+                if t == FamilyType::Summary || t == FamilyType::Histogram {
+                    return (base, SampleRole::Aggregate, t, drop);
+                }
+            }
+        }
+    }
+    (name, SampleRole::Value, FamilyType::Untyped, &[])
+}
+
+/// Equality that treats NaN as equal to NaN (a gauge stuck at NaN has not changed).
+fn same(a: f64, b: f64) -> bool {
+    a == b || (a.is_nan() && b.is_nan())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::parse;
+
+    const START: f64 = 1_700_000_000.0;
+
+    fn page(start: f64, add: u64, assigned: u64, extra: &str) -> String {
+        format!(
+            "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {start}\n\
+             # TYPE awscni_add_ip_req_count counter\nawscni_add_ip_req_count {add}\n\
+             # TYPE awscni_assigned_ip_addresses gauge\nawscni_assigned_ip_addresses {assigned}\n{extra}"
+        )
+    }
+
+    fn engine() -> DeltaEngine {
+        DeltaEngine::new(DeltaConfig::default())
+    }
+
+    fn total(e: &DeltaEngine, name: &str) -> Option<f64> {
+        e.live_ids().into_iter().find(|id| e.info(*id).map(|i| i.key.name.as_str()) == Some(name)).and_then(|id| e.value(id))
+    }
+
+    #[test]
+    fn counters_table() {
+        // (description, pages as (start, add_ip_req_count), now offset from START, expected running total)
+        struct Case {
+            what: &'static str,
+            steps: &'static [(f64, u64)],
+            first_scrape_age: f64,
+            want: f64,
+        }
+        let cases = [
+            Case { what: "old ipamd: first sight is the baseline", steps: &[(START, 100), (START, 130)], first_scrape_age: 3600.0, want: 30.0 },
+            Case { what: "new node: first sight counts", steps: &[(START, 100), (START, 130)], first_scrape_age: 60.0, want: 130.0 },
+            Case { what: "decrease is a reset", steps: &[(START, 100), (START, 150), (START, 20)], first_scrape_age: 3600.0, want: 70.0 },
+            Case {
+                what: "start time change is a reset even when the value grew",
+                steps: &[(START, 100), (START, 110), (START + 500.0, 500)],
+                first_scrape_age: 3600.0,
+                want: 510.0,
+            },
+            Case { what: "unchanged counter", steps: &[(START, 7), (START, 7), (START, 7)], first_scrape_age: 3600.0, want: 0.0 },
+        ];
+        for c in cases {
+            let mut e = engine();
+            for (i, (start, add)) in c.steps.iter().enumerate() {
+                let text = page(*start, *add, 3, "");
+                let obs = e.observe(&parse(&text), START + c.first_scrape_age + i as f64 * 30.0);
+                assert!(obs.usable, "{}", c.what);
+            }
+            assert_eq!(total(&e, "awscni_add_ip_req_count"), Some(c.want), "{}", c.what);
+        }
+    }
+
+    #[test]
+    fn gauges_are_reported_only_when_changed() {
+        let mut e = engine();
+        let o1 = e.observe(&parse(&page(START, 1, 3, "")), START + 9999.0);
+        assert_eq!(o1.added.len(), 2);
+        let o2 = e.observe(&parse(&page(START, 1, 3, "")), START + 10029.0);
+        assert!(o2.changed.is_empty() && o2.added.is_empty() && o2.removed.is_empty(), "{o2:?}");
+        let o3 = e.observe(&parse(&page(START, 1, 5, "")), START + 10059.0);
+        assert_eq!(o3.changed.len(), 1);
+        assert_eq!(total(&e, "awscni_assigned_ip_addresses"), Some(5.0));
+    }
+
+    #[test]
+    fn type_flipped_counter_is_still_a_counter() {
+        // ipamd v1.16-v1.18 declared add_ip_req_count as a gauge.
+        let text = |v: u64| format!("process_start_time_seconds {START}\n# TYPE awscni_add_ip_req_count gauge\nawscni_add_ip_req_count {v}\n");
+        let mut e = engine();
+        e.observe(&parse(&text(10)), START + 9999.0);
+        e.observe(&parse(&text(15)), START + 10029.0);
+        let id = e.live_ids()[0];
+        assert_eq!(e.info(id).map(|i| i.kind), Some(MetricKind::Counter));
+        assert_eq!(e.value(id), Some(5.0));
+    }
+
+    #[test]
+    fn new_series_after_first_scrape_counts_fully_and_removal_needs_a_clean_page() {
+        let mut e = engine();
+        e.observe(&parse(&page(START, 1, 3, "")), START + 9999.0);
+        let extra = "awscni_ipamd_error_count{fn=\"eniReconcileAdd\"} 2\n";
+        let o = e.observe(&parse(&page(START, 1, 3, extra)), START + 10029.0);
+        assert_eq!(o.added.len(), 1);
+        assert_eq!(total(&e, "awscni_ipamd_error_count"), Some(2.0));
+        // A garbled page: the missing series is not removed.
+        let garbled = page(START, 1, 3, "awscni_ipamd_error_count{fn=\"eniReconcileAdd\" 2\n");
+        let o = e.observe(&parse(&garbled), START + 10059.0);
+        assert!(o.removed.is_empty());
+        // A clean page without it removes it; when it reappears it continues from its last raw value.
+        let o = e.observe(&parse(&page(START, 1, 3, "")), START + 10089.0);
+        assert_eq!(o.removed.len(), 1);
+        let o = e.observe(&parse(&page(START, 1, 3, "awscni_ipamd_error_count{fn=\"eniReconcileAdd\"} 3\n")), START + 10119.0);
+        assert_eq!(o.added.len(), 1);
+        assert_eq!(total(&e, "awscni_ipamd_error_count"), Some(1.0), "only the increment 2 -> 3 in the new definition");
+    }
+
+    #[test]
+    fn node_level_label_folding_and_summary_roles() {
+        let extra = "# TYPE awscni_assigned_ip_per_cidr gauge\n\
+            awscni_assigned_ip_per_cidr{cidr=\"10.0.0.1/32\"} 1\nawscni_assigned_ip_per_cidr{cidr=\"10.0.0.2/32\"} 1\n\
+            # TYPE awscni_aws_api_latency_ms summary\n\
+            awscni_aws_api_latency_ms{api=\"DescribeInstances\",quantile=\"0.99\"} 12\n\
+            awscni_aws_api_latency_ms_sum{api=\"DescribeInstances\"} 300\n\
+            awscni_aws_api_latency_ms_count{api=\"DescribeInstances\"} 10\n\
+            go_goroutines 40\n";
+        let mut e = engine();
+        e.observe(&parse(&page(START, 1, 3, extra)), START + 10.0);
+        let infos: Vec<SeriesInfo> = e.live_ids().iter().filter_map(|id| e.info(*id).cloned()).collect();
+        let find = |n: &str| infos.iter().find(|i| i.key.name == n).cloned();
+        let cidr = find("awscni_assigned_ip_per_cidr").expect("cidr");
+        assert!(cidr.key.labels.is_empty());
+        assert_eq!(e.value(cidr.id), Some(2.0));
+        let q = find("awscni_aws_api_latency_ms").expect("quantile");
+        assert_eq!((q.kind, q.node_fold), (MetricKind::Gauge, NodeFold::Max));
+        let sum = find("awscni_aws_api_latency_ms_sum").expect("sum");
+        assert_eq!((sum.kind, &*sum.family), (MetricKind::Counter, "awscni_aws_api_latency_ms"));
+        assert!(find("go_goroutines").is_none());
+    }
+
+    #[test]
+    fn garbage_page_is_unusable_and_changes_nothing() {
+        let mut e = engine();
+        e.observe(&parse(&page(START, 1, 3, "")), START + 10.0);
+        let o = e.observe(&parse("<html>502 Bad Gateway</html>\n"), START + 40.0);
+        assert!(!o.usable);
+        assert_eq!(e.live_ids().len(), 2);
+    }
+
+    #[test]
+    fn series_limit_drops_and_counts() {
+        let mut e = DeltaEngine::new(DeltaConfig { max_series: 3, ..DeltaConfig::default() });
+        let extra: String = (0..5).map(|i| format!("awscni_ipamd_error_count{{fn=\"f{i}\"}} 1\n")).collect();
+        let o = e.observe(&parse(&page(START, 1, 3, &extra)), START + 10.0);
+        assert_eq!(o.added.len(), 3);
+        assert_eq!(o.dropped_series, 4);
+    }
+
+    #[test]
+    fn invalid_counter_values_are_counted_not_applied() {
+        let mut e = engine();
+        let o = e.observe(&parse(&page(START, 1, 3, "awscni_force_removed_ips NaN\nawscni_force_removed_enis -1\n")), START + 10.0);
+        assert_eq!(o.invalid_samples, 2);
+        assert_eq!(o.added.len(), 2);
+    }
+}

@@ -1,0 +1,12 @@
+//! The contract shared by agent and aggregator: the generated gRPC types of `cni_metrics.v1`
+//! (see `proto/cni_metrics/v1/ingest.proto`) and the [`catalog`] of ipamd metric families, which says
+//! for every family how it is typed, how it folds across labels and nodes and what CloudWatch calls it.
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+
+/// Generated code for the `cni_metrics.v1` package.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("cni_metrics.v1");
+}
