@@ -1,1 +1,4 @@
-//! x
+//! The cluster aggregator.
+#![forbid(unsafe_code)]
+
+pub mod state;

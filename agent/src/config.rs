@@ -1,0 +1,155 @@
+//! The agent's one typed configuration: every knob is a flag with an environment variable, validated at
+//! start-up so a bad value is a clear error instead of a silent default (upstream hung on an interval of 0).
+
+use std::time::Duration;
+
+use clap::Parser;
+use cni_metrics_proto::duration::parse_positive;
+use cni_metrics_proto::telemetry::LogFormat;
+
+#[derive(Clone, Debug, Parser)]
+#[command(name = "cni-metrics-agent", version, about = "Reads ipamd's metrics on this node and streams deltas to the cni-metrics aggregator")]
+pub struct AgentConfig {
+    /// ipamd's metrics page on this node.
+    #[arg(long, env = "IPAMD_METRICS_URL", default_value = "http://127.0.0.1:61678/metrics")]
+    pub ipamd_url: String,
+
+    /// Scrape interval: plain seconds (`30`) or a duration (`500ms`, `2s`, `1m`).
+    #[arg(long, env = "METRIC_UPDATE_INTERVAL", default_value = "30", value_parser = parse_positive)]
+    pub interval: Duration,
+
+    /// This node's name (from the downward API in a cluster); falls back to the host name.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// The aggregator's gRPC address.
+    #[arg(long, env = "AGGREGATOR_URL", default_value = "http://cni-metrics-aggregator.kube-system.svc:61690")]
+    pub aggregator: String,
+
+    /// An ipamd that started at most this long before the agent's first scrape is a new node: its
+    /// counters count from zero instead of being a baseline.
+    #[arg(long, env = "INITIAL_WINDOW", default_value = "5m", value_parser = parse_positive)]
+    pub initial_window: Duration,
+
+    /// Time limit of one scrape (connect + full body); capped at the interval.
+    #[arg(long, env = "SCRAPE_TIMEOUT", default_value = "5s", value_parser = parse_positive)]
+    pub scrape_timeout: Duration,
+
+    /// Largest ipamd page accepted, in bytes.
+    #[arg(long, env = "MAX_PAGE_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_page_bytes: usize,
+
+    /// Most series kept for this node; new series beyond it are dropped and counted.
+    #[arg(long, env = "MAX_SERIES", default_value_t = 2000)]
+    pub max_series: usize,
+
+    /// Availability zone reported to the aggregator (optional).
+    #[arg(long, env = "AVAILABILITY_ZONE", default_value = "")]
+    pub availability_zone: String,
+
+    /// Instance type reported to the aggregator (optional).
+    #[arg(long, env = "INSTANCE_TYPE", default_value = "")]
+    pub instance_type: String,
+
+    /// Instance id reported to the aggregator (optional).
+    #[arg(long, env = "INSTANCE_ID", default_value = "")]
+    pub instance_id: String,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no node name: set NODE_NAME (downward API spec.nodeName) or --node-name")]
+    NoNodeName,
+    #[error("--max-series must be at least 1")]
+    MaxSeries,
+    #[error("--max-page-bytes must be at least 1024")]
+    MaxPageBytes,
+    #[error("invalid --aggregator URL {0:?}: {1}")]
+    Aggregator(String, String),
+}
+
+impl AgentConfig {
+    /// Defaults for an in-process agent (tests and the demo).
+    pub fn for_test(ipamd_url: &str, aggregator: &str, node_name: &str, interval: Duration) -> Self {
+        Self {
+            ipamd_url: ipamd_url.to_owned(),
+            interval,
+            node_name: Some(node_name.to_owned()),
+            aggregator: aggregator.to_owned(),
+            initial_window: Duration::from_secs(300),
+            scrape_timeout: Duration::from_secs(2),
+            max_page_bytes: 8 * 1024 * 1024,
+            max_series: 2000,
+            availability_zone: String::new(),
+            instance_type: String::new(),
+            instance_id: String::new(),
+            log_format: LogFormat::Text,
+        }
+    }
+
+    /// The node name, from the flag or the host name.
+    pub fn resolved_node_name(&self) -> Result<String, ConfigError> {
+        if let Some(n) = self.node_name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+            return Ok(n.to_owned());
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .ok_or(ConfigError::NoNodeName)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_series == 0 {
+            return Err(ConfigError::MaxSeries);
+        }
+        if self.max_page_bytes < 1024 {
+            return Err(ConfigError::MaxPageBytes);
+        }
+        tonic::transport::Endpoint::from_shared(self.aggregator.clone())
+            .map_err(|e| ConfigError::Aggregator(self.aggregator.clone(), e.to_string()))?;
+        self.resolved_node_name().map(|_| ())
+    }
+
+    /// The scrape timeout actually used: never longer than the interval.
+    pub fn effective_scrape_timeout(&self) -> Duration {
+        self.scrape_timeout.min(self.interval)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<AgentConfig, clap::Error> {
+        AgentConfig::try_parse_from(std::iter::once("cni-metrics-agent").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn interval_forms_and_errors() {
+        assert_eq!(parse(&["--interval", "30"]).map(|c| c.interval).ok(), Some(Duration::from_secs(30)));
+        assert_eq!(parse(&["--interval", "500ms"]).map(|c| c.interval).ok(), Some(Duration::from_millis(500)));
+        for bad in ["0", "-3", "abc"] {
+            let err = parse(&["--interval", bad]).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("interval"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = AgentConfig::for_test("http://127.0.0.1:1/metrics", "http://127.0.0.1:2", "n1", Duration::from_secs(1));
+        assert!(c.validate().is_ok());
+        c.aggregator = "not a url".into();
+        assert!(matches!(c.validate(), Err(ConfigError::Aggregator(..))));
+        c.aggregator = "http://127.0.0.1:2".into();
+        c.max_series = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::MaxSeries)));
+        c.max_series = 1;
+        c.scrape_timeout = Duration::from_secs(60);
+        assert_eq!(c.effective_scrape_timeout(), Duration::from_secs(1));
+    }
+}

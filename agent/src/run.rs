@@ -1,0 +1,329 @@
+//! The agent's event loop: scrape on every tick, fold the page into the delta engine, and keep one
+//! long-lived gRPC stream to the aggregator (hello, snapshot, then deltas), reconnecting with jittered
+//! exponential backoff and resending a snapshot after every reconnect.
+//!
+//! Scraping never waits for the aggregator: while disconnected the engine keeps folding pages into its
+//! running totals, and the snapshot sent on reconnect carries them, so nothing needs buffering here.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cni_metrics_proto::backoff::{Attempts, Backoff};
+use cni_metrics_proto::v1::ingest_client::IngestClient;
+use cni_metrics_proto::v1::{agent_message, aggregator_message, AgentMessage, Goodbye, Hello, ScrapeStatus};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+use crate::config::{AgentConfig, ConfigError};
+use crate::delta::{DeltaConfig, DeltaEngine};
+use crate::parse::parse;
+use crate::report::{delta_report, snapshot_report, Pending, ScrapeFacts};
+use crate::scrape::Scraper;
+
+/// Counters of what the agent did, for logs and tests.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    pub scrapes: AtomicU64,
+    pub scrape_errors: AtomicU64,
+    pub bad_lines: AtomicU64,
+    pub invalid_samples: AtomicU64,
+    pub dropped_series: AtomicU64,
+    pub reports_sent: AtomicU64,
+    pub reports_deferred: AtomicU64,
+    pub acks: AtomicU64,
+    pub sessions: AtomicU64,
+    pub connect_failures: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot build the ipamd HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("invalid aggregator endpoint: {0}")]
+    Endpoint(#[from] tonic::transport::Error),
+}
+
+/// Largest message the agent accepts from or sends to the aggregator.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// How long a goodbye may take at shutdown.
+const GOODBYE_GRACE: Duration = Duration::from_secs(2);
+/// Outbound queue of one session: a stuck stream defers reports instead of growing memory.
+const SESSION_QUEUE: usize = 16;
+
+enum Event {
+    Connected(Channel, Attempts),
+    Welcome { session: u64, node_ttl_ms: u64 },
+    Ack { session: u64, seq: u64 },
+    Ended { session: u64, error: Option<String> },
+}
+
+struct Session {
+    id: u64,
+    tx: mpsc::Sender<AgentMessage>,
+    task: JoinHandle<()>,
+}
+
+/// Run the agent until `shutdown` completes; then say goodbye and return.
+pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    cfg.validate()?;
+    let node = cfg.resolved_node_name()?;
+    let scraper = Scraper::new(&cfg.ipamd_url, cfg.effective_scrape_timeout(), cfg.max_page_bytes)?;
+    let endpoint = Endpoint::from_shared(cfg.aggregator.clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    let run_id = fastrand::u64(1..);
+    info!(node = %node, run_id, ipamd = %cfg.ipamd_url, aggregator = %cfg.aggregator, interval = ?cfg.interval, "agent starting");
+
+    let mut engine = DeltaEngine::new(DeltaConfig { initial_window: cfg.initial_window, max_series: cfg.max_series });
+    let mut pending = Pending::default();
+    let mut facts = ScrapeFacts {
+        scrape_time_ms: now_ms(),
+        status: ScrapeStatus::Pending,
+        status_detail: "no scrape yet".to_owned(),
+        bad_lines: 0,
+        dropped_series: 0,
+        ipamd_start_time: 0.0,
+    };
+    let mut seq = 0u64;
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(64);
+    let mut session: Option<Session> = None;
+    let mut next_session_id = 0u64;
+    let mut connected_once = false;
+    let mut attempts_slot: Option<Attempts> = None;
+    spawn_connect(endpoint.clone(), Duration::ZERO, Backoff::default().start(None), ev_tx.clone(), stats.clone());
+
+    let mut ticker = tokio::time::interval(cfg.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = ticker.tick() => {
+                let fetched = tokio::select! {
+                    r = scraper.fetch() => r,
+                    _ = &mut shutdown => break,
+                };
+                scrape_once(fetched, &mut engine, &mut pending, &mut facts, &stats, &node);
+                if let Some(s) = &session {
+                    let report = delta_report(&engine, &pending, seq + 1, &facts);
+                    match s.tx.try_send(wrap(agent_message::Body::Report(report))) {
+                        Ok(()) => {
+                            seq += 1;
+                            pending.clear();
+                            stats.reports_sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            stats.reports_deferred.fetch_add(1, Ordering::Relaxed);
+                            debug!(node = %node, "report deferred: session queue full or closed");
+                        }
+                    }
+                }
+            }
+            Some(ev) = ev_rx.recv() => match ev {
+                Event::Connected(channel, attempts) => {
+                    next_session_id += 1;
+                    let id = next_session_id;
+                    let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+                    let hello = Hello {
+                        node_name: node.clone(),
+                        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+                        run_id,
+                        ipamd_start_time_seconds: engine.ipamd_start_time().unwrap_or(0.0),
+                        availability_zone: cfg.availability_zone.clone(),
+                        instance_type: cfg.instance_type.clone(),
+                        instance_id: cfg.instance_id.clone(),
+                        interval_ms: cfg.interval.as_millis() as u64,
+                        region: String::new(),
+                        cluster_name: String::new(),
+                    };
+                    seq += 1;
+                    let snapshot = snapshot_report(&engine, seq, &facts);
+                    // A fresh queue of SESSION_QUEUE slots always takes these two.
+                    let _ = tx.try_send(wrap(agent_message::Body::Hello(hello)));
+                    let _ = tx.try_send(wrap(agent_message::Body::Report(snapshot)));
+                    pending.clear();
+                    stats.sessions.fetch_add(1, Ordering::Relaxed);
+                    stats.reports_sent.fetch_add(1, Ordering::Relaxed);
+                    let task = tokio::spawn(drive_session(id, channel, rx, ev_tx.clone()));
+                    session = Some(Session { id, tx, task });
+                    attempts_slot = Some(attempts);
+                }
+                Event::Welcome { session: id, node_ttl_ms } if session.as_ref().is_some_and(|s| s.id == id) => {
+                    if let Some(a) = attempts_slot.as_mut() { a.reset(); }
+                    if !connected_once { info!(node = %node, session = id, node_ttl_ms, "connected to aggregator"); }
+                    else { info!(node = %node, session = id, "reconnected to aggregator; snapshot sent"); }
+                    connected_once = true;
+                }
+                Event::Ack { session: id, seq } if session.as_ref().is_some_and(|s| s.id == id) => {
+                    stats.acks.fetch_add(1, Ordering::Relaxed);
+                    debug!(node = %node, seq, "ack");
+                }
+                Event::Ended { session: id, error } if session.as_ref().is_some_and(|s| s.id == id) => {
+                    session = None;
+                    let mut attempts = attempts_slot.take().unwrap_or_else(|| Backoff::default().start(None));
+                    let delay = attempts.next_delay();
+                    warn!(node = %node, error = error.as_deref().unwrap_or("stream closed"), retry_in = ?delay, "aggregator stream ended");
+                    spawn_connect(endpoint.clone(), delay, attempts, ev_tx.clone(), stats.clone());
+                }
+                _ => {} // an event of a session already replaced
+            },
+        }
+    }
+
+    if let Some(s) = session.take() {
+        let bye = wrap(agent_message::Body::Goodbye(Goodbye { reason: "agent shutting down".to_owned() }));
+        let sent = tokio::time::timeout(GOODBYE_GRACE, s.tx.send(bye)).await.is_ok_and(|r| r.is_ok());
+        drop(s.tx);
+        let mut task = s.task;
+        if tokio::time::timeout(GOODBYE_GRACE, &mut task).await.is_err() {
+            task.abort();
+        }
+        info!(node = %node, goodbye_sent = sent, "agent stopped");
+    } else {
+        info!(node = %node, "agent stopped (no aggregator session)");
+    }
+    Ok(())
+}
+
+fn wrap(body: agent_message::Body) -> AgentMessage {
+    AgentMessage { body: Some(body) }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Fold one scrape result into the engine and the pending report; log status changes once.
+fn scrape_once(
+    fetched: Result<String, crate::scrape::ScrapeError>,
+    engine: &mut DeltaEngine,
+    pending: &mut Pending,
+    facts: &mut ScrapeFacts,
+    stats: &AgentStats,
+    node: &str,
+) {
+    stats.scrapes.fetch_add(1, Ordering::Relaxed);
+    let now = now_ms();
+    let (status, detail) = match fetched {
+        Ok(text) => {
+            let page = parse(&text);
+            let obs = engine.observe(&page, now as f64 / 1000.0);
+            stats.bad_lines.fetch_add(page.bad_lines as u64, Ordering::Relaxed);
+            stats.invalid_samples.fetch_add(obs.invalid_samples as u64, Ordering::Relaxed);
+            stats.dropped_series.fetch_add(obs.dropped_series as u64, Ordering::Relaxed);
+            facts.bad_lines = page.bad_lines;
+            facts.dropped_series += obs.dropped_series as u64;
+            if page.bad_lines > 0 {
+                debug!(node, bad_lines = page.bad_lines, first = ?page.first_errors, "bad lines in ipamd page");
+            }
+            if obs.dropped_series > 0 {
+                warn!(node, dropped = obs.dropped_series, "series limit reached; new series dropped");
+            }
+            if obs.ipamd_restarted {
+                info!(node, start_time = engine.ipamd_start_time().unwrap_or(0.0), "ipamd restarted; counters reset folded in");
+            }
+            if obs.usable {
+                pending.absorb(&obs);
+                let detail = if page.bad_lines > 0 {
+                    format!("{} bad lines, first: {:?}", page.bad_lines, page.first_errors.first())
+                } else {
+                    String::new()
+                };
+                (ScrapeStatus::Ok, detail)
+            } else {
+                stats.scrape_errors.fetch_add(1, Ordering::Relaxed);
+                let detail = format!(
+                    "no usable awscni_ metric in {} bytes ({} bad lines, first: {:?})",
+                    text.len(),
+                    page.bad_lines,
+                    page.first_errors.first()
+                );
+                (ScrapeStatus::Garbage, detail)
+            }
+        }
+        Err(e) => {
+            stats.scrape_errors.fetch_add(1, Ordering::Relaxed);
+            (e.status(), e.to_string())
+        }
+    };
+    facts.scrape_time_ms = now;
+    facts.ipamd_start_time = engine.ipamd_start_time().unwrap_or(0.0);
+    let status_changed = status != facts.status;
+    if status_changed || detail != facts.status_detail {
+        pending.status_detail_changed = true;
+    }
+    if status_changed {
+        if status == ScrapeStatus::Ok {
+            info!(node, previous = facts.status.as_str_name(), "ipamd scrape ok");
+        } else {
+            warn!(node, status = status.as_str_name(), detail = %detail, "ipamd scrape failing; will keep retrying");
+        }
+    }
+    facts.status = status;
+    facts.status_detail = detail;
+}
+
+/// Connect (after `delay`, then with backoff) and hand the channel to the event loop.
+fn spawn_connect(endpoint: Endpoint, delay: Duration, mut attempts: Attempts, ev: mpsc::Sender<Event>, stats: Arc<AgentStats>) {
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        loop {
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    let _ = ev.send(Event::Connected(channel, attempts)).await;
+                    return;
+                }
+                Err(e) => {
+                    stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    let d = attempts.next_delay();
+                    if attempts.attempt() == 1 || attempts.attempt() % 10 == 0 {
+                        warn!(error = %e, attempt = attempts.attempt(), retry_in = ?d, "cannot reach aggregator");
+                    }
+                    if ev.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+    });
+}
+
+/// Run one stream: send the queued messages, forward the aggregator's answers as events.
+async fn drive_session(id: u64, channel: Channel, rx: mpsc::Receiver<AgentMessage>, ev: mpsc::Sender<Event>) {
+    let mut client = IngestClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let error = match client.stream(ReceiverStream::new(rx)).await {
+        Err(status) => Some(format!("{}: {}", status.code(), status.message())),
+        Ok(resp) => {
+            let mut inbound = resp.into_inner();
+            loop {
+                match inbound.message().await {
+                    Ok(Some(msg)) => {
+                        let event = match msg.body {
+                            Some(aggregator_message::Body::Welcome(w)) => Event::Welcome { session: id, node_ttl_ms: w.node_ttl_ms },
+                            Some(aggregator_message::Body::Ack(a)) => Event::Ack { session: id, seq: a.seq },
+                            None => continue,
+                        };
+                        if ev.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break None,
+                    Err(status) => break Some(format!("{}: {}", status.code(), status.message())),
+                }
+            }
+        }
+    };
+    let _ = ev.send(Event::Ended { session: id, error }).await;
+}

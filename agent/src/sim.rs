@@ -1,0 +1,382 @@
+//! A simulated ipamd: the state of one node's IP address management and the metrics page ipamd would
+//! serve for it, in three generations of ipamd's format. Used by the demo, the benchmarks and the
+//! end-to-end tests (served over real HTTP there); pure and deterministic for a seed.
+//!
+//! The simulator keeps *lifetime* counter values that survive a simulated ipamd restart; the page shows
+//! them relative to the last restart, as ipamd would. Tests take the truth from the lifetime values.
+
+use std::fmt::Write as _;
+
+/// Which ipamd generation's page to render.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageStyle {
+    /// CNI ≤ v1.7 (2019): summaries with quantiles, no `status` label, no prefixes.
+    Legacy2019,
+    /// CNI v1.16–v1.18: several counters typed as gauges (spec §1.5).
+    GaugeTyped,
+    /// CNI v1.23 in secondary-IP mode: no quantiles, `status` labels, per-IP `/32` cidrs.
+    Modern,
+    /// CNI v1.23 with prefix delegation: `/28` prefixes.
+    PrefixDelegation,
+}
+
+impl PageStyle {
+    pub const ALL: [PageStyle; 4] = [PageStyle::Legacy2019, PageStyle::GaugeTyped, PageStyle::Modern, PageStyle::PrefixDelegation];
+}
+
+/// Lifetime counters (never reset by a simulated restart).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counters {
+    pub add_ip_req: u64,
+    pub del_ip_req_pod_deleted: u64,
+    pub ipamd_err_reconcile: u64,
+    pub ec2_req_describe: u64,
+    pub ec2_req_assign: u64,
+    pub api_err_throttle: u64,
+    pub utils_err: u64,
+    pub no_available_ip: u64,
+    pub api_latency_sum_ms: u64,
+    pub api_latency_count: u64,
+}
+
+impl Counters {
+    fn minus(&self, base: &Counters) -> Counters {
+        Counters {
+            add_ip_req: self.add_ip_req - base.add_ip_req,
+            del_ip_req_pod_deleted: self.del_ip_req_pod_deleted - base.del_ip_req_pod_deleted,
+            ipamd_err_reconcile: self.ipamd_err_reconcile - base.ipamd_err_reconcile,
+            ec2_req_describe: self.ec2_req_describe - base.ec2_req_describe,
+            ec2_req_assign: self.ec2_req_assign - base.ec2_req_assign,
+            api_err_throttle: self.api_err_throttle - base.api_err_throttle,
+            utils_err: self.utils_err - base.utils_err,
+            no_available_ip: self.no_available_ip - base.no_available_ip,
+            api_latency_sum_ms: self.api_latency_sum_ms - base.api_latency_sum_ms,
+            api_latency_count: self.api_latency_count - base.api_latency_count,
+        }
+    }
+}
+
+/// One simulated node's ipamd.
+#[derive(Clone, Debug)]
+pub struct SimIpamd {
+    pub style: PageStyle,
+    rng: fastrand::Rng,
+    /// Unix seconds of the current ipamd process start.
+    pub start_time: f64,
+    pub eni_max: u64,
+    pub ips_per_eni: u64,
+    pub enis: u64,
+    pub assigned: u64,
+    pub prefixes: u64,
+    pub lifetime: Counters,
+    at_restart: Counters,
+    p99_ms: f64,
+}
+
+impl SimIpamd {
+    pub fn new(style: PageStyle, seed: u64, start_time: f64) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let eni_max = [3, 4, 8, 15][rng.usize(..4)];
+        let ips_per_eni = [10, 15, 30][rng.usize(..3)];
+        let mut sim = Self {
+            style,
+            rng,
+            start_time,
+            eni_max,
+            ips_per_eni,
+            enis: 1,
+            assigned: 0,
+            prefixes: 0,
+            lifetime: Counters::default(),
+            at_restart: Counters::default(),
+            p99_ms: 120.0,
+        };
+        sim.assigned = sim.rng.u64(0..=ips_per_eni);
+        sim.fit_capacity();
+        sim
+    }
+
+    /// IPs the node holds (warm + assigned).
+    pub fn total_ips(&self) -> u64 {
+        match self.style {
+            PageStyle::PrefixDelegation => self.prefixes * 16,
+            _ => self.enis * (self.ips_per_eni - 1),
+        }
+    }
+
+    pub fn ip_max(&self) -> u64 {
+        match self.style {
+            PageStyle::PrefixDelegation => self.eni_max * (self.ips_per_eni - 1) * 16,
+            _ => self.eni_max * (self.ips_per_eni - 1),
+        }
+    }
+
+    fn fit_capacity(&mut self) {
+        self.assigned = self.assigned.min(self.ip_max());
+        match self.style {
+            PageStyle::PrefixDelegation => {
+                self.prefixes = self.assigned.div_ceil(16) + 1;
+                self.enis = self.prefixes.div_ceil(self.ips_per_eni - 1).max(1);
+            }
+            _ => {
+                self.enis = (self.assigned.div_ceil(self.ips_per_eni - 1) + 1).clamp(1, self.eni_max);
+            }
+        }
+    }
+
+    /// Advance by one interval: pods come and go, ipamd calls EC2, errors happen now and then.
+    pub fn step(&mut self) {
+        let adds = self.rng.u64(0..6);
+        let dels = self.rng.u64(0..=adds.min(self.assigned + adds));
+        let room = self.ip_max().saturating_sub(self.assigned);
+        let granted = adds.min(room);
+        self.lifetime.add_ip_req += adds;
+        self.lifetime.no_available_ip += adds - granted;
+        self.assigned = self.assigned + granted - dels.min(self.assigned + granted);
+        self.lifetime.del_ip_req_pod_deleted += dels;
+        let calls = self.rng.u64(1..4);
+        self.lifetime.ec2_req_describe += calls;
+        self.lifetime.ec2_req_assign += self.rng.u64(0..2);
+        self.lifetime.api_latency_count += calls;
+        self.lifetime.api_latency_sum_ms += calls * self.rng.u64(40..200);
+        if self.rng.u8(..10) == 0 {
+            self.lifetime.api_err_throttle += 1;
+            self.lifetime.ipamd_err_reconcile += 1;
+        }
+        if self.rng.u8(..20) == 0 {
+            self.lifetime.utils_err += 1;
+        }
+        self.p99_ms = 80.0 + self.rng.f64() * 200.0;
+        self.fit_capacity();
+    }
+
+    /// Simulate an ipamd restart at `now`: counters on the page start again from zero.
+    pub fn restart(&mut self, now: f64) {
+        self.start_time = now;
+        self.at_restart = self.lifetime.clone();
+    }
+
+    /// The counters as ipamd's current process shows them.
+    pub fn visible(&self) -> Counters {
+        self.lifetime.minus(&self.at_restart)
+    }
+
+    /// Render the page ipamd would serve.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(14_000);
+        let style = self.style;
+        let legacy = style == PageStyle::Legacy2019;
+        let modern = matches!(style, PageStyle::Modern | PageStyle::PrefixDelegation);
+        let flipped = if style == PageStyle::GaugeTyped { "gauge" } else { "counter" };
+        let c = self.visible();
+        let w = &mut out;
+
+        family(w, "awscni_add_ip_req_count", "The number of add IP address requests", flipped);
+        line(w, "awscni_add_ip_req_count", "", c.add_ip_req as f64);
+        family(w, "awscni_assigned_ip_addresses", "The number of IP addresses assigned to pods", "gauge");
+        line(w, "awscni_assigned_ip_addresses", "", self.assigned as f64);
+        if !legacy {
+            family(w, "awscni_assigned_ip_per_cidr", "The total number of IP addresses assigned per cidr", "gauge");
+            if style == PageStyle::PrefixDelegation {
+                let mut left = self.assigned;
+                for p in 0..self.prefixes {
+                    let n = left.min(16);
+                    left -= n;
+                    line(w, "awscni_assigned_ip_per_cidr", &format!("cidr=\"10.1.{p}.16/28\""), n as f64);
+                }
+            } else {
+                for i in 0..self.assigned {
+                    line(w, "awscni_assigned_ip_per_cidr", &format!("cidr=\"10.0.{}.{}/32\"", i / 250, i % 250 + 2), 1.0);
+                }
+            }
+        }
+        if modern {
+            family(w, "awscni_assigned_ip_per_eni", "The number of allocated ips partitioned by eni", "gauge");
+            let mut left = self.assigned;
+            for e in 0..self.enis {
+                let cap = (self.total_ips() / self.enis.max(1)).max(1);
+                let n = left.min(cap);
+                left -= n;
+                line(w, "awscni_assigned_ip_per_eni", &format!("eni=\"eni-0a1b2c3d4e5f{e:05}\""), n as f64);
+            }
+        }
+        family(w, "awscni_aws_api_error_count", "The number of times AWS API returns an error", flipped);
+        if c.api_err_throttle > 0 {
+            line(w, "awscni_aws_api_error_count", "api=\"AssignPrivateIpAddresses\",error=\"RequestLimitExceeded\"", c.api_err_throttle as f64);
+        }
+        family(w, "awscni_aws_api_latency_ms", "AWS API call latency in ms", "summary");
+        let apis = [("DescribeInstances", 3u64), ("AssignPrivateIpAddresses", 1), ("GetMetadata", 5)];
+        for (api, share) in apis {
+            let count = c.api_latency_count * share / 9;
+            let sum = c.api_latency_sum_ms * share / 9;
+            let labels = if legacy { format!("api=\"{api}\",error=\"false\"") } else { format!("api=\"{api}\",error=\"false\",status=\"200\"") };
+            if legacy {
+                for (q, f) in [("0.5", 0.4), ("0.9", 0.8), ("0.99", 1.0)] {
+                    line(w, "awscni_aws_api_latency_ms", &format!("{labels},quantile=\"{q}\""), (self.p99_ms * f).round());
+                }
+            }
+            line(w, "awscni_aws_api_latency_ms_sum", &labels, sum as f64);
+            line(w, "awscni_aws_api_latency_ms_count", &labels, count as f64);
+        }
+        family(w, "awscni_aws_utils_error_count", "The number of errors not handled in awsutils library", "counter");
+        if c.utils_err > 0 {
+            line(
+                w,
+                "awscni_aws_utils_error_count",
+                "error=\"operation error EC2: DeleteNetworkInterface, https response error StatusCode: 400, api error InvalidParameterValue: Network interface 'eni-0123' is currently in use. {code=\\\"x\\\"}\",fn=\"FreeENIDeleteErr\"",
+                c.utils_err as f64,
+            );
+        }
+        if !legacy {
+            family(w, "awscni_build_info", "A metric with a constant '1' value labeled by version, revision, and goversion from which amazon-vpc-cni-k8s was built.", "gauge");
+            line(w, "awscni_build_info", "goversion=\"go1.24.6\",version=\"v1.23.1\"", 1.0);
+        }
+        family(w, "awscni_del_ip_req_count", "The number of delete IP address requests", "counter");
+        if c.del_ip_req_pod_deleted > 0 {
+            line(w, "awscni_del_ip_req_count", "reason=\"PodDeleted\"", c.del_ip_req_pod_deleted as f64);
+        }
+        if !legacy {
+            family(w, "awscni_ec2api_req_count", "The number of requests made to EC2 APIs by CNI", "counter");
+            line(w, "awscni_ec2api_req_count", "fn=\"DescribeNetworkInterfaces\"", c.ec2_req_describe as f64);
+            line(w, "awscni_ec2api_req_count", "fn=\"AssignPrivateIpAddresses\"", c.ec2_req_assign as f64);
+        }
+        family(w, "awscni_eni_allocated", "The number of ENIs allocated", "gauge");
+        line(w, "awscni_eni_allocated", "", self.enis as f64);
+        family(w, "awscni_eni_max", "The maximum number of ENIs that can be attached to the instance, accounting for unmanaged ENIs", "gauge");
+        line(w, "awscni_eni_max", "", self.eni_max as f64);
+        family(w, "awscni_force_removed_enis", "The number of ENIs force removed while they had assigned pods", flipped);
+        line(w, "awscni_force_removed_enis", "", 0.0);
+        family(w, "awscni_force_removed_ips", "The number of IPs force removed while they had assigned pods", flipped);
+        line(w, "awscni_force_removed_ips", "", 0.0);
+        family(w, "awscni_ip_max", "The maximum number of IP addresses that can be allocated to the instance", "gauge");
+        line(w, "awscni_ip_max", "", self.ip_max() as f64);
+        family(w, "awscni_ipamd_action_inprogress", "The number of ipamd actions in progress", "gauge");
+        let fns: &[&str] = if legacy { &["increaseIPPool", "decreaseIPPool"] } else { &["nodeIPPoolReconcile", "increaseDatastorePool"] };
+        for f in fns {
+            line(w, "awscni_ipamd_action_inprogress", &format!("fn=\"{f}\""), 0.0);
+        }
+        family(w, "awscni_ipamd_error_count", "The number of errors encountered in ipamd", "counter");
+        if c.ipamd_err_reconcile > 0 {
+            line(w, "awscni_ipamd_error_count", "fn=\"eniReconcileAdd\"", c.ipamd_err_reconcile as f64);
+        }
+        if !legacy {
+            family(w, "awscni_no_available_ip_addresses", "The number of pod IP assignments that fail due to no available IP addresses", flipped);
+            line(w, "awscni_no_available_ip_addresses", "", c.no_available_ip as f64);
+            family(w, "awscni_total_ipv4_prefixes", "The total number of IPv4 prefixes", "gauge");
+            line(w, "awscni_total_ipv4_prefixes", "", self.prefixes as f64);
+        }
+        family(w, "awscni_total_ip_addresses", "The total number of IP addresses", "gauge");
+        line(w, "awscni_total_ip_addresses", "", self.total_ips() as f64);
+        if modern {
+            family(w, "awscni_ipamd_startup_duration_seconds", "The duration of IPAMD startup from process start to ready to serve CNI requests", "histogram");
+            let labels = "failure_reason=\"\",success=\"true\",with_api_server=\"true\"";
+            for le in ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf"] {
+                let v = if le.parse::<f64>().map(|x| x >= 2.5).unwrap_or(true) { 1.0 } else { 0.0 };
+                line(w, "awscni_ipamd_startup_duration_seconds_bucket", &format!("{labels},le=\"{le}\""), v);
+            }
+            line(w, "awscni_ipamd_startup_duration_seconds_sum", labels, 1.84);
+            line(w, "awscni_ipamd_startup_duration_seconds_count", labels, 1.0);
+        }
+        go_runtime(w, self.start_time, self.assigned);
+        out
+    }
+}
+
+fn family(w: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn line(w: &mut String, name: &str, labels: &str, v: f64) {
+    if labels.is_empty() {
+        let _ = writeln!(w, "{name} {v}");
+    } else {
+        let _ = writeln!(w, "{name}{{{labels}}} {v}");
+    }
+}
+
+/// The Go and process collector families every ipamd page carries (the agent ignores them).
+fn go_runtime(w: &mut String, start: f64, jitter: u64) {
+    family(w, "go_gc_duration_seconds", "A summary of the wall-time pause (stop-the-world) duration in garbage collection cycles.", "summary");
+    for q in ["0", "0.25", "0.5", "0.75", "1"] {
+        line(w, "go_gc_duration_seconds", &format!("quantile=\"{q}\""), 4.1e-05);
+    }
+    line(w, "go_gc_duration_seconds_sum", "", 0.0231);
+    line(w, "go_gc_duration_seconds_count", "", 212.0);
+    family(w, "go_goroutines", "Number of goroutines that currently exist.", "gauge");
+    line(w, "go_goroutines", "", 52.0);
+    family(w, "go_info", "Information about the Go environment.", "gauge");
+    line(w, "go_info", "version=\"go1.24.6\"", 1.0);
+    for (name, help, v) in [
+        ("go_memstats_alloc_bytes", "Number of bytes allocated in heap and currently in use. Equals to /memory/classes/heap/objects:bytes.", 9.1e6),
+        ("go_memstats_buck_hash_sys_bytes", "Number of bytes used by the profiling bucket hash table. Equals to /memory/classes/profiling/buckets:bytes.", 1.5e6),
+        ("go_memstats_frees_total", "Total number of heap objects frees. Equals to /gc/heap/frees:objects + /gc/heap/tiny/allocs:objects.", 4.2e6),
+        ("go_memstats_gc_sys_bytes", "Number of bytes used for garbage collection system metadata. Equals to /memory/classes/metadata/other:bytes.", 4.0e6),
+        ("go_memstats_heap_alloc_bytes", "Number of heap bytes allocated and currently in use, same as go_memstats_alloc_bytes. Equals to /memory/classes/heap/objects:bytes.", 9.1e6),
+        ("go_memstats_heap_idle_bytes", "Number of heap bytes waiting to be used. Equals to /memory/classes/heap/released:bytes + /memory/classes/heap/free:bytes.", 6.3e6),
+        ("go_memstats_heap_inuse_bytes", "Number of heap bytes that are in use. Equals to /memory/classes/heap/objects:bytes + /memory/classes/heap/unused:bytes", 1.1e7),
+        ("go_memstats_heap_objects", "Number of currently allocated objects. Equals to /gc/heap/objects:objects.", 61234.0),
+        ("go_memstats_heap_released_bytes", "Number of heap bytes released to OS. Equals to /memory/classes/heap/released:bytes.", 4.1e6),
+        ("go_memstats_heap_sys_bytes", "Number of heap bytes obtained from system. Equals to /memory/classes/heap/objects:bytes + /memory/classes/heap/unused:bytes + /memory/classes/heap/released:bytes + /memory/classes/heap/free:bytes.", 1.7e7),
+        ("go_memstats_last_gc_time_seconds", "Number of seconds since 1970 of last garbage collection.", start + 3600.0),
+        ("go_memstats_mallocs_total", "Total number of heap objects allocated, both live and gc-ed. Semantically a counter version for go_memstats_heap_objects gauge. Equals to /gc/heap/allocs:objects + /gc/heap/tiny/allocs:objects.", 4.3e6),
+        ("go_memstats_mcache_inuse_bytes", "Number of bytes in use by mcache structures. Equals to /memory/classes/metadata/mcache/inuse:bytes.", 2400.0),
+        ("go_memstats_mspan_inuse_bytes", "Number of bytes in use by mspan structures. Equals to /memory/classes/metadata/mspan/inuse:bytes.", 190_000.0),
+        ("go_memstats_next_gc_bytes", "Number of heap bytes when next garbage collection will take place. Equals to /gc/heap/goal:bytes.", 1.5e7),
+        ("go_memstats_stack_inuse_bytes", "Number of bytes obtained from system for stack allocator in non-CGO environments. Equals to /memory/classes/heap/stacks:bytes.", 1.2e6),
+        ("go_memstats_sys_bytes", "Number of bytes obtained from system. Equals to /memory/classes/total:byte.", 2.9e7),
+        ("go_threads", "Number of OS threads created.", 11.0),
+        ("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", 812.3 + jitter as f64),
+        ("process_max_fds", "Maximum number of open file descriptors.", 1_048_576.0),
+        ("process_open_fds", "Number of open file descriptors.", 17.0),
+        ("process_resident_memory_bytes", "Resident memory size in bytes.", 5.4e7),
+        ("process_virtual_memory_bytes", "Virtual memory size in bytes.", 1.3e9),
+    ] {
+        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+        family(w, name, help, kind);
+        line(w, name, "", v);
+    }
+    family(w, "process_start_time_seconds", "Start time of the process since unix epoch in seconds.", "gauge");
+    let _ = writeln!(w, "process_start_time_seconds {start:.2}");
+    family(w, "promhttp_metric_handler_requests_in_flight", "Current number of scrapes being served.", "gauge");
+    line(w, "promhttp_metric_handler_requests_in_flight", "", 1.0);
+    family(w, "promhttp_metric_handler_requests_total", "Total number of scrapes by HTTP status code.", "counter");
+    for (code, v) in [("200", 5012.0), ("500", 0.0), ("503", 0.0)] {
+        line(w, "promhttp_metric_handler_requests_total", &format!("code=\"{code}\""), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::parse;
+
+    #[test]
+    fn every_style_renders_a_clean_realistic_page() {
+        for style in PageStyle::ALL {
+            let mut sim = SimIpamd::new(style, 7, 1_700_000_000.0);
+            for _ in 0..20 {
+                sim.step();
+            }
+            let text = sim.render();
+            let page = parse(&text);
+            assert_eq!(page.bad_lines, 0, "{style:?}: {:?}", page.first_errors);
+            assert!((6_000..20_000).contains(&text.len()), "{style:?}: {} bytes", text.len());
+            let assigned = page.samples.iter().find(|s| s.name == "awscni_assigned_ip_addresses").map(|s| s.value);
+            assert_eq!(assigned, Some(sim.assigned as f64));
+        }
+    }
+
+    #[test]
+    fn restart_resets_visible_counters_but_not_lifetime() {
+        let mut sim = SimIpamd::new(PageStyle::Modern, 1, 1_700_000_000.0);
+        for _ in 0..10 {
+            sim.step();
+        }
+        let before = sim.lifetime.add_ip_req;
+        sim.restart(1_700_000_500.0);
+        assert_eq!(sim.visible().add_ip_req, 0);
+        sim.step();
+        assert!(sim.lifetime.add_ip_req >= before);
+        assert_eq!(sim.visible().add_ip_req, sim.lifetime.add_ip_req - before);
+    }
+}

@@ -1,0 +1,729 @@
+//! The aggregator's pure state: per-node series and the cluster aggregates derived from them. No I/O and
+//! no clock (the caller passes `now`), so every rule is table-tested.
+//!
+//! - A **cluster series** ("slot") is a sample name plus the labels left after the catalogue's cluster
+//!   fold. Gauge slots hold the sum (or, for summary quantiles, the max) over live nodes, maintained
+//!   incrementally: a report costs O(series it changes), never O(nodes).
+//! - Counter slots hold the increments summed over every node ever seen since the aggregator started
+//!   (`total`, monotonic: a node leaving never makes it go back) and the increments of the current publish
+//!   window (`window`).
+//! - Agents send counters as running totals per agent run (see the proto); the increment applied is the
+//!   difference with the last total seen for that node, run and series, so a replayed or duplicated
+//!   report cannot count twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cni_metrics_proto::catalog::{self, CloudWatchFold, NodeFold};
+use cni_metrics_proto::v1::{FamilyType, Hello, MetricKind, Report, ScrapeStatus, SeriesDef};
+
+/// Limits and defaults of the state.
+#[derive(Clone, Debug)]
+pub struct StateConfig {
+    pub cluster_id: String,
+    /// Fixed node TTL; `None` = 3 × the interval the agent announced.
+    pub node_ttl: Option<Duration>,
+    /// Most cluster series; new ones beyond are rejected and counted.
+    pub max_cluster_series: usize,
+    /// Most series one node may define.
+    pub max_series_per_node: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self { cluster_id: String::new(), node_ttl: None, max_cluster_series: 200_000, max_series_per_node: 5_000 }
+    }
+}
+
+/// Why a hello or report was refused. Bounded: used as a metric label.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    #[error("node name is empty or longer than 253 bytes")]
+    BadNodeName,
+    #[error("hello announces a zero interval")]
+    BadInterval,
+    #[error("session {0} is no longer the node's current stream")]
+    StaleSession(u64),
+    #[error("the first report of a stream must be a snapshot")]
+    SnapshotExpected,
+    #[error("report has {ids} ids but {values} values")]
+    LengthMismatch { ids: usize, values: usize },
+    #[error("series id {0} redefined with another identity")]
+    Redefined(u32),
+    #[error("series definition {0} is invalid")]
+    BadDef(u32),
+}
+
+impl IngestError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::BadNodeName => "bad_node_name",
+            IngestError::BadInterval => "bad_interval",
+            IngestError::StaleSession(_) => "stale_session",
+            IngestError::SnapshotExpected => "snapshot_expected",
+            IngestError::LengthMismatch { .. } => "length_mismatch",
+            IngestError::Redefined(_) => "redefined",
+            IngestError::BadDef(_) => "bad_def",
+        }
+    }
+}
+
+/// One cluster series.
+#[derive(Debug)]
+struct Slot {
+    family: Arc<str>,
+    name: Arc<str>,
+    labels: Vec<(String, String)>,
+    kind: MetricKind,
+    fold: NodeFold,
+    /// Gauge: sum of contributing nodes' finite values.
+    sum: f64,
+    /// Gauge: number of contributing nodes.
+    contributors: u32,
+    /// Gauge with max fold: value per contributing node.
+    per_node: HashMap<Arc<str>, f64>,
+    /// Counter: increments since aggregator start.
+    total: f64,
+    /// Counter: increments in the open publish window.
+    window: f64,
+}
+
+impl Slot {
+    fn gauge_value(&self) -> Option<f64> {
+        if self.contributors == 0 {
+            return None;
+        }
+        match self.fold {
+            NodeFold::Sum => Some(self.sum),
+            NodeFold::Max => self.per_node.values().copied().fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v)))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct NodeSeries {
+    slot: Option<u32>,
+    kind: MetricKind,
+    /// Gauge value or counter running total; NaN until the first value.
+    value: f64,
+    /// Whether `value` is currently counted in the slot (gauges).
+    contributing: bool,
+}
+
+/// What the aggregator knows of one node.
+#[derive(Debug)]
+pub struct NodeState {
+    pub name: Arc<str>,
+    pub run_id: u64,
+    pub session: u64,
+    pub agent_version: String,
+    pub availability_zone: String,
+    pub instance_type: String,
+    pub instance_id: String,
+    pub interval: Duration,
+    pub ttl: Duration,
+    pub last_seen: Instant,
+    pub last_seq: u64,
+    pub snapshot_seen: bool,
+    pub status: ScrapeStatus,
+    pub status_detail: String,
+    pub bad_lines_total: u64,
+    pub dropped_series: u64,
+    pub ipamd_start_time: f64,
+    pub connected: bool,
+    series: HashMap<u32, NodeSeries>,
+}
+
+impl NodeState {
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+}
+
+/// Self-metrics of ingestion (names in [`ClusterState::render_prometheus`]).
+#[derive(Debug, Default, Clone)]
+pub struct IngestStats {
+    pub sessions: u64,
+    pub reports: u64,
+    pub reports_ignored_old_seq: u64,
+    pub rejected: BTreeMap<&'static str, u64>,
+    pub series_rejected: BTreeMap<&'static str, u64>,
+    pub scrape_errors: BTreeMap<&'static str, u64>,
+    pub bad_lines: u64,
+    pub nonfinite_values: u64,
+    pub counter_regressions: u64,
+    pub goodbyes: u64,
+    pub expired: u64,
+    pub agent_restarts: u64,
+}
+
+/// The result of applying a report.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The seq to acknowledge.
+    pub ack: u64,
+    /// False when the report was older than one already applied (ignored, still acknowledged).
+    pub fresh: bool,
+}
+
+/// One CloudWatch-style datum of a publish window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Datum {
+    pub metric_name: &'static str,
+    pub value: f64,
+    pub unit: &'static str,
+}
+
+/// What a sink publishes: the cluster's values for one window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    pub cluster_id: String,
+    /// Unix ms of the window's end (the datums' timestamp).
+    pub end_unix_ms: i64,
+    pub nodes: usize,
+    pub datums: Vec<Datum>,
+}
+
+/// The whole cluster.
+#[derive(Debug)]
+pub struct ClusterState {
+    cfg: StateConfig,
+    slots: Vec<Slot>,
+    slot_index: HashMap<(Arc<str>, Vec<(String, String)>), u32>,
+    /// Family → (type, help) for exposition.
+    families: BTreeMap<Arc<str>, FamilyType>,
+    names: HashMap<String, Arc<str>>,
+    nodes: HashMap<Arc<str>, NodeState>,
+    next_session: u64,
+    pub stats: IngestStats,
+}
+
+impl ClusterState {
+    pub fn new(cfg: StateConfig) -> Self {
+        Self {
+            cfg,
+            slots: Vec::new(),
+            slot_index: HashMap::new(),
+            families: BTreeMap::new(),
+            names: HashMap::new(),
+            nodes: HashMap::new(),
+            next_session: 0,
+            stats: IngestStats::default(),
+        }
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cfg.cluster_id
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeState> {
+        self.nodes.get(name)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeState> {
+        self.nodes.values()
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// A stream said hello: (re)register the node and return its session id and TTL.
+    pub fn hello(&mut self, h: &Hello, now: Instant) -> Result<(u64, Duration), IngestError> {
+        if h.node_name.is_empty() || h.node_name.len() > 253 {
+            return Err(IngestError::BadNodeName);
+        }
+        if h.interval_ms == 0 {
+            return Err(IngestError::BadInterval);
+        }
+        let interval = Duration::from_millis(h.interval_ms);
+        let ttl = self.cfg.node_ttl.unwrap_or(interval * 3);
+        self.next_session += 1;
+        let session = self.next_session;
+        self.stats.sessions += 1;
+        let name = self.intern(&h.node_name);
+        let restarted = self.nodes.get(&name).is_some_and(|n| n.run_id != h.run_id);
+        if restarted {
+            // A new agent run: its counter totals start from a new baseline.
+            self.stats.agent_restarts += 1;
+            self.remove_node(&name);
+        }
+        let node = self.nodes.entry(name.clone()).or_insert_with(|| NodeState {
+            name: name.clone(),
+            run_id: h.run_id,
+            session,
+            agent_version: String::new(),
+            availability_zone: String::new(),
+            instance_type: String::new(),
+            instance_id: String::new(),
+            interval,
+            ttl,
+            last_seen: now,
+            last_seq: 0,
+            snapshot_seen: false,
+            status: ScrapeStatus::Pending,
+            status_detail: String::new(),
+            bad_lines_total: 0,
+            dropped_series: 0,
+            ipamd_start_time: h.ipamd_start_time_seconds,
+            connected: true,
+            series: HashMap::new(),
+        });
+        node.session = session;
+        node.agent_version.clone_from(&h.agent_version);
+        node.availability_zone.clone_from(&h.availability_zone);
+        node.instance_type.clone_from(&h.instance_type);
+        node.instance_id.clone_from(&h.instance_id);
+        node.interval = interval;
+        node.ttl = ttl;
+        node.last_seen = now;
+        node.snapshot_seen = false;
+        node.connected = true;
+        Ok((session, ttl))
+    }
+
+    /// Apply one report of `node` on stream `session`.
+    pub fn report(&mut self, node: &str, session: u64, r: &Report, now: Instant) -> Result<Applied, IngestError> {
+        let result = self.apply(node, session, r, now);
+        match &result {
+            Ok(_) => self.stats.reports += 1,
+            Err(e) => *self.stats.rejected.entry(e.reason()).or_default() += 1,
+        }
+        result
+    }
+
+    fn apply(&mut self, node_name: &str, session: u64, r: &Report, now: Instant) -> Result<Applied, IngestError> {
+        let Some(node) = self.nodes.get(node_name) else {
+            return Err(IngestError::StaleSession(session));
+        };
+        if node.session != session {
+            return Err(IngestError::StaleSession(session));
+        }
+        if !node.snapshot_seen && !r.snapshot {
+            return Err(IngestError::SnapshotExpected);
+        }
+        if r.ids.len() != r.values.len() {
+            return Err(IngestError::LengthMismatch { ids: r.ids.len(), values: r.values.len() });
+        }
+        if r.seq <= node.last_seq && !r.snapshot {
+            self.stats.reports_ignored_old_seq += 1;
+            let ack = node.last_seq;
+            if let Some(n) = self.nodes.get_mut(node_name) {
+                n.last_seen = now;
+            }
+            return Ok(Applied { ack, fresh: false });
+        }
+        // Validate definitions before changing anything.
+        for d in &r.defs {
+            validate_def(d)?;
+            if let Some(existing) = node.series.get(&d.id) {
+                if existing.kind as i32 != d.kind {
+                    return Err(IngestError::Redefined(d.id));
+                }
+                if let Some(slot) = existing.slot {
+                    let s = &self.slots[slot as usize];
+                    if *s.name != *d.name {
+                        return Err(IngestError::Redefined(d.id));
+                    }
+                }
+            }
+        }
+        let name: Arc<str> = node.name.clone();
+
+        for d in &r.defs {
+            self.define(&name, d);
+        }
+        if r.snapshot {
+            // Everything not in the snapshot is gone.
+            let listed: std::collections::HashSet<u32> = r.ids.iter().copied().chain(r.defs.iter().map(|d| d.id)).collect();
+            let gone: Vec<u32> = self.nodes[&name].series.keys().copied().filter(|id| !listed.contains(id)).collect();
+            for id in gone {
+                self.remove_series(&name, id);
+            }
+        }
+        for (&id, &v) in r.ids.iter().zip(&r.values) {
+            self.update(&name, id, v);
+        }
+        for &id in &r.removed {
+            self.remove_series(&name, id);
+        }
+
+        let status = ScrapeStatus::try_from(r.status).unwrap_or(ScrapeStatus::Unreachable);
+        if status != ScrapeStatus::Ok && status != ScrapeStatus::Pending {
+            *self.stats.scrape_errors.entry(status_label(status)).or_default() += 1;
+        }
+        self.stats.bad_lines += r.bad_lines as u64;
+        let Some(node) = self.nodes.get_mut(&name) else {
+            return Err(IngestError::StaleSession(session));
+        };
+        if status != node.status || !r.status_detail.is_empty() || r.snapshot {
+            node.status_detail.clone_from(&r.status_detail);
+        }
+        node.status = status;
+        node.bad_lines_total += r.bad_lines as u64;
+        node.dropped_series = r.dropped_series;
+        if r.ipamd_start_time_seconds > 0.0 {
+            node.ipamd_start_time = r.ipamd_start_time_seconds;
+        }
+        node.last_seen = now;
+        node.last_seq = node.last_seq.max(r.seq);
+        node.snapshot_seen = true;
+        Ok(Applied { ack: node.last_seq, fresh: true })
+    }
+
+    fn define(&mut self, node_name: &Arc<str>, d: &SeriesDef) {
+        if self.nodes.get(node_name).is_some_and(|n| n.series.contains_key(&d.id)) {
+            return; // Known from an earlier stream of the same run: keep its last total.
+        }
+        let per_node = self.nodes.get(node_name).map_or(0, |n| n.series.len());
+        let kind = MetricKind::try_from(d.kind).unwrap_or(MetricKind::Gauge);
+        let slot = if per_node >= self.cfg.max_series_per_node {
+            *self.stats.series_rejected.entry("node_limit").or_default() += 1;
+            None
+        } else {
+            self.slot_for(d, kind)
+        };
+        if let Some(n) = self.nodes.get_mut(node_name) {
+            n.series.insert(d.id, NodeSeries { slot, kind, value: f64::NAN, contributing: false });
+        }
+    }
+
+    /// Find or create the cluster slot of a definition; `None` when refused (counted).
+    fn slot_for(&mut self, d: &SeriesDef, kind: MetricKind) -> Option<u32> {
+        let spec = catalog::family(&d.family);
+        let drop = spec.map_or(&[][..], |s| s.cluster_drop_labels);
+        let mut labels: Vec<(String, String)> =
+            d.labels.iter().filter(|l| !drop.contains(&l.name.as_str())).map(|l| (l.name.clone(), l.value.clone())).collect();
+        labels.sort_unstable();
+        let name = self.intern(&d.name);
+        let key = (name.clone(), labels);
+        if let Some(&i) = self.slot_index.get(&key) {
+            if self.slots[i as usize].kind != kind {
+                *self.stats.series_rejected.entry("kind_conflict").or_default() += 1;
+                return None;
+            }
+            return Some(i);
+        }
+        if self.slots.len() >= self.cfg.max_cluster_series {
+            *self.stats.series_rejected.entry("cluster_limit").or_default() += 1;
+            return None;
+        }
+        let family = self.intern(&d.family);
+        let family_type = spec.map_or_else(|| FamilyType::try_from(d.family_type).unwrap_or(FamilyType::Untyped), |s| s.family_type);
+        self.families.entry(family.clone()).or_insert(family_type);
+        let fold = if key.1.iter().any(|(n, _)| n == "quantile") && family_type == FamilyType::Summary {
+            NodeFold::Max
+        } else {
+            NodeFold::Sum
+        };
+        let i = self.slots.len() as u32;
+        self.slots.push(Slot {
+            family,
+            name,
+            labels: key.1.clone(),
+            kind,
+            fold,
+            sum: 0.0,
+            contributors: 0,
+            per_node: HashMap::new(),
+            total: 0.0,
+            window: 0.0,
+        });
+        self.slot_index.insert(key, i);
+        Some(i)
+    }
+
+    fn update(&mut self, node_name: &Arc<str>, id: u32, v: f64) {
+        let Some(node) = self.nodes.get_mut(node_name) else { return };
+        let Some(s) = node.series.get_mut(&id) else {
+            *self.stats.series_rejected.entry("unknown_id").or_default() += 1;
+            return;
+        };
+        let Some(slot_i) = s.slot else { return };
+        let slot = &mut self.slots[slot_i as usize];
+        if !v.is_finite() {
+            self.stats.nonfinite_values += 1;
+            if s.kind == MetricKind::Gauge && s.contributing {
+                // The node has no meaningful value now: stop counting its old one.
+                withdraw(slot, node_name, s.value);
+                s.contributing = false;
+            }
+            return;
+        }
+        match s.kind {
+            MetricKind::Counter => {
+                let last = if s.value.is_nan() { 0.0 } else { s.value };
+                if v < last {
+                    // Totals only grow within a run; take it as the new baseline, never as a negative.
+                    self.stats.counter_regressions += 1;
+                } else {
+                    slot.total += v - last;
+                    slot.window += v - last;
+                }
+                s.value = v;
+            }
+            _ => {
+                if s.contributing {
+                    withdraw(slot, node_name, s.value);
+                }
+                slot.sum += v;
+                slot.contributors += 1;
+                if slot.fold == NodeFold::Max {
+                    slot.per_node.insert(node_name.clone(), v);
+                }
+                s.value = v;
+                s.contributing = true;
+            }
+        }
+    }
+
+    fn remove_series(&mut self, node_name: &Arc<str>, id: u32) {
+        let Some(node) = self.nodes.get_mut(node_name) else { return };
+        let Some(s) = node.series.remove(&id) else { return };
+        if let (Some(i), true) = (s.slot, s.contributing) {
+            withdraw(&mut self.slots[i as usize], node_name, s.value);
+        }
+    }
+
+    fn remove_node(&mut self, name: &Arc<str>) {
+        let Some(node) = self.nodes.remove(name) else { return };
+        for s in node.series.values() {
+            if let (Some(i), true) = (s.slot, s.contributing) {
+                withdraw(&mut self.slots[i as usize], name, s.value);
+            }
+        }
+    }
+
+    /// The node said goodbye: its gauges leave the sums at once.
+    pub fn goodbye(&mut self, node: &str, session: u64) -> bool {
+        let Some(name) = self.nodes.get(node).filter(|n| n.session == session).map(|n| n.name.clone()) else {
+            return false;
+        };
+        self.stats.goodbyes += 1;
+        self.remove_node(&name);
+        true
+    }
+
+    /// The stream ended without a goodbye: keep the node until its TTL.
+    pub fn disconnected(&mut self, node: &str, session: u64) {
+        if let Some(n) = self.nodes.get_mut(node).filter(|n| n.session == session) {
+            n.connected = false;
+        }
+    }
+
+    /// Drop nodes silent for longer than their TTL; returns their names.
+    pub fn expire(&mut self, now: Instant) -> Vec<Arc<str>> {
+        let dead: Vec<Arc<str>> =
+            self.nodes.values().filter(|n| now.saturating_duration_since(n.last_seen) > n.ttl).map(|n| n.name.clone()).collect();
+        for name in &dead {
+            self.stats.expired += 1;
+            self.remove_node(name);
+        }
+        dead
+    }
+
+    /// Close the publish window: gauges as they are now, counters' increments since the last window.
+    pub fn take_window(&mut self, end_unix_ms: i64) -> Window {
+        let mut datums = Vec::new();
+        for spec in catalog::FAMILIES {
+            let Some(metric_name) = spec.cloudwatch_name else { continue };
+            let slots = self.slots.iter().filter(|s| *s.family == *spec.name);
+            let value = match spec.cloudwatch_fold {
+                CloudWatchFold::GaugeSum => {
+                    let mut any = false;
+                    let mut sum = 0.0;
+                    for s in slots {
+                        if let Some(v) = s.gauge_value() {
+                            any = true;
+                            sum += v;
+                        }
+                    }
+                    any.then_some(sum)
+                }
+                CloudWatchFold::CounterIncrease => {
+                    let mut any = false;
+                    let mut sum = 0.0;
+                    for s in slots.filter(|s| s.kind == MetricKind::Counter) {
+                        any = true;
+                        sum += s.window;
+                    }
+                    any.then_some(sum)
+                }
+                CloudWatchFold::LatencyP99OrMean => latency(slots),
+            };
+            if let Some(value) = value {
+                let unit = if spec.cloudwatch_fold == CloudWatchFold::LatencyP99OrMean { "Milliseconds" } else { "Count" };
+                datums.push(Datum { metric_name, value, unit });
+            }
+        }
+        for s in &mut self.slots {
+            s.window = 0.0;
+        }
+        Window { cluster_id: self.cfg.cluster_id.clone(), end_unix_ms, nodes: self.nodes.len(), datums }
+    }
+
+    /// The cluster value of a series (gauge sum/max or counter total), for tests and views.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut l: Vec<(String, String)> = labels.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
+        l.sort_unstable();
+        let i = *self.slot_index.get(&(Arc::from(name), l))?;
+        let s = &self.slots[i as usize];
+        match s.kind {
+            MetricKind::Counter => Some(s.total),
+            _ => s.gauge_value(),
+        }
+    }
+
+    /// Append the Prometheus text exposition of the cluster aggregates and ingestion self-metrics.
+    pub fn render_prometheus(&self, out: &mut String) {
+        let cid = escape(&self.cfg.cluster_id);
+        let mut by_family: BTreeMap<&str, Vec<&Slot>> = BTreeMap::new();
+        for s in &self.slots {
+            by_family.entry(&s.family).or_default().push(s);
+        }
+        for (family, mut slots) in by_family {
+            slots.sort_by(|a, b| (&*a.name, &a.labels).cmp(&(&*b.name, &b.labels)));
+            let lines: Vec<(&Slot, f64)> = slots
+                .into_iter()
+                .filter_map(|s| match s.kind {
+                    MetricKind::Counter => Some((s, s.total)),
+                    _ => s.gauge_value().map(|v| (s, v)),
+                })
+                .collect();
+            if lines.is_empty() {
+                continue;
+            }
+            let t = self.families.get(family).copied().unwrap_or(FamilyType::Untyped);
+            let help = catalog::family(family).map_or("ipamd metric summed across the cluster's nodes", |f| f.help);
+            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {}", catalog::type_keyword(t));
+            for (s, v) in lines {
+                let _ = write!(out, "{}{{cluster_id=\"{cid}\"", s.name);
+                for (k, val) in &s.labels {
+                    let _ = write!(out, ",{k}=\"{}\"", escape(val));
+                }
+                let _ = writeln!(out, "}} {}", fmt_value(v));
+            }
+        }
+        self.render_self_metrics(out, &cid);
+    }
+
+    fn render_self_metrics(&self, out: &mut String, cid: &str) {
+        let st = &self.stats;
+        let mut by_status: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut dropped = 0u64;
+        for n in self.nodes.values() {
+            *by_status.entry(status_label(n.status)).or_default() += 1;
+            dropped += n.dropped_series;
+        }
+        let ok = by_status.get("ok").copied().unwrap_or(0);
+        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{cluster_id=\"{cid}\"}} {}", fmt_value(v));
+        };
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{cluster_id=\"{cid}\"}} {v}");
+        };
+        let labelled = |out: &mut String, name: &str, help: &str, kind: &str, label: &str, m: &BTreeMap<&'static str, u64>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (k, v) in m {
+                let _ = writeln!(out, "{name}{{cluster_id=\"{cid}\",{label}=\"{k}\"}} {v}");
+            }
+        };
+        gauge(out, "cni_metrics_nodes_reporting", "Nodes whose last ipamd scrape succeeded", ok as f64);
+        labelled(out, "cni_metrics_nodes", "Known nodes by the status of their last ipamd scrape", "gauge", "scrape_status", &by_status);
+        gauge(out, "cni_metrics_cluster_series", "Cluster series held by the aggregator", self.slots.len() as f64);
+        gauge(out, "cni_metrics_agent_dropped_series", "Series the agents dropped at their per-node limit (current runs)", dropped as f64);
+        counter(out, "cni_metrics_sessions_total", "Agent streams accepted", st.sessions);
+        counter(out, "cni_metrics_reports_received_total", "Agent reports applied", st.reports);
+        counter(out, "cni_metrics_reports_stale_total", "Reports ignored because a newer one was already applied", st.reports_ignored_old_seq);
+        labelled(out, "cni_metrics_reports_rejected_total", "Agent messages refused, by reason", "counter", "reason", &st.rejected);
+        labelled(out, "cni_metrics_series_rejected_total", "Series refused, by reason", "counter", "reason", &st.series_rejected);
+        labelled(out, "cni_metrics_scrape_errors_total", "Reports of a failed ipamd scrape, by status", "counter", "status", &st.scrape_errors);
+        counter(out, "cni_metrics_bad_lines_total", "ipamd page lines the agents could not parse", st.bad_lines);
+        counter(out, "cni_metrics_nonfinite_values_total", "NaN or infinite values ignored", st.nonfinite_values);
+        counter(out, "cni_metrics_counter_regressions_total", "Counter totals that went backwards within an agent run (ignored)", st.counter_regressions);
+        counter(out, "cni_metrics_node_goodbyes_total", "Nodes that left with a goodbye", st.goodbyes);
+        counter(out, "cni_metrics_nodes_expired_total", "Nodes dropped after their TTL", st.expired);
+        counter(out, "cni_metrics_agent_restarts_total", "Agent runs replaced by a new run of the same node", st.agent_restarts);
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.names.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.names.insert(s.to_owned(), a.clone());
+        a
+    }
+}
+
+fn withdraw(slot: &mut Slot, node: &Arc<str>, v: f64) {
+    slot.sum -= v;
+    slot.contributors = slot.contributors.saturating_sub(1);
+    if slot.contributors == 0 {
+        slot.sum = 0.0; // no residue from float rounding once nobody contributes
+    }
+    if slot.fold == NodeFold::Max {
+        slot.per_node.remove(node);
+    }
+}
+
+fn validate_def(d: &SeriesDef) -> Result<(), IngestError> {
+    let kind_ok = matches!(MetricKind::try_from(d.kind), Ok(MetricKind::Gauge | MetricKind::Counter));
+    if !kind_ok || d.name.is_empty() || d.family.is_empty() || !d.name.starts_with(d.family.as_str()) {
+        return Err(IngestError::BadDef(d.id));
+    }
+    Ok(())
+}
+
+/// Max p99 over live nodes where quantiles exist, else the window's mean from `_sum`/`_count`.
+fn latency<'a>(slots: impl Iterator<Item = &'a Slot>) -> Option<f64> {
+    let mut p99: Option<f64> = None;
+    let (mut sum, mut count) = (0.0, 0.0);
+    for s in slots {
+        if s.labels.iter().any(|(k, v)| k == "quantile" && v == "0.99") {
+            if let Some(v) = s.gauge_value() {
+                p99 = Some(p99.map_or(v, |m: f64| m.max(v)));
+            }
+        } else if s.name.ends_with("_sum") {
+            sum += s.window;
+        } else if s.name.ends_with("_count") {
+            count += s.window;
+        }
+    }
+    p99.or_else(|| (count > 0.0).then(|| sum / count))
+}
+
+pub fn status_label(s: ScrapeStatus) -> &'static str {
+    match s {
+        ScrapeStatus::Ok => "ok",
+        ScrapeStatus::Refused => "refused",
+        ScrapeStatus::Timeout => "timeout",
+        ScrapeStatus::HttpError => "http_error",
+        ScrapeStatus::TooLarge => "too_large",
+        ScrapeStatus::Garbage => "garbage",
+        ScrapeStatus::Unreachable => "unreachable",
+        ScrapeStatus::Pending => "pending",
+    }
+}
+
+fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(v);
+    }
+    std::borrow::Cow::Owned(v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+}
+
+fn fmt_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_owned()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf".to_owned() } else { "-Inf".to_owned() }
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,220 @@
+//! Table tests of the aggregation rules.
+
+use super::*;
+use cni_metrics_proto::v1::Label;
+
+fn hello(node: &str, run_id: u64) -> Hello {
+    Hello { node_name: node.into(), run_id, interval_ms: 1000, ..Hello::default() }
+}
+
+fn def(id: u32, name: &str, kind: MetricKind, labels: &[(&str, &str)]) -> SeriesDef {
+    let family = if catalog::family(name).is_some() {
+        name
+    } else {
+        ["_sum", "_count", "_bucket"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name)
+    };
+    SeriesDef {
+        id,
+        family: family.into(),
+        name: name.into(),
+        kind: kind as i32,
+        family_type: FamilyType::Untyped as i32,
+        labels: labels.iter().map(|(n, v)| Label { name: (*n).into(), value: (*v).into() }).collect(),
+    }
+}
+
+fn report(seq: u64, snapshot: bool, defs: Vec<SeriesDef>, upd: &[(u32, f64)], removed: &[u32]) -> Report {
+    Report {
+        seq,
+        snapshot,
+        defs,
+        ids: upd.iter().map(|u| u.0).collect(),
+        values: upd.iter().map(|u| u.1).collect(),
+        removed: removed.to_vec(),
+        ..Report::default()
+    }
+}
+
+const ASSIGNED: &str = "awscni_assigned_ip_addresses";
+const ADD: &str = "awscni_add_ip_req_count";
+
+/// Register `node` with one gauge (id 1) and one counter (id 2) at the given values.
+fn join(st: &mut ClusterState, node: &str, run: u64, gauge: f64, total: f64, now: Instant) -> u64 {
+    let (session, _) = st.hello(&hello(node, run), now).expect("hello");
+    let defs = vec![def(1, ASSIGNED, MetricKind::Gauge, &[]), def(2, ADD, MetricKind::Counter, &[])];
+    st.report(node, session, &report(1, true, defs, &[(1, gauge), (2, total)], &[]), now).expect("snapshot");
+    session
+}
+
+#[test]
+fn gauges_sum_over_live_nodes_and_leave_on_goodbye_or_ttl() {
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    let s1 = join(&mut st, "n1", 1, 10.0, 0.0, t0);
+    join(&mut st, "n2", 2, 20.0, 0.0, t0);
+    join(&mut st, "n3", 3, 30.0, 0.0, t0);
+    assert_eq!(st.value(ASSIGNED, &[]), Some(60.0));
+    st.report("n1", s1, &report(2, false, vec![], &[(1, 15.0)], &[]), t0).expect("update");
+    assert_eq!(st.value(ASSIGNED, &[]), Some(65.0));
+    assert!(st.goodbye("n1", s1));
+    assert_eq!(st.value(ASSIGNED, &[]), Some(50.0));
+    // n2 keeps reporting, n3 goes silent past its TTL (3 × 1 s).
+    let s2 = st.node("n2").map(|n| n.session).unwrap_or_default();
+    st.report("n2", s2, &report(2, false, vec![], &[], &[]), t0 + Duration::from_secs(3)).expect("heartbeat");
+    let expired = st.expire(t0 + Duration::from_millis(3500));
+    assert_eq!(expired.iter().map(|n| &**n).collect::<Vec<_>>(), vec!["n3"]);
+    assert_eq!(st.value(ASSIGNED, &[]), Some(20.0));
+    assert_eq!(st.stats.expired, 1);
+    assert_eq!(st.stats.goodbyes, 1);
+}
+
+#[test]
+fn counters_are_exact_sums_of_per_node_increments() {
+    // Upstream issue #1073/#3844: three nodes at 20, 50, 30 then +10 each must publish the true 30.
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    let mut sessions = Vec::new();
+    for (i, base) in [20.0, 50.0, 30.0].into_iter().enumerate() {
+        // Baselines: an agent that found an old ipamd sends running total 0.
+        let _ = base;
+        sessions.push(join(&mut st, &format!("n{i}"), i as u64 + 1, 1.0, 0.0, t0));
+    }
+    for (i, s) in sessions.iter().enumerate() {
+        st.report(&format!("n{i}"), *s, &report(2, false, vec![], &[(2, 10.0)], &[]), t0).expect("inc");
+    }
+    assert_eq!(st.value(ADD, &[]), Some(30.0));
+    let w = st.take_window(1);
+    assert_eq!(w.datums.iter().find(|d| d.metric_name == "addReqCount").map(|d| d.value), Some(30.0));
+    // The window is drained; the monotonic total is not.
+    let w = st.take_window(2);
+    assert_eq!(w.datums.iter().find(|d| d.metric_name == "addReqCount").map(|d| d.value), Some(0.0));
+    assert_eq!(st.value(ADD, &[]), Some(30.0));
+}
+
+#[test]
+fn replays_and_resent_snapshots_never_count_twice() {
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    let s = join(&mut st, "n1", 7, 1.0, 5.0, t0);
+    assert_eq!(st.value(ADD, &[]), Some(5.0));
+    st.report("n1", s, &report(2, false, vec![], &[(2, 8.0)], &[]), t0).expect("inc");
+    // The same report again (lost ack, resend): ignored.
+    let a = st.report("n1", s, &report(2, false, vec![], &[(2, 8.0)], &[]), t0).expect("dup");
+    assert_eq!(a, Applied { ack: 2, fresh: false });
+    // Reconnect of the same run: the snapshot repeats the total 8 and adds 1.
+    let (s2, _) = st.hello(&hello("n1", 7), t0).expect("hello");
+    let defs = vec![def(1, ASSIGNED, MetricKind::Gauge, &[]), def(2, ADD, MetricKind::Counter, &[])];
+    st.report("n1", s2, &report(3, true, defs, &[(1, 1.0), (2, 9.0)], &[]), t0).expect("snapshot");
+    assert_eq!(st.value(ADD, &[]), Some(9.0));
+    assert_eq!(st.value(ASSIGNED, &[]), Some(1.0), "gauge not doubled by the re-definition");
+    // The old stream is stale now.
+    assert_eq!(st.report("n1", s, &report(4, false, vec![], &[(2, 100.0)], &[]), t0), Err(IngestError::StaleSession(s)));
+    // A new agent run starts a new baseline: its totals are increments since its own start.
+    join(&mut st, "n1", 8, 2.0, 4.0, t0);
+    assert_eq!(st.value(ADD, &[]), Some(13.0));
+    assert_eq!(st.value(ASSIGNED, &[]), Some(2.0));
+    assert_eq!(st.stats.agent_restarts, 1);
+}
+
+#[test]
+fn snapshot_removes_unlisted_series_and_counter_totals_stay() {
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    let s = join(&mut st, "n1", 1, 4.0, 6.0, t0);
+    let (s2, _) = st.hello(&hello("n1", 1), t0).expect("hello");
+    let _ = s;
+    st.report("n1", s2, &report(2, true, vec![def(2, ADD, MetricKind::Counter, &[])], &[(2, 6.0)], &[]), t0).expect("snap");
+    assert_eq!(st.value(ASSIGNED, &[]), None);
+    assert_eq!(st.value(ADD, &[]), Some(6.0));
+    assert_eq!(st.node("n1").map(|n| n.series_count()), Some(1));
+}
+
+#[test]
+fn protocol_errors_table() {
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    assert_eq!(st.hello(&hello("", 1), t0), Err(IngestError::BadNodeName));
+    assert_eq!(st.hello(&Hello { interval_ms: 0, ..hello("x", 1) }, t0), Err(IngestError::BadInterval));
+    let (s, _) = st.hello(&hello("n1", 1), t0).expect("hello");
+    let cases: Vec<(Report, IngestError)> = vec![
+        (report(1, false, vec![], &[], &[]), IngestError::SnapshotExpected),
+        (Report { ids: vec![1], ..report(1, true, vec![], &[], &[]) }, IngestError::LengthMismatch { ids: 1, values: 0 }),
+        (report(1, true, vec![def(1, "x", MetricKind::Unspecified, &[])], &[], &[]), IngestError::BadDef(1)),
+        (report(1, true, vec![def(1, "awscni_a", MetricKind::Gauge, &[])].into_iter().map(|mut d| { d.family = "other".into(); d }).collect(), &[], &[]), IngestError::BadDef(1)),
+    ];
+    for (r, want) in cases {
+        assert_eq!(st.report("n1", s, &r, t0), Err(want.clone()), "{want}");
+    }
+    assert_eq!(st.report("ghost", 99, &report(1, true, vec![], &[], &[]), t0), Err(IngestError::StaleSession(99)));
+    st.report("n1", s, &report(1, true, vec![def(1, ASSIGNED, MetricKind::Gauge, &[])], &[(1, 1.0)], &[]), t0).expect("ok");
+    let redefine = report(2, false, vec![def(1, ADD, MetricKind::Gauge, &[])], &[], &[]);
+    assert_eq!(st.report("n1", s, &redefine, t0), Err(IngestError::Redefined(1)));
+    assert_eq!(st.stats.rejected.values().sum::<u64>(), 6);
+    // Unknown ids and non-finite values are counted, not applied.
+    st.report("n1", s, &report(3, false, vec![], &[(42, 1.0), (1, f64::NAN)], &[]), t0).expect("ok");
+    assert_eq!(st.stats.series_rejected.get("unknown_id"), Some(&1));
+    assert_eq!(st.stats.nonfinite_values, 1);
+    assert_eq!(st.value(ASSIGNED, &[]), None, "NaN withdraws the node's gauge");
+}
+
+#[test]
+fn label_folds_kinds_and_latency() {
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    let per_eni = "awscni_assigned_ip_per_eni";
+    let lat = "awscni_aws_api_latency_ms";
+    for (node, run, q, enis) in [("a", 1, 120.0, ["eni-1", "eni-2"]), ("b", 2, 300.0, ["eni-3", "eni-4"])] {
+        let (s, _) = st.hello(&hello(node, run), t0).expect("hello");
+        let mut q99 = def(3, lat, MetricKind::Gauge, &[("api", "X"), ("quantile", "0.99")]);
+        q99.family_type = FamilyType::Summary as i32;
+        let defs = vec![
+            def(1, per_eni, MetricKind::Gauge, &[("eni", enis[0])]),
+            def(2, per_eni, MetricKind::Gauge, &[("eni", enis[1])]),
+            q99,
+            def(4, "awscni_aws_api_latency_ms_sum", MetricKind::Counter, &[("api", "X")]),
+            def(5, "awscni_aws_api_latency_ms_count", MetricKind::Counter, &[("api", "X")]),
+        ];
+        st.report(node, s, &report(1, true, defs, &[(1, 3.0), (2, 4.0), (3, q), (4, 0.0), (5, 0.0)], &[]), t0).expect("snap");
+    }
+    assert_eq!(st.value(per_eni, &[]), Some(14.0), "eni label summed away across the cluster");
+    assert_eq!(st.value(lat, &[("api", "X"), ("quantile", "0.99")]), Some(300.0), "quantiles fold by max");
+    let w = st.take_window(0);
+    let get = |n: &str| w.datums.iter().find(|d| d.metric_name == n).map(|d| (d.value, d.unit));
+    assert_eq!(get("awsAPILatency"), Some((300.0, "Milliseconds")));
+    assert_eq!(get("assignedIPsPerENI"), Some((14.0, "Count")));
+    // Without quantiles: the mean of the window's increments.
+    st.goodbye("a", st.node("a").map(|n| n.session).unwrap_or_default());
+    let sb = st.node("b").map(|n| n.session).unwrap_or_default();
+    st.report("b", sb, &report(2, false, vec![], &[(4, 900.0), (5, 6.0)], &[3]), t0).expect("upd");
+    let w = st.take_window(0);
+    assert_eq!(w.datums.iter().find(|d| d.metric_name == "awsAPILatency").map(|d| d.value), Some(150.0));
+    // A kind conflict on one cluster series is refused, not merged.
+    let (s, _) = st.hello(&hello("c", 3), t0).expect("hello");
+    st.report("c", s, &report(1, true, vec![def(1, ASSIGNED, MetricKind::Counter, &[])], &[(1, 1.0)], &[]), t0).expect("snap");
+    st.report("b", sb, &report(3, false, vec![def(9, ASSIGNED, MetricKind::Gauge, &[])], &[(9, 1.0)], &[]), t0).expect("upd");
+    assert_eq!(st.stats.series_rejected.get("kind_conflict"), Some(&1));
+}
+
+#[test]
+fn prometheus_exposition() {
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig { cluster_id: "prod \"eu\"".into(), ..StateConfig::default() });
+    let (s, _) = st.hello(&hello("n1", 1), t0).expect("hello");
+    let defs = vec![
+        def(1, ASSIGNED, MetricKind::Gauge, &[]),
+        def(2, "awscni_del_ip_req_count", MetricKind::Counter, &[("reason", "Pod\\Deleted\n")]),
+    ];
+    st.report("n1", s, &report(1, true, defs, &[(1, 7.0), (2, 3.0)], &[]), t0).expect("snap");
+    let mut out = String::new();
+    st.render_prometheus(&mut out);
+    for want in [
+        "# HELP awscni_assigned_ip_addresses The number of IP addresses assigned to pods\n# TYPE awscni_assigned_ip_addresses gauge\n",
+        "awscni_assigned_ip_addresses{cluster_id=\"prod \\\"eu\\\"\"} 7\n",
+        "# TYPE awscni_del_ip_req_count counter\n",
+        "awscni_del_ip_req_count{cluster_id=\"prod \\\"eu\\\"\",reason=\"Pod\\\\Deleted\\n\"} 3\n",
+        "cni_metrics_nodes_reporting{cluster_id=\"prod \\\"eu\\\"\"} 1\n",
+        "cni_metrics_reports_received_total{cluster_id=\"prod \\\"eu\\\"\"} 1\n",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+}

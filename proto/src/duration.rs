@@ -1,0 +1,94 @@
+//! Parsing of the duration knobs: plain seconds as upstream's `METRIC_UPDATE_INTERVAL` takes them (`30`),
+//! or a unit suffix (`500ms`, `2s`, `5m`, `1h`, `1m30s`). Zero, negative and malformed values are errors
+//! that name the value, never a silent default.
+
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("empty duration")]
+    Empty,
+    #[error("duration {0:?} must be positive")]
+    NotPositive(String),
+    #[error("invalid duration {0:?}: use seconds (30) or a unit: 500ms, 2s, 5m, 1h, 1m30s")]
+    Invalid(String),
+}
+
+/// Parse a strictly positive duration.
+pub fn parse_positive(s: &str) -> Result<Duration, DurationError> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(DurationError::Empty);
+    }
+    if t.starts_with('-') {
+        return Err(DurationError::NotPositive(t.to_owned()));
+    }
+    let invalid = || DurationError::Invalid(t.to_owned());
+    let total = if let Ok(secs) = t.parse::<f64>() {
+        if !secs.is_finite() {
+            return Err(invalid());
+        }
+        Duration::try_from_secs_f64(secs).map_err(|_| invalid())?
+    } else {
+        let mut total = Duration::ZERO;
+        let mut rest = t;
+        while !rest.is_empty() {
+            let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(invalid)?;
+            if num_end == 0 {
+                return Err(invalid());
+            }
+            let n: f64 = rest[..num_end].parse().map_err(|_| invalid())?;
+            let after = &rest[num_end..];
+            let unit_end = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+            let scale = match &after[..unit_end] {
+                "ms" => 0.001,
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return Err(invalid()),
+            };
+            total += Duration::try_from_secs_f64(n * scale).map_err(|_| invalid())?;
+            rest = &after[unit_end..];
+        }
+        total
+    };
+    if total.is_zero() {
+        return Err(DurationError::NotPositive(t.to_owned()));
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let ok = [
+            ("30", 30_000),
+            (" 30 ", 30_000),
+            ("0.5", 500),
+            ("500ms", 500),
+            ("2s", 2_000),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+            ("1m30s", 90_000),
+        ];
+        for (s, ms) in ok {
+            assert_eq!(parse_positive(s).map(|d| d.as_millis()), Ok(ms), "{s}");
+        }
+        let bad = [
+            ("", DurationError::Empty),
+            ("0", DurationError::NotPositive("0".into())),
+            ("0s", DurationError::NotPositive("0s".into())),
+            ("-5", DurationError::NotPositive("-5".into())),
+            ("5x", DurationError::Invalid("5x".into())),
+            ("s", DurationError::Invalid("s".into())),
+            ("inf", DurationError::Invalid("inf".into())),
+            ("NaN", DurationError::Invalid("NaN".into())),
+        ];
+        for (s, e) in bad {
+            assert_eq!(parse_positive(s), Err(e), "{s}");
+        }
+    }
+}
