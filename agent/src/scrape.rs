@@ -47,7 +47,8 @@ impl Scraper {
             .timeout(timeout)
             .connect_timeout(timeout)
             .no_proxy()
-            .pool_max_idle_per_host(1)
+            // A fresh connection per scrape: a restarted or stopped ipamd is seen as such at once.
+            .pool_max_idle_per_host(0)
             .user_agent(concat!("cni-metrics-agent/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self { client, url: url.to_owned(), timeout, max_bytes })

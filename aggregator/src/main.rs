@@ -1,1 +1,32 @@
-fn main(){}
+//! `cni-metrics-aggregator`: parses the configuration, sets up logging and the shutdown signal, binds the
+//! listeners and hands them to [`server::serve`]; `demo` runs the self-contained demo instead.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use cni_metrics_aggregator::config::{Cli, Command};
+use cni_metrics_aggregator::publish::{Sink, StdoutSink};
+use cni_metrics_aggregator::{demo, server};
+use cni_metrics_proto::telemetry;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg = cli.aggregator;
+    telemetry::init(cfg.log_format);
+    if let Some(Command::Demo(demo_cfg)) = cli.command {
+        return demo::run_demo(demo_cfg, telemetry::shutdown_signal()).await;
+    }
+    cfg.validate()?;
+    let grpc = tokio::net::TcpListener::bind(cfg.grpc_listen).await.with_context(|| format!("cannot listen on {} (--grpc-listen)", cfg.grpc_listen))?;
+    let http = tokio::net::TcpListener::bind(cfg.http_listen).await.with_context(|| format!("cannot listen on {} (--http-listen)", cfg.http_listen))?;
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    if cfg.stdout {
+        sinks.push(Arc::new(StdoutSink::new()));
+    }
+    let handles = server::Handles::new(&cfg);
+    server::serve(cfg, grpc, http, sinks, handles, telemetry::shutdown_signal()).await?;
+    Ok(())
+}

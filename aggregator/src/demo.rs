@@ -1,0 +1,344 @@
+//! The demo and the test fixtures it is made of: [`FakeIpamd`] is a real HTTP server serving a simulated
+//! ipamd page (with switchable failure modes), and [`run_demo`] starts N of them, one real agent per fake
+//! node and a real aggregator over loopback gRPC, then redraws a live view with the cluster totals next
+//! to the truth computed from the simulators. No AWS, no cluster.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use cni_metrics_agent::sim::{PageStyle, SimIpamd};
+use cni_metrics_agent::{AgentConfig, AgentStats};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::{AggregatorConfig, DemoConfig};
+use crate::ingest::lock;
+use crate::publish::{encode_lines, BoxFuture, Sink, SinkError};
+use crate::server::{serve, Handles};
+use crate::state::{status_label, ClusterState, Window};
+
+/// How a fake ipamd answers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mode {
+    /// The simulated page.
+    Normal,
+    /// A binary/HTML garbage body with status 200.
+    Garbage,
+    /// An HTTP error status.
+    Status(u16),
+    /// Wait this long before answering.
+    Slow(Duration),
+    /// A body of this many bytes.
+    Huge(usize),
+}
+
+struct Fake {
+    sim: Mutex<SimIpamd>,
+    mode: Mutex<Mode>,
+}
+
+/// A real HTTP server on loopback serving one simulated ipamd's `/metrics`.
+pub struct FakeIpamd {
+    pub addr: SocketAddr,
+    inner: Arc<Fake>,
+    task: JoinHandle<()>,
+}
+
+impl FakeIpamd {
+    /// Serve `sim` on `addr` (use port 0 for a free one).
+    pub async fn start(sim: SimIpamd, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Fake { sim: Mutex::new(sim), mode: Mutex::new(Mode::Normal) });
+        let app = Router::new().route("/metrics", get(page)).with_state(inner.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, inner, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/metrics", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.inner.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+    }
+
+    /// Run `f` on the simulator (step it, restart it, read its truth).
+    pub fn with_sim<T>(&self, f: impl FnOnce(&mut SimIpamd) -> T) -> T {
+        f(&mut self.inner.sim.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Stop serving: further scrapes get "connection refused".
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for FakeIpamd {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn page(State(f): State<Arc<Fake>>) -> Response {
+    let mode = f.mode.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match mode {
+        Mode::Normal => {}
+        Mode::Garbage => {
+            let mut body = b"<html><body>502 Bad Gateway</body></html>\n\x00\x01\xff\xfe binary {{{ \"".to_vec();
+            body.extend((0u8..=255).cycle().take(4096));
+            return (StatusCode::OK, body).into_response();
+        }
+        Mode::Status(code) => return StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR).into_response(),
+        Mode::Slow(d) => tokio::time::sleep(d).await,
+        Mode::Huge(n) => return (StatusCode::OK, "# padding\n".repeat(n / 10 + 1)).into_response(),
+    }
+    let text = f.sim.lock().unwrap_or_else(|e| e.into_inner()).render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// Keeps the last published lines for the view.
+#[derive(Default)]
+struct ViewSink {
+    last: Mutex<String>,
+}
+
+impl Sink for ViewSink {
+    fn name(&self) -> &'static str {
+        "stdout"
+    }
+
+    fn publish<'a>(&'a self, window: &'a Window) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            *self.last.lock().unwrap_or_else(|e| e.into_inner()) = encode_lines(window);
+            Ok(())
+        })
+    }
+}
+
+fn style_name(s: PageStyle) -> &'static str {
+    match s {
+        PageStyle::Legacy2019 => "2019 (quantiles)",
+        PageStyle::GaugeTyped => "v1.16 (gauge-typed)",
+        PageStyle::Modern => "v1.23",
+        PageStyle::PrefixDelegation => "v1.23 prefix-deleg.",
+    }
+}
+
+/// Per-node facts the view shows next to the aggregator's numbers.
+pub struct NodeTruth {
+    pub name: String,
+    pub style: PageStyle,
+    pub assigned: u64,
+    pub total: u64,
+    pub max: u64,
+    /// add_ip_req increments since the agent's baseline.
+    pub add_requests: u64,
+}
+
+/// The live view as text (pure, so it is unit-tested).
+pub fn render_view(st: &ClusterState, truth: &[NodeTruth], last_publish: &str, events: &[String], header: &str) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "{header}\n");
+    let _ = writeln!(s, "{:<8} {:<20} {:<9} {:>9} {:>6} {:>5} {:>8}", "NODE", "IPAMD PAGE", "SCRAPE", "ASSIGNED", "TOTAL", "MAX", "ADD REQ");
+    for t in truth {
+        let status = st.node(&t.name).map_or("absent", |n| status_label(n.status));
+        let _ = writeln!(
+            s,
+            "{:<8} {:<20} {:<9} {:>9} {:>6} {:>5} {:>8}",
+            t.name,
+            style_name(t.style),
+            status,
+            t.assigned,
+            t.total,
+            t.max,
+            t.add_requests
+        );
+    }
+    let v = |n: &str| st.value(n, &[]).map_or_else(|| "-".to_owned(), |v| format!("{v}"));
+    let sum = |f: fn(&NodeTruth) -> u64| truth.iter().map(f).sum::<u64>();
+    let _ = writeln!(s, "\n{:<34} {:>12} {:>12}", "CLUSTER (aggregator vs truth)", "AGGREGATOR", "TRUTH");
+    for (label, name, t) in [
+        ("IPs assigned", "awscni_assigned_ip_addresses", sum(|t| t.assigned)),
+        ("IPs total", "awscni_total_ip_addresses", sum(|t| t.total)),
+        ("IPs max", "awscni_ip_max", sum(|t| t.max)),
+        ("add IP requests since start", "awscni_add_ip_req_count", sum(|t| t.add_requests)),
+    ] {
+        let _ = writeln!(s, "{label:<34} {:>12} {t:>12}", v(name));
+    }
+    let _ = writeln!(s, "\nLast publish (stdout sink):");
+    for line in last_publish.lines() {
+        let _ = writeln!(s, "  {line}");
+    }
+    if !events.is_empty() {
+        let _ = writeln!(s, "\nEvents:");
+        for e in events.iter().rev().take(6).rev() {
+            let _ = writeln!(s, "  {e}");
+        }
+    }
+    s
+}
+
+/// Run the demo until `shutdown` (or `--duration`).
+pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let now = crate::publish::unix_ms_now() as f64 / 1000.0;
+    let n = cfg.nodes.clamp(1, 64);
+    let mut fakes = Vec::with_capacity(n);
+    for i in 0..n {
+        let style = PageStyle::ALL[i % PageStyle::ALL.len()];
+        // Node 1 runs an ipamd started a day ago (its counters are a baseline); the others are new nodes.
+        let start = if i == 0 { now - 86_400.0 } else { now - 5.0 };
+        let sim = SimIpamd::new(style, cfg.seed + i as u64, start);
+        fakes.push(FakeIpamd::start(sim, SocketAddr::from(([127, 0, 0, 1], 0))).await?);
+    }
+    let baselines: Vec<u64> = fakes.iter().enumerate().map(|(i, f)| if i == 0 { f.with_sim(|s| s.lifetime.add_ip_req) } else { 0 }).collect();
+
+    let mut agg_cfg = AggregatorConfig::for_test("demo");
+    agg_cfg.publish_interval = cfg.publish_interval;
+    let grpc = TcpListener::bind(agg_cfg.grpc_listen).await?;
+    let http = match TcpListener::bind(cfg.http_listen).await {
+        Ok(l) => l,
+        Err(_) => TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?,
+    };
+    let grpc_addr = grpc.local_addr()?;
+    let http_addr = http.local_addr()?;
+    let handles = Handles::new(&agg_cfg);
+    let view_sink = Arc::new(ViewSink::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let agg = tokio::spawn(serve(agg_cfg, grpc, http, vec![view_sink.clone() as Arc<dyn Sink>], handles.clone(), stopped()));
+
+    let mut agents = Vec::new();
+    for (i, f) in fakes.iter().enumerate() {
+        let acfg = AgentConfig::for_test(&f.url(), &format!("http://{grpc_addr}"), &format!("node-{}", i + 1), cfg.interval);
+        agents.push(tokio::spawn(cni_metrics_agent::run(acfg, Arc::new(AgentStats::default()), stopped())));
+    }
+
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let header = format!(
+        "cni-metrics demo: {n} simulated nodes -> agents -> aggregator (gRPC {grpc_addr})\n\
+         Prometheus: http://{http_addr}/metrics   interval {:?}, publish window {:?}   Ctrl-C to stop",
+        cfg.interval, cfg.publish_interval
+    );
+    let mut events: Vec<String> = Vec::new();
+    // Half an interval out of phase with the agents' scrapes, so every step is scraped before the view.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.interval / 2, cfg.interval);
+    let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
+    let started = Arc::new(AtomicBool::new(false));
+    tokio::pin!(shutdown);
+    let mut step = 0u64;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {}
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            break;
+        }
+        let truth: Vec<NodeTruth> = fakes
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                f.with_sim(|s| NodeTruth {
+                    name: format!("node-{}", i + 1),
+                    style: s.style,
+                    assigned: s.assigned,
+                    total: s.total_ips(),
+                    max: s.ip_max(),
+                    add_requests: s.lifetime.add_ip_req - baselines[i],
+                })
+            })
+            .collect();
+        let last = view_sink.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let view = render_view(&lock(&handles.state), &truth, &last, &events, &header);
+        if tty {
+            print!("\x1b[2J\x1b[H{view}");
+        } else {
+            println!("{view}");
+        }
+            // Let the simulation move only once every agent has taken its first look.
+        if !started.load(Ordering::Relaxed) {
+            let ready = lock(&handles.state).nodes().filter(|n| n.status == cni_metrics_proto::v1::ScrapeStatus::Ok).count() == n;
+            if ready {
+                started.store(true, Ordering::Relaxed);
+                events.push("all agents connected; nodes start scheduling pods".into());
+            }
+        } else {
+            step += 1;
+            for f in &fakes {
+                f.with_sim(|s| s.step());
+            }
+            if step == 8 && n >= 2 {
+                let t = crate::publish::unix_ms_now() as f64 / 1000.0;
+                fakes[1].with_sim(|s| s.restart(t));
+                events.push(format!("step {step}: ipamd on node-2 restarted (its counters reset; the agent folds the reset in)"));
+            }
+            if step == 12 && n >= 3 {
+                fakes[2].set_mode(Mode::Garbage);
+                events.push(format!("step {step}: node-3's ipamd serves garbage (node keeps its last good state)"));
+            }
+            if step == 16 && n >= 3 {
+                fakes[2].set_mode(Mode::Normal);
+                events.push(format!("step {step}: node-3's ipamd is healthy again"));
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    for a in agents {
+        let _ = a.await;
+    }
+    agg.await??;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateConfig;
+
+    #[test]
+    fn view_shows_nodes_cluster_and_publish() {
+        let st = ClusterState::new(StateConfig::default());
+        let truth = vec![NodeTruth { name: "node-1".into(), style: PageStyle::Modern, assigned: 3, total: 9, max: 27, add_requests: 5 }];
+        let v = render_view(&st, &truth, "t cluster_id=demo metric=addReqCount value=5 unit=Count\n", &["e1".into()], "HEADER");
+        assert!(v.starts_with("HEADER\n"));
+        assert!(v.contains("node-1   v1.23"), "{v}");
+        assert!(v.contains("absent"), "{v}");
+        assert!(v.contains("add IP requests since start"), "{v}");
+        assert!(v.contains("  t cluster_id=demo metric=addReqCount value=5 unit=Count"), "{v}");
+        assert!(v.contains("Events:\n  e1"), "{v}");
+    }
+
+    #[tokio::test]
+    async fn fake_ipamd_modes() {
+        let sim = SimIpamd::new(PageStyle::Modern, 1, 1.0);
+        let f = FakeIpamd::start(sim, SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("bind");
+        let scraper = cni_metrics_agent::scrape::Scraper::new(&f.url(), Duration::from_millis(300), 64 * 1024).expect("client");
+        let page = scraper.fetch().await.expect("page");
+        assert!(page.contains("awscni_assigned_ip_addresses"));
+        f.set_mode(Mode::Status(503));
+        assert!(matches!(scraper.fetch().await, Err(cni_metrics_agent::scrape::ScrapeError::HttpStatus(503))));
+        f.set_mode(Mode::Slow(Duration::from_secs(2)));
+        assert!(matches!(scraper.fetch().await, Err(cni_metrics_agent::scrape::ScrapeError::Timeout(_))));
+        f.set_mode(Mode::Huge(200_000));
+        assert!(matches!(scraper.fetch().await, Err(cni_metrics_agent::scrape::ScrapeError::TooLarge(_))));
+        f.stop();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(matches!(scraper.fetch().await, Err(cni_metrics_agent::scrape::ScrapeError::Refused)), "stopped server refuses");
+    }
+}

@@ -1,0 +1,88 @@
+//! The HTTP face of the aggregator: `/metrics` (Prometheus text 0.0.4: cluster aggregates under ipamd's
+//! family names with a `cluster_id` label, plus `cni_metrics_*` self-metrics), `/healthz` and `/readyz`.
+//! `router(state)` is a plain axum `Router`, so handlers are tested with `oneshot`, no socket needed.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+use crate::ingest::{lock, Shared};
+use crate::publish::PublishStats;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub cluster: Shared,
+    pub publish: Arc<Mutex<PublishStats>>,
+    /// Whether `/metrics` serves the cluster aggregates (`USE_PROMETHEUS`); self-metrics always.
+    pub prometheus: bool,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics(State(st): State<HttpState>) -> impl IntoResponse {
+    let mut out = String::with_capacity(16 * 1024);
+    let cluster_id = {
+        let cluster = lock(&st.cluster);
+        if st.prometheus {
+            cluster.render_prometheus(&mut out);
+        }
+        cluster.cluster_id().replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    };
+    st.publish.lock().unwrap_or_else(|e| e.into_inner()).render(&mut out, &cluster_id);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
+}
+
+async fn readyz(State(st): State<HttpState>) -> impl IntoResponse {
+    let nodes = lock(&st.cluster).node_count();
+    (StatusCode::OK, format!("ready: {nodes} nodes\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{ClusterState, StateConfig};
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    fn app() -> Router {
+        let cluster = Arc::new(Mutex::new(ClusterState::new(StateConfig { cluster_id: "c1".into(), ..StateConfig::default() })));
+        router(HttpState { cluster, publish: Arc::default(), prometheus: true })
+    }
+
+    async fn get_text(path: &str) -> (StatusCode, String, Option<String>) {
+        let resp = match app().oneshot(Request::get(path).body(Body::empty()).unwrap_or_default()).await {
+            Ok(r) => r,
+            Err(e) => match e {},
+        };
+        let status = resp.status();
+        let ct = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap_or_default();
+        (status, String::from_utf8_lossy(&bytes).into_owned(), ct)
+    }
+
+    #[tokio::test]
+    async fn endpoints() {
+        let (s, body, ct) = get_text("/metrics").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(ct.as_deref(), Some("text/plain; version=0.0.4; charset=utf-8"));
+        assert!(body.contains("cni_metrics_nodes_reporting{cluster_id=\"c1\"} 0"), "{body}");
+        assert!(body.contains("cni_metrics_publish_windows_total{cluster_id=\"c1\"} 0"), "{body}");
+        let (s, body, _) = get_text("/healthz").await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, "ok\n"));
+        let (s, body, _) = get_text("/readyz").await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, "ready: 0 nodes\n"));
+        let (s, _, _) = get_text("/nope").await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+}

@@ -1,0 +1,211 @@
+//! Publishing: every `--publish-interval` the publisher closes a window of the cluster state
+//! ([`ClusterState::take_window`]) and hands it to each sink outside the state lock.
+//!
+//! A sink is the seam the CloudWatch sink plugs into: a name, and an async `publish` of one window that
+//! says whether it succeeded. The `stdout` sink prints one line per datum, like upstream's log lines, for
+//! dry runs; its encoder is a pure function.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tracing::{info, warn};
+
+use crate::ingest::{lock, Shared};
+use crate::state::Window;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("write failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A destination of publish windows.
+pub trait Sink: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn publish<'a>(&'a self, window: &'a Window) -> BoxFuture<'a, Result<(), SinkError>>;
+}
+
+/// Prints each datum as a line to a writer (stdout by default).
+pub struct StdoutSink {
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+impl StdoutSink {
+    pub fn new() -> Self {
+        Self { out: Mutex::new(Box::new(std::io::stdout())) }
+    }
+
+    pub fn with_writer(w: Box<dyn Write + Send>) -> Self {
+        Self { out: Mutex::new(w) }
+    }
+}
+
+impl Default for StdoutSink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sink for StdoutSink {
+    fn name(&self) -> &'static str {
+        "stdout"
+    }
+
+    fn publish<'a>(&'a self, window: &'a Window) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let text = encode_lines(window);
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+            Ok(())
+        })
+    }
+}
+
+/// One line per datum: `<RFC 3339 time> cluster_id=<id> metric=<CloudWatch name> value=<v> unit=<unit>`.
+pub fn encode_lines(w: &Window) -> String {
+    let mut s = String::with_capacity(w.datums.len() * 96);
+    let ts = rfc3339(w.end_unix_ms);
+    for d in &w.datums {
+        let _ = writeln!(s, "{ts} cluster_id={} metric={} value={} unit={}", w.cluster_id, d.metric_name, d.value, d.unit);
+    }
+    s
+}
+
+/// Format Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (civil-from-days, no time zone database).
+pub fn rfc3339(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let ms = unix_ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", sod / 3600, sod % 3600 / 60, sod % 60)
+}
+
+/// Publish outcomes, for `/metrics` and `/readyz`.
+#[derive(Debug, Default)]
+pub struct PublishStats {
+    /// (sink, "ok" | "error") → count.
+    pub publishes: BTreeMap<(&'static str, &'static str), u64>,
+    pub datums: BTreeMap<&'static str, u64>,
+    pub windows: u64,
+    pub last_success_unix_ms: BTreeMap<&'static str, i64>,
+}
+
+impl PublishStats {
+    pub fn render(&self, out: &mut String, cluster_id: &str) {
+        let _ = writeln!(out, "# HELP cni_metrics_publish_windows_total Publish windows closed\n# TYPE cni_metrics_publish_windows_total counter");
+        let _ = writeln!(out, "cni_metrics_publish_windows_total{{cluster_id=\"{cluster_id}\"}} {}", self.windows);
+        let _ = writeln!(out, "# HELP cni_metrics_publishes_total Window publications by sink and result\n# TYPE cni_metrics_publishes_total counter");
+        for ((sink, result), v) in &self.publishes {
+            let _ = writeln!(out, "cni_metrics_publishes_total{{cluster_id=\"{cluster_id}\",sink=\"{sink}\",result=\"{result}\"}} {v}");
+        }
+        let _ = writeln!(out, "# HELP cni_metrics_published_datums_total Datums published by sink\n# TYPE cni_metrics_published_datums_total counter");
+        for (sink, v) in &self.datums {
+            let _ = writeln!(out, "cni_metrics_published_datums_total{{cluster_id=\"{cluster_id}\",sink=\"{sink}\"}} {v}");
+        }
+        let _ = writeln!(out, "# HELP cni_metrics_last_publish_success_timestamp_seconds Time of the last successful publication by sink\n# TYPE cni_metrics_last_publish_success_timestamp_seconds gauge");
+        for (sink, ms) in &self.last_success_unix_ms {
+            let _ = writeln!(out, "cni_metrics_last_publish_success_timestamp_seconds{{cluster_id=\"{cluster_id}\",sink=\"{sink}\"}} {}", *ms as f64 / 1000.0);
+        }
+    }
+}
+
+pub fn unix_ms_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Close one window and publish it to every sink.
+pub async fn publish_once(state: &Shared, sinks: &[Arc<dyn Sink>], stats: &Mutex<PublishStats>) {
+    let window = lock(state).take_window(unix_ms_now());
+    stats.lock().unwrap_or_else(|e| e.into_inner()).windows += 1;
+    for sink in sinks {
+        let result = sink.publish(&window).await;
+        let mut st = stats.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => {
+                *st.publishes.entry((sink.name(), "ok")).or_default() += 1;
+                *st.datums.entry(sink.name()).or_default() += window.datums.len() as u64;
+                st.last_success_unix_ms.insert(sink.name(), window.end_unix_ms);
+            }
+            Err(e) => {
+                *st.publishes.entry((sink.name(), "error")).or_default() += 1;
+                warn!(sink = sink.name(), error = %e, datums = window.datums.len(), "publish failed");
+            }
+        }
+    }
+}
+
+/// Publish every `interval` until `shutdown`, then publish the last partial window.
+pub async fn run_publisher(
+    state: Shared,
+    sinks: Vec<Arc<dyn Sink>>,
+    interval: Duration,
+    stats: Arc<Mutex<PublishStats>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = ticker.tick() => publish_once(&state, &sinks, &stats).await,
+        }
+    }
+    if !sinks.is_empty() {
+        info!("publishing the final window before exit");
+        publish_once(&state, &sinks, &stats).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Datum;
+
+    #[test]
+    fn rfc3339_table() {
+        for (ms, want) in [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+            (1_795_365_045_123, "2026-11-22T16:30:45.123Z"),
+            (4_102_444_799_999, "2099-12-31T23:59:59.999Z"),
+        ] {
+            assert_eq!(rfc3339(ms), want);
+        }
+    }
+
+    #[test]
+    fn stdout_lines() {
+        let w = Window {
+            cluster_id: "prod".into(),
+            end_unix_ms: 0,
+            nodes: 2,
+            datums: vec![
+                Datum { metric_name: "assignIPAddresses", value: 42.0, unit: "Count" },
+                Datum { metric_name: "awsAPILatency", value: 12.5, unit: "Milliseconds" },
+            ],
+        };
+        assert_eq!(
+            encode_lines(&w),
+            "1970-01-01T00:00:00.000Z cluster_id=prod metric=assignIPAddresses value=42 unit=Count\n\
+             1970-01-01T00:00:00.000Z cluster_id=prod metric=awsAPILatency value=12.5 unit=Milliseconds\n"
+        );
+    }
+}

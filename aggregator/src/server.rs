@@ -1,0 +1,141 @@
+//! Wires the aggregator's parts around injected listeners and an injected shutdown future (so tests and
+//! the demo run it on `127.0.0.1:0`): the gRPC ingest server, the HTTP server, the TTL sweeper and the
+//! publisher. On shutdown the servers stop accepting, the publisher flushes its last window, and `serve`
+//! returns.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cni_metrics_proto::v1::ingest_server::IngestServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+use crate::config::AggregatorConfig;
+use crate::http::{router, HttpState};
+use crate::ingest::{lock, IngestService, Shared};
+use crate::publish::{run_publisher, PublishStats, Sink};
+use crate::state::{ClusterState, StateConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(#[from] std::io::Error),
+    #[error("a server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Handles shared with whoever embeds the aggregator (tests, demo view).
+#[derive(Clone)]
+pub struct Handles {
+    pub state: Shared,
+    pub publish: Arc<Mutex<PublishStats>>,
+}
+
+impl Handles {
+    pub fn new(cfg: &AggregatorConfig) -> Self {
+        let state = ClusterState::new(StateConfig {
+            cluster_id: cfg.cluster_id.clone().unwrap_or_default(),
+            node_ttl: cfg.node_ttl,
+            max_cluster_series: cfg.max_cluster_series,
+            max_series_per_node: cfg.max_series_per_node,
+        });
+        Self { state: Arc::new(Mutex::new(state)), publish: Arc::default() }
+    }
+}
+
+/// Run until `shutdown` completes.
+pub async fn serve(
+    cfg: AggregatorConfig,
+    grpc: TcpListener,
+    http: TcpListener,
+    sinks: Vec<Arc<dyn Sink>>,
+    handles: Handles,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    info!(
+        grpc = %grpc.local_addr()?,
+        http = %http.local_addr()?,
+        cluster_id = cfg.cluster_id.as_deref().unwrap_or(""),
+        publish_interval = ?cfg.publish_interval,
+        sinks = ?sinks.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "aggregator starting"
+    );
+    if cfg.cluster_id.is_none() {
+        warn!("no cluster id: set AWS_CLUSTER_ID or --cluster-id; the cluster_id label is empty");
+    }
+
+    let svc = IngestServer::new(IngestService::new(handles.state.clone(), stop_tx.subscribe()))
+        .max_decoding_message_size(cfg.max_message_bytes)
+        .max_encoding_message_size(cfg.max_message_bytes);
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped()),
+    );
+
+    let app = router(HttpState { cluster: handles.state.clone(), publish: handles.publish.clone(), prometheus: cfg.prometheus });
+    let http_stop = stopped();
+    let http_task = tokio::spawn(async move { axum::serve(http, app).with_graceful_shutdown(http_stop).await });
+
+    let sweeper = {
+        let state = handles.state.clone();
+        let stop = stopped();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tick.tick() => {
+                        let expired = lock(&state).expire(Instant::now());
+                        for node in expired {
+                            warn!(node = %node, "node expired: no report within its TTL; its gauges left the sums");
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let publisher = tokio::spawn(run_publisher(handles.state.clone(), sinks, cfg.publish_interval, handles.publish.clone(), stopped()));
+
+    shutdown.await;
+    info!("aggregator shutting down");
+    let _ = stop_tx.send(true);
+    let grpc_result = bounded(grpc_task).await;
+    let http_result = bounded(http_task).await;
+    let _ = sweeper.await;
+    publisher.await?;
+    grpc_result??;
+    http_result??;
+    info!("aggregator stopped");
+    Ok(())
+}
+
+/// How long servers may take to drain at shutdown before they are aborted.
+const DRAIN: Duration = Duration::from_secs(5);
+
+async fn bounded<T>(mut task: tokio::task::JoinHandle<Result<(), T>>) -> Result<Result<(), T>, tokio::task::JoinError> {
+    match tokio::time::timeout(DRAIN, &mut task).await {
+        Ok(r) => r,
+        Err(_) => {
+            warn!("a server did not drain within 5s; aborting it");
+            task.abort();
+            Ok(Ok(()))
+        }
+    }
+}
