@@ -15,7 +15,7 @@ pub struct AgentConfig {
     pub ipamd_url: String,
 
     /// Scrape interval: plain seconds (`30`) or a duration (`500ms`, `2s`, `1m`).
-    #[arg(long, env = "METRIC_UPDATE_INTERVAL", default_value = "30", value_parser = parse_positive)]
+    #[arg(long, env = "METRIC_UPDATE_INTERVAL", default_value = "30", value_parser = parse_positive, allow_hyphen_values = true)]
     pub interval: Duration,
 
     /// This node's name (from the downward API in a cluster); falls back to the host name.
