@@ -287,7 +287,7 @@ fn spawn_connect(endpoint: Endpoint, delay: Duration, mut attempts: Attempts, ev
                 Err(e) => {
                     stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                     let d = attempts.next_delay();
-                    if attempts.attempt() == 1 || attempts.attempt() % 10 == 0 {
+                    if attempts.attempt() == 1 || attempts.attempt().is_multiple_of(10) {
                         warn!(error = %e, attempt = attempts.attempt(), retry_in = ?d, "cannot reach aggregator");
                     }
                     if ev.is_closed() {

@@ -1,1 +1,100 @@
-fn main(){}
+//! `cargo bench -p cni-metrics-aggregator`: aggregator ingest of agent reports for many simulated nodes
+//! (real report messages built by the agent's code from simulated ipamd pages), and the cost of a
+//! publish window and a /metrics render. Prints a table.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use cni_metrics_agent::delta::{DeltaConfig, DeltaEngine};
+use cni_metrics_agent::parse::parse;
+use cni_metrics_agent::report::{delta_report, snapshot_report, Pending, ScrapeFacts};
+use cni_metrics_agent::sim::{PageStyle, SimIpamd};
+use cni_metrics_aggregator::state::{ClusterState, StateConfig};
+use cni_metrics_proto::v1::{Hello, Report, ScrapeStatus};
+
+const START: f64 = 1_763_700_000.0;
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn facts() -> ScrapeFacts {
+    ScrapeFacts { scrape_time_ms: 0, status: ScrapeStatus::Ok, status_detail: String::new(), bad_lines: 0, dropped_series: 0, ipamd_start_time: START }
+}
+
+fn main() {
+    let nodes: usize = std::env::var("BENCH_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    // A few distinct node shapes; each simulated node reuses one shape's reports (ids are per node).
+    let mut shapes: Vec<(Report, Vec<Report>, Report)> = Vec::new();
+    for (i, style) in PageStyle::ALL.iter().enumerate() {
+        let mut sim = SimIpamd::new(*style, i as u64, START);
+        let mut engine = DeltaEngine::new(DeltaConfig::default());
+        engine.observe(&parse(&sim.render()), START + 10.0);
+        let snap = snapshot_report(&engine, 1, &facts());
+        let mut busy = Vec::new();
+        for k in 0..8 {
+            sim.step();
+            let mut p = Pending::default();
+            p.absorb(&engine.observe(&parse(&sim.render()), START + 20.0 + k as f64));
+            busy.push(delta_report(&engine, &p, 2 + k, &facts()));
+        }
+        let idle = delta_report(&engine, &Pending::default(), 100, &facts());
+        shapes.push((snap, busy, idle));
+    }
+    let before = rss_kib();
+    let mut st = ClusterState::new(StateConfig { cluster_id: "bench".into(), ..StateConfig::default() });
+    let now = Instant::now();
+    let names: Vec<String> = (0..nodes).map(|i| format!("ip-10-0-{}-{}.ec2.internal", i / 250, i % 250)).collect();
+    let mut sessions = Vec::with_capacity(nodes);
+    let t = Instant::now();
+    for (i, name) in names.iter().enumerate() {
+        let h = Hello { node_name: name.clone(), run_id: i as u64 + 1, interval_ms: 30_000, ..Hello::default() };
+        let (s, _) = st.hello(&h, now).unwrap_or_default();
+        let _ = st.report(name, s, &shapes[i % shapes.len()].0, now);
+        sessions.push(s);
+    }
+    let join = t.elapsed();
+    let after = rss_kib();
+
+    let t = Instant::now();
+    for k in 0..8 {
+        for (i, name) in names.iter().enumerate() {
+            let r = &shapes[i % shapes.len()].1[k];
+            black_box(st.report(name, sessions[i], r, now).ok());
+        }
+    }
+    let busy = t.elapsed() / (8 * nodes as u32);
+    let mut idle_r = shapes[0].2.clone();
+    let t = Instant::now();
+    for round in 0..5u64 {
+        for (i, name) in names.iter().enumerate() {
+            idle_r.seq = 100 + round;
+            let mut r = shapes[i % shapes.len()].2.clone();
+            r.seq = idle_r.seq;
+            black_box(st.report(name, sessions[i], &r, now).ok());
+        }
+    }
+    let idle = t.elapsed() / (5 * nodes as u32);
+    let t = Instant::now();
+    let w = st.take_window(0);
+    let window = t.elapsed();
+    let mut out = String::new();
+    let t = Instant::now();
+    st.render_prometheus(&mut out);
+    let render = t.elapsed();
+    println!("{:<44} {:>14}", "measure", "value");
+    println!("{:<44} {:>14}", "nodes", nodes);
+    println!("{:<44} {:>12.1}µs", "join (hello + snapshot) per node", join.as_secs_f64() * 1e6 / nodes as f64);
+    println!("{:<44} {:>12.2}µs", "busy report apply per node", busy.as_secs_f64() * 1e6);
+    println!("{:<44} {:>12.2}µs", "idle report apply per node (clone incl.)", idle.as_secs_f64() * 1e6);
+    println!("{:<44} {:>12.0}/s", "busy reports/s on one core", 1.0 / busy.as_secs_f64());
+    println!("{:<44} {:>12.1}KiB", "state memory per node (RSS delta)", (after.saturating_sub(before)) as f64 / nodes as f64);
+    println!("{:<44} {:>12.2}ms", "publish window (take_window)", window.as_secs_f64() * 1e3);
+    println!("{:<44} {:>12.2}ms", "/metrics render", render.as_secs_f64() * 1e3);
+    println!("{:<44} {:>14}", "/metrics bytes", out.len());
+    println!("{:<44} {:>14}", "datums per window", w.datums.len());
+    println!("{:<44} {:>12.0}/s", "needed for 100k nodes at 30 s", 100_000.0 / 30.0);
+}

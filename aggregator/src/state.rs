@@ -186,12 +186,15 @@ pub struct Window {
     pub datums: Vec<Datum>,
 }
 
+/// A cluster series' identity: sample name and labels after the cluster fold.
+type SlotKey = (Arc<str>, Vec<(String, String)>);
+
 /// The whole cluster.
 #[derive(Debug)]
 pub struct ClusterState {
     cfg: StateConfig,
     slots: Vec<Slot>,
-    slot_index: HashMap<(Arc<str>, Vec<(String, String)>), u32>,
+    slot_index: HashMap<SlotKey, u32>,
     /// Family → (type, help) for exposition.
     families: BTreeMap<Arc<str>, FamilyType>,
     names: HashMap<String, Arc<str>>,

@@ -176,16 +176,17 @@ pub fn start_agent(dir: &Path, node: &str, ipamd_url: &str, aggregator_grpc: &st
         &format!("http://{aggregator_grpc}"),
         "--node-name",
         node,
-        "--interval",
-        "200ms",
-        "--scrape-timeout",
-        "150ms",
         "--log-format",
         "json",
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    for (flag, default) in [("--interval", "200ms"), ("--scrape-timeout", "150ms")] {
+        if !extra.contains(&flag) {
+            args.extend([flag.to_owned(), default.to_owned()]);
+        }
+    }
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     Proc::start("cni-metrics-agent", node, &args, dir)
 }
