@@ -223,12 +223,18 @@ fn scrape_once(
             stats.invalid_samples.fetch_add(obs.invalid_samples as u64, Ordering::Relaxed);
             stats.dropped_series.fetch_add(obs.dropped_series as u64, Ordering::Relaxed);
             facts.bad_lines = page.bad_lines;
-            facts.dropped_series += obs.dropped_series as u64;
+            if obs.dropped_series as u64 != facts.dropped_series {
+                if obs.dropped_series > 0 {
+                    warn!(node, dropped = obs.dropped_series, "series limit (--max-series) reached; new series dropped");
+                } else if obs.usable {
+                    info!(node, "all series within the series limit again");
+                }
+            }
+            if obs.usable {
+                facts.dropped_series = obs.dropped_series as u64;
+            }
             if page.bad_lines > 0 {
                 debug!(node, bad_lines = page.bad_lines, first = ?page.first_errors, "bad lines in ipamd page");
-            }
-            if obs.dropped_series > 0 {
-                warn!(node, dropped = obs.dropped_series, "series limit reached; new series dropped");
             }
             if obs.ipamd_restarted {
                 info!(node, start_time = engine.ipamd_start_time().unwrap_or(0.0), "ipamd restarted; counters reset folded in");

@@ -157,6 +157,7 @@ pub struct IngestStats {
     pub goodbyes: u64,
     pub expired: u64,
     pub agent_restarts: u64,
+    pub runs_adopted: u64,
 }
 
 /// The result of applying a report.
@@ -346,8 +347,15 @@ impl ClusterState {
                 self.remove_series(&name, id);
             }
         }
+        // A run first seen after it had already sent reports (this aggregator restarted): its totals so
+        // far were delivered to a previous aggregator, or lost with it. Take them as the baseline rather
+        // than publish them again as one spike.
+        let adopt = r.snapshot && self.nodes[&name].last_seq == 0 && r.seq > 1;
+        if adopt {
+            self.stats.runs_adopted += 1;
+        }
         for (&id, &v) in r.ids.iter().zip(&r.values) {
-            self.update(&name, id, v);
+            self.update(&name, id, v, adopt);
         }
         for &id in &r.removed {
             self.remove_series(&name, id);
@@ -438,7 +446,7 @@ impl ClusterState {
         Some(i)
     }
 
-    fn update(&mut self, node_name: &Arc<str>, id: u32, v: f64) {
+    fn update(&mut self, node_name: &Arc<str>, id: u32, v: f64, baseline: bool) {
         let Some(node) = self.nodes.get_mut(node_name) else { return };
         let Some(s) = node.series.get_mut(&id) else {
             *self.stats.series_rejected.entry("unknown_id").or_default() += 1;
@@ -458,7 +466,9 @@ impl ClusterState {
         match s.kind {
             MetricKind::Counter => {
                 let last = if s.value.is_nan() { 0.0 } else { s.value };
-                if v < last {
+                if baseline {
+                    // Adopted run: no increment.
+                } else if v < last {
                     // Totals only grow within a run; take it as the new baseline, never as a negative.
                     self.stats.counter_regressions += 1;
                 } else {
@@ -636,7 +646,7 @@ impl ClusterState {
         gauge(out, "cni_metrics_nodes_reporting", "Nodes whose last ipamd scrape succeeded", ok as f64);
         labelled(out, "cni_metrics_nodes", "Known nodes by the status of their last ipamd scrape", "gauge", "scrape_status", &by_status);
         gauge(out, "cni_metrics_cluster_series", "Cluster series held by the aggregator", self.slots.len() as f64);
-        gauge(out, "cni_metrics_agent_dropped_series", "Series the agents dropped at their per-node limit (current runs)", dropped as f64);
+        gauge(out, "cni_metrics_agent_dropped_series", "Series the agents dropped at their per-node limit in their latest scrape", dropped as f64);
         counter(out, "cni_metrics_sessions_total", "Agent streams accepted", st.sessions);
         counter(out, "cni_metrics_reports_received_total", "Agent reports applied", st.reports);
         counter(out, "cni_metrics_reports_stale_total", "Reports ignored because a newer one was already applied", st.reports_ignored_old_seq);
@@ -649,6 +659,12 @@ impl ClusterState {
         counter(out, "cni_metrics_node_goodbyes_total", "Nodes that left with a goodbye", st.goodbyes);
         counter(out, "cni_metrics_nodes_expired_total", "Nodes dropped after their TTL", st.expired);
         counter(out, "cni_metrics_agent_restarts_total", "Agent runs replaced by a new run of the same node", st.agent_restarts);
+        counter(
+            out,
+            "cni_metrics_agent_runs_adopted_total",
+            "Agent runs first seen mid-run (aggregator restart): their counter totals so far were taken as the baseline",
+            st.runs_adopted,
+        );
     }
 
     fn intern(&mut self, s: &str) -> Arc<str> {

@@ -142,7 +142,7 @@ async fn exact_cluster_sums_across_page_styles_and_an_ipamd_restart() -> Result<
 async fn goodbye_removes_at_once_and_ttl_expires_a_silent_node() -> Result<()> {
     let dir = scratch_dir("leave")?;
     let nodes = fakes(&[PageStyle::Modern, PageStyle::Modern, PageStyle::PrefixDelegation], 20).await?;
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--node-ttl", "2s"])?;
+    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--node-ttl", "4s"])?;
     let mut agents: Vec<Proc> =
         nodes.iter().map(|n| start_agent(&dir, &n.name, &n.fake.url(), &agg.grpc, &[])).collect::<Result<_>>()?;
     wait_reporting(&agg, 3.0).await?;
@@ -156,13 +156,16 @@ async fn goodbye_removes_at_once_and_ttl_expires_a_silent_node() -> Result<()> {
     assert!(agents[0].terminate(Duration::from_secs(5))?, "agent exits on SIGTERM");
     let rest: Vec<&Node> = nodes[1..].iter().collect();
     assert_exact(&agg, &rest, t.add, t.del).await?;
-    assert!(started.elapsed() < Duration::from_secs(2), "goodbye took {:?}", started.elapsed());
-    assert_eq!(sample(&agg.metrics().await?, "cni_metrics_node_goodbyes_total", &[]), Some(1.0));
-
-    // SIGKILL: no goodbye; the node stays until its 2 s TTL, then leaves. Counters never go back.
-    agents[1].kill();
+    assert!(started.elapsed() < Duration::from_secs(3), "goodbye took {:?}", started.elapsed());
     let page = agg.metrics().await?;
-    assert_eq!(sample(&page, "cni_metrics_nodes_expired_total", &[]), Some(0.0));
+    assert_eq!(sample(&page, "cni_metrics_node_goodbyes_total", &[]), Some(1.0));
+    assert_eq!(sample(&page, "cni_metrics_nodes_expired_total", &[]), Some(0.0), "removed by the goodbye, not the TTL");
+
+    // SIGKILL: no goodbye; the node stays until its 4 s TTL, then leaves. Counters never go back.
+    agents[1].kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_exact(&agg, &rest, t.add, t.del).await?;
+    assert_eq!(sample(&agg.metrics().await?, "cni_metrics_nodes_expired_total", &[]), Some(0.0), "kept until its TTL");
     let last: Vec<&Node> = nodes[2..].iter().collect();
     assert_exact(&agg, &last, t.add, t.del).await?;
     assert_eq!(sample(&agg.metrics().await?, "cni_metrics_nodes_expired_total", &[]), Some(1.0));
@@ -227,6 +230,18 @@ async fn agents_reconnect_after_an_aggregator_crash_and_resend_a_snapshot() -> R
     for a in &agents {
         a.wait_log("aggregator stream ended", Duration::from_secs(1))?;
     }
+    // The new aggregator adopts the agents' running totals as its baseline (no spike), then counts
+    // every later increment exactly.
+    assert_eq!(sample(&page, "awscni_add_ip_req_count", &[]), Some(0.0));
+    assert_eq!(sample(&page, "cni_metrics_agent_runs_adopted_total", &[]), Some(2.0));
+    let base: Vec<u64> = nodes.iter().map(|n| n.fake.with_sim(|s| s.lifetime.add_ip_req)).collect();
+    step_all(&all, 3).await;
+    let add: u64 = nodes.iter().zip(&base).map(|(n, b)| n.fake.with_sim(|s| s.lifetime.add_ip_req) - b).sum();
+    eventually(Duration::from_secs(10), || async {
+        let got = sample(&agg2.metrics().await?, "awscni_add_ip_req_count", &[]);
+        Ok(if got == Some(add as f64) { Ok(()) } else { Err(format!("add {got:?}, want {add}")) })
+    })
+    .await?;
     Ok(())
 }
 

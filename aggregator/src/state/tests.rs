@@ -218,3 +218,18 @@ fn prometheus_exposition() {
         assert!(out.contains(want), "missing {want:?} in\n{out}");
     }
 }
+
+#[test]
+fn a_run_first_seen_mid_way_is_adopted_as_baseline() {
+    // An aggregator that restarted meets agents whose runs already sent reports elsewhere.
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    let (s, _) = st.hello(&hello("n1", 5), t0).expect("hello");
+    let defs = vec![def(1, ASSIGNED, MetricKind::Gauge, &[]), def(2, ADD, MetricKind::Counter, &[])];
+    st.report("n1", s, &report(40, true, defs, &[(1, 3.0), (2, 500.0)], &[]), t0).expect("snapshot");
+    assert_eq!(st.value(ADD, &[]), Some(0.0), "no spike of 500");
+    assert_eq!(st.value(ASSIGNED, &[]), Some(3.0), "gauges are absolute");
+    st.report("n1", s, &report(41, false, vec![], &[(2, 507.0)], &[]), t0).expect("inc");
+    assert_eq!(st.value(ADD, &[]), Some(7.0));
+    assert_eq!(st.stats.runs_adopted, 1);
+}
