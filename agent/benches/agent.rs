@@ -9,20 +9,13 @@ use cni_metrics_agent::delta::{DeltaConfig, DeltaEngine};
 use cni_metrics_agent::parse::parse;
 use cni_metrics_agent::report::{delta_report, snapshot_report, Pending, ScrapeFacts};
 use cni_metrics_agent::sim::{PageStyle, SimIpamd};
-use cni_metrics_proto::v1::{agent_message, AgentMessage, ScrapeStatus};
+use cni_metrics_proto::v1::{agent_message, AgentMessage};
 use prost::Message;
 
 const START: f64 = 1_763_700_000.0;
 
 fn facts() -> ScrapeFacts {
-    ScrapeFacts {
-        scrape_time_ms: 1_763_800_000_000,
-        status: ScrapeStatus::Ok,
-        status_detail: String::new(),
-        bad_lines: 0,
-        dropped_series: 0,
-        ipamd_start_time: START,
-    }
+    ScrapeFacts::ok(1_763_800_000_000, START)
 }
 
 fn wire_len(r: cni_metrics_proto::v1::Report) -> usize {

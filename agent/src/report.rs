@@ -51,6 +51,13 @@ pub struct ScrapeFacts {
     pub ipamd_start_time: f64,
 }
 
+impl ScrapeFacts {
+    /// A successful clean scrape (benchmarks and tests).
+    pub fn ok(scrape_time_ms: i64, ipamd_start_time: f64) -> Self {
+        Self { scrape_time_ms, status: ScrapeStatus::Ok, status_detail: String::new(), bad_lines: 0, dropped_series: 0, ipamd_start_time }
+    }
+}
+
 fn def(info: &SeriesInfo) -> SeriesDef {
     SeriesDef {
         id: info.id,
@@ -116,14 +123,7 @@ mod tests {
     use prost::Message;
 
     fn facts() -> ScrapeFacts {
-        ScrapeFacts {
-            scrape_time_ms: 1_763_800_000_000,
-            status: ScrapeStatus::Ok,
-            status_detail: String::new(),
-            bad_lines: 0,
-            dropped_series: 0,
-            ipamd_start_time: 1_763_700_000.0,
-        }
+        ScrapeFacts::ok(1_763_800_000_000, 1_763_700_000.0)
     }
 
     #[test]

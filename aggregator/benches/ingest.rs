@@ -10,7 +10,7 @@ use cni_metrics_agent::parse::parse;
 use cni_metrics_agent::report::{delta_report, snapshot_report, Pending, ScrapeFacts};
 use cni_metrics_agent::sim::{PageStyle, SimIpamd};
 use cni_metrics_aggregator::state::{ClusterState, StateConfig};
-use cni_metrics_proto::v1::{Hello, Report, ScrapeStatus};
+use cni_metrics_proto::v1::{Hello, Report};
 
 const START: f64 = 1_763_700_000.0;
 
@@ -22,7 +22,7 @@ fn rss_kib() -> u64 {
 }
 
 fn facts() -> ScrapeFacts {
-    ScrapeFacts { scrape_time_ms: 0, status: ScrapeStatus::Ok, status_detail: String::new(), bad_lines: 0, dropped_series: 0, ipamd_start_time: START }
+    ScrapeFacts::ok(0, START)
 }
 
 fn main() {
