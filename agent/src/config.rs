@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use cni_metrics_proto::duration::parse_positive;
+use cni_metrics_proto::flags::parse_switch;
 use cni_metrics_proto::telemetry::LogFormat;
 
 #[derive(Clone, Debug, Parser)]
@@ -55,6 +56,23 @@ pub struct AgentConfig {
     #[arg(long, env = "INSTANCE_ID", default_value = "")]
     pub instance_id: String,
 
+    /// AWS region reported to the aggregator (else from instance metadata).
+    #[arg(long, env = "AWS_REGION", default_value = "")]
+    pub region: String,
+
+    /// EKS cluster name reported to the aggregator (else the `eks:cluster-name` instance tag, when
+    /// instance metadata tags are enabled).
+    #[arg(long, env = "CLUSTER_NAME", default_value = "")]
+    pub cluster_name: String,
+
+    /// Look up AZ, region, instance type/id and cluster name in EC2 instance metadata (IMDSv2).
+    #[arg(long, env = "USE_IMDS", default_value = "true", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub imds: bool,
+
+    /// Instance metadata endpoint.
+    #[arg(long, env = "AWS_EC2_METADATA_SERVICE_ENDPOINT", default_value = "http://169.254.169.254")]
+    pub imds_endpoint: String,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -87,8 +105,18 @@ impl AgentConfig {
             availability_zone: String::new(),
             instance_type: String::new(),
             instance_id: String::new(),
+            region: String::new(),
+            cluster_name: String::new(),
+            // Tests and the demo never leave loopback.
+            imds: false,
+            imds_endpoint: String::new(),
             log_format: LogFormat::Text,
         }
+    }
+
+    /// Whether to query instance metadata (`AWS_EC2_METADATA_DISABLED=true` turns it off too).
+    pub fn imds_enabled(&self) -> bool {
+        self.imds && !std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
     }
 
     /// The node name, from the flag or the host name.

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod delta;
+pub mod imds;
 pub mod parse;
 pub mod report;
 pub mod run;

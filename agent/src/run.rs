@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{AgentConfig, ConfigError};
 use crate::delta::{DeltaConfig, DeltaEngine};
+use crate::imds::NodeFacts;
 use crate::parse::parse;
 use crate::report::{delta_report, snapshot_report, Pending, ScrapeFacts};
 use crate::scrape::Scraper;
@@ -54,6 +55,8 @@ pub enum AgentError {
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// How long a goodbye may take at shutdown.
 const GOODBYE_GRACE: Duration = Duration::from_secs(2);
+/// Bound of the instance metadata lookup at start-up.
+const IMDS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Outbound queue of one session: a stuck stream defers reports instead of growing memory.
 const SESSION_QUEUE: usize = 16;
 
@@ -83,6 +86,29 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
         .keep_alive_while_idle(true);
     let run_id = fastrand::u64(1..);
     info!(node = %node, run_id, ipamd = %cfg.ipamd_url, aggregator = %cfg.aggregator, interval = ?cfg.interval, "agent starting");
+
+    let flags = NodeFacts {
+        availability_zone: cfg.availability_zone.clone(),
+        region: cfg.region.clone(),
+        instance_type: cfg.instance_type.clone(),
+        instance_id: cfg.instance_id.clone(),
+        cluster_name: cfg.cluster_name.clone(),
+    };
+    let facts_of_node = if cfg.imds_enabled() && !flags.complete() {
+        let imds = crate::imds::lookup(&cfg.imds_endpoint, IMDS_TIMEOUT).await;
+        flags.or(imds)
+    } else {
+        flags
+    };
+    info!(
+        node = %node,
+        availability_zone = %facts_of_node.availability_zone,
+        region = %facts_of_node.region,
+        instance_type = %facts_of_node.instance_type,
+        instance_id = %facts_of_node.instance_id,
+        cluster_name = %facts_of_node.cluster_name,
+        "node facts"
+    );
 
     let mut engine = DeltaEngine::new(DeltaConfig { initial_window: cfg.initial_window, max_series: cfg.max_series });
     let mut pending = Pending::default();
@@ -140,12 +166,12 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
                         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
                         run_id,
                         ipamd_start_time_seconds: engine.ipamd_start_time().unwrap_or(0.0),
-                        availability_zone: cfg.availability_zone.clone(),
-                        instance_type: cfg.instance_type.clone(),
-                        instance_id: cfg.instance_id.clone(),
+                        availability_zone: facts_of_node.availability_zone.clone(),
+                        instance_type: facts_of_node.instance_type.clone(),
+                        instance_id: facts_of_node.instance_id.clone(),
                         interval_ms: cfg.interval.as_millis() as u64,
-                        region: String::new(),
-                        cluster_name: String::new(),
+                        region: facts_of_node.region.clone(),
+                        cluster_name: facts_of_node.cluster_name.clone(),
                     };
                     seq += 1;
                     let snapshot = snapshot_report(&engine, seq, &facts);

@@ -9,14 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use cni_metrics_proto::duration::parse_positive;
 use cni_metrics_proto::telemetry::LogFormat;
 
-/// Parse yes/true/1/on or no/false/0/off, case-insensitively.
-pub fn parse_switch(s: &str) -> Result<bool, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "yes" | "true" | "1" | "on" => Ok(true),
-        "no" | "false" | "0" | "off" => Ok(false),
-        other => Err(format!("{other:?} is not one of yes/true/no/false")),
-    }
-}
+pub use cni_metrics_proto::flags::parse_switch;
 
 #[derive(Clone, Debug, Parser)]
 #[command(name = "cni-metrics-aggregator", version, about = "Sums per-node ipamd reports into exact cluster metrics, publishes and re-exposes them")]
@@ -58,6 +51,34 @@ pub struct AggregatorConfig {
     /// Serve the cluster aggregates on /metrics.
     #[arg(long, env = "USE_PROMETHEUS", default_value = "true", value_parser = parse_switch, action = clap::ArgAction::Set)]
     pub prometheus: bool,
+
+    /// Publish to CloudWatch (namespace, CLUSTER_ID dimension and MetricNames of upstream's helper).
+    #[arg(long, env = "USE_CLOUDWATCH", default_value = "false", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub cloudwatch: bool,
+
+    /// AWS region of CloudWatch (else the agents' region, else the SDK chain).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+
+    /// CloudWatch namespace.
+    #[arg(long, env = "CLOUDWATCH_NAMESPACE", default_value = "Kubernetes")]
+    pub cloudwatch_namespace: String,
+
+    /// CloudWatch storage resolution in seconds: 60 (standard) or 1 (high resolution, costs more).
+    #[arg(long, env = "STORAGE_RESOLUTION", default_value_t = 60, value_parser = parse_resolution)]
+    pub storage_resolution: i32,
+
+    /// Comma-separated CloudWatch MetricNames to publish (default: all); cuts custom-metric cost.
+    #[arg(long, env = "METRIC_ALLOW_LIST", value_delimiter = ',')]
+    pub metric_allow_list: Vec<String>,
+
+    /// Publish windows kept while CloudWatch is unreachable (oldest dropped first, counted).
+    #[arg(long, env = "MAX_BACKLOG_WINDOWS", default_value_t = 1440)]
+    pub max_backlog_windows: usize,
+
+    /// Time given to sinks to deliver queued windows at shutdown.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_positive)]
+    pub shutdown_grace: Duration,
 
     /// Print every publish window to stdout, one line per datum (dry run).
     #[arg(long, env = "USE_STDOUT", default_value = "false", value_parser = parse_switch, action = clap::ArgAction::Set)]
@@ -102,6 +123,14 @@ pub struct DemoConfig {
     pub seed: u64,
 }
 
+fn parse_resolution(s: &str) -> Result<i32, String> {
+    match s.trim() {
+        "60" => Ok(60),
+        "1" => Ok(1),
+        other => Err(format!("{other:?}: CloudWatch storage resolution is 60 or 1")),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("--max-message-bytes must be at least 64 KiB")]
@@ -110,6 +139,10 @@ pub enum ConfigError {
     Limits,
     #[error("--cluster-id / AWS_CLUSTER_ID must not be blank when set")]
     BlankClusterId,
+    #[error("--metric-allow-list: unknown CloudWatch metric name {0:?} (see the README's metrics reference)")]
+    UnknownMetric(String),
+    #[error("--max-backlog-windows must be at least 1")]
+    Backlog,
 }
 
 impl AggregatorConfig {
@@ -123,7 +156,27 @@ impl AggregatorConfig {
         if self.cluster_id.as_deref().is_some_and(|c| c.trim().is_empty()) {
             return Err(ConfigError::BlankClusterId);
         }
+        if self.max_backlog_windows == 0 {
+            return Err(ConfigError::Backlog);
+        }
+        for name in &self.metric_allow_list {
+            if !cni_metrics_proto::catalog::FAMILIES.iter().any(|f| f.cloudwatch_name == Some(name.as_str())) {
+                return Err(ConfigError::UnknownMetric(name.clone()));
+            }
+        }
         Ok(())
+    }
+
+    /// The CloudWatch sink's configuration.
+    pub fn cloudwatch_config(&self) -> crate::cloudwatch::CloudWatchConfig {
+        crate::cloudwatch::CloudWatchConfig {
+            namespace: self.cloudwatch_namespace.clone(),
+            storage_resolution: self.storage_resolution,
+            allow_list: (!self.metric_allow_list.is_empty()).then(|| self.metric_allow_list.iter().cloned().collect()),
+            max_backlog_windows: self.max_backlog_windows,
+            region: self.region.clone().filter(|r| !r.trim().is_empty()),
+            ..crate::cloudwatch::CloudWatchConfig::default()
+        }
     }
 
     /// Defaults for an in-process aggregator on loopback (tests and the demo).
@@ -135,6 +188,13 @@ impl AggregatorConfig {
             publish_interval: Duration::from_secs(60),
             node_ttl: None,
             prometheus: true,
+            cloudwatch: false,
+            region: None,
+            cloudwatch_namespace: "Kubernetes".into(),
+            storage_resolution: 60,
+            metric_allow_list: Vec::new(),
+            max_backlog_windows: 1440,
+            shutdown_grace: Duration::from_secs(5),
             stdout: false,
             max_message_bytes: 4 * 1024 * 1024,
             max_cluster_series: 200_000,
@@ -153,11 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn switches_table() {
-        for (s, want) in [("yes", Ok(true)), ("TRUE", Ok(true)), ("No", Ok(false)), ("false", Ok(false))] {
-            assert_eq!(parse_switch(s), want, "{s}");
-        }
-        assert!(parse_switch("ture").is_err());
+    fn switches() {
         let err = parse(&["--prometheus", "maybe"]).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("maybe"), "{err}");
         assert_eq!(parse(&["--stdout", "YES"]).map(|c| c.aggregator.stdout).ok(), Some(true));
@@ -174,5 +230,13 @@ mod tests {
         let mut a = AggregatorConfig::for_test("x");
         a.cluster_id = Some("  ".into());
         assert!(matches!(a.validate(), Err(ConfigError::BlankClusterId)));
+        let allow = parse(&["--metric-allow-list", "addReqCount,assignIPAddresses"]).map(|c| c.aggregator).ok();
+        assert_eq!(allow.as_ref().map(|a| a.metric_allow_list.len()), Some(2));
+        assert!(allow.is_some_and(|a| a.validate().is_ok()));
+        let typo = parse(&["--metric-allow-list", "addReqCnt"]).map(|c| c.aggregator).ok();
+        assert!(matches!(typo.map(|a| a.validate()), Some(Err(ConfigError::UnknownMetric(_)))));
+        assert!(parse(&["--storage-resolution", "30"]).is_err());
+        assert_eq!(parse(&["--storage-resolution", "1"]).map(|c| c.aggregator.storage_resolution).ok(), Some(1));
+        assert!(parse(&["--cloudwatch", "maybe"]).is_err());
     }
 }

@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::ingest::{lock, Shared};
-use crate::publish::PublishStats;
+use crate::publish::{PublishStats, Sink};
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -19,6 +19,7 @@ pub struct HttpState {
     pub publish: Arc<Mutex<PublishStats>>,
     /// Whether `/metrics` serves the cluster aggregates (`USE_PROMETHEUS`); self-metrics always.
     pub prometheus: bool,
+    pub sinks: Vec<Arc<dyn Sink>>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -39,12 +40,21 @@ async fn metrics(State(st): State<HttpState>) -> impl IntoResponse {
         cluster.cluster_id().replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
     };
     st.publish.lock().unwrap_or_else(|e| e.into_inner()).render(&mut out, &cluster_id);
+    for sink in &st.sinks {
+        sink.render_metrics(&mut out, &cluster_id);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }
 
+/// Ready when every sink is healthy (e.g. the last PutMetricData succeeded).
 async fn readyz(State(st): State<HttpState>) -> impl IntoResponse {
     let nodes = lock(&st.cluster).node_count();
-    (StatusCode::OK, format!("ready: {nodes} nodes\n"))
+    let problems: Vec<String> = st.sinks.iter().filter_map(|s| s.readiness().err()).collect();
+    if problems.is_empty() {
+        (StatusCode::OK, format!("ready: {nodes} nodes\n"))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; ")))
+    }
 }
 
 #[cfg(test)]
@@ -57,7 +67,7 @@ mod tests {
 
     fn app() -> Router {
         let cluster = Arc::new(Mutex::new(ClusterState::new(StateConfig { cluster_id: "c1".into(), ..StateConfig::default() })));
-        router(HttpState { cluster, publish: Arc::default(), prometheus: true })
+        router(HttpState { cluster, publish: Arc::default(), prometheus: true, sinks: Vec::new() })
     }
 
     async fn get_text(path: &str) -> (StatusCode, String, Option<String>) {

@@ -3,6 +3,7 @@
 //! ([`server`]) and a self-contained [`demo`].
 #![forbid(unsafe_code)]
 
+pub mod cloudwatch;
 pub mod config;
 pub mod demo;
 pub mod http;

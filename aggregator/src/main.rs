@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use cni_metrics_aggregator::config::{Cli, Command};
+use cni_metrics_aggregator::cloudwatch::CloudWatchSink;
 use cni_metrics_aggregator::publish::{Sink, StdoutSink};
 use cni_metrics_aggregator::{demo, server};
 use cni_metrics_proto::telemetry;
@@ -25,6 +26,9 @@ async fn main() -> anyhow::Result<()> {
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if cfg.stdout {
         sinks.push(Arc::new(StdoutSink::new()));
+    }
+    if cfg.cloudwatch {
+        sinks.push(Arc::new(CloudWatchSink::start(cfg.cloudwatch_config())));
     }
     let handles = server::Handles::new(&cfg);
     server::serve(cfg, grpc, http, sinks, handles, telemetry::shutdown_signal()).await?;

@@ -29,7 +29,18 @@ pub enum SinkError {
 /// A destination of publish windows.
 pub trait Sink: Send + Sync {
     fn name(&self) -> &'static str;
+    /// Take one window (deliver it, or queue it for a delivery task of the sink's own).
     fn publish<'a>(&'a self, window: &'a Window) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// At shutdown: deliver what is still queued within `grace`.
+    fn close(&self, _grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    /// For `/readyz`: why the sink is not healthy, if it is not.
+    fn readiness(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Append the sink's self-metrics to `/metrics`.
+    fn render_metrics(&self, _out: &mut String, _cluster_id: &str) {}
 }
 
 /// Prints each datum as a line to a writer (stdout by default).
@@ -151,11 +162,13 @@ pub async fn publish_once(state: &Shared, sinks: &[Arc<dyn Sink>], stats: &Mutex
     }
 }
 
-/// Publish every `interval` until `shutdown`, then publish the last partial window.
+/// Publish every `interval` until `shutdown`, then publish the last partial window and give sinks
+/// `grace` to deliver what they queued.
 pub async fn run_publisher(
     state: Shared,
     sinks: Vec<Arc<dyn Sink>>,
     interval: Duration,
+    grace: Duration,
     stats: Arc<Mutex<PublishStats>>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -171,6 +184,9 @@ pub async fn run_publisher(
     if !sinks.is_empty() {
         info!("publishing the final window before exit");
         publish_once(&state, &sinks, &stats).await;
+        for sink in &sinks {
+            sink.close(grace).await;
+        }
     }
 }
 
@@ -195,6 +211,7 @@ mod tests {
     fn stdout_lines() {
         let w = Window {
             cluster_id: "prod".into(),
+            region_hint: None,
             end_unix_ms: 0,
             nodes: 2,
             datums: vec![

@@ -88,7 +88,12 @@ pub async fn serve(
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped()),
     );
 
-    let app = router(HttpState { cluster: handles.state.clone(), publish: handles.publish.clone(), prometheus: cfg.prometheus });
+    let app = router(HttpState {
+        cluster: handles.state.clone(),
+        publish: handles.publish.clone(),
+        prometheus: cfg.prometheus,
+        sinks: sinks.clone(),
+    });
     let http_stop = stopped();
     let http_task = tokio::spawn(async move { axum::serve(http, app).with_graceful_shutdown(http_stop).await });
 
@@ -111,7 +116,8 @@ pub async fn serve(
             }
         })
     };
-    let publisher = tokio::spawn(run_publisher(handles.state.clone(), sinks, cfg.publish_interval, handles.publish.clone(), stopped()));
+    let publisher =
+        tokio::spawn(run_publisher(handles.state.clone(), sinks, cfg.publish_interval, cfg.shutdown_grace, handles.publish.clone(), stopped()));
 
     shutdown.await;
     info!("aggregator shutting down");

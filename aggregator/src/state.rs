@@ -122,6 +122,8 @@ pub struct NodeState {
     pub availability_zone: String,
     pub instance_type: String,
     pub instance_id: String,
+    pub region: String,
+    pub cluster_name: String,
     pub interval: Duration,
     pub ttl: Duration,
     pub last_seen: Instant,
@@ -180,7 +182,10 @@ pub struct Datum {
 /// What a sink publishes: the cluster's values for one window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Window {
+    /// The configured cluster id, else the one cluster name all agents agree on, else empty.
     pub cluster_id: String,
+    /// The one AWS region all agents that know it agree on.
+    pub region_hint: Option<String>,
     /// Unix ms of the window's end (the datums' timestamp).
     pub end_unix_ms: i64,
     pub nodes: usize,
@@ -262,6 +267,8 @@ impl ClusterState {
             availability_zone: String::new(),
             instance_type: String::new(),
             instance_id: String::new(),
+            region: String::new(),
+            cluster_name: String::new(),
             interval,
             ttl,
             last_seen: now,
@@ -280,6 +287,8 @@ impl ClusterState {
         node.availability_zone.clone_from(&h.availability_zone);
         node.instance_type.clone_from(&h.instance_type);
         node.instance_id.clone_from(&h.instance_id);
+        node.region.clone_from(&h.region);
+        node.cluster_name.clone_from(&h.cluster_name);
         node.interval = interval;
         node.ttl = ttl;
         node.last_seen = now;
@@ -574,7 +583,25 @@ impl ClusterState {
         for s in &mut self.slots {
             s.window = 0.0;
         }
-        Window { cluster_id: self.cfg.cluster_id.clone(), end_unix_ms, nodes: self.nodes.len(), datums }
+        let cluster_id = if self.cfg.cluster_id.is_empty() { self.reported(|n| &n.cluster_name).unwrap_or_default() } else { self.cfg.cluster_id.clone() };
+        Window { cluster_id, region_hint: self.reported(|n| &n.region), end_unix_ms, nodes: self.nodes.len(), datums }
+    }
+
+    /// The single non-empty value of a node fact agents report, if they agree on exactly one.
+    pub fn reported(&self, field: impl Fn(&NodeState) -> &String) -> Option<String> {
+        let mut found: Option<&String> = None;
+        for n in self.nodes.values() {
+            let v = field(n);
+            if v.is_empty() {
+                continue;
+            }
+            match found {
+                None => found = Some(v),
+                Some(f) if f == v => {}
+                Some(_) => return None,
+            }
+        }
+        found.cloned()
     }
 
     /// The cluster value of a series (gauge sum/max or counter total), for tests and views.

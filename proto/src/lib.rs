@@ -8,6 +8,7 @@
 pub mod backoff;
 pub mod catalog;
 pub mod duration;
+pub mod flags;
 pub mod telemetry;
 
 /// Generated code for the `cni_metrics.v1` package.

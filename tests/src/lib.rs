@@ -55,6 +55,8 @@ impl Proc {
         let child = Command::new(bin_dir()?.join(bin))
             .args(args)
             .env("RUST_LOG", "info")
+            // Never leave loopback: no instance metadata, no real AWS.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .env_remove("AWS_CLUSTER_ID")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path)?)
@@ -176,6 +178,8 @@ pub fn start_agent(dir: &Path, node: &str, ipamd_url: &str, aggregator_grpc: &st
         &format!("http://{aggregator_grpc}"),
         "--node-name",
         node,
+        "--imds",
+        "false",
         "--log-format",
         "json",
     ]

@@ -233,3 +233,23 @@ fn a_run_first_seen_mid_way_is_adopted_as_baseline() {
     assert_eq!(st.value(ADD, &[]), Some(7.0));
     assert_eq!(st.stats.runs_adopted, 1);
 }
+
+#[test]
+fn cluster_id_and_region_from_agents_only_when_they_agree() {
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    let mut h = hello("a", 1);
+    h.cluster_name = "prod".into();
+    h.region = "eu-west-1".into();
+    st.hello(&h, t0).expect("hello");
+    st.hello(&hello("b", 2), t0).expect("hello"); // knows nothing: does not disagree
+    let w = st.take_window(0);
+    assert_eq!((w.cluster_id.as_str(), w.region_hint.as_deref()), ("prod", Some("eu-west-1")));
+    let mut h = hello("c", 3);
+    h.cluster_name = "staging".into();
+    st.hello(&h, t0).expect("hello");
+    assert_eq!(st.take_window(0).cluster_id, "", "two clusters claimed: no id is invented");
+    let mut st = ClusterState::new(StateConfig { cluster_id: "configured".into(), ..StateConfig::default() });
+    st.hello(&h, t0).expect("hello");
+    assert_eq!(st.take_window(0).cluster_id, "configured", "the flag wins");
+}
