@@ -50,13 +50,36 @@ pub fn scratch_dir(test: &str) -> Result<PathBuf> {
 
 impl Proc {
     pub fn start(bin: &str, name: &str, args: &[String], dir: &Path) -> Result<Self> {
+        Self::start_env(bin, name, args, &[], dir)
+    }
+
+    /// Start with extra environment variables (`(name, None)` removes one).
+    pub fn start_env(bin: &str, name: &str, args: &[String], env: &[(&str, Option<&str>)], dir: &Path) -> Result<Self> {
         let stdout_path = dir.join(format!("{name}.stdout"));
         let stderr_path = dir.join(format!("{name}.stderr"));
-        let child = Command::new(bin_dir()?.join(bin))
-            .args(args)
+        let mut cmd = Command::new(bin_dir()?.join(bin));
+        cmd.args(args)
             .env("RUST_LOG", "info")
             // Never leave loopback: no instance metadata, no real AWS.
             .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ROLE_ARN")
+            .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+            .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+            .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+            .env_remove("CLUSTER_NAME");
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let child = cmd
             .env_remove("AWS_CLUSTER_ID")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path)?)
@@ -140,13 +163,18 @@ pub struct Aggregator {
 impl Aggregator {
     /// Start with `--cluster-id e2e`, JSON logs, the stdout sink, and extra args.
     pub fn start(dir: &Path, name: &str, grpc_listen: &str, extra: &[&str]) -> Result<Self> {
+        let mut args = vec!["--cluster-id", "e2e"];
+        args.extend_from_slice(extra);
+        Self::start_env(dir, name, grpc_listen, &args, &[])
+    }
+
+    /// Start with JSON logs, the stdout sink, `extra` args and environment.
+    pub fn start_env(dir: &Path, name: &str, grpc_listen: &str, extra: &[&str], env: &[(&str, Option<&str>)]) -> Result<Self> {
         let mut args: Vec<String> = [
             "--grpc-listen",
             grpc_listen,
             "--http-listen",
             "127.0.0.1:0",
-            "--cluster-id",
-            "e2e",
             "--stdout",
             "true",
             "--log-format",
@@ -156,11 +184,20 @@ impl Aggregator {
         .map(|s| (*s).to_owned())
         .collect();
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let proc = Proc::start("cni-metrics-aggregator", name, &args, dir)?;
+        // Test credentials and region unless the test says otherwise.
+        let mut all: Vec<(&str, Option<&str>)> =
+            vec![("AWS_ACCESS_KEY_ID", Some("testing")), ("AWS_SECRET_ACCESS_KEY", Some("testing")), ("AWS_REGION", Some("us-east-1"))];
+        all.extend_from_slice(env);
+        let proc = Proc::start_env("cni-metrics-aggregator", name, &args, &all, dir)?;
         let line = proc.wait_log("aggregator starting", Duration::from_secs(20))?;
         let grpc = json_field(&line, "grpc").context("grpc address in log")?;
         let http = json_field(&line, "http").context("http address in log")?;
         Ok(Self { proc, grpc, http })
+    }
+
+    pub async fn readyz(&self) -> Result<(u16, String)> {
+        let r = reqwest::get(format!("http://{}/readyz", self.http)).await?;
+        Ok((r.status().as_u16(), r.text().await?))
     }
 
     pub async fn metrics(&self) -> Result<String> {
@@ -243,4 +280,143 @@ pub fn stdout_sum(stdout: &str, metric: &str) -> f64 {
         .filter(|l| l.contains(&needle))
         .filter_map(|l| l.split(" value=").nth(1)?.split(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The repository root (for test support files).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// The Python of the test venv with moto and cbor2, created on first use by `tests/support/setup-venv.sh`.
+pub fn test_python() -> Result<&'static Path> {
+    static PY: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    PY.get_or_init(|| {
+        let root = repo_root();
+        let venv = std::env::var("CNI_METRICS_TEST_VENV").map(PathBuf::from).unwrap_or_else(|_| root.join("target/test-venv"));
+        let status = Command::new("bash")
+            .arg(root.join("tests/support/setup-venv.sh"))
+            .env("CNI_METRICS_TEST_VENV", &venv)
+            .status()
+            .map_err(|e| format!("cannot run setup-venv.sh: {e}"))?;
+        if !status.success() {
+            return Err(format!("tests/support/setup-venv.sh failed ({status}): moto and cbor2 are needed from PyPI"));
+        }
+        Ok(venv.join("bin/python"))
+    })
+    .as_deref()
+    .map_err(|e| anyhow!("{e}"))
+}
+
+/// moto plus the CBOR⇄JSON translator (`tests/support/cw_emulator.py`) as a child process.
+pub struct Emulator {
+    child: Child,
+    pub port: u16,
+    pub moto_port: u16,
+}
+
+impl Emulator {
+    pub fn start() -> Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new(test_python()?)
+            .arg(repo_root().join("tests/support/cw_emulator.py"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start the CloudWatch emulator")?;
+        let stdout = child.stdout.take().context("emulator stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).context("emulator did not start within 60s")?;
+        let mut parts = line.split_whitespace().skip(1);
+        let port = parts.next().and_then(|p| p.parse().ok()).context("emulator port")?;
+        let moto_port = parts.next().and_then(|p| p.parse().ok()).context("moto port")?;
+        Ok(Self { child, port, moto_port })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn control(&self, what: &str, body: serde_json::Value) -> Result<()> {
+        reqwest::Client::new()
+            .post(format!("{}/__control/{what}", self.url()))
+            .body(body.to_string())
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    /// Every request the translator saw.
+    pub async fn requests(&self) -> Result<Vec<serde_json::Value>> {
+        let text = reqwest::get(format!("{}/__control/requests", self.url())).await?.text().await?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// The PutMetricData requests that got through to moto.
+    pub async fn accepted_puts(&self) -> Result<Vec<serde_json::Value>> {
+        Ok(self.requests().await?.into_iter().filter(|r| r["op"] == "PutMetricData" && r["fault"].is_null()).collect())
+    }
+
+    /// Call a CloudWatch operation on moto directly (JSON protocol).
+    pub async fn moto(&self, op: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+        let resp = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/", self.moto_port))
+            .header("X-Amz-Target", format!("GraniteServiceVersion20100801.{op}"))
+            .header("Content-Type", "application/x-amz-json-1.0")
+            .header(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/monitoring/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .body(body.to_string())
+            .send()
+            .await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("moto {op}: {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Datapoints of one metric of dimension CLUSTER_ID=`cluster` over the last hour, by timestamp.
+    pub async fn datapoints(&self, metric: &str, cluster: &str) -> Result<Vec<(f64, f64, f64)>> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+        let v = self
+            .moto(
+                "GetMetricStatistics",
+                serde_json::json!({
+                    "Namespace": "Kubernetes",
+                    "MetricName": metric,
+                    "Dimensions": [{"Name": "CLUSTER_ID", "Value": cluster}],
+                    "StartTime": now - 3600.0,
+                    "EndTime": now + 600.0,
+                    "Period": 1,
+                    "Statistics": ["Sum", "Maximum", "SampleCount"],
+                }),
+            )
+            .await?;
+        let mut out: Vec<(f64, f64, f64)> = v["Datapoints"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|d| (d["Timestamp"].as_f64().unwrap_or(0.0), d["Sum"].as_f64().unwrap_or(f64::NAN), d["Maximum"].as_f64().unwrap_or(f64::NAN)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Ok(out)
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
