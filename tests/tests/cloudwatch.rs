@@ -159,7 +159,6 @@ async fn long_outage_then_backlog_published_with_original_timestamps_in_split_re
     let agg = cw_aggregator(&dir, &emu, "aggregator", &["--cluster-id", "e2e", "--publish-interval", "100ms"], &[])?;
     let _agents = agents(&dir, &nodes, &agg.grpc, &[])?;
     // About 20 datums per window, 10 windows a second: > 1000 datums queue up during the outage.
-    let mut outage_end = 0.0;
     eventually(Duration::from_secs(30), || async {
         for n in &nodes {
             n.with_sim(|s| s.step());
@@ -169,7 +168,7 @@ async fn long_outage_then_backlog_published_with_original_timestamps_in_split_re
     })
     .await?;
     let add = truth_add(&nodes);
-    outage_end = if outage_end == 0.0 { now() } else { outage_end };
+    let outage_end = now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     emu.control("outage", json!({})).await?;
     wait_backlog_empty(&agg).await?;
