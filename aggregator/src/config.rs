@@ -96,6 +96,10 @@ pub struct AggregatorConfig {
     #[arg(long, env = "MAX_SERIES_PER_NODE", default_value_t = 5_000)]
     pub max_series_per_node: usize,
 
+    /// A node whose IP headroom (ip_max − assigned) is below this counts as low on IPs.
+    #[arg(long, env = "LOW_IP_THRESHOLD", default_value_t = 5)]
+    pub low_ip_threshold: u32,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -160,7 +164,9 @@ impl AggregatorConfig {
             return Err(ConfigError::Backlog);
         }
         for name in &self.metric_allow_list {
-            if !cni_metrics_proto::catalog::FAMILIES.iter().any(|f| f.cloudwatch_name == Some(name.as_str())) {
+            let known = cni_metrics_proto::catalog::FAMILIES.iter().any(|f| f.cloudwatch_name == Some(name.as_str()))
+                || cni_metrics_proto::catalog::DERIVED_CLOUDWATCH_NAMES.contains(&name.as_str());
+            if !known {
                 return Err(ConfigError::UnknownMetric(name.clone()));
             }
         }
@@ -199,6 +205,7 @@ impl AggregatorConfig {
             max_message_bytes: 4 * 1024 * 1024,
             max_cluster_series: 200_000,
             max_series_per_node: 5_000,
+            low_ip_threshold: 5,
             log_format: LogFormat::Text,
         }
     }

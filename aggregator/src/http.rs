@@ -35,7 +35,7 @@ async fn metrics(State(st): State<HttpState>) -> impl IntoResponse {
     let cluster_id = {
         let cluster = lock(&st.cluster);
         if st.prometheus {
-            cluster.render_prometheus(&mut out);
+            cluster.render_prometheus(&mut out, std::time::Instant::now());
         }
         cluster.cluster_id().replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
     };

@@ -43,6 +43,7 @@ impl Handles {
             node_ttl: cfg.node_ttl,
             max_cluster_series: cfg.max_cluster_series,
             max_series_per_node: cfg.max_series_per_node,
+            low_ip_threshold: cfg.low_ip_threshold as f64,
         });
         Self { state: Arc::new(Mutex::new(state)), publish: Arc::default() }
     }

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 use cni_metrics_proto::catalog::{self, CloudWatchFold, NodeFold};
 use cni_metrics_proto::v1::{FamilyType, Hello, MetricKind, Report, ScrapeStatus, SeriesDef};
 
+mod capacity;
+pub use capacity::{CapRole, Capacity, CapacityTotals, NodeCapacity};
+
 /// Limits and defaults of the state.
 #[derive(Clone, Debug)]
 pub struct StateConfig {
@@ -29,11 +32,13 @@ pub struct StateConfig {
     pub max_cluster_series: usize,
     /// Most series one node may define.
     pub max_series_per_node: usize,
+    /// A node whose headroom (ip_max − assigned) is below this is low on IPs.
+    pub low_ip_threshold: f64,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        Self { cluster_id: String::new(), node_ttl: None, max_cluster_series: 200_000, max_series_per_node: 5_000 }
+        Self { cluster_id: String::new(), node_ttl: None, max_cluster_series: 200_000, max_series_per_node: 5_000, low_ip_threshold: 5.0 }
     }
 }
 
@@ -110,6 +115,7 @@ struct NodeSeries {
     value: f64,
     /// Whether `value` is currently counted in the slot (gauges).
     contributing: bool,
+    role: Option<CapRole>,
 }
 
 /// What the aggregator knows of one node.
@@ -135,6 +141,8 @@ pub struct NodeState {
     pub dropped_series: u64,
     pub ipamd_start_time: f64,
     pub connected: bool,
+    pub capacity: Capacity,
+    pub derived: NodeCapacity,
     series: HashMap<u32, NodeSeries>,
 }
 
@@ -160,6 +168,8 @@ pub struct IngestStats {
     pub expired: u64,
     pub agent_restarts: u64,
     pub runs_adopted: u64,
+    /// Times a node started reporting impossible capacity values.
+    pub capacity_anomalies: u64,
 }
 
 /// The result of applying a report.
@@ -206,6 +216,9 @@ pub struct ClusterState {
     names: HashMap<String, Arc<str>>,
     nodes: HashMap<Arc<str>, NodeState>,
     next_session: u64,
+    capacity: CapacityTotals,
+    /// Bumped by every change; subscribers poll it.
+    version: u64,
     pub stats: IngestStats,
 }
 
@@ -219,6 +232,8 @@ impl ClusterState {
             names: HashMap::new(),
             nodes: HashMap::new(),
             next_session: 0,
+            capacity: CapacityTotals::default(),
+            version: 0,
             stats: IngestStats::default(),
         }
     }
@@ -280,6 +295,8 @@ impl ClusterState {
             dropped_series: 0,
             ipamd_start_time: h.ipamd_start_time_seconds,
             connected: true,
+            capacity: Capacity::default(),
+            derived: NodeCapacity::default(),
             series: HashMap::new(),
         });
         node.session = session;
@@ -390,6 +407,9 @@ impl ClusterState {
         node.last_seen = now;
         node.last_seq = node.last_seq.max(r.seq);
         node.snapshot_seen = true;
+        if !r.ids.is_empty() || !r.removed.is_empty() || !r.defs.is_empty() || r.snapshot {
+            self.version += 1;
+        }
         Ok(Applied { ack: node.last_seq, fresh: true })
     }
 
@@ -406,7 +426,8 @@ impl ClusterState {
             self.slot_for(d, kind)
         };
         if let Some(n) = self.nodes.get_mut(node_name) {
-            n.series.insert(d.id, NodeSeries { slot, kind, value: f64::NAN, contributing: false });
+            let role = CapRole::of(&d.name, d.labels.is_empty()).filter(|_| kind == MetricKind::Gauge);
+            n.series.insert(d.id, NodeSeries { slot, kind, value: f64::NAN, contributing: false, role });
         }
     }
 
@@ -456,12 +477,19 @@ impl ClusterState {
     }
 
     fn update(&mut self, node_name: &Arc<str>, id: u32, v: f64, baseline: bool) {
-        let Some(node) = self.nodes.get_mut(node_name) else { return };
+        if let Some(role) = self.apply_value(node_name, id, v, baseline) {
+            self.set_capacity(node_name, role, v.is_finite().then_some(v));
+        }
+    }
+
+    /// Apply one value; returns the capacity role of the series when it is a capacity gauge.
+    fn apply_value(&mut self, node_name: &Arc<str>, id: u32, v: f64, baseline: bool) -> Option<CapRole> {
+        let node = self.nodes.get_mut(node_name)?;
         let Some(s) = node.series.get_mut(&id) else {
             *self.stats.series_rejected.entry("unknown_id").or_default() += 1;
-            return;
+            return None;
         };
-        let Some(slot_i) = s.slot else { return };
+        let slot_i = s.slot?;
         let slot = &mut self.slots[slot_i as usize];
         if !v.is_finite() {
             self.stats.nonfinite_values += 1;
@@ -470,7 +498,7 @@ impl ClusterState {
                 withdraw(slot, node_name, s.value);
                 s.contributing = false;
             }
-            return;
+            return s.role;
         }
         match s.kind {
             MetricKind::Counter => {
@@ -499,6 +527,20 @@ impl ClusterState {
                 s.contributing = true;
             }
         }
+        s.role
+    }
+
+    /// A capacity gauge of a node changed (`None`: withdrawn): update its derived numbers and the sums.
+    fn set_capacity(&mut self, node_name: &Arc<str>, role: CapRole, v: Option<f64>) {
+        let Some(node) = self.nodes.get_mut(node_name) else { return };
+        node.capacity.set(role, v);
+        let new = node.capacity.derive(self.cfg.low_ip_threshold);
+        let old = std::mem::replace(&mut node.derived, new);
+        self.capacity.sub(&old);
+        self.capacity.add(&new);
+        if new.anomalous && !old.anomalous {
+            self.stats.capacity_anomalies += 1;
+        }
     }
 
     fn remove_series(&mut self, node_name: &Arc<str>, id: u32) {
@@ -507,10 +549,15 @@ impl ClusterState {
         if let (Some(i), true) = (s.slot, s.contributing) {
             withdraw(&mut self.slots[i as usize], node_name, s.value);
         }
+        if let Some(role) = s.role {
+            self.set_capacity(node_name, role, None);
+        }
     }
 
     fn remove_node(&mut self, name: &Arc<str>) {
         let Some(node) = self.nodes.remove(name) else { return };
+        self.version += 1;
+        self.capacity.sub(&node.derived);
         for s in node.series.values() {
             if let (Some(i), true) = (s.slot, s.contributing) {
                 withdraw(&mut self.slots[i as usize], name, s.value);
@@ -583,8 +630,39 @@ impl ClusterState {
         for s in &mut self.slots {
             s.window = 0.0;
         }
+        if !self.nodes.is_empty() {
+            let c = &self.capacity;
+            let (u_total, u_max) = c.utilization();
+            let derived = [
+                ("availableIPAddresses", (c.with_available > 0).then_some(c.available), "Count"),
+                ("ipHeadroom", (c.with_headroom > 0).then_some(c.headroom), "Count"),
+                ("ipUtilization", u_total.map(|r| r * 100.0), "Percent"),
+                ("ipCapacityUtilization", u_max.map(|r| r * 100.0), "Percent"),
+                ("nodesLowOnIPs", Some(f64::from(c.low_nodes)), "Count"),
+            ];
+            for (metric_name, value, unit) in derived {
+                if let Some(value) = value {
+                    datums.push(Datum { metric_name, value, unit });
+                }
+            }
+        }
         let cluster_id = if self.cfg.cluster_id.is_empty() { self.reported(|n| &n.cluster_name).unwrap_or_default() } else { self.cfg.cluster_id.clone() };
         Window { cluster_id, region_hint: self.reported(|n| &n.region), end_unix_ms, nodes: self.nodes.len(), datums }
+    }
+
+    /// Cluster sums of the derived capacity numbers.
+    pub fn capacity(&self) -> &CapacityTotals {
+        &self.capacity
+    }
+
+    /// Changes since start; a consumer that saw this number has seen the current state.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A node is stale when its last scrape failed or it missed two reports (it is still within its TTL).
+    pub fn is_stale(n: &NodeState, now: Instant) -> bool {
+        n.status != ScrapeStatus::Ok || now.saturating_duration_since(n.last_seen) > n.interval * 2
     }
 
     /// The single non-empty value of a node fact agents report, if they agree on exactly one.
@@ -617,7 +695,7 @@ impl ClusterState {
     }
 
     /// Append the Prometheus text exposition of the cluster aggregates and ingestion self-metrics.
-    pub fn render_prometheus(&self, out: &mut String) {
+    pub fn render_prometheus(&self, out: &mut String, now: Instant) {
         let cid = escape(&self.cfg.cluster_id);
         let mut by_family: BTreeMap<&str, Vec<&Slot>> = BTreeMap::new();
         for s in &self.slots {
@@ -646,7 +724,38 @@ impl ClusterState {
                 let _ = writeln!(out, "}} {}", fmt_value(v));
             }
         }
+        self.render_capacity(out, &cid, now);
         self.render_self_metrics(out, &cid);
+    }
+
+    fn render_capacity(&self, out: &mut String, cid: &str, now: Instant) {
+        let c = &self.capacity;
+        let gauge = |out: &mut String, name: &str, help: &str, v: Option<f64>| {
+            if let Some(v) = v {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{cluster_id=\"{cid}\"}} {}", fmt_value(v));
+            }
+        };
+        gauge(out, "cni_metrics_available_ip_addresses", "Sum over nodes of (total - assigned): warm IPs free for pods now", (c.with_available > 0).then_some(c.available));
+        gauge(out, "cni_metrics_ip_headroom", "Sum over nodes of (ip_max - assigned): IPs pods could still get as ENIs attach", (c.with_headroom > 0).then_some(c.headroom));
+        let (u_total, u_max) = c.utilization();
+        if u_total.is_some() || u_max.is_some() {
+            let name = "cni_metrics_ip_utilization_ratio";
+            let _ = writeln!(out, "# HELP {name} Sum of assigned IPs over the sum of total (basis=total) or max (basis=max) IPs\n# TYPE {name} gauge");
+            for (basis, v) in [("total", u_total), ("max", u_max)] {
+                if let Some(v) = v {
+                    let _ = writeln!(out, "{name}{{cluster_id=\"{cid}\",basis=\"{basis}\"}} {}", fmt_value(v));
+                }
+            }
+        }
+        gauge(out, "cni_metrics_nodes_low_on_ips", "Nodes whose IP headroom is below --low-ip-threshold", Some(f64::from(c.low_nodes)));
+        let stale = self.nodes.values().filter(|n| Self::is_stale(n, now)).count();
+        gauge(out, "cni_metrics_nodes_stale", "Nodes whose last scrape failed or that missed two reports", Some(stale as f64));
+        gauge(out, "cni_metrics_capacity_anomalies", "Nodes reporting impossible capacity (assigned > total or max, negative values)", Some(f64::from(c.anomalous_nodes)));
+        let _ = writeln!(
+            out,
+            "# HELP cni_metrics_capacity_anomalies_total Times a node started reporting impossible capacity\n# TYPE cni_metrics_capacity_anomalies_total counter\ncni_metrics_capacity_anomalies_total{{cluster_id=\"{cid}\"}} {}",
+            self.stats.capacity_anomalies
+        );
     }
 
     fn render_self_metrics(&self, out: &mut String, cid: &str) {

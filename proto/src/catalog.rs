@@ -129,6 +129,9 @@ pub static FAMILIES: &[FamilySpec] = &[
     fam("awscni_build_info", T::Gauge, "A metric with a constant '1' value labeled by version, revision, and goversion from which amazon-vpc-cni-k8s was built.", None, false),
 ];
 
+/// CloudWatch names of the capacity metrics the aggregator derives (not ipamd families).
+pub const DERIVED_CLOUDWATCH_NAMES: &[&str] = &["availableIPAddresses", "ipHeadroom", "ipUtilization", "ipCapacityUtilization", "nodesLowOnIPs"];
+
 /// ipamd's process start time: read by the agent for reset detection, never forwarded.
 pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
 

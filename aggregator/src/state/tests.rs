@@ -206,7 +206,7 @@ fn prometheus_exposition() {
     ];
     st.report("n1", s, &report(1, true, defs, &[(1, 7.0), (2, 3.0)], &[]), t0).expect("snap");
     let mut out = String::new();
-    st.render_prometheus(&mut out);
+    st.render_prometheus(&mut out, t0);
     for want in [
         "# HELP awscni_assigned_ip_addresses The number of IP addresses assigned to pods\n# TYPE awscni_assigned_ip_addresses gauge\n",
         "awscni_assigned_ip_addresses{cluster_id=\"prod \\\"eu\\\"\"} 7\n",
@@ -252,4 +252,51 @@ fn cluster_id_and_region_from_agents_only_when_they_agree() {
     let mut st = ClusterState::new(StateConfig { cluster_id: "configured".into(), ..StateConfig::default() });
     st.hello(&h, t0).expect("hello");
     assert_eq!(st.take_window(0).cluster_id, "configured", "the flag wins");
+}
+
+#[test]
+fn derived_capacity_per_node_then_summed() {
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    const TOTAL: &str = "awscni_total_ip_addresses";
+    const MAX: &str = "awscni_ip_max";
+    // (node, assigned, total, max): a healthy node, a nearly full one, one with assigned > total.
+    for (i, (node, a, t, m)) in [("a", 10.0, 18.0, 58.0), ("b", 55.0, 58.0, 58.0), ("c", 20.0, 12.0, 58.0)].into_iter().enumerate() {
+        let (s, _) = st.hello(&hello(node, i as u64 + 1), t0).expect("hello");
+        let defs = vec![def(1, ASSIGNED, MetricKind::Gauge, &[]), def(2, TOTAL, MetricKind::Gauge, &[]), def(3, MAX, MetricKind::Gauge, &[])];
+        st.report(node, s, &report(1, true, defs, &[(1, a), (2, t), (3, m)], &[]), t0).expect("snapshot");
+    }
+    let c = *st.capacity();
+    // available: 8 + 3 + 0 (clamped); headroom: 48 + 3 + 38.
+    assert_eq!((c.available, c.headroom, c.low_nodes, c.anomalous_nodes), (11.0, 89.0, 1, 1));
+    assert_eq!(c.utilization(), (Some(85.0 / 88.0), Some(85.0 / 174.0)));
+    assert_eq!(st.stats.capacity_anomalies, 1);
+    let w = st.take_window(0);
+    let get = |n: &str| w.datums.iter().find(|d| d.metric_name == n).map(|d| (d.value, d.unit));
+    assert_eq!(get("availableIPAddresses"), Some((11.0, "Count")));
+    assert_eq!(get("ipHeadroom"), Some((89.0, "Count")));
+    assert_eq!(get("nodesLowOnIPs"), Some((1.0, "Count")));
+    assert_eq!(get("ipUtilization").map(|v| v.1), Some("Percent"));
+    // Node b gets more IPs; node c leaves: sums follow without a full recomputation.
+    let sb = st.node("b").map(|n| n.session).unwrap_or_default();
+    st.report("b", sb, &report(2, false, vec![], &[(3, 110.0)], &[]), t0).expect("update");
+    st.goodbye("c", st.node("c").map(|n| n.session).unwrap_or_default());
+    let c = *st.capacity();
+    assert_eq!((c.available, c.headroom, c.low_nodes, c.anomalous_nodes), (11.0, 103.0, 0, 0));
+    let mut out = String::new();
+    st.render_prometheus(&mut out, t0);
+    for want in [
+        "cni_metrics_available_ip_addresses{cluster_id=\"\"} 11\n",
+        "cni_metrics_ip_headroom{cluster_id=\"\"} 103\n",
+        "cni_metrics_ip_utilization_ratio{cluster_id=\"\",basis=\"total\"}",
+        "cni_metrics_nodes_low_on_ips{cluster_id=\"\"} 0\n",
+        "cni_metrics_nodes_stale{cluster_id=\"\"} 0\n",
+        "cni_metrics_capacity_anomalies_total{cluster_id=\"\"} 1\n",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    // Three seconds without a report (interval 1 s): both nodes are stale, still within their TTL.
+    let mut out = String::new();
+    st.render_prometheus(&mut out, t0 + Duration::from_secs(3));
+    assert!(out.contains("cni_metrics_nodes_stale{cluster_id=\"\"} 2\n"), "{out}");
 }
