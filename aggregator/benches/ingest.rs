@@ -83,7 +83,7 @@ fn main() {
     let window = t.elapsed();
     let mut out = String::new();
     let t = Instant::now();
-    st.render_prometheus(&mut out);
+    st.render_prometheus(&mut out, now);
     let render = t.elapsed();
     println!("{:<44} {:>14}", "measure", "value");
     println!("{:<44} {:>14}", "nodes", nodes);
