@@ -111,7 +111,8 @@ impl SimIpamd {
         }
     }
 
-    fn fit_capacity(&mut self) {
+    /// Make ENIs and prefixes hold the assigned IPs (after changing `assigned` by hand).
+    pub fn fit_capacity(&mut self) {
         self.assigned = self.assigned.min(self.ip_max());
         match self.style {
             PageStyle::PrefixDelegation => {

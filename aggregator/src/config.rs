@@ -24,6 +24,30 @@ pub struct Cli {
 pub enum Command {
     /// Run an aggregator with simulated nodes (fake ipamd pages, real agents, real gRPC); no AWS, no cluster.
     Demo(DemoConfig),
+    /// A terminal view of a running aggregator (its Consumer gRPC service).
+    Watch(WatchConfig),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct WatchConfig {
+    /// The aggregator's gRPC address.
+    #[arg(long = "aggregator", env = "AGGREGATOR_URL", default_value = "http://127.0.0.1:61690")]
+    pub aggregator: String,
+    /// Print one snapshot and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Rows of the node table.
+    #[arg(long, default_value_t = 15)]
+    pub top: usize,
+    /// Only these nodes (repeat the flag).
+    #[arg(long)]
+    pub node: Vec<String>,
+    /// Redraw at most this often.
+    #[arg(long = "refresh", default_value = "1s", value_parser = parse_positive)]
+    pub interval: Duration,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -95,6 +119,10 @@ pub struct AggregatorConfig {
     /// Most series one node may define.
     #[arg(long, env = "MAX_SERIES_PER_NODE", default_value_t = 5_000)]
     pub max_series_per_node: usize,
+
+    /// Subscribers get an update at most this often (when something changed).
+    #[arg(long, env = "SUBSCRIBE_INTERVAL", default_value = "1s", value_parser = parse_positive)]
+    pub subscribe_interval: Duration,
 
     /// A node whose IP headroom (ip_max − assigned) is below this counts as low on IPs.
     #[arg(long, env = "LOW_IP_THRESHOLD", default_value_t = 5)]
@@ -206,6 +234,7 @@ impl AggregatorConfig {
             max_cluster_series: 200_000,
             max_series_per_node: 5_000,
             low_ip_threshold: 5,
+            subscribe_interval: Duration::from_millis(200),
             log_format: LogFormat::Text,
         }
     }

@@ -37,6 +37,8 @@ pub enum Mode {
     Slow(Duration),
     /// A body of this many bytes.
     Huge(usize),
+    /// This exact page.
+    Page(String),
 }
 
 struct Fake {
@@ -101,6 +103,7 @@ async fn page(State(f): State<Arc<Fake>>) -> Response {
         Mode::Status(code) => return StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR).into_response(),
         Mode::Slow(d) => tokio::time::sleep(d).await,
         Mode::Huge(n) => return (StatusCode::OK, "# padding\n".repeat(n / 10 + 1)).into_response(),
+        Mode::Page(text) => return (StatusCode::OK, text).into_response(),
     }
     let text = f.sim.lock().unwrap_or_else(|e| e.into_inner()).render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()

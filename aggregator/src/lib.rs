@@ -5,9 +5,11 @@
 
 pub mod cloudwatch;
 pub mod config;
+pub mod consumer;
 pub mod demo;
 pub mod http;
 pub mod ingest;
 pub mod publish;
 pub mod server;
 pub mod state;
+pub mod watch;

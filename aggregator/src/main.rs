@@ -9,7 +9,7 @@ use clap::Parser;
 use cni_metrics_aggregator::config::{Cli, Command};
 use cni_metrics_aggregator::cloudwatch::CloudWatchSink;
 use cni_metrics_aggregator::publish::{Sink, StdoutSink};
-use cni_metrics_aggregator::{demo, server};
+use cni_metrics_aggregator::{demo, server, watch};
 use cni_metrics_proto::telemetry;
 
 #[tokio::main]
@@ -17,8 +17,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = cli.aggregator;
     telemetry::init(cfg.log_format);
-    if let Some(Command::Demo(demo_cfg)) = cli.command {
-        return demo::run_demo(demo_cfg, telemetry::shutdown_signal()).await;
+    match cli.command {
+        Some(Command::Demo(demo_cfg)) => return demo::run_demo(demo_cfg, telemetry::shutdown_signal()).await,
+        Some(Command::Watch(w)) => return watch::run_watch(w, telemetry::shutdown_signal()).await,
+        None => {}
     }
     cfg.validate()?;
     let grpc = tokio::net::TcpListener::bind(cfg.grpc_listen).await.with_context(|| format!("cannot listen on {} (--grpc-listen)", cfg.grpc_listen))?;

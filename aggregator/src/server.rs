@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cni_metrics_proto::v1::consumer_server::ConsumerServer;
 use cni_metrics_proto::v1::ingest_server::IngestServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -14,6 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::config::AggregatorConfig;
+use crate::consumer::ConsumerService;
 use crate::http::{router, HttpState};
 use crate::ingest::{lock, IngestService, Shared};
 use crate::publish::{run_publisher, PublishStats, Sink};
@@ -27,6 +29,8 @@ pub enum ServeError {
     Http(#[from] std::io::Error),
     #[error("a server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("gRPC reflection set-up failed: {0}")]
+    Reflection(String),
 }
 
 /// Handles shared with whoever embeds the aggregator (tests, demo view).
@@ -80,12 +84,25 @@ pub async fn serve(
     let svc = IngestServer::new(IngestService::new(handles.state.clone(), stop_tx.subscribe()))
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
+    let consumer = ConsumerService::new(handles.state.clone());
+    let notifier = consumer.run_notifier(cfg.subscribe_interval, stopped());
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<IngestServer<IngestService>>().await;
+    health.set_serving::<ConsumerServer<ConsumerService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cni_metrics_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(svc)
+            .add_service(ConsumerServer::new(consumer))
+            .add_service(health_svc)
+            .add_service(reflection)
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped()),
     );
 
@@ -126,6 +143,7 @@ pub async fn serve(
     let grpc_result = bounded(grpc_task).await;
     let http_result = bounded(http_task).await;
     let _ = sweeper.await;
+    let _ = notifier.await;
     publisher.await?;
     grpc_result??;
     http_result??;

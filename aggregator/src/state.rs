@@ -650,6 +650,17 @@ impl ClusterState {
         Window { cluster_id, region_hint: self.reported(|n| &n.region), end_unix_ms, nodes: self.nodes.len(), datums }
     }
 
+    /// Every cluster series with a value: (name, labels, kind, value).
+    pub fn aggregates(&self) -> impl Iterator<Item = (&str, &[(String, String)], MetricKind, f64)> {
+        self.slots.iter().filter_map(|s| {
+            let v = match s.kind {
+                MetricKind::Counter => Some(s.total),
+                _ => s.gauge_value(),
+            }?;
+            Some((&*s.name, s.labels.as_slice(), s.kind, v))
+        })
+    }
+
     /// Cluster sums of the derived capacity numbers.
     pub fn capacity(&self) -> &CapacityTotals {
         &self.capacity

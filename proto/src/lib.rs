@@ -15,4 +15,7 @@ pub mod telemetry;
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("cni_metrics.v1");
+
+    /// The encoded descriptor set of the package, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cni_metrics_descriptor.bin"));
 }

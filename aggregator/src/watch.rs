@@ -1,0 +1,292 @@
+//! `cni-metrics-aggregator watch`: a terminal view of a running aggregator over its `Consumer` gRPC
+//! service. It subscribes and redraws cluster totals, utilization, the nodes lowest on IPs (worst first),
+//! stale nodes and error counters; `--once` prints one snapshot and exits; `--json` prints JSON. The
+//! rendering is pure ([`render_table`], [`render_json`]) and unit-tested.
+
+use std::fmt::Write as _;
+use std::future::Future;
+
+use cni_metrics_proto::v1::consumer_client::ConsumerClient;
+use cni_metrics_proto::v1::{ClusterView, GetClusterRequest, ListNodesRequest, MetricKind, NodeView, ScrapeStatus, SubscribeRequest};
+
+use crate::config::WatchConfig;
+use crate::publish::rfc3339;
+use crate::state::status_label;
+
+/// Error counters shown in the view: (family, label).
+const ERROR_FAMILIES: &[(&str, &str)] = &[
+    ("awscni_no_available_ip_addresses", "pod IP assignments failed: no available IP"),
+    ("awscni_ipamd_error_count", "ipamd errors"),
+    ("awscni_aws_api_error_count", "AWS API errors"),
+    ("awscni_ec2api_error_count", "EC2 API errors"),
+    ("awscni_aws_utils_error_count", "awsutils errors"),
+    ("awscni_pod_eni_error_count", "pod ENI errors"),
+];
+
+fn pct(r: f64) -> String {
+    if r < 0.0 {
+        "-".into()
+    } else {
+        format!("{:.1}%", r * 100.0)
+    }
+}
+
+fn num(v: f64) -> String {
+    if v < 0.0 {
+        "-".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn status_name(s: i32) -> &'static str {
+    status_label(ScrapeStatus::try_from(s).unwrap_or(ScrapeStatus::Unreachable))
+}
+
+/// The view as a table.
+pub fn render_table(c: &ClusterView, nodes: &[NodeView], top: usize) -> String {
+    let mut s = String::new();
+    let id = if c.cluster_id.is_empty() { "(no cluster id)" } else { c.cluster_id.as_str() };
+    let _ = writeln!(
+        s,
+        "cluster {id}  {}  nodes {} (reporting {}, stale {}, low on IPs {}, anomalous {})",
+        rfc3339(c.time_unix_ms),
+        c.nodes_known,
+        c.nodes_reporting,
+        c.nodes_stale,
+        c.nodes_low_on_ips,
+        c.nodes_anomalous
+    );
+    let _ = writeln!(
+        s,
+        "IPs  assigned {}  total {}  max {}  available {}  headroom {}",
+        c.assigned_ips, c.total_ips, c.max_ips, c.available_ips, c.ip_headroom
+    );
+    let _ = writeln!(
+        s,
+        "utilization {} of total, {} of max   ENIs {} / {}",
+        pct(c.utilization_total),
+        pct(c.utilization_max),
+        c.enis_allocated,
+        c.enis_max
+    );
+    let mut by_headroom: Vec<&NodeView> = nodes.iter().filter(|n| n.ip_headroom >= 0.0).collect();
+    by_headroom.sort_by(|a, b| a.ip_headroom.total_cmp(&b.ip_headroom).then_with(|| a.name.cmp(&b.name)));
+    let _ = writeln!(s, "\nNODES BY IP HEADROOM (worst first)");
+    let _ = writeln!(s, "{:<28} {:<12} {:<12} {:>8} {:>6} {:>5} {:>9} {:<8} {:<4}", "NODE", "AZ", "TYPE", "ASSIGNED", "TOTAL", "MAX", "HEADROOM", "SCRAPE", "LOW");
+    for n in by_headroom.iter().take(top) {
+        let _ = writeln!(
+            s,
+            "{:<28} {:<12} {:<12} {:>8} {:>6} {:>5} {:>9} {:<8} {:<4}",
+            n.name,
+            n.availability_zone,
+            n.instance_type,
+            num(n.assigned_ips),
+            num(n.total_ips),
+            num(n.max_ips),
+            num(n.ip_headroom),
+            status_name(n.status),
+            if n.low_on_ips { "yes" } else { "" }
+        );
+    }
+    let stale: Vec<&NodeView> = nodes.iter().filter(|n| n.stale).collect();
+    if !stale.is_empty() {
+        let _ = writeln!(s, "\nSTALE NODES");
+        for n in stale.iter().take(top) {
+            let _ = writeln!(s, "{:<28} {:<11} last report {:.1}s ago  {}", n.name, status_name(n.status), n.last_report_age_ms as f64 / 1000.0, n.status_detail);
+        }
+    }
+    let errors: Vec<(&str, f64)> = ERROR_FAMILIES
+        .iter()
+        .map(|(fam, label)| {
+            let v = c.aggregates.iter().filter(|a| a.name == *fam && a.kind == MetricKind::Counter as i32).map(|a| a.value).sum::<f64>();
+            (*label, v)
+        })
+        .collect();
+    if !c.aggregates.is_empty() {
+        let _ = writeln!(s, "\nERRORS since aggregator start (empty means healthy)");
+        for (label, v) in errors.iter().filter(|(_, v)| *v > 0.0) {
+            let _ = writeln!(s, "  {label:<44} {v}");
+        }
+    }
+    s
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn json_num(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v}")
+    } else {
+        "null".into()
+    }
+}
+
+/// The view as one JSON object (unknown numbers are -1, as in the proto).
+pub fn render_json(c: &ClusterView, nodes: &[NodeView]) -> String {
+    let mut s = String::from("{");
+    let _ = write!(
+        s,
+        "\"cluster_id\":{},\"time\":{},\"nodes_known\":{},\"nodes_reporting\":{},\"nodes_stale\":{},\"nodes_low_on_ips\":{},\"nodes_anomalous\":{},\
+         \"assigned_ips\":{},\"total_ips\":{},\"max_ips\":{},\"available_ips\":{},\"ip_headroom\":{},\"utilization_total\":{},\"utilization_max\":{},\
+         \"enis_allocated\":{},\"enis_max\":{},\"nodes\":[",
+        json_str(&c.cluster_id),
+        json_str(&rfc3339(c.time_unix_ms)),
+        c.nodes_known,
+        c.nodes_reporting,
+        c.nodes_stale,
+        c.nodes_low_on_ips,
+        c.nodes_anomalous,
+        json_num(c.assigned_ips),
+        json_num(c.total_ips),
+        json_num(c.max_ips),
+        json_num(c.available_ips),
+        json_num(c.ip_headroom),
+        json_num(c.utilization_total),
+        json_num(c.utilization_max),
+        json_num(c.enis_allocated),
+        json_num(c.enis_max)
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(
+            s,
+            "{{\"name\":{},\"status\":{},\"stale\":{},\"availability_zone\":{},\"instance_type\":{},\"assigned_ips\":{},\"total_ips\":{},\"max_ips\":{},\
+             \"available_ips\":{},\"ip_headroom\":{},\"low_on_ips\":{},\"anomalous\":{},\"last_report_age_ms\":{}}}",
+            json_str(&n.name),
+            json_str(status_name(n.status)),
+            n.stale,
+            json_str(&n.availability_zone),
+            json_str(&n.instance_type),
+            json_num(n.assigned_ips),
+            json_num(n.total_ips),
+            json_num(n.max_ips),
+            json_num(n.available_ips),
+            json_num(n.ip_headroom),
+            n.low_on_ips,
+            n.anomalous,
+            n.last_report_age_ms
+        );
+    }
+    s.push_str("]}");
+    s
+}
+
+/// Run the view until `shutdown` (or once).
+pub async fn run_watch(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut client = ConsumerClient::connect(cfg.aggregator.clone()).await?;
+    let print = |c: &ClusterView, nodes: &[NodeView], tty: bool| {
+        let text = if cfg.json { render_json(c, nodes) } else { render_table(c, nodes, cfg.top) };
+        if tty && !cfg.json {
+            print!("\x1b[2J\x1b[H{text}");
+        } else {
+            println!("{text}");
+        }
+    };
+    if cfg.once {
+        let cluster = client.get_cluster(GetClusterRequest {}).await?.into_inner();
+        let nodes = client.list_nodes(ListNodesRequest { nodes: cfg.node.clone() }).await?.into_inner().nodes;
+        print(&cluster, &nodes, false);
+        return Ok(());
+    }
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let req = SubscribeRequest { nodes: cfg.node.clone(), min_interval_ms: cfg.interval.as_millis() as u32, cluster_only: false };
+    let mut stream = client.subscribe(req).await?.into_inner();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            m = stream.message() => match m? {
+                Some(u) => {
+                    let cluster = u.cluster.unwrap_or_default();
+                    print(&cluster, &u.nodes, tty);
+                }
+                None => anyhow::bail!("the aggregator ended the subscription"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cni_metrics_proto::v1::Aggregate;
+
+    fn node(name: &str, headroom: f64, low: bool, stale: bool) -> NodeView {
+        NodeView {
+            name: name.into(),
+            availability_zone: "eu-west-1a".into(),
+            instance_type: "m5.large".into(),
+            assigned_ips: 10.0,
+            total_ips: 14.0,
+            max_ips: 10.0 + headroom,
+            available_ips: 4.0,
+            ip_headroom: headroom,
+            low_on_ips: low,
+            stale,
+            status: if stale { ScrapeStatus::Refused as i32 } else { 0 },
+            last_report_age_ms: 1500,
+            ..NodeView::default()
+        }
+    }
+
+    fn cluster() -> ClusterView {
+        ClusterView {
+            cluster_id: "prod".into(),
+            nodes_known: 3,
+            nodes_reporting: 2,
+            nodes_stale: 1,
+            nodes_low_on_ips: 1,
+            assigned_ips: 30.0,
+            total_ips: 42.0,
+            max_ips: 80.0,
+            utilization_total: 30.0 / 42.0,
+            utilization_max: -1.0,
+            aggregates: vec![Aggregate { name: "awscni_no_available_ip_addresses".into(), labels: vec![], kind: MetricKind::Counter as i32, value: 7.0 }],
+            ..ClusterView::default()
+        }
+    }
+
+    #[test]
+    fn table_sorts_worst_first_and_lists_stale_and_errors() {
+        let nodes = vec![node("b", 40.0, false, false), node("a", 2.0, true, false), node("c", 8.0, false, true)];
+        let t = render_table(&cluster(), &nodes, 10);
+        let pos = |n: &str| t.find(&format!("\n{n} ")).unwrap_or(usize::MAX);
+        assert!(pos("a") < pos("c") && pos("c") < pos("b"), "{t}");
+        assert!(t.contains("utilization 71.4% of total, - of max"), "{t}");
+        assert!(t.contains("STALE NODES\nc "), "{t}");
+        assert!(t.contains("pod IP assignments failed: no available IP") && t.contains(" 7\n"), "{t}");
+        let t = render_table(&cluster(), &nodes, 1);
+        assert!(!t.contains("\nb "), "top limits the rows");
+    }
+
+    #[test]
+    fn json_is_escaped_and_complete() {
+        let mut n = node("we\"ird\\name", 2.0, true, false);
+        n.max_ips = f64::NAN;
+        let j = render_json(&cluster(), &[n]);
+        assert!(j.starts_with("{\"cluster_id\":\"prod\""), "{j}");
+        assert!(j.contains("\"name\":\"we\\\"ird\\\\name\""), "{j}");
+        assert!(j.contains("\"max_ips\":null"), "{j}");
+        assert!(j.ends_with("}]}"), "{j}");
+        assert_eq!(j.matches('{').count(), j.matches('}').count());
+    }
+}

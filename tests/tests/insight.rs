@@ -1,0 +1,217 @@
+//! Derived capacity metrics, the Consumer gRPC service and `watch`, end to end: real agent and
+//! aggregator processes, fake ipamds, numbers checked against the simulators' truth.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use cni_metrics_agent::sim::{PageStyle, SimIpamd};
+use cni_metrics_aggregator::demo::{FakeIpamd, Mode};
+use cni_metrics_e2e::*;
+use cni_metrics_proto::v1::consumer_client::ConsumerClient;
+use cni_metrics_proto::v1::ingest_client::IngestClient;
+use cni_metrics_proto::v1::{AgentMessage, FamilyType, MetricKind, SubscribeRequest};
+
+fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Three simulated nodes (one pushed close to its IP limit) and a hand-written page with impossible
+/// values (assigned 20 > total 12, as upstream users saw under prefix delegation).
+async fn nodes() -> Result<(Vec<FakeIpamd>, FakeIpamd)> {
+    let mut sims = Vec::new();
+    for (i, style) in [PageStyle::Modern, PageStyle::PrefixDelegation, PageStyle::Legacy2019].into_iter().enumerate() {
+        let mut sim = SimIpamd::new(style, 900 + i as u64, now() - 1.0);
+        for _ in 0..5 {
+            sim.step();
+        }
+        if i == 2 {
+            sim.assigned = sim.ip_max() - 2; // headroom 2 < 5: low on IPs
+            sim.fit_capacity();
+        }
+        sims.push(FakeIpamd::start(sim, SocketAddr::from(([127, 0, 0, 1], 0))).await?);
+    }
+    let odd = FakeIpamd::start(SimIpamd::new(PageStyle::Modern, 1, now()), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    odd.set_mode(Mode::Page(format!(
+        "process_start_time_seconds {}\nawscni_assigned_ip_addresses 20\nawscni_total_ip_addresses 12\nawscni_ip_max 29\n",
+        now() - 10.0
+    )));
+    Ok((sims, odd))
+}
+
+struct Truth {
+    available: f64,
+    headroom: f64,
+    low: f64,
+    assigned: f64,
+    total: f64,
+    max: f64,
+}
+
+fn truth(sims: &[FakeIpamd]) -> Truth {
+    // The odd node: available clamps to 0, headroom 29 - 20 = 9, counted in the ratios as it is.
+    let mut t = Truth { available: 0.0, headroom: 9.0, low: 0.0, assigned: 20.0, total: 12.0, max: 29.0 };
+    for f in sims {
+        f.with_sim(|s| {
+            let (a, tot, m) = (s.assigned as f64, s.total_ips() as f64, s.ip_max() as f64);
+            t.available += (tot - a).max(0.0);
+            t.headroom += (m - a).max(0.0);
+            t.low += f64::from(u8::from(m - a < 5.0));
+            t.assigned += a;
+            t.total += tot;
+            t.max += m;
+        });
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn derived_capacity_metrics_match_node_truth_and_watch_shows_them() -> Result<()> {
+    let dir = scratch_dir("insight")?;
+    let (sims, odd) = nodes().await?;
+    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "200ms"])?;
+    let mut all: Vec<&FakeIpamd> = sims.iter().collect();
+    all.push(&odd);
+    let _agents: Vec<Proc> =
+        all.iter().enumerate().map(|(i, f)| start_agent(&dir, &format!("node-{}", i + 1), &f.url(), &agg.grpc, &[])).collect::<Result<_>>()?;
+    let t = truth(&sims);
+    eventually(Duration::from_secs(20), || async {
+        let p = agg.metrics().await?;
+        let got = (
+            sample(&p, "cni_metrics_available_ip_addresses", &[]),
+            sample(&p, "cni_metrics_ip_headroom", &[]),
+            sample(&p, "cni_metrics_nodes_low_on_ips", &[]),
+            sample(&p, "cni_metrics_capacity_anomalies", &[]),
+            sample(&p, "cni_metrics_nodes_reporting", &[]),
+        );
+        let want = (Some(t.available), Some(t.headroom), Some(t.low), Some(1.0), Some(4.0));
+        Ok(if got == want { Ok(()) } else { Err(format!("(available, headroom, low, anomalies, reporting) got {got:?} want {want:?}")) })
+    })
+    .await?;
+    ensure!(t.low >= 1.0, "the scenario has a node low on IPs");
+    let p = agg.metrics().await?;
+    let ratio = sample(&p, "cni_metrics_ip_utilization_ratio", &[("basis", "total")]).context("ratio")?;
+    ensure!((ratio - t.assigned / t.total).abs() < 1e-12, "utilization {ratio} vs {}", t.assigned / t.total);
+    let ratio = sample(&p, "cni_metrics_ip_utilization_ratio", &[("basis", "max")]).context("ratio")?;
+    ensure!((ratio - t.assigned / t.max).abs() < 1e-12);
+
+    // watch --once: one table, worst node first.
+    let out = std::process::Command::new(bin_dir()?.join("cni-metrics-aggregator"))
+        .args(["watch", "--aggregator", &format!("http://{}", agg.grpc), "--once"])
+        .output()?;
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "watch --once failed: {}", String::from_utf8_lossy(&out.stderr));
+    println!("watch --once sample:\n{table}");
+    ensure!(table.starts_with("cluster e2e "), "{table}");
+    ensure!(table.contains(&format!("available {}  headroom {}", t.available, t.headroom)), "{table}");
+    let rows: Vec<&str> = table.lines().skip_while(|l| !l.starts_with("NODE ")).skip(1).take_while(|l| !l.is_empty()).collect();
+    ensure!(rows.first().is_some_and(|r| r.starts_with("node-3 ") && r.trim_end().ends_with("yes")), "worst first: {rows:?}");
+    // --json: the same numbers, machine-readable.
+    let out = std::process::Command::new(bin_dir()?.join("cni-metrics-aggregator"))
+        .args(["watch", "--aggregator", &format!("http://{}", agg.grpc), "--once", "--json"])
+        .output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("watch --json output")?;
+    ensure!(v["available_ips"].as_f64() == Some(t.available) && v["nodes_low_on_ips"].as_f64() == Some(t.low), "{v}");
+    ensure!(v["nodes"].as_array().map(Vec::len) == Some(4));
+    Ok(())
+}
+
+/// A synthetic node speaking the Ingest protocol directly (many nodes without many processes).
+struct SyntheticNode {
+    tx: tokio::sync::mpsc::Sender<AgentMessage>,
+    seq: u64,
+    _responses: tonic::Streaming<cni_metrics_proto::v1::AggregatorMessage>,
+}
+
+async fn synthetic_node(channel: tonic::transport::Channel, name: String, assigned: f64) -> Result<SyntheticNode> {
+    use cni_metrics_proto::v1::{agent_message::Body, Hello, Report, SeriesDef};
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let hello = Hello { node_name: name, run_id: 1, interval_ms: 60_000, ..Hello::default() };
+    tx.send(AgentMessage { body: Some(Body::Hello(hello)) }).await?;
+    let def = SeriesDef {
+        id: 1,
+        family: "awscni_assigned_ip_addresses".into(),
+        name: "awscni_assigned_ip_addresses".into(),
+        kind: MetricKind::Gauge as i32,
+        family_type: FamilyType::Gauge as i32,
+        labels: vec![],
+    };
+    let snapshot = Report { seq: 1, snapshot: true, defs: vec![def], ids: vec![1], values: vec![assigned], ..Report::default() };
+    tx.send(AgentMessage { body: Some(Body::Report(snapshot)) }).await?;
+    let responses = IngestClient::new(channel).stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    Ok(SyntheticNode { tx, seq: 1, _responses: responses })
+}
+
+impl SyntheticNode {
+    async fn set(&mut self, assigned: f64) -> Result<()> {
+        use cni_metrics_proto::v1::{agent_message::Body, Report};
+        self.seq += 1;
+        let r = Report { seq: self.seq, ids: vec![1], values: vec![assigned], ..Report::default() };
+        self.tx.send(AgentMessage { body: Some(Body::Report(r)) }).await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_is_dropped_without_slowing_anyone() -> Result<()> {
+    let dir = scratch_dir("subscribe")?;
+    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "100ms"])?;
+    let url = format!("http://{}", agg.grpc);
+    // 200 nodes: every update with node details is tens of KB, so transport buffers fill quickly.
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await?;
+    let mut nodes = Vec::new();
+    for i in 0..200 {
+        nodes.push(synthetic_node(channel.clone(), format!("ip-10-0-{i}-1.eu-west-1.compute.internal"), 3.0).await?);
+    }
+    // The slow consumer also has small HTTP/2 windows, like a peer on a slow link, so the transport holds
+    // little and the aggregator's own bounded buffer is what fills.
+    let slow_channel = tonic::transport::Endpoint::from_shared(url.clone())?
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await?;
+    let mut slow =
+        ConsumerClient::new(slow_channel).subscribe(SubscribeRequest { min_interval_ms: 100, ..Default::default() }).await?.into_inner();
+    let first = nodes.first().map(|_| "ip-10-0-0-1.eu-west-1.compute.internal".to_owned()).unwrap_or_default();
+    let mut fast = ConsumerClient::connect(url.clone())
+        .await?
+        .subscribe(SubscribeRequest { nodes: vec![first.clone()], min_interval_ms: 100, cluster_only: false })
+        .await?
+        .into_inner();
+    // Something changes all the time; the slow subscriber reads nothing.
+    let mut versions = Vec::new();
+    let mut applied = 0u32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let mut k = 0usize;
+    while std::time::Instant::now() < deadline {
+        let n = nodes.len();
+        nodes[k % n].set((k % 50) as f64).await?;
+        applied += 1;
+        k += 1;
+        if let Ok(Ok(Some(u))) = tokio::time::timeout(Duration::from_millis(20), fast.message()).await {
+            ensure!(u.nodes.iter().all(|n| n.name == first), "node filter");
+            versions.push(u.version);
+        }
+    }
+    ensure!(versions.len() >= 20, "the fast subscriber kept getting updates: {}", versions.len());
+    ensure!(versions.windows(2).all(|w| w[0] < w[1]), "versions increase: {versions:?}");
+    // The slow one: whatever the transport buffered, then RESOURCE_EXHAUSTED.
+    let mut status = None;
+    let mut buffered = 0;
+    for _ in 0..10_000 {
+        match tokio::time::timeout(Duration::from_secs(5), slow.message()).await {
+            Ok(Ok(Some(_))) => buffered += 1,
+            Ok(Err(s)) => {
+                status = Some(s.code());
+                break;
+            }
+            Ok(Ok(None)) | Err(_) => break,
+        }
+    }
+    ensure!(status == Some(tonic::Code::ResourceExhausted), "slow subscriber status: {status:?} after {buffered} buffered updates");
+    agg.proc.wait_log("subscriber not reading; dropped", Duration::from_secs(1))?;
+    // Ingestion went on meanwhile: every report was applied.
+    let reports = sample(&agg.metrics().await?, "cni_metrics_reports_received_total", &[]).unwrap_or(0.0);
+    ensure!(reports >= f64::from(applied) + 200.0 - 5.0, "reports applied while a subscriber was stuck: {reports} of {}", applied + 200);
+    Ok(())
+}
