@@ -78,6 +78,8 @@ pub struct Queued {
     pub metric_name: &'static str,
     pub value: f64,
     pub unit: &'static str,
+    /// A breakdown dimension besides CLUSTER_ID.
+    pub dimension: Option<(&'static str, Arc<str>)>,
 }
 
 /// Turn a window into queued datums; returns them and the number skipped as non-finite.
@@ -95,14 +97,22 @@ pub fn encode_window(w: &Window, cfg: &CloudWatchConfig) -> (Vec<Queued>, u64, u
             skipped += 1;
             continue;
         }
-        out.push(Queued { window_end_ms: w.end_unix_ms, cluster_id: cluster.clone(), metric_name: d.metric_name, value: d.value, unit: d.unit });
+        out.push(Queued {
+            window_end_ms: w.end_unix_ms,
+            cluster_id: cluster.clone(),
+            metric_name: d.metric_name,
+            value: d.value,
+            unit: d.unit,
+            dimension: d.dimension.as_ref().map(|(n, v)| (*n, Arc::from(v.as_str()))),
+        });
     }
     (out, skipped, filtered)
 }
 
 /// Estimated encoded size of one datum.
 pub fn datum_size(q: &Queued) -> usize {
-    q.metric_name.len() + DIMENSION.len() + q.cluster_id.len() + q.unit.len() + DATUM_OVERHEAD
+    let extra = q.dimension.as_ref().map_or(0, |(n, v)| n.len() + v.len() + 32);
+    q.metric_name.len() + DIMENSION.len() + q.cluster_id.len() + q.unit.len() + DATUM_OVERHEAD + extra
 }
 
 /// How many datums from the front of `queue` make the next request (≥ 1 when the queue is not empty).
@@ -453,9 +463,11 @@ async fn put(client: &Client, shared: &Shared, part: &[Queued], cluster_id: &str
     let data: Vec<MetricDatum> = part
         .iter()
         .map(|q| {
-            MetricDatum::builder()
-                .metric_name(q.metric_name)
-                .dimensions(Dimension::builder().name(DIMENSION).value(cluster_id).build())
+            let mut b = MetricDatum::builder().metric_name(q.metric_name).dimensions(Dimension::builder().name(DIMENSION).value(cluster_id).build());
+            if let Some((name, value)) = &q.dimension {
+                b = b.dimensions(Dimension::builder().name(*name).value(value.as_ref()).build());
+            }
+            b
                 .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from_millis(q.window_end_ms))
                 .value(q.value)
                 .unit(StandardUnit::from(q.unit))
@@ -554,7 +566,9 @@ mod tests {
             region_hint: None,
             end_unix_ms: end,
             nodes: 1,
-            datums: (0..n).map(|i| Datum { metric_name: if i % 2 == 0 { "addReqCount" } else { "assignIPAddresses" }, value: i as f64, unit: "Count" }).collect(),
+            datums: (0..n)
+                .map(|i| Datum { metric_name: if i % 2 == 0 { "addReqCount" } else { "assignIPAddresses" }, value: i as f64, unit: "Count", dimension: None })
+                .collect(),
         }
     }
 
@@ -579,7 +593,7 @@ mod tests {
         // Long names: the byte limit splits first.
         let long: &'static str = Box::leak("m".repeat(250).into_boxed_str());
         let big: Vec<Queued> = (0..3000)
-            .map(|i| Queued { window_end_ms: 0, cluster_id: Arc::from("c".repeat(1024)), metric_name: long, value: i as f64, unit: "Count" })
+            .map(|i| Queued { window_end_ms: 0, cluster_id: Arc::from("c".repeat(1024)), metric_name: long, value: i as f64, unit: "Count", dimension: None })
             .collect();
         let b = batches(&big, "Kubernetes");
         assert!(b.len() > 3);

@@ -120,6 +120,15 @@ pub struct AggregatorConfig {
     #[arg(long, env = "MAX_SERIES_PER_NODE", default_value_t = 5_000)]
     pub max_series_per_node: usize,
 
+    /// Break the capacity numbers down by these dimensions (comma-separated: az, instance_type, node), on
+    /// /metrics (`cni_metrics_*_by_<label>` families) and as extra CloudWatch dimension sets.
+    #[arg(long, env = "BREAKDOWN", value_enum, value_delimiter = ',')]
+    pub breakdown: Vec<crate::state::Dim>,
+
+    /// Most breakdown groups (label values over all dimensions); beyond it values go to `other` (counted).
+    #[arg(long, env = "MAX_BREAKDOWN_SERIES", default_value_t = 1_000)]
+    pub max_series: usize,
+
     /// Subscribers get an update at most this often (when something changed).
     #[arg(long, env = "SUBSCRIBE_INTERVAL", default_value = "1s", value_parser = parse_positive)]
     pub subscribe_interval: Duration,
@@ -234,6 +243,8 @@ impl AggregatorConfig {
             max_cluster_series: 200_000,
             max_series_per_node: 5_000,
             low_ip_threshold: 5,
+            breakdown: Vec::new(),
+            max_series: 1_000,
             subscribe_interval: Duration::from_millis(200),
             log_format: LogFormat::Text,
         }

@@ -85,7 +85,8 @@ pub fn encode_lines(w: &Window) -> String {
     let mut s = String::with_capacity(w.datums.len() * 96);
     let ts = rfc3339(w.end_unix_ms);
     for d in &w.datums {
-        let _ = writeln!(s, "{ts} cluster_id={} metric={} value={} unit={}", w.cluster_id, d.metric_name, d.value, d.unit);
+        let dim = d.dimension.as_ref().map(|(n, v)| format!(" {n}={v}")).unwrap_or_default();
+        let _ = writeln!(s, "{ts} cluster_id={}{dim} metric={} value={} unit={}", w.cluster_id, d.metric_name, d.value, d.unit);
     }
     s
 }
@@ -215,14 +216,16 @@ mod tests {
             end_unix_ms: 0,
             nodes: 2,
             datums: vec![
-                Datum { metric_name: "assignIPAddresses", value: 42.0, unit: "Count" },
-                Datum { metric_name: "awsAPILatency", value: 12.5, unit: "Milliseconds" },
+                Datum { metric_name: "assignIPAddresses", value: 42.0, unit: "Count", dimension: None },
+                Datum { metric_name: "awsAPILatency", value: 12.5, unit: "Milliseconds", dimension: None },
+                Datum { metric_name: "ipHeadroom", value: 7.0, unit: "Count", dimension: Some(("AvailabilityZone", "eu-west-1a".into())) },
             ],
         };
         assert_eq!(
             encode_lines(&w),
             "1970-01-01T00:00:00.000Z cluster_id=prod metric=assignIPAddresses value=42 unit=Count\n\
-             1970-01-01T00:00:00.000Z cluster_id=prod metric=awsAPILatency value=12.5 unit=Milliseconds\n"
+             1970-01-01T00:00:00.000Z cluster_id=prod metric=awsAPILatency value=12.5 unit=Milliseconds\n\
+             1970-01-01T00:00:00.000Z cluster_id=prod AvailabilityZone=eu-west-1a metric=ipHeadroom value=7 unit=Count\n"
         );
     }
 }

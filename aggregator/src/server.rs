@@ -48,6 +48,8 @@ impl Handles {
             max_cluster_series: cfg.max_cluster_series,
             max_series_per_node: cfg.max_series_per_node,
             low_ip_threshold: cfg.low_ip_threshold as f64,
+            breakdown: cfg.breakdown.clone(),
+            max_breakdown_groups: cfg.max_series,
         });
         Self { state: Arc::new(Mutex::new(state)), publish: Arc::default() }
     }

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use cni_metrics_proto::catalog::{self, CloudWatchFold, NodeFold};
 use cni_metrics_proto::v1::{FamilyType, Hello, MetricKind, Report, ScrapeStatus, SeriesDef};
 
+mod breakdown;
 mod capacity;
+pub use breakdown::{Breakdowns, Dim, GroupTotals};
 pub use capacity::{CapRole, Capacity, CapacityTotals, NodeCapacity};
 
 /// Limits and defaults of the state.
@@ -34,11 +36,22 @@ pub struct StateConfig {
     pub max_series_per_node: usize,
     /// A node whose headroom (ip_max − assigned) is below this is low on IPs.
     pub low_ip_threshold: f64,
+    /// Breakdown dimensions (opt-in) and the bound on their groups.
+    pub breakdown: Vec<Dim>,
+    pub max_breakdown_groups: usize,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        Self { cluster_id: String::new(), node_ttl: None, max_cluster_series: 200_000, max_series_per_node: 5_000, low_ip_threshold: 5.0 }
+        Self {
+            cluster_id: String::new(),
+            node_ttl: None,
+            max_cluster_series: 200_000,
+            max_series_per_node: 5_000,
+            low_ip_threshold: 5.0,
+            breakdown: Vec::new(),
+            max_breakdown_groups: 1_000,
+        }
     }
 }
 
@@ -143,6 +156,8 @@ pub struct NodeState {
     pub connected: bool,
     pub capacity: Capacity,
     pub derived: NodeCapacity,
+    /// The breakdown groups the node belongs to.
+    pub groups: Vec<(Dim, String)>,
     series: HashMap<u32, NodeSeries>,
 }
 
@@ -187,6 +202,8 @@ pub struct Datum {
     pub metric_name: &'static str,
     pub value: f64,
     pub unit: &'static str,
+    /// A breakdown dimension (name, value) besides CLUSTER_ID.
+    pub dimension: Option<(&'static str, String)>,
 }
 
 /// What a sink publishes: the cluster's values for one window.
@@ -217,6 +234,7 @@ pub struct ClusterState {
     nodes: HashMap<Arc<str>, NodeState>,
     next_session: u64,
     capacity: CapacityTotals,
+    breakdowns: Breakdowns,
     /// Bumped by every change; subscribers poll it.
     version: u64,
     pub stats: IngestStats,
@@ -224,6 +242,7 @@ pub struct ClusterState {
 
 impl ClusterState {
     pub fn new(cfg: StateConfig) -> Self {
+        let breakdowns = Breakdowns::new(cfg.breakdown.clone(), cfg.max_breakdown_groups);
         Self {
             cfg,
             slots: Vec::new(),
@@ -233,6 +252,7 @@ impl ClusterState {
             nodes: HashMap::new(),
             next_session: 0,
             capacity: CapacityTotals::default(),
+            breakdowns,
             version: 0,
             stats: IngestStats::default(),
         }
@@ -297,6 +317,7 @@ impl ClusterState {
             connected: true,
             capacity: Capacity::default(),
             derived: NodeCapacity::default(),
+            groups: Vec::new(),
             series: HashMap::new(),
         });
         node.session = session;
@@ -311,6 +332,15 @@ impl ClusterState {
         node.last_seen = now;
         node.snapshot_seen = false;
         node.connected = true;
+        // (Re)place the node in its breakdown groups.
+        let groups = self.breakdowns.place(&h.availability_zone, &h.instance_type, &h.node_name);
+        if let Some(node) = self.nodes.get_mut(&name) {
+            if node.groups != groups {
+                self.breakdowns.apply(&node.groups, &node.capacity, &node.derived, false);
+                self.breakdowns.apply(&groups, &node.capacity, &node.derived, true);
+                node.groups = groups;
+            }
+        }
         Ok((session, ttl))
     }
 
@@ -533,9 +563,11 @@ impl ClusterState {
     /// A capacity gauge of a node changed (`None`: withdrawn): update its derived numbers and the sums.
     fn set_capacity(&mut self, node_name: &Arc<str>, role: CapRole, v: Option<f64>) {
         let Some(node) = self.nodes.get_mut(node_name) else { return };
+        self.breakdowns.apply(&node.groups, &node.capacity, &node.derived, false);
         node.capacity.set(role, v);
         let new = node.capacity.derive(self.cfg.low_ip_threshold);
         let old = std::mem::replace(&mut node.derived, new);
+        self.breakdowns.apply(&node.groups, &node.capacity, &node.derived, true);
         self.capacity.sub(&old);
         self.capacity.add(&new);
         if new.anomalous && !old.anomalous {
@@ -558,6 +590,7 @@ impl ClusterState {
         let Some(node) = self.nodes.remove(name) else { return };
         self.version += 1;
         self.capacity.sub(&node.derived);
+        self.breakdowns.apply(&node.groups, &node.capacity, &node.derived, false);
         for s in node.series.values() {
             if let (Some(i), true) = (s.slot, s.contributing) {
                 withdraw(&mut self.slots[i as usize], name, s.value);
@@ -624,7 +657,7 @@ impl ClusterState {
             };
             if let Some(value) = value {
                 let unit = if spec.cloudwatch_fold == CloudWatchFold::LatencyP99OrMean { "Milliseconds" } else { "Count" };
-                datums.push(Datum { metric_name, value, unit });
+                datums.push(Datum { metric_name, value, unit, dimension: None });
             }
         }
         for s in &mut self.slots {
@@ -642,7 +675,23 @@ impl ClusterState {
             ];
             for (metric_name, value, unit) in derived {
                 if let Some(value) = value {
-                    datums.push(Datum { metric_name, value, unit });
+                    datums.push(Datum { metric_name, value, unit, dimension: None });
+                }
+            }
+            for ((dim, value), g) in &self.breakdowns.groups {
+                let c = &g.capacity;
+                let per_group = [
+                    ("assignIPAddresses", Some(g.assigned)),
+                    ("totalIPAddresses", Some(g.total)),
+                    ("maxIPAddresses", Some(g.max)),
+                    ("availableIPAddresses", (c.with_available > 0).then_some(c.available)),
+                    ("ipHeadroom", (c.with_headroom > 0).then_some(c.headroom)),
+                    ("nodesLowOnIPs", Some(f64::from(c.low_nodes))),
+                ];
+                for (metric_name, v) in per_group {
+                    if let Some(v) = v {
+                        datums.push(Datum { metric_name, value: v, unit: "Count", dimension: Some((dim.cloudwatch(), value.clone())) });
+                    }
                 }
             }
         }
@@ -762,11 +811,48 @@ impl ClusterState {
         let stale = self.nodes.values().filter(|n| Self::is_stale(n, now)).count();
         gauge(out, "cni_metrics_nodes_stale", "Nodes whose last scrape failed or that missed two reports", Some(stale as f64));
         gauge(out, "cni_metrics_capacity_anomalies", "Nodes reporting impossible capacity (assigned > total or max, negative values)", Some(f64::from(c.anomalous_nodes)));
+        self.render_breakdowns(out, cid);
         let _ = writeln!(
             out,
             "# HELP cni_metrics_capacity_anomalies_total Times a node started reporting impossible capacity\n# TYPE cni_metrics_capacity_anomalies_total counter\ncni_metrics_capacity_anomalies_total{{cluster_id=\"{cid}\"}} {}",
             self.stats.capacity_anomalies
         );
+    }
+
+    /// `cni_metrics_<metric>_by_<label>` families: their own families, so `sum()` never double counts.
+    fn render_breakdowns(&self, out: &mut String, cid: &str) {
+        type Get = fn(&GroupTotals) -> Option<f64>;
+        let metrics: [(&str, &str, Get); 7] = [
+            ("nodes", "Nodes", |g| Some(f64::from(g.nodes))),
+            ("assigned_ip_addresses", "IPs assigned to pods", |g| Some(g.assigned)),
+            ("total_ip_addresses", "IPs held by the nodes", |g| Some(g.total)),
+            ("ip_max", "Most IPs the nodes can hold", |g| Some(g.max)),
+            ("available_ip_addresses", "Sum over nodes of (total - assigned)", |g| (g.capacity.with_available > 0).then_some(g.capacity.available)),
+            ("ip_headroom", "Sum over nodes of (ip_max - assigned)", |g| (g.capacity.with_headroom > 0).then_some(g.capacity.headroom)),
+            ("nodes_low_on_ips", "Nodes whose IP headroom is below --low-ip-threshold", |g| Some(f64::from(g.capacity.low_nodes))),
+        ];
+        for dim in &self.breakdowns.dims {
+            let label = dim.label();
+            for (metric, help, get) in metrics {
+                let name = format!("cni_metrics_{metric}_by_{label}");
+                let _ = writeln!(out, "# HELP {name} {help}, by {label}\n# TYPE {name} gauge");
+                for ((d, value), g) in self.breakdowns.groups.range((*dim, String::new())..) {
+                    if d != dim {
+                        break;
+                    }
+                    if let Some(v) = get(g) {
+                        let _ = writeln!(out, "{name}{{cluster_id=\"{cid}\",{label}=\"{}\"}} {}", escape(value), fmt_value(v));
+                    }
+                }
+            }
+        }
+        if !self.breakdowns.dims.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP cni_metrics_breakdown_overflow_total Node placements put in the group \"other\" by --max-series\n# TYPE cni_metrics_breakdown_overflow_total counter\ncni_metrics_breakdown_overflow_total{{cluster_id=\"{cid}\"}} {}",
+                self.breakdowns.overflow
+            );
+        }
     }
 
     fn render_self_metrics(&self, out: &mut String, cid: &str) {

@@ -102,7 +102,8 @@ async fn drop_in_names_dimension_and_exact_values_in_cloudwatch() -> Result<()> 
     for name in [
         "assignIPAddresses", "totalIPAddresses", "totalIPv4Prefixes", "totalAssignedIPv4sPerCidr", "eniAllocated", "eniMaxAvailable",
         "maxIPAddresses", "awsAPILatency", "awsAPIErr", "ipamdActionInProgress", "addReqCount", "delReqCount", "ec2ApiReqCount",
-        "forceRemoveENI", "forceRemoveIPs", "noAvailableIPAddresses",
+        "forceRemoveENI", "forceRemoveIPs", "noAvailableIPAddresses", "availableIPAddresses", "ipHeadroom", "ipUtilization",
+        "ipCapacityUtilization", "nodesLowOnIPs",
     ] {
         ensure!(names.contains(name), "{name} missing from ListMetrics: {names:?}");
     }
@@ -321,5 +322,40 @@ async fn sigterm_flushes_the_last_window() -> Result<()> {
     ensure!(emu.accepted_puts().await?.is_empty());
     ensure!(agg.proc.terminate(Duration::from_secs(15))?, "aggregator exits on SIGTERM");
     ensure!(cw_sum(&emu, "addReqCount").await? == add, "final window delivered at shutdown");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breakdown_by_az_adds_a_dimension_set() -> Result<()> {
+    let dir = scratch_dir("cw-breakdown")?;
+    let emu = Emulator::start()?;
+    let nodes = fresh_nodes(3, 900).await?;
+    let agg = cw_aggregator(&dir, &emu, "aggregator", &["--cluster-id", "e2e", "--publish-interval", "300ms", "--breakdown", "az"], &[])?;
+    let azs = ["eu-west-1a", "eu-west-1b", "eu-west-1a"];
+    let _agents: Vec<Proc> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| start_agent(&dir, &format!("node-{}", i + 1), &n.url(), &agg.grpc, &["--availability-zone", azs[i]]))
+        .collect::<Result<_>>()?;
+    let want_a = nodes[0].with_sim(|s| s.assigned as f64) + nodes[2].with_sim(|s| s.assigned as f64);
+    eventually(Duration::from_secs(20), || async {
+        let v = emu
+            .moto(
+                "GetMetricStatistics",
+                json!({
+                    "Namespace": "Kubernetes", "MetricName": "assignIPAddresses",
+                    "Dimensions": [{"Name": "CLUSTER_ID", "Value": "e2e"}, {"Name": "AvailabilityZone", "Value": "eu-west-1a"}],
+                    "StartTime": now() - 600.0, "EndTime": now() + 600.0, "Period": 1, "Statistics": ["Maximum"],
+                }),
+            )
+            .await?;
+        let max = v["Datapoints"].as_array().and_then(|d| d.iter().filter_map(|p| p["Maximum"].as_f64()).reduce(f64::max));
+        Ok(if max == Some(want_a) { Ok(()) } else { Err(format!("eu-west-1a assignIPAddresses {max:?}, want {want_a}")) })
+    })
+    .await?;
+    let listed = emu.moto("ListMetrics", json!({"Namespace": "Kubernetes", "MetricName": "availableIPAddresses"})).await?;
+    let sets = listed["Metrics"].as_array().map_or(0, Vec::len);
+    ensure!(sets == 3, "cluster + 2 zones: {listed}");
+    assert_limits(&emu).await?;
     Ok(())
 }

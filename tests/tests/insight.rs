@@ -69,11 +69,16 @@ fn truth(sims: &[FakeIpamd]) -> Truth {
 async fn derived_capacity_metrics_match_node_truth_and_watch_shows_them() -> Result<()> {
     let dir = scratch_dir("insight")?;
     let (sims, odd) = nodes().await?;
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "200ms"])?;
+    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "200ms", "--breakdown", "az,instance_type"])?;
     let mut all: Vec<&FakeIpamd> = sims.iter().collect();
     all.push(&odd);
-    let _agents: Vec<Proc> =
-        all.iter().enumerate().map(|(i, f)| start_agent(&dir, &format!("node-{}", i + 1), &f.url(), &agg.grpc, &[])).collect::<Result<_>>()?;
+    // Nodes 1 and 3 in eu-west-1a, nodes 2 and 4 in eu-west-1b.
+    let azs = ["eu-west-1a", "eu-west-1b", "eu-west-1a", "eu-west-1b"];
+    let _agents: Vec<Proc> = all
+        .iter()
+        .enumerate()
+        .map(|(i, f)| start_agent(&dir, &format!("node-{}", i + 1), &f.url(), &agg.grpc, &["--availability-zone", azs[i], "--instance-type", "m5.large"]))
+        .collect::<Result<_>>()?;
     let t = truth(&sims);
     eventually(Duration::from_secs(20), || async {
         let p = agg.metrics().await?;
@@ -94,6 +99,19 @@ async fn derived_capacity_metrics_match_node_truth_and_watch_shows_them() -> Res
     ensure!((ratio - t.assigned / t.total).abs() < 1e-12, "utilization {ratio} vs {}", t.assigned / t.total);
     let ratio = sample(&p, "cni_metrics_ip_utilization_ratio", &[("basis", "max")]).context("ratio")?;
     ensure!((ratio - t.assigned / t.max).abs() < 1e-12);
+
+    // Breakdown by AZ: per-node numbers summed per zone, in their own families.
+    let available = |f: &FakeIpamd| f.with_sim(|s| (s.total_ips() as f64 - s.assigned as f64).max(0.0));
+    let az_a = available(&sims[0]) + available(&sims[2]);
+    let got = sample(&p, "cni_metrics_available_ip_addresses_by_availability_zone", &[("availability_zone", "eu-west-1a")]);
+    ensure!(got == Some(az_a), "eu-west-1a available {got:?} want {az_a}");
+    let got = sample(&p, "cni_metrics_nodes_by_instance_type", &[("instance_type", "m5.large")]);
+    ensure!(got == Some(4.0), "nodes by instance type {got:?}");
+    let by_az: f64 = ["eu-west-1a", "eu-west-1b"]
+        .iter()
+        .filter_map(|az| sample(&p, "cni_metrics_ip_headroom_by_availability_zone", &[("availability_zone", az)]))
+        .sum();
+    ensure!(by_az == t.headroom, "zones add up to the cluster: {by_az} vs {}", t.headroom);
 
     // watch --once: one table, worst node first.
     let out = std::process::Command::new(bin_dir()?.join("cni-metrics-aggregator"))
