@@ -73,6 +73,10 @@ pub struct AgentConfig {
     #[arg(long, env = "AWS_EC2_METADATA_SERVICE_ENDPOINT", default_value = "http://169.254.169.254")]
     pub imds_endpoint: String,
 
+    /// ipamd's introspection endpoint for per-subnet usage; empty disables it.
+    #[arg(long, env = "INTROSPECTION_URL", default_value = "http://127.0.0.1:61679/v1/enis")]
+    pub introspection_url: String,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -110,6 +114,7 @@ impl AgentConfig {
             // Tests and the demo never leave loopback.
             imds: false,
             imds_endpoint: String::new(),
+            introspection_url: String::new(),
             log_format: LogFormat::Text,
         }
     }

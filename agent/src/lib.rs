@@ -6,6 +6,7 @@
 pub mod config;
 pub mod delta;
 pub mod imds;
+pub mod introspect;
 pub mod parse;
 pub mod report;
 pub mod run;

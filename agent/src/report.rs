@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use cni_metrics_proto::v1::{Label, Report, ScrapeStatus, SeriesDef};
+use cni_metrics_proto::v1::{Label, Report, ScrapeStatus, SeriesDef, SubnetUsage};
 
 use crate::delta::{DeltaEngine, Observation, SeriesInfo};
 
@@ -19,6 +19,7 @@ pub struct Pending {
     pub changed: BTreeSet<u32>,
     pub removed: BTreeSet<u32>,
     pub status_detail_changed: bool,
+    pub subnets_changed: bool,
 }
 
 impl Pending {
@@ -49,12 +50,22 @@ pub struct ScrapeFacts {
     pub bad_lines: u32,
     pub dropped_series: u64,
     pub ipamd_start_time: f64,
+    /// Per-subnet usage from introspection (empty when unknown).
+    pub subnets: Vec<SubnetUsage>,
 }
 
 impl ScrapeFacts {
     /// A successful clean scrape (benchmarks and tests).
     pub fn ok(scrape_time_ms: i64, ipamd_start_time: f64) -> Self {
-        Self { scrape_time_ms, status: ScrapeStatus::Ok, status_detail: String::new(), bad_lines: 0, dropped_series: 0, ipamd_start_time }
+        Self {
+            scrape_time_ms,
+            status: ScrapeStatus::Ok,
+            status_detail: String::new(),
+            bad_lines: 0,
+            dropped_series: 0,
+            ipamd_start_time,
+            subnets: Vec::new(),
+        }
     }
 }
 
@@ -72,6 +83,10 @@ fn def(info: &SeriesInfo) -> SeriesDef {
 /// An incremental report of what is pending.
 pub fn delta_report(engine: &DeltaEngine, pending: &Pending, seq: u64, facts: &ScrapeFacts) -> Report {
     let mut r = base(seq, false, facts, pending.status_detail_changed);
+    if pending.subnets_changed {
+        r.subnets_changed = true;
+        r.subnets.clone_from(&facts.subnets);
+    }
     r.defs = pending.defs.iter().filter_map(|id| engine.info(*id)).map(def).collect();
     for id in &pending.changed {
         if let Some(v) = engine.value(*id) {
@@ -86,6 +101,8 @@ pub fn delta_report(engine: &DeltaEngine, pending: &Pending, seq: u64, facts: &S
 /// A full snapshot: every live series with its definition and current value.
 pub fn snapshot_report(engine: &DeltaEngine, seq: u64, facts: &ScrapeFacts) -> Report {
     let mut r = base(seq, true, facts, true);
+    r.subnets_changed = true;
+    r.subnets.clone_from(&facts.subnets);
     for id in engine.live_ids() {
         if let (Some(info), Some(v)) = (engine.info(id), engine.value(id)) {
             r.defs.push(def(info));
@@ -110,6 +127,8 @@ fn base(seq: u64, snapshot: bool, facts: &ScrapeFacts, with_detail: bool) -> Rep
         bad_lines: facts.bad_lines,
         dropped_series: facts.dropped_series,
         ipamd_start_time_seconds: facts.ipamd_start_time,
+        subnets_changed: false,
+        subnets: Vec::new(),
     }
 }
 

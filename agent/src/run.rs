@@ -39,6 +39,7 @@ pub struct AgentStats {
     pub acks: AtomicU64,
     pub sessions: AtomicU64,
     pub connect_failures: AtomicU64,
+    pub introspection_errors: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +120,12 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
         bad_lines: 0,
         dropped_series: 0,
         ipamd_start_time: 0.0,
+        subnets: Vec::new(),
     };
+    let introspection = (!cfg.introspection_url.trim().is_empty())
+        .then(|| reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build())
+        .transpose()?;
+    let mut introspection_error: Option<String> = None;
     let mut seq = 0u64;
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(64);
     let mut session: Option<Session> = None;
@@ -141,6 +147,28 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
                     _ = &mut shutdown => break,
                 };
                 scrape_once(fetched, &mut engine, &mut pending, &mut facts, &stats, &node);
+                if let Some(client) = &introspection {
+                    let r = crate::introspect::fetch(client, &cfg.introspection_url, cfg.max_page_bytes, cfg.effective_scrape_timeout()).await;
+                    match r {
+                        Ok(subnets) => {
+                            if introspection_error.take().is_some() {
+                                info!(node = %node, subnets = subnets.len(), "ipamd introspection ok");
+                            }
+                            if subnets != facts.subnets {
+                                facts.subnets = subnets;
+                                pending.subnets_changed = true;
+                            }
+                        }
+                        Err(e) => {
+                            stats.introspection_errors.fetch_add(1, Ordering::Relaxed);
+                            let msg = e.to_string();
+                            if introspection_error.as_deref() != Some(msg.as_str()) {
+                                warn!(node = %node, error = %msg, "no per-subnet usage (introspection); keeping the last known");
+                                introspection_error = Some(msg);
+                            }
+                        }
+                    }
+                }
                 if let Some(s) = &session {
                     let report = delta_report(&engine, &pending, seq + 1, &facts);
                     match s.tx.try_send(wrap(agent_message::Body::Report(report))) {

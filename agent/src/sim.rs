@@ -162,6 +162,48 @@ impl SimIpamd {
         self.lifetime.minus(&self.at_restart)
     }
 
+    /// The subnet of the node's ENIs (one subnet per simulated node).
+    pub fn subnet_id(&self) -> String {
+        format!("subnet-0{:016x}", self.eni_max * 1_000 + self.ips_per_eni)
+    }
+
+    /// Render ipamd's introspection page (`/v1/enis`, keyed by network card as in current ipamd).
+    pub fn render_enis(&self) -> String {
+        let mut enis = Vec::new();
+        let mut left = self.assigned;
+        let pd = self.style == PageStyle::PrefixDelegation;
+        let mut prefix = 0;
+        for e in 0..self.enis {
+            let mut cidrs = Vec::new();
+            let slots = if pd { self.prefixes.div_ceil(self.enis).max(1) } else { self.ips_per_eni - 1 };
+            for k in 0..slots {
+                if pd && prefix >= self.prefixes {
+                    break;
+                }
+                let cap = if pd { 16 } else { 1 };
+                let used = left.min(cap);
+                left -= used;
+                let addrs: Vec<String> = (0..used)
+                    .map(|i| format!("\"10.{e}.{k}.{i}\": {{\"Address\": \"10.{e}.{k}.{i}\", \"IPAMKey\": {{\"networkName\": \"aws-cni\", \"containerID\": \"c{e}{k}{i}\", \"ifName\": \"eth0\"}}}}"))
+                    .collect();
+                let cidr = if pd { format!("10.{e}.{k}.0/28") } else { format!("10.{e}.0.{k}/32") };
+                cidrs.push(format!("\"{cidr}\": {{\"IsPrefix\": {pd}, \"IPAddresses\": {{{}}}}}", addrs.join(", ")));
+                prefix += 1;
+            }
+            enis.push(format!(
+                "\"eni-0a1b2c3d4e5f{e:05}\": {{\"ID\": \"eni-0a1b2c3d4e5f{e:05}\", \"SubnetID\": \"{}\", \"AvailableIPv4Cidrs\": {{{}}}}}",
+                self.subnet_id(),
+                cidrs.join(", ")
+            ));
+        }
+        format!(
+            "{{\"0\": {{\"TotalIPs\": {}, \"AssignedIPs\": {}, \"ENIs\": {{{}}}}}}}",
+            self.total_ips(),
+            self.assigned,
+            enis.join(", ")
+        )
+    }
+
     /// Render the page ipamd would serve.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(14_000);
@@ -364,6 +406,20 @@ mod tests {
             assert!((6_000..20_000).contains(&text.len()), "{style:?}: {} bytes", text.len());
             let assigned = page.samples.iter().find(|s| s.name == "awscni_assigned_ip_addresses").map(|s| s.value);
             assert_eq!(assigned, Some(sim.assigned as f64));
+        }
+    }
+
+    #[test]
+    fn introspection_page_matches_the_node() {
+        for style in [PageStyle::Modern, PageStyle::PrefixDelegation] {
+            let mut sim = SimIpamd::new(style, 3, 1_700_000_000.0);
+            for _ in 0..10 {
+                sim.step();
+            }
+            let v: serde_json::Value = serde_json::from_str(&sim.render_enis()).unwrap_or_default();
+            let usage = crate::introspect::parse_enis(&v).unwrap_or_default();
+            assert_eq!(usage.len(), 1, "{style:?}");
+            assert_eq!((usage[0].total_ips, usage[0].assigned_ips), (sim.total_ips() as f64, sim.assigned as f64), "{style:?}");
         }
     }
 

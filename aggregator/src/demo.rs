@@ -59,7 +59,7 @@ impl FakeIpamd {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Fake { sim: Mutex::new(sim), mode: Mutex::new(Mode::Normal) });
-        let app = Router::new().route("/metrics", get(page)).with_state(inner.clone());
+        let app = Router::new().route("/metrics", get(page)).route("/v1/enis", get(enis)).with_state(inner.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -68,6 +68,11 @@ impl FakeIpamd {
 
     pub fn url(&self) -> String {
         format!("http://{}/metrics", self.addr)
+    }
+
+    /// The introspection endpoint (`/v1/enis`).
+    pub fn enis_url(&self) -> String {
+        format!("http://{}/v1/enis", self.addr)
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -89,6 +94,11 @@ impl Drop for FakeIpamd {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+async fn enis(State(f): State<Arc<Fake>>) -> Response {
+    let text = f.sim.lock().unwrap_or_else(|e| e.into_inner()).render_enis();
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
 async fn page(State(f): State<Arc<Fake>>) -> Response {

@@ -21,7 +21,7 @@ use cni_metrics_proto::v1::{FamilyType, Hello, MetricKind, Report, ScrapeStatus,
 
 mod breakdown;
 mod capacity;
-pub use breakdown::{Breakdowns, Dim, GroupTotals};
+pub use breakdown::{Breakdowns, Dim, GroupTotals, NodeSubnet, SubnetTotals};
 pub use capacity::{CapRole, Capacity, CapacityTotals, NodeCapacity};
 
 /// Limits and defaults of the state.
@@ -158,6 +158,9 @@ pub struct NodeState {
     pub derived: NodeCapacity,
     /// The breakdown groups the node belongs to.
     pub groups: Vec<(Dim, String)>,
+    /// Per-subnet usage as last reported, and as placed in the subnet breakdown.
+    pub subnets: Vec<cni_metrics_proto::v1::SubnetUsage>,
+    pub subnet_groups: Vec<NodeSubnet>,
     series: HashMap<u32, NodeSeries>,
 }
 
@@ -318,6 +321,8 @@ impl ClusterState {
             capacity: Capacity::default(),
             derived: NodeCapacity::default(),
             groups: Vec::new(),
+            subnets: Vec::new(),
+            subnet_groups: Vec::new(),
             series: HashMap::new(),
         });
         node.session = session;
@@ -425,6 +430,13 @@ impl ClusterState {
         let Some(node) = self.nodes.get_mut(&name) else {
             return Err(IngestError::StaleSession(session));
         };
+        if r.subnets_changed {
+            let placed = self.breakdowns.place_subnets(&r.subnets);
+            self.breakdowns.apply_subnets(&node.subnet_groups, false);
+            self.breakdowns.apply_subnets(&placed, true);
+            node.subnet_groups = placed;
+            node.subnets.clone_from(&r.subnets);
+        }
         if status != node.status || !r.status_detail.is_empty() || r.snapshot {
             node.status_detail.clone_from(&r.status_detail);
         }
@@ -678,6 +690,11 @@ impl ClusterState {
                     datums.push(Datum { metric_name, value, unit, dimension: None });
                 }
             }
+            for (subnet, t) in &self.breakdowns.subnets {
+                for (metric_name, v) in [("totalIPAddresses", t.total), ("assignIPAddresses", t.assigned), ("availableIPAddresses", t.available)] {
+                    datums.push(Datum { metric_name, value: v, unit: "Count", dimension: Some((Dim::Subnet.cloudwatch(), subnet.clone())) });
+                }
+            }
             for ((dim, value), g) in &self.breakdowns.groups {
                 let c = &g.capacity;
                 let per_group = [
@@ -831,7 +848,23 @@ impl ClusterState {
             ("ip_headroom", "Sum over nodes of (ip_max - assigned)", |g| (g.capacity.with_headroom > 0).then_some(g.capacity.headroom)),
             ("nodes_low_on_ips", "Nodes whose IP headroom is below --low-ip-threshold", |g| Some(f64::from(g.capacity.low_nodes))),
         ];
-        for dim in &self.breakdowns.dims {
+        if self.breakdowns.dims.contains(&Dim::Subnet) {
+            type SubnetGet = fn(&SubnetTotals) -> f64;
+            let subnet_metrics: [(&str, &str, SubnetGet); 4] = [
+                ("nodes", "Nodes with ENIs", |t| f64::from(t.nodes)),
+                ("total_ip_addresses", "IPs the cluster's nodes hold", |t| t.total),
+                ("assigned_ip_addresses", "IPs assigned to pods", |t| t.assigned),
+                ("available_ip_addresses", "Sum over nodes of (held - assigned)", |t| t.available),
+            ];
+            for (metric, help, get) in subnet_metrics {
+                let name = format!("cni_metrics_{metric}_by_subnet_id");
+                let _ = writeln!(out, "# HELP {name} {help}, by subnet (ipamd introspection)\n# TYPE {name} gauge");
+                for (subnet, t) in &self.breakdowns.subnets {
+                    let _ = writeln!(out, "{name}{{cluster_id=\"{cid}\",subnet_id=\"{}\"}} {}", escape(subnet), fmt_value(get(t)));
+                }
+            }
+        }
+        for dim in self.breakdowns.dims.iter().filter(|d| **d != Dim::Subnet) {
             let label = dim.label();
             for (metric, help, get) in metrics {
                 let name = format!("cni_metrics_{metric}_by_{label}");

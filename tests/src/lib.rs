@@ -223,7 +223,8 @@ pub fn start_agent(dir: &Path, node: &str, ipamd_url: &str, aggregator_grpc: &st
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    for (flag, default) in [("--interval", "200ms"), ("--scrape-timeout", "150ms")] {
+    let enis = ipamd_url.replace("/metrics", "/v1/enis");
+    for (flag, default) in [("--interval", "200ms"), ("--scrape-timeout", "150ms"), ("--introspection-url", enis.as_str())] {
         if !extra.contains(&flag) {
             args.extend([flag.to_owned(), default.to_owned()]);
         }

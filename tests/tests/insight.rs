@@ -69,7 +69,7 @@ fn truth(sims: &[FakeIpamd]) -> Truth {
 async fn derived_capacity_metrics_match_node_truth_and_watch_shows_them() -> Result<()> {
     let dir = scratch_dir("insight")?;
     let (sims, odd) = nodes().await?;
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "200ms", "--breakdown", "az,instance_type"])?;
+    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "200ms", "--breakdown", "az,instance_type,subnet"])?;
     let mut all: Vec<&FakeIpamd> = sims.iter().collect();
     all.push(&odd);
     // Nodes 1 and 3 in eu-west-1a, nodes 2 and 4 in eu-west-1b.
@@ -112,6 +112,30 @@ async fn derived_capacity_metrics_match_node_truth_and_watch_shows_them() -> Res
         .filter_map(|az| sample(&p, "cni_metrics_ip_headroom_by_availability_zone", &[("availability_zone", az)]))
         .sum();
     ensure!(by_az == t.headroom, "zones add up to the cluster: {by_az} vs {}", t.headroom);
+
+    // Breakdown by subnet (ipamd introspection): per subnet, IPs held and free over the nodes in it.
+    let mut by_subnet: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for f in &all {
+        f.with_sim(|s| {
+            let e = by_subnet.entry(s.subnet_id()).or_default();
+            e.0 += s.total_ips() as f64;
+            e.1 += (s.total_ips() as f64 - s.assigned as f64).max(0.0);
+        });
+    }
+    eventually(Duration::from_secs(10), || async {
+        let p = agg.metrics().await?;
+        for (subnet, (total, available)) in &by_subnet {
+            let got = (
+                sample(&p, "cni_metrics_total_ip_addresses_by_subnet_id", &[("subnet_id", subnet)]),
+                sample(&p, "cni_metrics_available_ip_addresses_by_subnet_id", &[("subnet_id", subnet)]),
+            );
+            if got != (Some(*total), Some(*available)) {
+                return Ok(Err(format!("{subnet}: got {got:?} want {:?}", (total, available))));
+            }
+        }
+        Ok(Ok(()))
+    })
+    .await?;
 
     // watch --once: one table, worst node first.
     let out = std::process::Command::new(bin_dir()?.join("cni-metrics-aggregator"))

@@ -17,6 +17,9 @@ pub enum Dim {
     InstanceType,
     #[value(name = "node")]
     Node,
+    /// From ipamd's introspection endpoint: a node can span several subnets.
+    #[value(name = "subnet")]
+    Subnet,
 }
 
 impl Dim {
@@ -26,6 +29,7 @@ impl Dim {
             Dim::Az => "availability_zone",
             Dim::InstanceType => "instance_type",
             Dim::Node => "node",
+            Dim::Subnet => "subnet_id",
         }
     }
 
@@ -35,6 +39,7 @@ impl Dim {
             Dim::Az => "AvailabilityZone",
             Dim::InstanceType => "InstanceType",
             Dim::Node => "NodeName",
+            Dim::Subnet => "SubnetId",
         }
     }
 }
@@ -67,12 +72,31 @@ impl GroupTotals {
     }
 }
 
+/// IPs of one subnet held by the cluster's nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SubnetTotals {
+    pub nodes: u32,
+    pub total: f64,
+    pub assigned: f64,
+    /// Σ over nodes of max(0, total − assigned) in this subnet.
+    pub available: f64,
+}
+
+/// A node's usage of one subnet, after the guard (`subnet` may be `other`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeSubnet {
+    pub subnet: String,
+    pub total: f64,
+    pub assigned: f64,
+}
+
 /// All groups of the enabled dimensions.
 #[derive(Debug, Default)]
 pub struct Breakdowns {
     pub dims: Vec<Dim>,
     pub max_groups: usize,
     pub groups: BTreeMap<(Dim, String), GroupTotals>,
+    pub subnets: BTreeMap<String, SubnetTotals>,
     /// Node placements that went to `other` because of the guard.
     pub overflow: u64,
 }
@@ -81,7 +105,7 @@ pub const OTHER: &str = "other";
 
 impl Breakdowns {
     pub fn new(dims: Vec<Dim>, max_groups: usize) -> Self {
-        Self { dims, max_groups, groups: BTreeMap::new(), overflow: 0 }
+        Self { dims, max_groups, groups: BTreeMap::new(), subnets: BTreeMap::new(), overflow: 0 }
     }
 
     /// The groups a node with these facts joins (guarded).
@@ -92,10 +116,11 @@ impl Breakdowns {
                 Dim::Az => az,
                 Dim::InstanceType => instance_type,
                 Dim::Node => node,
+                Dim::Subnet => continue,
             };
             let v = if v.is_empty() { "unknown" } else { v };
             let key = (dim, v.to_owned());
-            let value = if self.groups.contains_key(&key) || self.groups.len() < self.max_groups {
+            let value = if self.groups.contains_key(&key) || self.groups.len() + self.subnets.len() < self.max_groups {
                 key.1
             } else {
                 self.overflow += 1;
@@ -105,6 +130,49 @@ impl Breakdowns {
             out.push((dim, value));
         }
         out
+    }
+
+    /// Place a node's subnet usage (guarded); empty unless the subnet dimension is on.
+    pub fn place_subnets(&mut self, usage: &[cni_metrics_proto::v1::SubnetUsage]) -> Vec<NodeSubnet> {
+        if !self.dims.contains(&Dim::Subnet) {
+            return Vec::new();
+        }
+        let mut out: Vec<NodeSubnet> = Vec::new();
+        for u in usage {
+            if !(u.total_ips.is_finite() && u.assigned_ips.is_finite()) {
+                continue;
+            }
+            let subnet = if self.subnets.contains_key(&u.subnet_id) || self.groups.len() + self.subnets.len() < self.max_groups {
+                u.subnet_id.clone()
+            } else {
+                self.overflow += 1;
+                OTHER.to_owned()
+            };
+            self.subnets.entry(subnet.clone()).or_default();
+            match out.iter_mut().find(|s| s.subnet == subnet) {
+                Some(s) => {
+                    s.total += u.total_ips;
+                    s.assigned += u.assigned_ips;
+                }
+                None => out.push(NodeSubnet { subnet, total: u.total_ips, assigned: u.assigned_ips }),
+            }
+        }
+        out
+    }
+
+    /// Add (or remove) a node's subnet usage.
+    pub fn apply_subnets(&mut self, usage: &[NodeSubnet], add: bool) {
+        let sign = if add { 1.0 } else { -1.0 };
+        for u in usage {
+            let t = self.subnets.entry(u.subnet.clone()).or_default();
+            t.nodes = if add { t.nodes + 1 } else { t.nodes.saturating_sub(1) };
+            t.total += sign * u.total;
+            t.assigned += sign * u.assigned;
+            t.available += sign * (u.total - u.assigned).max(0.0);
+            if t.nodes == 0 {
+                self.subnets.remove(&u.subnet);
+            }
+        }
     }
 
     /// Add (or remove) a node's contribution to its groups.

@@ -1,0 +1,138 @@
+//! Per-subnet usage from ipamd's introspection endpoint (`http://127.0.0.1:61679/v1/enis`), the
+//! breakdown asked for since 2019 (upstream #757, #3619). ipamd's JSON changed shape over time, so the
+//! reader is tolerant: a map keyed by network card index (`{"0": {"TotalIPs", "AssignedIPs", "ENIs":
+//! {...}}}`, from mid-2025) or the ENI set directly (older); `SubnetID` per ENI exists from v1.22
+//! (2026-02). ENIs without a subnet id are skipped. Parsing is pure; the fetch is bounded in time and size.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cni_metrics_proto::v1::SubnetUsage;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IntrospectError {
+    #[error("introspection unavailable: {0}")]
+    Unavailable(String),
+    #[error("introspection answered HTTP {0}")]
+    Http(u16),
+    #[error("introspection page larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("introspection JSON not understood: {0}")]
+    Shape(String),
+}
+
+/// The ENI sets of the page, whatever its shape.
+fn eni_sets(v: &Value) -> Result<Vec<&serde_json::Map<String, Value>>, IntrospectError> {
+    let obj = v.as_object().ok_or_else(|| IntrospectError::Shape("not an object".into()))?;
+    if let Some(enis) = obj.get("ENIs").and_then(Value::as_object) {
+        return Ok(vec![enis]);
+    }
+    let mut out = Vec::new();
+    for (card, inner) in obj {
+        if card.parse::<u32>().is_err() {
+            continue;
+        }
+        if let Some(enis) = inner.get("ENIs").and_then(Value::as_object) {
+            out.push(enis);
+        }
+    }
+    if out.is_empty() && !obj.is_empty() {
+        return Err(IntrospectError::Shape("no ENIs object".into()));
+    }
+    Ok(out)
+}
+
+fn assigned(addr: &Value) -> bool {
+    let Some(key) = addr.as_object().and_then(|a| a.iter().find(|(k, _)| k.eq_ignore_ascii_case("IPAMKey"))).map(|(_, v)| v) else {
+        return false;
+    };
+    key.as_object()
+        .and_then(|k| k.iter().find(|(k, _)| k.eq_ignore_ascii_case("containerID")))
+        .and_then(|(_, v)| v.as_str())
+        .is_some_and(|c| !c.is_empty())
+}
+
+/// Sum the page's ENIs per subnet, sorted by subnet id.
+pub fn parse_enis(v: &Value) -> Result<Vec<SubnetUsage>, IntrospectError> {
+    let mut by_subnet: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for enis in eni_sets(v)? {
+        for eni in enis.values() {
+            let Some(subnet) = eni.get("SubnetID").and_then(Value::as_str).filter(|s| !s.is_empty()) else { continue };
+            let Some(cidrs) = eni.get("AvailableIPv4Cidrs").and_then(Value::as_object) else { continue };
+            let entry = by_subnet.entry(subnet.to_owned()).or_default();
+            for (cidr, info) in cidrs {
+                let is_prefix = info.get("IsPrefix").and_then(Value::as_bool).unwrap_or(false);
+                let size = if is_prefix {
+                    let bits: u32 = cidr.rsplit('/').next().and_then(|b| b.parse().ok()).filter(|b| *b <= 32).unwrap_or(28);
+                    f64::from(1u32 << (32 - bits).min(16))
+                } else {
+                    1.0
+                };
+                entry.0 += size;
+                entry.1 += info.get("IPAddresses").and_then(Value::as_object).map_or(0, |a| a.values().filter(|x| assigned(x)).count()) as f64;
+            }
+        }
+    }
+    Ok(by_subnet.into_iter().map(|(subnet_id, (total_ips, assigned_ips))| SubnetUsage { subnet_id, total_ips, assigned_ips }).collect())
+}
+
+/// Fetch and parse the endpoint.
+pub async fn fetch(client: &reqwest::Client, url: &str, max_bytes: usize, timeout: Duration) -> Result<Vec<SubnetUsage>, IntrospectError> {
+    let unavailable = |e: reqwest::Error| IntrospectError::Unavailable(e.to_string());
+    let mut resp = client.get(url).timeout(timeout).send().await.map_err(unavailable)?;
+    if !resp.status().is_success() {
+        return Err(IntrospectError::Http(resp.status().as_u16()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(unavailable)? {
+        if body.len() + chunk.len() > max_bytes {
+            return Err(IntrospectError::TooLarge(max_bytes));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let v: Value = serde_json::from_slice(&body).map_err(|e| IntrospectError::Shape(e.to_string()))?;
+    parse_enis(&v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn eni(subnet: Option<&str>, prefix: bool) -> Value {
+        let used = json!({"Address": "10.0.1.5", "IPAMKey": {"networkName": "aws-cni", "containerID": "abc", "ifName": "eth0"}});
+        let free = json!({"Address": "10.0.1.6", "IPAMKey": {"networkName": "", "containerID": "", "ifName": ""}});
+        let cidrs = if prefix {
+            json!({"10.0.1.0/28": {"IsPrefix": true, "IPAddresses": {"10.0.1.5": used, "10.0.1.6": free}}})
+        } else {
+            json!({"10.0.1.5/32": {"IsPrefix": false, "IPAddresses": {"10.0.1.5": used}}, "10.0.1.6/32": {"IsPrefix": false, "IPAddresses": {}}})
+        };
+        let mut e = json!({"ID": "eni-1", "AvailableIPv4Cidrs": cidrs});
+        if let Some(s) = subnet {
+            e["SubnetID"] = json!(s);
+        }
+        e
+    }
+
+    #[test]
+    fn shapes_table() {
+        let usage = |s: &str, t: f64, a: f64| SubnetUsage { subnet_id: s.into(), total_ips: t, assigned_ips: a };
+        let cases = [
+            ("by network card, secondary IPs", json!({"0": {"TotalIPs": 2, "AssignedIPs": 1, "ENIs": {"eni-1": eni(Some("subnet-a"), false)}}}), vec![usage("subnet-a", 2.0, 1.0)]),
+            (
+                "two cards, prefix delegation",
+                json!({"0": {"ENIs": {"eni-1": eni(Some("subnet-a"), true)}}, "1": {"ENIs": {"eni-2": eni(Some("subnet-b"), true)}}}),
+                vec![usage("subnet-a", 16.0, 1.0), usage("subnet-b", 16.0, 1.0)],
+            ),
+            ("older: ENI set directly", json!({"TotalIPs": 2, "AssignedIPs": 1, "ENIs": {"eni-1": eni(Some("subnet-a"), false)}}), vec![usage("subnet-a", 2.0, 1.0)]),
+            ("before v1.22: no subnet ids", json!({"ENIs": {"eni-1": eni(None, false)}}), vec![]),
+            ("empty", json!({}), vec![]),
+        ];
+        for (what, page, want) in cases {
+            assert_eq!(parse_enis(&page), Ok(want), "{what}");
+        }
+        assert!(parse_enis(&json!([1, 2])).is_err());
+        assert!(parse_enis(&json!({"weird": true})).is_err());
+    }
+}
