@@ -73,6 +73,11 @@ pub struct AgentConfig {
     #[arg(long, env = "AWS_EC2_METADATA_SERVICE_ENDPOINT", default_value = "http://169.254.169.254")]
     pub imds_endpoint: String,
 
+    /// The agent's own /metrics, /healthz and /readyz; empty disables it. Must not collide with ipamd
+    /// (61678, 61679, 50051), the network-policy agent (8162, 8163) or upstream's helper (61681).
+    #[arg(long, env = "AGENT_HTTP_LISTEN", default_value = "0.0.0.0:61691")]
+    pub http_listen: String,
+
     /// ipamd's introspection endpoint for per-subnet usage; empty disables it.
     #[arg(long, env = "INTROSPECTION_URL", default_value = "http://127.0.0.1:61679/v1/enis")]
     pub introspection_url: String,
@@ -92,6 +97,10 @@ pub enum ConfigError {
     MaxPageBytes,
     #[error("invalid --aggregator URL {0:?}: {1}")]
     Aggregator(String, String),
+    #[error("invalid --http-listen address {0:?} (host:port, or empty to disable)")]
+    HttpListen(String),
+    #[error("--http-listen port {0} is taken on EKS nodes (ipamd 61678/61679/50051, network-policy agent 8162/8163, upstream helper 61681)")]
+    ReservedPort(u16),
 }
 
 impl AgentConfig {
@@ -115,6 +124,7 @@ impl AgentConfig {
             imds: false,
             imds_endpoint: String::new(),
             introspection_url: String::new(),
+            http_listen: String::new(),
             log_format: LogFormat::Text,
         }
     }
@@ -145,7 +155,21 @@ impl AgentConfig {
         }
         tonic::transport::Endpoint::from_shared(self.aggregator.clone())
             .map_err(|e| ConfigError::Aggregator(self.aggregator.clone(), e.to_string()))?;
+        if let Some(addr) = self.http_addr()? {
+            if [61678, 61679, 50051, 8162, 8163, 61681].contains(&addr.port()) {
+                return Err(ConfigError::ReservedPort(addr.port()));
+            }
+        }
         self.resolved_node_name().map(|_| ())
+    }
+
+    /// The agent's HTTP address, `None` when disabled.
+    pub fn http_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let s = self.http_listen.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse().map(Some).map_err(|_| ConfigError::HttpListen(s.to_owned()))
     }
 
     /// The scrape timeout actually used: never longer than the interval.
@@ -182,6 +206,12 @@ mod tests {
         c.max_series = 0;
         assert!(matches!(c.validate(), Err(ConfigError::MaxSeries)));
         c.max_series = 1;
+        c.http_listen = "0.0.0.0:61678".into();
+        assert!(matches!(c.validate(), Err(ConfigError::ReservedPort(61678))));
+        c.http_listen = "nonsense".into();
+        assert!(matches!(c.validate(), Err(ConfigError::HttpListen(_))));
+        c.http_listen = "0.0.0.0:61691".into();
+        assert!(c.validate().is_ok());
         c.scrape_timeout = Duration::from_secs(60);
         assert_eq!(c.effective_scrape_timeout(), Duration::from_secs(1));
     }

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod delta;
+pub mod http;
 pub mod imds;
 pub mod introspect;
 pub mod parse;

@@ -50,6 +50,8 @@ pub enum AgentError {
     HttpClient(#[from] reqwest::Error),
     #[error("invalid aggregator endpoint: {0}")]
     Endpoint(#[from] tonic::transport::Error),
+    #[error("cannot listen on {0} (--http-listen): {1}")]
+    HttpListen(std::net::SocketAddr, std::io::Error),
 }
 
 /// Largest message the agent accepts from or sends to the aggregator.
@@ -86,6 +88,18 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
     let run_id = fastrand::u64(1..);
+    let http_task = match cfg.http_addr()? {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| AgentError::HttpListen(addr, e))?;
+            let bound = listener.local_addr().map_err(|e| AgentError::HttpListen(addr, e))?;
+            info!(node = %node, http = %bound, "agent HTTP endpoint (/metrics, /healthz, /readyz)");
+            let app = crate::http::router(crate::http::AgentHttp { node: Arc::from(node.as_str()), stats: stats.clone() });
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }))
+        }
+        None => None,
+    };
     info!(node = %node, run_id, ipamd = %cfg.ipamd_url, aggregator = %cfg.aggregator, interval = ?cfg.interval, "agent starting");
 
     let flags = NodeFacts {
@@ -235,6 +249,9 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
         }
     }
 
+    if let Some(t) = http_task {
+        t.abort();
+    }
     if let Some(s) = session.take() {
         let bye = wrap(agent_message::Body::Goodbye(Goodbye { reason: "agent shutting down".to_owned() }));
         let sent = tokio::time::timeout(GOODBYE_GRACE, s.tx.send(bye)).await.is_ok_and(|r| r.is_ok());

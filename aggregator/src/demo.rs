@@ -218,7 +218,12 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
 
     let mut agg_cfg = AggregatorConfig::for_test("demo");
     agg_cfg.publish_interval = cfg.publish_interval;
-    let grpc = TcpListener::bind(agg_cfg.grpc_listen).await?;
+    agg_cfg.breakdown = vec![crate::state::Dim::Az, crate::state::Dim::Subnet];
+    // The default gRPC port when free, so `cni-metrics-aggregator watch` finds the demo without flags.
+    let grpc = match TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 61690))).await {
+        Ok(l) => l,
+        Err(_) => TcpListener::bind(agg_cfg.grpc_listen).await?,
+    };
     let http = match TcpListener::bind(cfg.http_listen).await {
         Ok(l) => l,
         Err(_) => TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?,
@@ -238,14 +243,18 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
 
     let mut agents = Vec::new();
     for (i, f) in fakes.iter().enumerate() {
-        let acfg = AgentConfig::for_test(&f.url(), &format!("http://{grpc_addr}"), &format!("node-{}", i + 1), cfg.interval);
+        let mut acfg = AgentConfig::for_test(&f.url(), &format!("http://{grpc_addr}"), &format!("node-{}", i + 1), cfg.interval);
+        acfg.availability_zone = ["eu-west-1a", "eu-west-1b", "eu-west-1c"][i % 3].to_owned();
+        acfg.instance_type = ["m5.large", "c5.xlarge", "m6i.2xlarge"][i % 3].to_owned();
+        acfg.introspection_url = f.enis_url();
         agents.push(tokio::spawn(cni_metrics_agent::run(acfg, Arc::new(AgentStats::default()), stopped())));
     }
 
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let header = format!(
         "cni-metrics demo: {n} simulated nodes -> agents -> aggregator (gRPC {grpc_addr})\n\
-         Prometheus: http://{http_addr}/metrics   interval {:?}, publish window {:?}   Ctrl-C to stop",
+         Prometheus: http://{http_addr}/metrics   live view: cni-metrics-aggregator watch --aggregator http://{grpc_addr}\n\
+         interval {:?}, publish window {:?}   Ctrl-C to stop",
         cfg.interval, cfg.publish_interval
     );
     let mut events: Vec<String> = Vec::new();

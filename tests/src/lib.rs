@@ -224,7 +224,9 @@ pub fn start_agent(dir: &Path, node: &str, ipamd_url: &str, aggregator_grpc: &st
     .map(|s| (*s).to_owned())
     .collect();
     let enis = ipamd_url.replace("/metrics", "/v1/enis");
-    for (flag, default) in [("--interval", "200ms"), ("--scrape-timeout", "150ms"), ("--introspection-url", enis.as_str())] {
+    for (flag, default) in
+        [("--interval", "200ms"), ("--scrape-timeout", "150ms"), ("--introspection-url", enis.as_str()), ("--http-listen", "127.0.0.1:0")]
+    {
         if !extra.contains(&flag) {
             args.extend([flag.to_owned(), default.to_owned()]);
         }

@@ -102,12 +102,24 @@ async fn exact_cluster_sums_across_page_styles_and_an_ipamd_restart() -> Result<
     let dir = scratch_dir("exact")?;
     let nodes = fakes(&[PageStyle::Legacy2019, PageStyle::Modern, PageStyle::PrefixDelegation, PageStyle::GaugeTyped], 10).await?;
     let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--publish-interval", "500ms"])?;
-    let _agents: Vec<Proc> =
+    let agents: Vec<Proc> =
         nodes.iter().map(|n| start_agent(&dir, &n.name, &n.fake.url(), &agg.grpc, &[])).collect::<Result<_>>()?;
     wait_reporting(&agg, 4.0).await?;
     let all: Vec<&Node> = nodes.iter().collect();
     let t0 = truth(&all);
     assert_exact(&agg, &all, t0.add, t0.del).await?;
+
+    // Each agent serves its own self-metrics and readiness.
+    let line = agents[1].wait_log("agent HTTP endpoint", Duration::from_secs(5))?;
+    let http = json_field(&line, "http").unwrap_or_default();
+    eventually(Duration::from_secs(5), || async {
+        let ready = reqwest::get(format!("http://{http}/readyz")).await?.status().as_u16();
+        Ok(if ready == 200 { Ok(()) } else { Err(format!("agent readyz {ready}")) })
+    })
+    .await?;
+    let m = reqwest::get(format!("http://{http}/metrics")).await?.text().await?;
+    let scrapes = cni_metrics_agent::parse::parse(&m).samples.iter().find(|s| s.name == "cni_metrics_agent_scrapes_total").map(|s| s.value);
+    assert!(scrapes.unwrap_or(0.0) >= 1.0, "{m}");
 
     step_all(&all, 4).await;
     // ipamd on node-2 restarts: its page's counters drop to zero and grow again.
