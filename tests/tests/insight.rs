@@ -69,7 +69,7 @@ fn truth(sims: &[FakeIpamd]) -> Truth {
 async fn derived_capacity_metrics_match_node_truth_and_watch_shows_them() -> Result<()> {
     let dir = scratch_dir("insight")?;
     let (sims, odd) = nodes().await?;
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "200ms", "--breakdown", "az,instance_type,subnet"])?;
+    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "200ms", "--breakdown", "az,instance_type,subnet,node"])?;
     let mut all: Vec<&FakeIpamd> = sims.iter().collect();
     all.push(&odd);
     // Nodes 1 and 3 in eu-west-1a, nodes 2 and 4 in eu-west-1b.
@@ -107,6 +107,16 @@ async fn derived_capacity_metrics_match_node_truth_and_watch_shows_them() -> Res
     ensure!(got == Some(az_a), "eu-west-1a available {got:?} want {az_a}");
     let got = sample(&p, "cni_metrics_nodes_by_instance_type", &[("instance_type", "m5.large")]);
     ensure!(got == Some(4.0), "nodes by instance type {got:?}");
+    let got = sample(&p, "cni_metrics_ip_headroom_by_node", &[("node", "node-3")]);
+    ensure!(got == Some(2.0) && sample(&p, "cni_metrics_nodes_low_on_ips_by_node", &[("node", "node-3")]) == Some(1.0), "node-3 by node {got:?}");
+
+    // Standard gRPC health on the same port.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", agg.grpc))?.connect().await?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for service in ["cni_metrics.v1.Ingest", "cni_metrics.v1.Consumer"] {
+        let r = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await?.into_inner();
+        ensure!(r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service}: {r:?}");
+    }
     let by_az: f64 = ["eu-west-1a", "eu-west-1b"]
         .iter()
         .filter_map(|az| sample(&p, "cni_metrics_ip_headroom_by_availability_zone", &[("availability_zone", az)]))
