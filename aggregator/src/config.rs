@@ -178,8 +178,6 @@ pub enum ConfigError {
     MaxMessage,
     #[error("--max-cluster-series and --max-series-per-node must be at least 1")]
     Limits,
-    #[error("--cluster-id / AWS_CLUSTER_ID must not be blank when set")]
-    BlankClusterId,
     #[error("--metric-allow-list: unknown CloudWatch metric name {0:?} (see the README's metrics reference)")]
     UnknownMetric(String),
     #[error("--max-backlog-windows must be at least 1")]
@@ -194,9 +192,6 @@ impl AggregatorConfig {
         if self.max_cluster_series == 0 || self.max_series_per_node == 0 {
             return Err(ConfigError::Limits);
         }
-        if self.cluster_id.as_deref().is_some_and(|c| c.trim().is_empty()) {
-            return Err(ConfigError::BlankClusterId);
-        }
         if self.max_backlog_windows == 0 {
             return Err(ConfigError::Backlog);
         }
@@ -208,6 +203,13 @@ impl AggregatorConfig {
             }
         }
         Ok(())
+    }
+
+    /// Blank optional values (an env var set to "") mean unset.
+    pub fn normalized(mut self) -> Self {
+        self.cluster_id = self.cluster_id.filter(|c| !c.trim().is_empty());
+        self.region = self.region.filter(|r| !r.trim().is_empty());
+        self
     }
 
     /// The CloudWatch sink's configuration.
@@ -274,9 +276,10 @@ mod tests {
         assert_eq!(c.as_ref().map(|c| c.publish_interval), Some(Duration::from_secs(60)));
         assert!(matches!(parse(&["demo", "--nodes", "2"]).map(|c| c.command), Ok(Some(Command::Demo(DemoConfig { nodes: 2, .. })))));
         assert!(parse(&["--publish-interval", "0"]).is_err());
+        // Upstream's manifest sets AWS_CLUSTER_ID="": blank means unset, never a cluster called "".
         let mut a = AggregatorConfig::for_test("x");
         a.cluster_id = Some("  ".into());
-        assert!(matches!(a.validate(), Err(ConfigError::BlankClusterId)));
+        assert_eq!(a.normalized().cluster_id, None);
         let allow = parse(&["--metric-allow-list", "addReqCount,assignIPAddresses"]).map(|c| c.aggregator).ok();
         assert_eq!(allow.as_ref().map(|a| a.metric_allow_list.len()), Some(2));
         assert!(allow.is_some_and(|a| a.validate().is_ok()));

@@ -15,7 +15,7 @@ use cni_metrics_proto::telemetry;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let cfg = cli.aggregator;
+    let cfg = cli.aggregator.normalized();
     telemetry::init(cfg.log_format);
     match cli.command {
         Some(Command::Demo(demo_cfg)) => return demo::run_demo(demo_cfg, telemetry::shutdown_signal()).await,

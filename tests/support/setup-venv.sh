@@ -4,7 +4,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="${CNI_METRICS_TEST_VENV:-$root/target/test-venv}"
-if "$venv/bin/python" -c 'import moto, cbor2, flask' 2>/dev/null; then
+if "$venv/bin/python" -c 'import moto, cbor2, flask, kubernetes_validate' 2>/dev/null; then
   exit 0
 fi
 python3 -m venv "$venv"

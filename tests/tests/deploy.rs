@@ -1,0 +1,141 @@
+//! The Kubernetes manifests: every overlay renders with `kubectl kustomize`, passes
+//! `kubernetes-validate --strict` offline, and keeps the promises the README makes (no RBAC, least
+//! privilege, hostNetwork agent on free ports, probes and resources, one publisher). Environment variables
+//! the manifests set must be ones the binaries read.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, ensure, Context, Result};
+use cni_metrics_e2e::{bin_dir, repo_root, scratch_dir, test_python};
+use serde_json::Value;
+
+/// Ports taken on an EKS node: ipamd, the network-policy agent, upstream's helper.
+const RESERVED: &[u64] = &[50051, 61678, 61679, 8162, 8163, 61681];
+
+fn render(overlay: &str) -> Result<(String, Vec<Value>)> {
+    let dir = repo_root().join("deploy/overlays").join(overlay);
+    let out = Command::new("kubectl").arg("kustomize").arg(&dir).output().context("kubectl (kustomize) is needed for the manifest tests")?;
+    ensure!(out.status.success(), "kubectl kustomize {overlay}: {}", String::from_utf8_lossy(&out.stderr));
+    let yaml = String::from_utf8(out.stdout)?;
+    let scratch = scratch_dir("deploy")?;
+    let file = scratch.join(format!("{overlay}.yaml"));
+    std::fs::write(&file, &yaml)?;
+    let py = test_python()?;
+    let json = Command::new(py)
+        .args(["-c", "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))"])
+        .arg(&file)
+        .output()?;
+    ensure!(json.status.success(), "yaml to json: {}", String::from_utf8_lossy(&json.stderr));
+    let docs: Vec<Value> = serde_json::from_slice(&json.stdout)?;
+    validate(&file)?;
+    Ok((yaml, docs))
+}
+
+fn validate(file: &Path) -> Result<()> {
+    let bin = test_python()?.with_file_name("kubernetes-validate");
+    let out = Command::new(bin).arg("--strict").arg(file).output()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(out.status.success() && !text.contains("ERROR"), "kubernetes-validate --strict failed:\n{text}");
+    for line in text.lines().filter(|l| l.starts_with("WARN")) {
+        // Only the Prometheus operator's CRDs have no built-in schema.
+        ensure!(line.contains("ServiceMonitor") || line.contains("PodMonitor"), "unexpected warning: {line}");
+    }
+    Ok(())
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> {
+    docs.iter().find(|d| d["kind"] == kind && d["metadata"]["name"] == name).with_context(|| format!("{kind}/{name} missing"))
+}
+
+fn restricted(pod: &Value, what: &str) -> Result<()> {
+    ensure!(pod["automountServiceAccountToken"] == false, "{what}: no service account token");
+    ensure!(pod["securityContext"]["runAsNonRoot"] == true && pod["securityContext"]["runAsUser"] == 65534, "{what}: non-root");
+    ensure!(pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", "{what}: seccomp");
+    for c in pod["containers"].as_array().context("containers")? {
+        let sc = &c["securityContext"];
+        ensure!(sc["allowPrivilegeEscalation"] == false && sc["readOnlyRootFilesystem"] == true, "{what}: container securityContext {sc}");
+        ensure!(sc["capabilities"]["drop"] == serde_json::json!(["ALL"]), "{what}: capabilities");
+        ensure!(c["livenessProbe"].is_object() && c["readinessProbe"].is_object(), "{what}: probes");
+        ensure!(c["resources"]["requests"]["cpu"].is_string() && c["resources"]["limits"]["memory"].is_string(), "{what}: resources");
+        for p in c["ports"].as_array().into_iter().flatten() {
+            let port = p["containerPort"].as_u64().unwrap_or(0);
+            ensure!(!RESERVED.contains(&port) || what == "aggregator", "{what}: port {port} is taken on EKS nodes");
+        }
+    }
+    Ok(())
+}
+
+/// Every env var a manifest sets is one the binary documents in `--help`.
+fn env_known(container: &Value, bin: &str) -> Result<()> {
+    let help = Command::new(bin_dir()?.join(bin)).arg("--help").output()?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    for e in container["env"].as_array().into_iter().flatten() {
+        let name = e["name"].as_str().unwrap_or_default();
+        if ["AWS_VPC_K8S_CNI_LOGLEVEL"].contains(&name) {
+            continue; // read by the logging set-up, not a flag
+        }
+        ensure!(help.contains(&format!("env: {name}=")), "{bin} does not read {name}");
+    }
+    Ok(())
+}
+
+#[test]
+fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
+    for overlay in ["cloudwatch", "prometheus"] {
+        let (_, docs) = render(overlay)?;
+        for d in &docs {
+            let kind = d["kind"].as_str().unwrap_or_default();
+            if kind.contains("Role") {
+                bail!("{overlay}: RBAC object {kind} found; the design needs none");
+            }
+        }
+        let ds = find(&docs, "DaemonSet", "cni-metrics-agent")?;
+        let pod = &ds["spec"]["template"]["spec"];
+        ensure!(pod["hostNetwork"] == true && pod["dnsPolicy"] == "ClusterFirstWithHostNet", "agent network");
+        ensure!(pod["priorityClassName"] == "system-node-critical", "priority");
+        ensure!(pod["tolerations"] == serde_json::json!([{"operator": "Exists"}]), "tolerations");
+        let terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"].to_string();
+        for want in ["kubernetes.io/os", "linux", "amd64", "arm64", "eks.amazonaws.com/compute-type", "fargate", "hybrid", "auto"] {
+            ensure!(terms.contains(want), "affinity lacks {want}: {terms}");
+        }
+        ensure!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "10%", "rollout");
+        restricted(pod, "agent")?;
+        let agent = &pod["containers"][0];
+        ensure!(
+            agent["env"].as_array().is_some_and(|e| e.iter().any(|v| v["name"] == "NODE_NAME" && v["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName")),
+            "NODE_NAME from the downward API"
+        );
+        env_known(agent, "cni-metrics-agent")?;
+
+        let dep = find(&docs, "Deployment", "cni-metrics-aggregator")?;
+        ensure!(dep["spec"]["replicas"] == 1 && dep["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0, "one publisher at a time");
+        let pod = &dep["spec"]["template"]["spec"];
+        restricted(pod, "aggregator")?;
+        env_known(&pod["containers"][0], "cni-metrics-aggregator")?;
+        find(&docs, "PodDisruptionBudget", "cni-metrics-aggregator")?;
+        find(&docs, "NetworkPolicy", "cni-metrics-aggregator")?;
+        let svc = find(&docs, "Service", "cni-metrics-aggregator")?;
+        let names: Vec<&str> = svc["spec"]["ports"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
+        ensure!(names == ["grpc", "http-metrics"], "service ports {names:?}");
+
+        let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").context("config map")?;
+        let sa = find(&docs, "ServiceAccount", "cni-metrics-aggregator")?;
+        let role = &sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"];
+        match overlay {
+            "cloudwatch" => {
+                ensure!(cm["data"]["USE_CLOUDWATCH"] == "true" && cm["data"]["AWS_CLUSTER_ID"] != "", "cloudwatch settings");
+                ensure!(role.is_string(), "IRSA annotation");
+            }
+            _ => {
+                ensure!(cm["data"]["USE_CLOUDWATCH"] == "false", "prometheus only");
+                ensure!(role.is_null(), "no AWS role without CloudWatch");
+                find(&docs, "ServiceMonitor", "cni-metrics-aggregator")?;
+                find(&docs, "PodMonitor", "cni-metrics-agent")?;
+            }
+        }
+    }
+    let policy: Value = serde_json::from_str(&std::fs::read_to_string(repo_root().join("deploy/iam-policy.json"))?)?;
+    ensure!(policy["Statement"][0]["Action"] == "cloudwatch:PutMetricData" && policy["Statement"].as_array().map(Vec::len) == Some(1));
+    Ok(())
+}
