@@ -78,6 +78,10 @@ pub struct AgentConfig {
     #[arg(long, env = "AGENT_HTTP_LISTEN", default_value = "0.0.0.0:61691")]
     pub http_listen: String,
 
+    /// Mutual TLS to the aggregator (use an https:// --aggregator URL).
+    #[command(flatten)]
+    pub tls: cni_metrics_proto::tls::ClientTlsFlags,
+
     /// ipamd's introspection endpoint for per-subnet usage; empty disables it.
     #[arg(long, env = "INTROSPECTION_URL", default_value = "http://127.0.0.1:61679/v1/enis")]
     pub introspection_url: String,
@@ -97,6 +101,8 @@ pub enum ConfigError {
     MaxPageBytes,
     #[error("invalid --aggregator URL {0:?}: {1}")]
     Aggregator(String, String),
+    #[error(transparent)]
+    Tls(#[from] cni_metrics_proto::tls::ClientTlsError),
     #[error("invalid --http-listen address {0:?} (host:port, or empty to disable)")]
     HttpListen(String),
     #[error("--http-listen port {0} is taken on EKS nodes (ipamd 61678/61679/50051, network-policy agent 8162/8163, upstream helper 61681)")]
@@ -125,6 +131,7 @@ impl AgentConfig {
             imds_endpoint: String::new(),
             introspection_url: String::new(),
             http_listen: String::new(),
+            tls: cni_metrics_proto::tls::ClientTlsFlags::default(),
             log_format: LogFormat::Text,
         }
     }
@@ -155,6 +162,7 @@ impl AgentConfig {
         }
         tonic::transport::Endpoint::from_shared(self.aggregator.clone())
             .map_err(|e| ConfigError::Aggregator(self.aggregator.clone(), e.to_string()))?;
+        self.tls.enabled()?;
         if let Some(addr) = self.http_addr()? {
             if [61678, 61679, 50051, 8162, 8163, 61681].contains(&addr.port()) {
                 return Err(ConfigError::ReservedPort(addr.port()));

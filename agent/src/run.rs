@@ -146,7 +146,8 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
     let mut next_session_id = 0u64;
     let mut connected_once = false;
     let mut attempts_slot: Option<Attempts> = None;
-    spawn_connect(endpoint.clone(), Duration::ZERO, Backoff::default().start(None), ev_tx.clone(), stats.clone());
+    let tls = Arc::new(cfg.tls.clone());
+    spawn_connect(endpoint.clone(), tls.clone(), Duration::ZERO, Backoff::default().start(None), ev_tx.clone(), stats.clone());
 
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -242,7 +243,7 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
                     let mut attempts = attempts_slot.take().unwrap_or_else(|| Backoff::default().start(None));
                     let delay = attempts.next_delay();
                     warn!(node = %node, error = error.as_deref().unwrap_or("stream closed"), retry_in = ?delay, "aggregator stream ended");
-                    spawn_connect(endpoint.clone(), delay, attempts, ev_tx.clone(), stats.clone());
+                    spawn_connect(endpoint.clone(), tls.clone(), delay, attempts, ev_tx.clone(), stats.clone());
                 }
                 _ => {} // an event of a session already replaced
             },
@@ -351,12 +352,24 @@ fn scrape_once(
     facts.status_detail = detail;
 }
 
-/// Connect (after `delay`, then with backoff) and hand the channel to the event loop.
-fn spawn_connect(endpoint: Endpoint, delay: Duration, mut attempts: Attempts, ev: mpsc::Sender<Event>, stats: Arc<AgentStats>) {
+/// Connect (after `delay`, then with backoff) and hand the channel to the event loop. TLS files are
+/// re-read at every attempt, so rotated certificates apply at the next reconnect.
+fn spawn_connect(
+    endpoint: Endpoint,
+    tls: Arc<cni_metrics_proto::tls::ClientTlsFlags>,
+    delay: Duration,
+    mut attempts: Attempts,
+    ev: mpsc::Sender<Event>,
+    stats: Arc<AgentStats>,
+) {
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
         loop {
-            match endpoint.connect().await {
+            let attempt = match tls.apply(endpoint.clone()) {
+                Ok(e) => e.connect().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match attempt {
                 Ok(channel) => {
                     let _ = ev.send(Event::Connected(channel, attempts)).await;
                     return;

@@ -48,6 +48,9 @@ pub struct WatchConfig {
     /// Redraw at most this often.
     #[arg(long = "refresh", default_value = "1s", value_parser = parse_positive)]
     pub interval: Duration,
+    /// Client certificate, key and CA (PEM) when the aggregator requires mutual TLS (use an https:// URL).
+    #[command(flatten)]
+    pub tls: cni_metrics_proto::tls::ClientTlsFlags,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -137,6 +140,18 @@ pub struct AggregatorConfig {
     #[arg(long, env = "LOW_IP_THRESHOLD", default_value_t = 5)]
     pub low_ip_threshold: u32,
 
+    /// Server certificate (PEM) of the gRPC port; with --tls-key and --tls-client-ca turns on mutual TLS.
+    #[arg(long, env = "TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// Server private key (PEM).
+    #[arg(long, env = "TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// CA (PEM) that client certificates must chain to.
+    #[arg(long, env = "TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -182,6 +197,8 @@ pub enum ConfigError {
     UnknownMetric(String),
     #[error("--max-backlog-windows must be at least 1")]
     Backlog,
+    #[error("mutual TLS needs all of --tls-cert, --tls-key and --tls-client-ca (or none)")]
+    TlsIncomplete,
 }
 
 impl AggregatorConfig {
@@ -194,6 +211,10 @@ impl AggregatorConfig {
         }
         if self.max_backlog_windows == 0 {
             return Err(ConfigError::Backlog);
+        }
+        let set = [self.tls_cert.is_some(), self.tls_key.is_some(), self.tls_client_ca.is_some()];
+        if set.iter().any(|s| *s) && !set.iter().all(|s| *s) {
+            return Err(ConfigError::TlsIncomplete);
         }
         for name in &self.metric_allow_list {
             let known = cni_metrics_proto::catalog::FAMILIES.iter().any(|f| f.cloudwatch_name == Some(name.as_str()))
@@ -210,6 +231,11 @@ impl AggregatorConfig {
         self.cluster_id = self.cluster_id.filter(|c| !c.trim().is_empty());
         self.region = self.region.filter(|r| !r.trim().is_empty());
         self
+    }
+
+    /// The mutual-TLS files, when configured.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles { cert: self.tls_cert.clone()?, key: self.tls_key.clone()?, client_ca: self.tls_client_ca.clone()? })
     }
 
     /// The CloudWatch sink's configuration.
@@ -248,6 +274,9 @@ impl AggregatorConfig {
             breakdown: Vec::new(),
             max_series: 1_000,
             subscribe_interval: Duration::from_millis(200),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             log_format: LogFormat::Text,
         }
     }

@@ -20,6 +20,8 @@ pub struct HttpState {
     /// Whether `/metrics` serves the cluster aggregates (`USE_PROMETHEUS`); self-metrics always.
     pub prometheus: bool,
     pub sinks: Vec<Arc<dyn Sink>>,
+    /// Refused TLS handshakes on the gRPC port, when mutual TLS is on.
+    pub tls_handshake_failures: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -42,6 +44,14 @@ async fn metrics(State(st): State<HttpState>) -> impl IntoResponse {
     st.publish.lock().unwrap_or_else(|e| e.into_inner()).render(&mut out, &cluster_id);
     for sink in &st.sinks {
         sink.render_metrics(&mut out, &cluster_id);
+    }
+    if let Some(f) = &st.tls_handshake_failures {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP cni_metrics_tls_handshake_failures_total gRPC connections refused by mutual TLS (plaintext, no or foreign certificate)\n# TYPE cni_metrics_tls_handshake_failures_total counter\ncni_metrics_tls_handshake_failures_total{{cluster_id=\"{cluster_id}\"}} {}",
+            f.load(std::sync::atomic::Ordering::Relaxed)
+        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }
@@ -67,7 +77,7 @@ mod tests {
 
     fn app() -> Router {
         let cluster = Arc::new(Mutex::new(ClusterState::new(StateConfig { cluster_id: "c1".into(), ..StateConfig::default() })));
-        router(HttpState { cluster, publish: Arc::default(), prometheus: true, sinks: Vec::new() })
+        router(HttpState { cluster, publish: Arc::default(), prometheus: true, sinks: Vec::new(), tls_handshake_failures: None })
     }
 
     async fn get_text(path: &str) -> (StatusCode, String, Option<String>) {

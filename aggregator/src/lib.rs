@@ -12,4 +12,5 @@ pub mod ingest;
 pub mod publish;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod watch;

@@ -31,6 +31,8 @@ pub enum ServeError {
     Join(#[from] tokio::task::JoinError),
     #[error("gRPC reflection set-up failed: {0}")]
     Reflection(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Handles shared with whoever embeds the aggregator (tests, demo view).
@@ -38,6 +40,7 @@ pub enum ServeError {
 pub struct Handles {
     pub state: Shared,
     pub publish: Arc<Mutex<PublishStats>>,
+    pub tls_handshake_failures: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Handles {
@@ -51,7 +54,7 @@ impl Handles {
             breakdown: cfg.breakdown.clone(),
             max_breakdown_groups: cfg.max_series,
         });
-        Self { state: Arc::new(Mutex::new(state)), publish: Arc::default() }
+        Self { state: Arc::new(Mutex::new(state)), publish: Arc::default(), tls_handshake_failures: Arc::default() }
     }
 }
 
@@ -96,23 +99,30 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(svc)
-            .add_service(ConsumerServer::new(consumer))
-            .add_service(health_svc)
-            .add_service(reflection)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped()),
-    );
+    let grpc_router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(svc)
+        .add_service(ConsumerServer::new(consumer))
+        .add_service(health_svc)
+        .add_service(reflection);
+    let grpc_task = match cfg.tls_files() {
+        Some(files) => {
+            let initial = crate::tls::server_config(&files)?;
+            info!(cert = %files.cert.display(), client_ca = %files.client_ca.display(), "gRPC requires mutual TLS");
+            let incoming = crate::tls::incoming(grpc, files, initial, handles.tls_handshake_failures.clone());
+            tokio::spawn(grpc_router.serve_with_incoming_shutdown(incoming, stopped()))
+        }
+        None => tokio::spawn(grpc_router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped())),
+    };
 
     let app = router(HttpState {
         cluster: handles.state.clone(),
         publish: handles.publish.clone(),
         prometheus: cfg.prometheus,
         sinks: sinks.clone(),
+        tls_handshake_failures: cfg.tls_files().map(|_| handles.tls_handshake_failures.clone()),
     });
     let http_stop = stopped();
     let http_task = tokio::spawn(async move { axum::serve(http, app).with_graceful_shutdown(http_stop).await });

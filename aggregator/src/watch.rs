@@ -192,7 +192,8 @@ pub fn render_json(c: &ClusterView, nodes: &[NodeView]) -> String {
 
 /// Run the view until `shutdown` (or once).
 pub async fn run_watch(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let mut client = ConsumerClient::connect(cfg.aggregator.clone()).await?;
+    let endpoint = cfg.tls.apply(tonic::transport::Endpoint::from_shared(cfg.aggregator.clone())?)?;
+    let mut client = ConsumerClient::new(endpoint.connect().await?);
     let print = |c: &ClusterView, nodes: &[NodeView], tty: bool| {
         let text = if cfg.json { render_json(c, nodes) } else { render_table(c, nodes, cfg.top) };
         if tty && !cfg.json {

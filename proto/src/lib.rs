@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod duration;
 pub mod flags;
 pub mod telemetry;
+pub mod tls;
 
 /// Generated code for the `cni_metrics.v1` package.
 pub mod v1 {

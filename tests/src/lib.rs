@@ -208,25 +208,17 @@ impl Aggregator {
 
 /// Start an agent process for `node` scraping `ipamd_url`.
 pub fn start_agent(dir: &Path, node: &str, ipamd_url: &str, aggregator_grpc: &str, extra: &[&str]) -> Result<Proc> {
-    let mut args: Vec<String> = [
-        "--ipamd-url",
-        ipamd_url,
-        "--aggregator",
-        &format!("http://{aggregator_grpc}"),
-        "--node-name",
-        node,
-        "--imds",
-        "false",
-        "--log-format",
-        "json",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    let mut args: Vec<String> =
+        ["--ipamd-url", ipamd_url, "--node-name", node, "--imds", "false", "--log-format", "json"].iter().map(|s| (*s).to_owned()).collect();
     let enis = ipamd_url.replace("/metrics", "/v1/enis");
-    for (flag, default) in
-        [("--interval", "200ms"), ("--scrape-timeout", "150ms"), ("--introspection-url", enis.as_str()), ("--http-listen", "127.0.0.1:0")]
-    {
+    let aggregator = format!("http://{aggregator_grpc}");
+    for (flag, default) in [
+        ("--aggregator", aggregator.as_str()),
+        ("--interval", "200ms"),
+        ("--scrape-timeout", "150ms"),
+        ("--introspection-url", enis.as_str()),
+        ("--http-listen", "127.0.0.1:0"),
+    ] {
         if !extra.contains(&flag) {
             args.extend([flag.to_owned(), default.to_owned()]);
         }

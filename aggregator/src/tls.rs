@@ -1,0 +1,150 @@
+//! Mutual TLS for the gRPC port. When `--tls-cert`, `--tls-key` and `--tls-client-ca` are set the
+//! aggregator accepts only TLS connections whose client certificate chains to that CA (agents and
+//! consumers alike); plaintext and anonymous clients fail the handshake. Files use cert-manager's Secret
+//! layout (`tls.crt`, `tls.key`, `ca.crt`) and are re-read when they change (checked every
+//! `RELOAD_EVERY`), so rotated certificates apply to new connections without a restart; a broken new set
+//! is logged and the previous one kept.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, error, info};
+
+pub const RELOAD_EVERY: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, String),
+    #[error("no certificate in {0}")]
+    Empty(PathBuf),
+    #[error("invalid TLS material: {0}")]
+    Invalid(String),
+}
+
+/// The three files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::Read(path.into(), e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Read(path.into(), e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty(path.into()));
+    }
+    Ok(certs)
+}
+
+/// Build the server configuration from the files (requires client certificates from the CA).
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = certs(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::Read(files.key.clone(), e.to_string()))?;
+    let mut roots = RootCertStore::empty();
+    for ca in certs(&files.client_ca)? {
+        roots.add(ca).map_err(|e| TlsError::Invalid(e.to_string()))?;
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Invalid(e.to_string()))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Invalid(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Invalid(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+fn mtimes(files: &TlsFiles) -> Vec<Option<SystemTime>> {
+    [&files.cert, &files.key, &files.client_ca].iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+}
+
+/// Accept TCP connections, complete TLS handshakes off the accept loop, and yield authenticated streams.
+/// Failed handshakes (plaintext, no or foreign client certificate) are logged and counted in
+/// `failures`; they never reach gRPC.
+pub fn incoming(
+    listener: TcpListener,
+    files: TlsFiles,
+    initial: Arc<ServerConfig>,
+    failures: Arc<std::sync::atomic::AtomicU64>,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let current = Arc::new(RwLock::new(initial));
+    // Reload when the files change.
+    {
+        let current = current.clone();
+        let files = files.clone();
+        tokio::spawn(async move {
+            let mut seen = mtimes(&files);
+            loop {
+                tokio::time::sleep(RELOAD_EVERY).await;
+                let now = mtimes(&files);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match server_config(&files) {
+                    Ok(cfg) => {
+                        *current.write().unwrap_or_else(|e| e.into_inner()) = cfg;
+                        info!(cert = %files.cert.display(), "TLS certificates reloaded");
+                    }
+                    Err(e) => error!(error = %e, "new TLS files are invalid; keeping the previous ones"),
+                }
+            }
+        });
+    }
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            if tx.is_closed() {
+                return;
+            }
+            let acceptor = TlsAcceptor::from(current.read().unwrap_or_else(|e| e.into_inner()).clone());
+            let tx = tx.clone();
+            let failures = failures.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => {
+                        failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        info!(%peer, error = %e, "TLS handshake refused");
+                    }
+                    Err(_) => {
+                        failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        info!(%peer, "TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}

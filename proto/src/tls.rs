@@ -1,0 +1,55 @@
+//! Client side of the mutual TLS between agents (or consumers) and the aggregator: the flags and the
+//! tonic client configuration, re-read from the files at every connection so rotated certificates
+//! (cert-manager layout `tls.crt`, `tls.key`, `ca.crt`) apply at the next reconnect.
+
+use std::path::PathBuf;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// `--tls-cert`, `--tls-key`, `--tls-ca` for gRPC clients.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ClientTlsFlags {
+    /// Client certificate (PEM) presented to the aggregator.
+    #[arg(long = "tls-cert", env = "AGENT_TLS_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long = "tls-key", env = "AGENT_TLS_KEY")]
+    pub key: Option<PathBuf>,
+    /// CA (PEM) the aggregator's certificate must chain to.
+    #[arg(long = "tls-ca", env = "AGENT_TLS_CA")]
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientTlsError {
+    #[error("TLS needs all of --tls-cert, --tls-key and --tls-ca (or none)")]
+    Incomplete,
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("TLS set-up failed: {0}")]
+    Setup(#[from] tonic::transport::Error),
+}
+
+impl ClientTlsFlags {
+    pub fn enabled(&self) -> Result<bool, ClientTlsError> {
+        match (&self.cert, &self.key, &self.ca) {
+            (None, None, None) => Ok(false),
+            (Some(_), Some(_), Some(_)) => Ok(true),
+            _ => Err(ClientTlsError::Incomplete),
+        }
+    }
+
+    /// The endpoint with TLS applied from the current files (unchanged when TLS is off).
+    pub fn apply(&self, endpoint: Endpoint) -> Result<Endpoint, ClientTlsError> {
+        let (Some(cert), Some(key), Some(ca)) = (&self.cert, &self.key, &self.ca) else {
+            return if self.enabled()? { unreachable_incomplete() } else { Ok(endpoint) };
+        };
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| ClientTlsError::Read(p.clone(), e));
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)).identity(Identity::from_pem(read(cert)?, read(key)?));
+        Ok(endpoint.tls_config(tls)?)
+    }
+}
+
+fn unreachable_incomplete() -> Result<Endpoint, ClientTlsError> {
+    Err(ClientTlsError::Incomplete)
+}

@@ -1,0 +1,92 @@
+//! Mutual TLS between agents (and consumers) and the aggregator, with certificates made by `openssl` in a
+//! cert-manager-like layout: a mutually authenticated agent works; a client without a certificate, with
+//! one from another CA, or in plaintext is refused; rotated server certificates are picked up.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use cni_metrics_agent::sim::{PageStyle, SimIpamd};
+use cni_metrics_aggregator::demo::FakeIpamd;
+use cni_metrics_e2e::*;
+use cni_metrics_proto::v1::consumer_client::ConsumerClient;
+use cni_metrics_proto::v1::GetClusterRequest;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().context("openssl is needed for the mTLS tests")?;
+    ensure!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// A CA and a certificate signed by it (`name.crt`, `name.key`).
+fn ca(dir: &Path, name: &str) -> Result<()> {
+    openssl(dir, &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.crt"), "-days", "2", "-subj", &format!("/CN={name}")])
+}
+
+fn leaf(dir: &Path, ca: &str, name: &str, ext: &str) -> Result<()> {
+    openssl(dir, &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")])?;
+    std::fs::write(dir.join(format!("{name}.ext")), ext)?;
+    openssl(
+        dir,
+        &[
+            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key"), "-CAcreateserial", "-out",
+            &format!("{name}.crt"), "-days", "2", "-extfile", &format!("{name}.ext"),
+        ],
+    )
+}
+
+async fn client(url: &str, dir: &Path, identity: Option<&str>, tls: bool) -> Result<ConsumerClient<tonic::transport::Channel>> {
+    let mut ep = Endpoint::from_shared(url.to_owned())?.connect_timeout(Duration::from_secs(3));
+    if tls {
+        let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(dir.join("ca.crt"))?));
+        if let Some(id) = identity {
+            cfg = cfg.identity(Identity::from_pem(std::fs::read(dir.join(format!("{id}.crt")))?, std::fs::read(dir.join(format!("{id}.key")))?));
+        }
+        ep = ep.tls_config(cfg)?;
+    }
+    Ok(ConsumerClient::new(ep.connect().await?))
+}
+
+async fn get_cluster(url: &str, dir: &Path, identity: Option<&str>, tls: bool) -> Result<u32> {
+    let mut c = client(url, dir, identity, tls).await?;
+    Ok(c.get_cluster(GetClusterRequest {}).await?.into_inner().nodes_known)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_admits_only_clients_of_the_ca() -> Result<()> {
+    let dir = scratch_dir("mtls")?;
+    ca(&dir, "ca")?;
+    ca(&dir, "other-ca")?;
+    leaf(&dir, "ca", "server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")?;
+    leaf(&dir, "ca", "agent", "subjectAltName=DNS:node-1\nextendedKeyUsage=clientAuth\n")?;
+    leaf(&dir, "other-ca", "intruder", "subjectAltName=DNS:node-9\nextendedKeyUsage=clientAuth\n")?;
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--tls-cert", &p("server.crt"), "--tls-key", &p("server.key"), "--tls-client-ca", &p("ca.crt")])?;
+    let url = format!("https://{}", agg.grpc);
+
+    // A mutually authenticated agent reports.
+    let fake = FakeIpamd::start(SimIpamd::new(PageStyle::Modern, 1, 1.0), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let _agent = start_agent(&dir, "node-1", &fake.url(), &agg.grpc, &["--aggregator", &url, "--tls-cert", &p("agent.crt"), "--tls-key", &p("agent.key"), "--tls-ca", &p("ca.crt")])?;
+    eventually(Duration::from_secs(20), || async {
+        let n = sample(&agg.metrics().await?, "cni_metrics_nodes_reporting", &[]);
+        Ok(if n == Some(1.0) { Ok(()) } else { Err(format!("nodes reporting {n:?}")) })
+    })
+    .await?;
+    ensure!(get_cluster(&url, &dir, Some("agent"), true).await? == 1, "a consumer with a client certificate is served");
+
+    // Refused: no client certificate, a certificate of another CA, plaintext.
+    ensure!(get_cluster(&url, &dir, None, true).await.is_err(), "anonymous TLS client refused");
+    ensure!(get_cluster(&url, &dir, Some("intruder"), true).await.is_err(), "foreign CA refused");
+    ensure!(get_cluster(&format!("http://{}", agg.grpc), &dir, None, false).await.is_err(), "plaintext refused");
+    let refused = sample(&agg.metrics().await?, "cni_metrics_tls_handshake_failures_total", &[]).unwrap_or(0.0);
+    ensure!(refused >= 3.0, "refusals counted: {refused}");
+
+    // Rotation: a new server certificate in place is picked up without a restart.
+    leaf(&dir, "ca", "server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")?;
+    agg.proc.wait_log("TLS certificates reloaded", Duration::from_secs(25))?;
+    ensure!(get_cluster(&url, &dir, Some("agent"), true).await? == 1, "served with the rotated certificate");
+    Ok(())
+}
