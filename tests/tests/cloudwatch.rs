@@ -190,11 +190,13 @@ async fn invalid_parameter_is_not_retried_and_only_the_bad_datum_is_dropped() ->
     let emu = Emulator::start()?;
     let nodes = fresh_nodes(1, 400).await?;
     emu.control("reject", json!({"metric": "delReqCount"})).await?;
-    let agg = cw_aggregator(&dir, &emu, "aggregator", &["--cluster-id", "e2e", "--publish-interval", "300ms"], &[])?;
+    // Each window's rejected request is bisected (about 10 requests): a 1 s window leaves room for that
+    // on a loaded machine.
+    let agg = cw_aggregator(&dir, &emu, "aggregator", &["--cluster-id", "e2e", "--publish-interval", "1s"], &[])?;
     let _agents = agents(&dir, &nodes, &agg.grpc, &[])?;
     step(&nodes, 4, Duration::from_millis(300)).await;
     let add = truth_add(&nodes);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     wait_backlog_empty(&agg).await?;
     let page = agg.metrics().await?;
     let rejected = sample(&page, "cni_metrics_cloudwatch_datums_total", &[("outcome", "rejected")]).unwrap_or(0.0);
