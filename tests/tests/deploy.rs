@@ -39,7 +39,8 @@ fn validate(file: &Path) -> Result<()> {
     ensure!(out.status.success() && !text.contains("ERROR"), "kubernetes-validate --strict failed:\n{text}");
     for line in text.lines().filter(|l| l.starts_with("WARN")) {
         // Only the Prometheus operator's CRDs have no built-in schema.
-        ensure!(line.contains("ServiceMonitor") || line.contains("PodMonitor"), "unexpected warning: {line}");
+        let crd = ["ServiceMonitor", "PodMonitor", "kind Certificate ", "kind Issuer "].iter().any(|k| line.contains(k));
+        ensure!(crd, "unexpected warning: {line}");
     }
     Ok(())
 }
@@ -82,7 +83,7 @@ fn env_known(container: &Value, bin: &str) -> Result<()> {
 
 #[test]
 fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
-    for overlay in ["cloudwatch", "prometheus"] {
+    for overlay in ["cloudwatch", "prometheus", "mtls"] {
         let (_, docs) = render(overlay)?;
         for d in &docs {
             let kind = d["kind"].as_str().unwrap_or_default();
@@ -126,6 +127,19 @@ fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
             "cloudwatch" => {
                 ensure!(cm["data"]["USE_CLOUDWATCH"] == "true" && cm["data"]["AWS_CLUSTER_ID"] != "", "cloudwatch settings");
                 ensure!(role.is_string(), "IRSA annotation");
+            }
+            "mtls" => {
+                let env = |c: &Value, name: &str| {
+                    c["env"].as_array().and_then(|e| e.iter().find(|v| v["name"] == name)).map(|v| v["value"].as_str().unwrap_or("").to_owned())
+                };
+                ensure!(env(agent, "AGGREGATOR_URL").is_some_and(|u| u.starts_with("https://")), "agents use https");
+                ensure!(env(agent, "AGENT_TLS_CERT").is_some() && env(&pod["containers"][0], "TLS_CLIENT_CA").is_some(), "TLS files wired");
+                let secret = |p: &Value| p["volumes"][0]["secret"]["secretName"].as_str().unwrap_or("").to_owned();
+                ensure!(secret(pod) == "cni-metrics-aggregator-tls", "aggregator secret");
+                ensure!(secret(&ds["spec"]["template"]["spec"]) == "cni-metrics-agent-tls", "agent secret");
+                for name in ["cni-metrics-aggregator-tls", "cni-metrics-agent-tls"] {
+                    find(&docs, "Certificate", name)?;
+                }
             }
             _ => {
                 ensure!(cm["data"]["USE_CLOUDWATCH"] == "false", "prometheus only");
