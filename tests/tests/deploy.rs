@@ -39,7 +39,7 @@ fn validate(file: &Path) -> Result<()> {
     ensure!(out.status.success() && !text.contains("ERROR"), "kubernetes-validate --strict failed:\n{text}");
     for line in text.lines().filter(|l| l.starts_with("WARN")) {
         // Only the Prometheus operator's CRDs have no built-in schema.
-        let crd = ["ServiceMonitor", "PodMonitor", "kind Certificate ", "kind Issuer "].iter().any(|k| line.contains(k));
+        let crd = ["ServiceMonitor", "PodMonitor", "PrometheusRule", "kind Certificate ", "kind Issuer "].iter().any(|k| line.contains(k));
         ensure!(crd, "unexpected warning: {line}");
     }
     Ok(())
@@ -151,5 +151,77 @@ fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
     }
     let policy: Value = serde_json::from_str(&std::fs::read_to_string(repo_root().join("deploy/iam-policy.json"))?)?;
     ensure!(policy["Statement"][0]["Action"] == "cloudwatch:PutMetricData" && policy["Statement"].as_array().map(Vec::len) == Some(1));
+    Ok(())
+}
+
+/// Every metric a dashboard, alarm or alert rule uses exists: CloudWatch names in the catalogue, PromQL
+/// names on a live aggregator's and agent's /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_and_alerts_use_real_metric_names() -> Result<()> {
+    use cni_metrics_proto::catalog;
+    let root = repo_root();
+    let read = |p: &str| std::fs::read_to_string(root.join(p));
+    // CloudWatch.
+    let known_cw = |n: &str| catalog::FAMILIES.iter().any(|f| f.cloudwatch_name == Some(n)) || catalog::DERIVED_CLOUDWATCH_NAMES.contains(&n);
+    let dash: Value = serde_json::from_str(&read("deploy/dashboards/cloudwatch-dashboard.json")?)?;
+    let mut cw = Vec::new();
+    for w in dash["widgets"].as_array().context("widgets")? {
+        for m in w["properties"]["metrics"].as_array().context("metrics")? {
+            cw.push(m[1].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    for line in read("deploy/dashboards/cloudwatch-alarms.yaml")?.lines() {
+        if let Some(n) = line.trim().strip_prefix("MetricName: ") {
+            cw.push(n.trim().to_owned());
+        }
+    }
+    ensure!(cw.len() > 10);
+    for n in &cw {
+        ensure!(known_cw(n), "CloudWatch metric {n} is never published");
+    }
+
+    // Prometheus: a live aggregator (with breakdowns and a CloudWatch sink) and agent.
+    let dir = scratch_dir("dashboards")?;
+    let mut sim = cni_metrics_agent::sim::SimIpamd::new(cni_metrics_agent::sim::PageStyle::Modern, 5, 1.0);
+    for _ in 0..10 {
+        sim.step();
+    }
+    let fake = cni_metrics_aggregator::demo::FakeIpamd::start(sim, std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let agg = cni_metrics_e2e::Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--breakdown", "az,subnet", "--cloudwatch", "true"])?;
+    let agent = cni_metrics_e2e::start_agent(&dir, "node-1", &fake.url(), &agg.grpc, &["--availability-zone", "eu-west-1a"])?;
+    let line = agent.wait_log("agent HTTP endpoint", std::time::Duration::from_secs(10))?;
+    let agent_http = cni_metrics_e2e::json_field(&line, "http").unwrap_or_default();
+    let mut families = std::collections::BTreeSet::new();
+    cni_metrics_e2e::eventually(std::time::Duration::from_secs(10), || async {
+        let page = agg.metrics().await?;
+        Ok(if page.contains("cni_metrics_total_ip_addresses_by_subnet_id{") { Ok(()) } else { Err("no subnet data yet".into()) })
+    })
+    .await?;
+    let pages = [agg.metrics().await?, reqwest::get(format!("http://{agent_http}/metrics")).await?.text().await?];
+    for page in &pages {
+        for l in page.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                families.insert(rest.split(' ').next().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    for file in ["deploy/dashboards/grafana-dashboard.json", "deploy/overlays/prometheus/rules.yaml"] {
+        let text = read(file)?;
+        let mut rest = text.as_str();
+        let mut seen = 0;
+        while let Some(i) = rest.find(|c: char| c == 'a' || c == 'c') {
+            rest = &rest[i..];
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            let token = &rest[..end];
+            if token.starts_with("awscni_") || token.starts_with("cni_metrics_") {
+                seen += 1;
+                // Sparse ipamd families (errors) appear only once something happened: the catalogue vouches.
+                let known = families.contains(token) || catalog::family(token).is_some();
+                ensure!(known, "{file}: {token} is not exposed (families: {families:?})");
+            }
+            rest = &rest[end.max(1)..];
+        }
+        ensure!(seen >= 5, "{file}: only {seen} metric names found");
+    }
     Ok(())
 }
