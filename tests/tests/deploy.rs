@@ -209,7 +209,7 @@ async fn dashboards_and_alerts_use_real_metric_names() -> Result<()> {
         let text = read(file)?;
         let mut rest = text.as_str();
         let mut seen = 0;
-        while let Some(i) = rest.find(|c: char| c == 'a' || c == 'c') {
+        while let Some(i) = rest.find(['a', 'c']) {
             rest = &rest[i..];
             let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
             let token = &rest[..end];
