@@ -32,15 +32,67 @@ fn render(overlay: &str) -> Result<(String, Vec<Value>)> {
     Ok((yaml, docs))
 }
 
+/// Kubernetes versions EKS supports (standard and extended support) at the time of writing.
+const EKS_VERSIONS: &[&str] = &["1.31", "1.32", "1.33", "1.34", "1.35"];
+
 fn validate(file: &Path) -> Result<()> {
     let bin = test_python()?.with_file_name("kubernetes-validate");
-    let out = Command::new(bin).arg("--strict").arg(file).output()?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    ensure!(out.status.success() && !text.contains("ERROR"), "kubernetes-validate --strict failed:\n{text}");
+    let mut text = String::new();
+    for v in EKS_VERSIONS {
+        let out = Command::new(&bin).args(["--strict", "-k", v]).arg(file).output()?;
+        let t = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        ensure!(out.status.success() && !t.contains("ERROR"), "kubernetes-validate --strict -k {v} failed:\n{t}");
+        text.push_str(&t);
+    }
     for line in text.lines().filter(|l| l.starts_with("WARN")) {
         // Only the Prometheus operator's CRDs have no built-in schema.
         let crd = ["ServiceMonitor", "PodMonitor", "PrometheusRule", "kind Certificate ", "kind Issuer "].iter().any(|k| line.contains(k));
         ensure!(crd, "unexpected warning: {line}");
+    }
+    Ok(())
+}
+
+/// Deserialize into k8s-openapi's typed objects; any field they do not know is an error.
+fn typed(doc: &Value) -> Result<bool> {
+    use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, networking::v1 as net, policy::v1 as policy};
+    fn check<T: serde::de::DeserializeOwned>(doc: &Value) -> Result<()> {
+        let mut unknown = Vec::new();
+        let _: T = serde_ignored::deserialize(doc.clone(), |path| unknown.push(path.to_string()))?;
+        ensure!(unknown.is_empty(), "unknown fields {unknown:?} in {}/{}", doc["kind"], doc["metadata"]["name"]);
+        Ok(())
+    }
+    match doc["kind"].as_str().unwrap_or_default() {
+        "ServiceAccount" => check::<core::ServiceAccount>(doc)?,
+        "ConfigMap" => check::<core::ConfigMap>(doc)?,
+        "Service" => check::<core::Service>(doc)?,
+        "Deployment" => check::<apps::Deployment>(doc)?,
+        "DaemonSet" => check::<apps::DaemonSet>(doc)?,
+        "PodDisruptionBudget" => check::<policy::PodDisruptionBudget>(doc)?,
+        "NetworkPolicy" => check::<net::NetworkPolicy>(doc)?,
+        // CRDs of the Prometheus operator and cert-manager: not in k8s-openapi.
+        "ServiceMonitor" | "PodMonitor" | "PrometheusRule" | "Certificate" | "Issuer" => return Ok(false),
+        other => bail!("no typed check for kind {other}"),
+    }
+    Ok(true)
+}
+
+/// Selectors match their template's labels; images are pinned.
+fn selectors_and_images(docs: &[Value]) -> Result<()> {
+    for d in docs.iter().filter(|d| d["kind"] == "Deployment" || d["kind"] == "DaemonSet") {
+        let sel = d["spec"]["selector"]["matchLabels"].as_object().context("selector")?;
+        let labels = &d["spec"]["template"]["metadata"]["labels"];
+        for (k, v) in sel {
+            ensure!(&labels[k] == v, "{}: selector {k}={v} does not match the template", d["metadata"]["name"]);
+        }
+        for c in d["spec"]["template"]["spec"]["containers"].as_array().context("containers")? {
+            let image = c["image"].as_str().unwrap_or_default();
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+            ensure!(!tag.is_empty() && tag != "latest" && !tag.contains('/'), "image not pinned: {image}");
+        }
+    }
+    for d in docs.iter().filter(|d| d["kind"] == "Service" || d["kind"] == "PodDisruptionBudget" || d["kind"] == "NetworkPolicy") {
+        let sel = if d["kind"] == "Service" { &d["spec"]["selector"] } else if d["kind"] == "NetworkPolicy" { &d["spec"]["podSelector"]["matchLabels"] } else { &d["spec"]["selector"]["matchLabels"] };
+        ensure!(sel["app.kubernetes.io/name"] == "cni-metrics-aggregator", "{} {} selects {sel}", d["kind"], d["metadata"]["name"]);
     }
     Ok(())
 }
@@ -84,7 +136,11 @@ fn env_known(container: &Value, bin: &str) -> Result<()> {
 #[test]
 fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
     for overlay in ["cloudwatch", "prometheus", "mtls"] {
-        let (_, docs) = render(overlay)?;
+        let (yaml, docs) = render(overlay)?;
+        ensure!(!yaml.contains("pods/proxy"), "{overlay}: pods/proxy");
+        let typed_count = docs.iter().map(typed).collect::<Result<Vec<bool>>>()?.into_iter().filter(|t| *t).count();
+        ensure!(typed_count >= 8, "{overlay}: {typed_count} objects checked against k8s-openapi");
+        selectors_and_images(&docs)?;
         for d in &docs {
             let kind = d["kind"].as_str().unwrap_or_default();
             if kind.contains("Role") {

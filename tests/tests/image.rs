@@ -15,8 +15,8 @@ fn blob(layout: &Path, digest: &str) -> Result<Vec<u8>> {
     Ok(std::fs::read(layout.join("blobs/sha256").join(hex))?)
 }
 
-#[test]
-fn images_are_scratch_nonroot_and_run() -> Result<()> {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_scratch_nonroot_and_run() -> Result<()> {
     if Command::new("buildah").arg("--version").output().is_err() {
         println!("SKIPPED images_are_scratch_nonroot_and_run: buildah is not installed (apt-get install buildah)");
         return Ok(());
@@ -65,5 +65,58 @@ fn images_are_scratch_nonroot_and_run() -> Result<()> {
         ensure!(run.status.success() && version.starts_with(&format!("cni-metrics-{name} ")), "{name}: --version printed {version:?}");
         println!("{name}: {} bytes compressed, {version}", std::fs::metadata(&archive)?.len());
     }
-    Ok(())
+    run_from_images(&dir).await
+}
+
+/// Run both binaries from their images' root filesystems in a chroot, as user 65534, against a fake
+/// ipamd: the node must show up in the aggregator.
+async fn run_from_images(dir: &Path) -> Result<()> {
+    if Command::new("chroot").arg("--help").output().is_err() || !nix_root() {
+        println!("SKIPPED run_from_images: chroot needs root");
+        return Ok(());
+    }
+    let sim = cni_metrics_agent::sim::SimIpamd::new(cni_metrics_agent::sim::PageStyle::Modern, 3, 1.0);
+    let fake = cni_metrics_aggregator::demo::FakeIpamd::start(sim, std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let grpc = cni_metrics_e2e::free_port()?;
+    let http = cni_metrics_e2e::free_port()?;
+    let chroot = |name: &str, args: &[String]| -> Result<std::process::Child> {
+        let log = std::fs::File::create(dir.join(format!("{name}.chroot.log")))?;
+        let chroot_bin = ["/usr/sbin/chroot", "/usr/bin/chroot", "/sbin/chroot"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("chroot");
+        Ok(Command::new(chroot_bin)
+            .arg("--userspec=65534:65534")
+            .arg(dir.join(name).join("rootfs"))
+            .arg(format!("/cni-metrics-{name}"))
+            .args(args)
+            .env_clear()
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?)
+    };
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let mut agg = chroot(
+        "aggregator",
+        &s(&["--grpc-listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{http}"), "--cluster-id", "image"]),
+    )?;
+    let mut agent = chroot(
+        "agent",
+        &s(&[
+            "--ipamd-url", &fake.url(), "--aggregator", &format!("http://127.0.0.1:{grpc}"), "--node-name", "image-node", "--interval", "200ms",
+            "--imds", "false", "--http-listen", "", "--introspection-url", "",
+        ]),
+    )?;
+    let result = cni_metrics_e2e::eventually(std::time::Duration::from_secs(20), || async {
+        let page = reqwest::get(format!("http://127.0.0.1:{http}/metrics")).await?.text().await?;
+        let got = page.lines().find(|l| l.starts_with("cni_metrics_nodes_reporting{")).map(str::to_owned);
+        Ok(if got.as_deref() == Some("cni_metrics_nodes_reporting{cluster_id=\"image\"} 1") { Ok(()) } else { Err(format!("{got:?}")) })
+    })
+    .await;
+    let _ = agent.kill();
+    let _ = agg.kill();
+    let _ = agent.wait();
+    let _ = agg.wait();
+    result.with_context(|| std::fs::read_to_string(dir.join("agent.chroot.log")).unwrap_or_default())
+}
+
+fn nix_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
