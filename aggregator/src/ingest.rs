@@ -44,6 +44,7 @@ impl IngestService {
 fn to_status(e: &IngestError) -> Status {
     match e {
         IngestError::StaleSession(_) => Status::failed_precondition(e.to_string()),
+        IngestError::DuplicateNode(_) => Status::already_exists(e.to_string()),
         _ => Status::invalid_argument(e.to_string()),
     }
 }

@@ -72,6 +72,8 @@ pub enum IngestError {
     Redefined(u32),
     #[error("series definition {0} is invalid")]
     BadDef(u32),
+    #[error("node {0:?} is already reported by another live agent (two agents claim one node name)")]
+    DuplicateNode(String),
 }
 
 impl IngestError {
@@ -84,6 +86,7 @@ impl IngestError {
             IngestError::LengthMismatch { .. } => "length_mismatch",
             IngestError::Redefined(_) => "redefined",
             IngestError::BadDef(_) => "bad_def",
+            IngestError::DuplicateNode(_) => "duplicate_node",
         }
     }
 }
@@ -291,6 +294,16 @@ impl ClusterState {
         let session = self.next_session;
         self.stats.sessions += 1;
         let name = self.intern(&h.node_name);
+        // Another run while the current one is connected and reporting: a second agent claims this node
+        // (a restarted agent's old stream is closed by then). Refuse it; the live one keeps the node.
+        if let Some(n) = self.nodes.get(&name) {
+            if n.run_id != h.run_id && n.connected && now.saturating_duration_since(n.last_seen) <= n.interval * 2 {
+                self.next_session -= 1;
+                self.stats.sessions -= 1;
+                *self.stats.rejected.entry("duplicate_node").or_default() += 1;
+                return Err(IngestError::DuplicateNode(h.node_name.clone()));
+            }
+        }
         let restarted = self.nodes.get(&name).is_some_and(|n| n.run_id != h.run_id);
         if restarted {
             // A new agent run: its counter totals start from a new baseline.

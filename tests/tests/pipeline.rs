@@ -270,3 +270,29 @@ async fn startup_errors_are_clear() -> Result<()> {
     assert!(bad.stderr().contains("is not one of yes/true/no/false"), "{}", bad.stderr());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_claiming_one_node_do_not_double_it() -> Result<()> {
+    let dir = scratch_dir("twins")?;
+    let nodes = fakes(&[PageStyle::Modern, PageStyle::PrefixDelegation], 50).await?;
+    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &[])?;
+    let first = start_agent(&dir, "twin", &nodes[0].fake.url(), &agg.grpc, &[])?;
+    wait_reporting(&agg, 1.0).await?;
+    let second = Proc::start(
+        "cni-metrics-agent",
+        "twin-2",
+        &["--ipamd-url", &nodes[1].fake.url(), "--aggregator", &format!("http://{}", agg.grpc), "--node-name", "twin", "--interval", "200ms", "--imds", "false", "--introspection-url", "", "--http-listen", "", "--log-format", "json"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect::<Vec<_>>(),
+        &dir,
+    )?;
+    second.wait_log("already reported by another live agent", Duration::from_secs(10))?;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let page = agg.metrics().await?;
+    assert!(sample(&page, "cni_metrics_reports_rejected_total", &[("reason", "duplicate_node")]).unwrap_or(0.0) >= 1.0, "{page}");
+    let want = nodes[0].fake.with_sim(|s| s.assigned as f64);
+    assert_eq!(sample(&page, "awscni_assigned_ip_addresses", &[]), Some(want), "the node is the first agent's, counted once");
+    drop(first);
+    Ok(())
+}

@@ -109,7 +109,9 @@ fn replays_and_resent_snapshots_never_count_twice() {
     assert_eq!(st.value(ASSIGNED, &[]), Some(1.0), "gauge not doubled by the re-definition");
     // The old stream is stale now.
     assert_eq!(st.report("n1", s, &report(4, false, vec![], &[(2, 100.0)], &[]), t0), Err(IngestError::StaleSession(s)));
-    // A new agent run starts a new baseline: its totals are increments since its own start.
+    // A new agent run starts a new baseline: its totals are increments since its own start. (Its old
+    // stream has closed: a restarted agent's connection dies with it.)
+    st.disconnected("n1", s2);
     join(&mut st, "n1", 8, 2.0, 4.0, t0);
     assert_eq!(st.value(ADD, &[]), Some(13.0));
     assert_eq!(st.value(ASSIGNED, &[]), Some(2.0));
@@ -299,4 +301,22 @@ fn derived_capacity_per_node_then_summed() {
     let mut out = String::new();
     st.render_prometheus(&mut out, t0 + Duration::from_secs(3));
     assert!(out.contains("cni_metrics_nodes_stale{cluster_id=\"\"} 2\n"), "{out}");
+}
+
+#[test]
+fn a_second_agent_claiming_a_live_node_is_refused() {
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    let s1 = join(&mut st, "n1", 1, 5.0, 0.0, t0);
+    assert_eq!(st.hello(&hello("n1", 2), t0), Err(IngestError::DuplicateNode("n1".into())));
+    assert_eq!(st.stats.rejected.get("duplicate_node"), Some(&1));
+    // The live agent is unaffected.
+    st.report("n1", s1, &report(2, false, vec![], &[(1, 6.0)], &[]), t0).expect("still the node's stream");
+    assert_eq!(st.value(ASSIGNED, &[]), Some(6.0));
+    // Once the first agent is gone (stream closed, or silent for two intervals), a new run takes over.
+    st.disconnected("n1", s1);
+    assert!(st.hello(&hello("n1", 2), t0).is_ok());
+    let mut st2 = ClusterState::new(StateConfig::default());
+    join(&mut st2, "n1", 1, 5.0, 0.0, t0);
+    assert!(st2.hello(&hello("n1", 2), t0 + Duration::from_secs(3)).is_ok(), "silent for > 2 intervals");
 }
