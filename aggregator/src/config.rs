@@ -111,6 +111,10 @@ pub struct AggregatorConfig {
     #[arg(long, env = "USE_STDOUT", default_value = "false", value_parser = parse_switch, action = clap::ArgAction::Set)]
     pub stdout: bool,
 
+    /// Concurrent gRPC streams one connection may open (an agent needs one).
+    #[arg(long, env = "MAX_STREAMS_PER_CONNECTION", default_value_t = 16)]
+    pub max_streams_per_connection: u32,
+
     /// Largest gRPC message accepted from an agent, in bytes.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
@@ -268,6 +272,7 @@ impl AggregatorConfig {
             shutdown_grace: Duration::from_secs(5),
             stdout: false,
             max_message_bytes: 4 * 1024 * 1024,
+            max_streams_per_connection: 16,
             max_cluster_series: 200_000,
             max_series_per_node: 5_000,
             low_ip_threshold: 5,

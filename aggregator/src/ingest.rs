@@ -41,6 +41,16 @@ impl IngestService {
     }
 }
 
+/// Count a broken inbound stream under a bounded reason (oversized messages among them).
+fn count_stream_error(state: &Shared, status: &Status) {
+    let reason = match status.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => "oversized_message",
+        tonic::Code::Cancelled => "cancelled",
+        _ => "stream_error",
+    };
+    *lock(state).stats.rejected.entry(reason).or_default() += 1;
+}
+
 fn to_status(e: &IngestError) -> Status {
     match e {
         IngestError::StaleSession(_) => Status::failed_precondition(e.to_string()),
@@ -56,12 +66,23 @@ impl Ingest for IngestService {
     async fn stream(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
-            .await
-            .map_err(|_| Status::deadline_exceeded("no hello within 10s"))??;
+        let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(status)) => {
+                count_stream_error(&self.state, &status);
+                return Err(status);
+            }
+            Err(_) => {
+                *lock(&self.state).stats.rejected.entry("no_hello").or_default() += 1;
+                return Err(Status::deadline_exceeded("no hello within 10s"));
+            }
+        };
         let hello = match first.and_then(|m| m.body) {
             Some(agent_message::Body::Hello(h)) => h,
-            _ => return Err(Status::invalid_argument("the first message of a stream must be a Hello")),
+            _ => {
+                *lock(&self.state).stats.rejected.entry("no_hello").or_default() += 1;
+                return Err(Status::invalid_argument("the first message of a stream must be a Hello"));
+            }
         };
         let (session, ttl) = lock(&self.state).hello(&hello, Instant::now()).map_err(|e| {
             warn!(?peer, node = %hello.node_name, error = %e, "hello refused");
@@ -93,6 +114,7 @@ impl Ingest for IngestService {
                         return;
                     }
                     Err(status) => {
+                        count_stream_error(&state, &status);
                         lock(&state).disconnected(&node, session);
                         warn!(node = %node, session, code = ?status.code(), error = %status.message(), "agent stream broken");
                         return;

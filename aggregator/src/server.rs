@@ -103,6 +103,8 @@ pub async fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // One stream per agent; a few for consumers. A client opening more is held back by HTTP/2.
+        .max_concurrent_streams(Some(cfg.max_streams_per_connection))
         .add_service(svc)
         .add_service(ConsumerServer::new(consumer))
         .add_service(health_svc)

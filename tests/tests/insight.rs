@@ -267,3 +267,62 @@ async fn a_slow_subscriber_is_dropped_without_slowing_anyone() -> Result<()> {
     ensure!(reports >= f64::from(applied) + 200.0 - 5.0, "reports applied while a subscriber was stuck: {reports} of {}", applied + 200);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_streams_are_refused_and_others_unaffected() -> Result<()> {
+    use cni_metrics_proto::v1::{agent_message::Body, Hello, Report, SeriesDef};
+    let dir = scratch_dir("hostile")?;
+    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--max-message-bytes", "65536"])?;
+    let url = format!("http://{}", agg.grpc);
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await?;
+    let mut good = synthetic_node(channel.clone(), "good".into(), 5.0).await?;
+
+    // An oversized report (about 1 MB against a 64 KiB limit).
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(AgentMessage { body: Some(Body::Hello(Hello { node_name: "big".into(), run_id: 9, interval_ms: 60_000, ..Hello::default() })) }).await?;
+    let defs: Vec<SeriesDef> = (0..20_000)
+        .map(|i| SeriesDef {
+            id: i,
+            family: "awscni_ipamd_error_count".into(),
+            name: "awscni_ipamd_error_count".into(),
+            kind: MetricKind::Counter as i32,
+            family_type: FamilyType::Counter as i32,
+            labels: vec![cni_metrics_proto::v1::Label { name: "fn".into(), value: format!("f{i:08}") }],
+        })
+        .collect();
+    tx.send(AgentMessage { body: Some(Body::Report(Report { seq: 1, snapshot: true, defs, ..Report::default() })) }).await?;
+    let mut big = IngestClient::new(channel.clone()).stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let mut ended_with_error = false;
+    for _ in 0..5 {
+        match tokio::time::timeout(Duration::from_secs(5), big.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Err(_)) | Ok(Ok(None)) => {
+                ended_with_error = true;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    ensure!(ended_with_error, "the oversized stream is closed");
+    drop(tx);
+
+    // A stream that does not start with a hello.
+    let (tx2, rx2) = tokio::sync::mpsc::channel(4);
+    tx2.send(AgentMessage { body: Some(Body::Report(Report { seq: 1, snapshot: true, ..Report::default() })) }).await?;
+    let refused = IngestClient::new(channel.clone()).stream(tokio_stream::wrappers::ReceiverStream::new(rx2)).await;
+    ensure!(refused.as_ref().err().map(|s| s.code()) == Some(tonic::Code::InvalidArgument), "no hello: {:?}", refused.err());
+
+    // The good node is untouched and keeps reporting.
+    good.set(7.0).await?;
+    eventually(Duration::from_secs(10), || async {
+        let p = agg.metrics().await?;
+        let got = (
+            sample(&p, "awscni_assigned_ip_addresses", &[]),
+            sample(&p, "cni_metrics_reports_rejected_total", &[("reason", "oversized_message")]),
+            sample(&p, "cni_metrics_reports_rejected_total", &[("reason", "no_hello")]),
+        );
+        Ok(if got == (Some(7.0), Some(1.0), Some(1.0)) { Ok(()) } else { Err(format!("(assigned, oversized, no_hello) {got:?}")) })
+    })
+    .await?;
+    Ok(())
+}
