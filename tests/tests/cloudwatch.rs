@@ -361,3 +361,51 @@ async fn breakdown_by_az_adds_a_dimension_set() -> Result<()> {
     assert_limits(&emu).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eks_pod_identity_credentials_endpoint() -> Result<()> {
+    use axum::routing::get;
+    let dir = scratch_dir("cw-pod-identity")?;
+    let emu = Emulator::start()?;
+    // The EKS Pod Identity agent's role: a container credentials endpoint on loopback, with a token.
+    let app = axum::Router::new().route(
+        "/v1/credentials",
+        get(|headers: axum::http::HeaderMap| async move {
+            if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("pod-identity-token") {
+                return (axum::http::StatusCode::UNAUTHORIZED, String::new());
+            }
+            let body = r#"{"AccessKeyId":"ASIAPODIDENTITYTEST","SecretAccessKey":"secret","Token":"session","Expiration":"2099-01-01T00:00:00Z"}"#;
+            (axum::http::StatusCode::OK, body.to_owned())
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let creds_url = format!("http://{}/v1/credentials", l.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    let token = dir.join("pod-identity-token");
+    std::fs::write(&token, "pod-identity-token")?;
+    let token = token.to_string_lossy().into_owned();
+    let nodes = fresh_nodes(1, 1000).await?;
+    let agg = cw_aggregator(
+        &dir,
+        &emu,
+        "aggregator",
+        &["--cluster-id", "e2e", "--publish-interval", "300ms"],
+        &[
+            ("AWS_ACCESS_KEY_ID", None),
+            ("AWS_SECRET_ACCESS_KEY", None),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", Some(creds_url.as_str())),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", Some(token.as_str())),
+        ],
+    )?;
+    let _agents = agents(&dir, &nodes, &agg.grpc, &[])?;
+    step(&nodes, 2, Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_backlog_empty(&agg).await?;
+    let line = agg.proc.wait_log("CloudWatch sink ready", Duration::from_secs(1))?;
+    ensure!(line.contains("EcsContainer"), "credential source logged: {line}");
+    let puts = emu.accepted_puts().await?;
+    ensure!(!puts.is_empty() && puts.iter().all(|p| p["access_key"] == "ASIAPODIDENTITYTEST"), "signed with the Pod Identity key");
+    Ok(())
+}
