@@ -392,7 +392,7 @@ async fn sender(shared: Arc<Shared>, mut close: watch::Receiver<Option<tokio::ti
                 );
                 warned_no_id = true;
             }
-            wait(&shared, &mut close, Duration::from_secs(5)).await;
+            wait(&mut close, Duration::from_secs(5)).await;
             continue;
         };
         if client.is_none() {
@@ -412,14 +412,14 @@ async fn sender(shared: Arc<Shared>, mut close: watch::Receiver<Option<tokio::ti
                 let delay = attempts.next_delay();
                 lock(&shared.stats).retries += 1;
                 warn!(error_type = kind, datums = batch.len(), retry_in = ?delay, "PutMetricData failed; will retry");
-                wait(&shared, &mut close, delay).await;
+                wait(&mut close, delay).await;
             }
         }
     }
 }
 
 /// Sleep `d`, cut short by shutdown.
-async fn wait(_shared: &Shared, close: &mut watch::Receiver<Option<tokio::time::Instant>>, d: Duration) {
+async fn wait(close: &mut watch::Receiver<Option<tokio::time::Instant>>, d: Duration) {
     let deadline = *close.borrow();
     let until = tokio::time::Instant::now() + d;
     let until = deadline.map_or(until, |dl| until.min(dl));

@@ -4,7 +4,6 @@
 //! to the truth computed from the simulators. No AWS, no cluster.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -261,7 +260,7 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
     // Half an interval out of phase with the agents' scrapes, so every step is scraped before the view.
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.interval / 2, cfg.interval);
     let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
-    let started = Arc::new(AtomicBool::new(false));
+    let mut started = false;
     tokio::pin!(shutdown);
     let mut step = 0u64;
     loop {
@@ -294,10 +293,10 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
             println!("{view}");
         }
             // Let the simulation move only once every agent has taken its first look.
-        if !started.load(Ordering::Relaxed) {
+        if !started {
             let ready = lock(&handles.state).nodes().filter(|n| n.status == cni_metrics_proto::v1::ScrapeStatus::Ok).count() == n;
             if ready {
-                started.store(true, Ordering::Relaxed);
+                started = true;
                 events.push("all agents connected; nodes start scheduling pods".into());
             }
         } else {

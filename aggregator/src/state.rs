@@ -290,20 +290,18 @@ impl ClusterState {
         }
         let interval = Duration::from_millis(h.interval_ms);
         let ttl = self.cfg.node_ttl.unwrap_or(interval * 3);
-        self.next_session += 1;
-        let session = self.next_session;
-        self.stats.sessions += 1;
-        let name = self.intern(&h.node_name);
         // Another run while the current one is connected and reporting: a second agent claims this node
         // (a restarted agent's old stream is closed by then). Refuse it; the live one keeps the node.
-        if let Some(n) = self.nodes.get(&name) {
+        if let Some(n) = self.nodes.get(h.node_name.as_str()) {
             if n.run_id != h.run_id && n.connected && now.saturating_duration_since(n.last_seen) <= n.interval * 2 {
-                self.next_session -= 1;
-                self.stats.sessions -= 1;
                 *self.stats.rejected.entry("duplicate_node").or_default() += 1;
                 return Err(IngestError::DuplicateNode(h.node_name.clone()));
             }
         }
+        self.next_session += 1;
+        let session = self.next_session;
+        self.stats.sessions += 1;
+        let name = self.intern(&h.node_name);
         let restarted = self.nodes.get(&name).is_some_and(|n| n.run_id != h.run_id);
         if restarted {
             // A new agent run: its counter totals start from a new baseline.

@@ -41,15 +41,14 @@ impl ClientTlsFlags {
 
     /// The endpoint with TLS applied from the current files (unchanged when TLS is off).
     pub fn apply(&self, endpoint: Endpoint) -> Result<Endpoint, ClientTlsError> {
+        if !self.enabled()? {
+            return Ok(endpoint);
+        }
         let (Some(cert), Some(key), Some(ca)) = (&self.cert, &self.key, &self.ca) else {
-            return if self.enabled()? { unreachable_incomplete() } else { Ok(endpoint) };
+            return Err(ClientTlsError::Incomplete);
         };
         let read = |p: &PathBuf| std::fs::read(p).map_err(|e| ClientTlsError::Read(p.clone(), e));
         let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)).identity(Identity::from_pem(read(cert)?, read(key)?));
         Ok(endpoint.tls_config(tls)?)
     }
-}
-
-fn unreachable_incomplete() -> Result<Endpoint, ClientTlsError> {
-    Err(ClientTlsError::Incomplete)
 }

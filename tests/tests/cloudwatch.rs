@@ -209,6 +209,26 @@ async fn invalid_parameter_is_not_retried_and_only_the_bad_datum_is_dropped() ->
     Ok(())
 }
 
+/// Publish a little with no static keys and the credential settings `creds`; returns the start-up
+/// self-check log line and the PutMetricData requests moto accepted.
+async fn publish_with_credentials(
+    dir: &std::path::Path,
+    emu: &Emulator,
+    seed: u64,
+    creds: &[(&str, Option<&str>)],
+) -> Result<(String, Vec<serde_json::Value>)> {
+    let nodes = fresh_nodes(1, seed).await?;
+    let mut env = vec![("AWS_ACCESS_KEY_ID", None), ("AWS_SECRET_ACCESS_KEY", None)];
+    env.extend_from_slice(creds);
+    let agg = cw_aggregator(dir, emu, "aggregator", &["--cluster-id", "e2e", "--publish-interval", "300ms"], &env)?;
+    let _agents = agents(dir, &nodes, &agg.grpc, &[])?;
+    step(&nodes, 2, Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_backlog_empty(&agg).await?;
+    let line = agg.proc.wait_log("CloudWatch sink ready", Duration::from_secs(1))?;
+    Ok((line, emu.accepted_puts().await?))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn irsa_web_identity_through_moto_sts() -> Result<()> {
     let dir = scratch_dir("cw-irsa")?;
@@ -216,29 +236,20 @@ async fn irsa_web_identity_through_moto_sts() -> Result<()> {
     let token = dir.join("token");
     std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl")?;
     let token = token.to_string_lossy().into_owned();
-    let nodes = fresh_nodes(1, 500).await?;
-    let agg = cw_aggregator(
+    let (line, puts) = publish_with_credentials(
         &dir,
         &emu,
-        "aggregator",
-        &["--cluster-id", "e2e", "--publish-interval", "300ms"],
+        500,
         &[
-            ("AWS_ACCESS_KEY_ID", None),
-            ("AWS_SECRET_ACCESS_KEY", None),
             ("AWS_ROLE_ARN", Some("arn:aws:iam::123456789012:role/cni-metrics")),
             ("AWS_WEB_IDENTITY_TOKEN_FILE", Some(token.as_str())),
             ("AWS_ROLE_SESSION_NAME", Some("cni-metrics-aggregator")),
         ],
-    )?;
-    let _agents = agents(&dir, &nodes, &agg.grpc, &[])?;
-    step(&nodes, 2, Duration::from_millis(300)).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    wait_backlog_empty(&agg).await?;
-    let line = agg.proc.wait_log("CloudWatch sink ready", Duration::from_secs(1))?;
+    )
+    .await?;
     ensure!(line.contains("WebIdentityToken"), "credential source logged: {line}");
     let reqs = emu.requests().await?;
     ensure!(reqs.iter().any(|r| r["action"] == "AssumeRoleWithWebIdentity"), "STS call went through moto");
-    let puts = emu.accepted_puts().await?;
     ensure!(!puts.is_empty() && puts.iter().all(|p| p["access_key"] != "testing" && p["access_key"] != ""), "signed with the assumed role's key");
     Ok(())
 }
@@ -386,26 +397,14 @@ async fn eks_pod_identity_credentials_endpoint() -> Result<()> {
     let token = dir.join("pod-identity-token");
     std::fs::write(&token, "pod-identity-token")?;
     let token = token.to_string_lossy().into_owned();
-    let nodes = fresh_nodes(1, 1000).await?;
-    let agg = cw_aggregator(
+    let (line, puts) = publish_with_credentials(
         &dir,
         &emu,
-        "aggregator",
-        &["--cluster-id", "e2e", "--publish-interval", "300ms"],
-        &[
-            ("AWS_ACCESS_KEY_ID", None),
-            ("AWS_SECRET_ACCESS_KEY", None),
-            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", Some(creds_url.as_str())),
-            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", Some(token.as_str())),
-        ],
-    )?;
-    let _agents = agents(&dir, &nodes, &agg.grpc, &[])?;
-    step(&nodes, 2, Duration::from_millis(300)).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    wait_backlog_empty(&agg).await?;
-    let line = agg.proc.wait_log("CloudWatch sink ready", Duration::from_secs(1))?;
+        1000,
+        &[("AWS_CONTAINER_CREDENTIALS_FULL_URI", Some(creds_url.as_str())), ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", Some(token.as_str()))],
+    )
+    .await?;
     ensure!(line.contains("EcsContainer"), "credential source logged: {line}");
-    let puts = emu.accepted_puts().await?;
     ensure!(!puts.is_empty() && puts.iter().all(|p| p["access_key"] == "ASIAPODIDENTITYTEST"), "signed with the Pod Identity key");
     Ok(())
 }
