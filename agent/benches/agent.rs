@@ -59,7 +59,7 @@ fn main() {
         let mut pending = Pending::default();
         pending.absorb(&engine.observe(&parse(&pages[0]), START + 10.0));
         let series = engine.live_ids().len();
-        let _snapshot = snapshot_report(&engine, 1, &facts());
+        let _snapshot = snapshot_report(&engine, &cni_metrics_agent::commit::CommitLog::new(10), 1, &facts());
         pending.clear();
         let mut seq = 1;
         let mut buf = Vec::with_capacity(4096);

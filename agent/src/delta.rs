@@ -13,6 +13,11 @@
 //! - first sight: on the agent's first usable scrape, if ipamd started within `initial_window` the values
 //!   are real increments (a new node); otherwise they are the baseline (increment 0). A series that
 //!   appears on a later scrape was born since the previous one, so its whole value is an increment.
+//! - resume: when this run replaces an earlier agent run of the node, the aggregator says up to which
+//!   raw ipamd value it counted each counter ([`DeltaEngine::apply_resume`]); first sight then counts
+//!   `raw - resume` (same ipamd process) or the whole value (ipamd restarted since), so increments made
+//!   while no agent ran are counted once. Without a resume and with an ipamd older than the initial window,
+//!   the run's baseline is unknown ([`DeltaEngine::baseline_unknown`]).
 //! - series missing from a clean page are removed; a page with bad lines removes nothing (a garbled line
 //!   is not a vanished series). A removed counter leaves a tombstone for the rest of the ipamd process, so
 //!   one that comes back is continued, not counted again.
@@ -54,6 +59,42 @@ struct SeriesState {
     present: bool,
     /// The scrape epoch that last saw it.
     seen: u64,
+    /// Counters defined on the run's first scrape: (raw then, increment counted for it), so a resume
+    /// that arrives later can correct the first-sight increment.
+    first: Option<(f64, f64)>,
+}
+
+/// Where a previous agent run's counting stopped (from the aggregator's Welcome).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResumePoints {
+    pub ipamd_start_time: f64,
+    pub raw: HashMap<SeriesKey, f64>,
+}
+
+impl ResumePoints {
+    /// The increment a counter first seen at `raw` in ipamd process `start` owes, if the resume speaks
+    /// for it: the same process counts from the resume point; a later process counts in full.
+    fn first_increment(&self, key: &SeriesKey, raw: f64, start: Option<f64>) -> Option<f64> {
+        let start = start?;
+        if start == self.ipamd_start_time {
+            Some(match self.raw.get(key) {
+                Some(&r) if raw >= r => raw - r,
+                _ => raw,
+            })
+        } else if start > self.ipamd_start_time {
+            Some(raw)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum ResumeState {
+    /// No Welcome yet: first sight is provisional.
+    Awaiting,
+    /// Known (possibly empty: no earlier run).
+    Known(Option<ResumePoints>),
 }
 
 /// Configuration of the delta engine.
@@ -102,6 +143,11 @@ pub struct DeltaEngine {
     first_scrape_done: bool,
     families: HashMap<String, Arc<str>>,
     epoch: u64,
+    resume: ResumeState,
+    /// ipamd's start time and whether it was within the initial window, at the first usable scrape.
+    first_start: Option<f64>,
+    first_fresh: bool,
+    resumed: bool,
 }
 
 /// One normalised sample.
@@ -125,7 +171,51 @@ impl DeltaEngine {
             first_scrape_done: false,
             families: HashMap::new(),
             epoch: 0,
+            resume: ResumeState::Awaiting,
+            first_start: None,
+            first_fresh: false,
+            resumed: false,
         }
+    }
+
+    /// ipamd's last (folded) raw value of a series.
+    pub fn raw(&self, id: u32) -> Option<f64> {
+        self.by_id.get(&id).and_then(|k| self.series.get(k)).map(|s| s.last_raw)
+    }
+
+    /// Apply the aggregator's resume point (once per run, before the run's first report). Counters first
+    /// seen before it have their first-sight increment corrected; returns the ids whose total changed.
+    pub fn apply_resume(&mut self, resume: Option<ResumePoints>) -> Vec<u32> {
+        if self.resume != ResumeState::Awaiting {
+            return Vec::new();
+        }
+        let mut changed = Vec::new();
+        if let Some(r) = &resume {
+            let start = self.first_start;
+            for (key, st) in self.series.iter_mut() {
+                let Some((raw, counted)) = st.first else { continue };
+                if let Some(inc) = r.first_increment(key, raw, start) {
+                    self.resumed = true;
+                    if !same(inc, counted) {
+                        st.value = (st.value - counted + inc).max(0.0);
+                        st.first = Some((raw, inc));
+                        changed.push(st.info.id);
+                    }
+                }
+            }
+            if self.first_scrape_done && start.is_some_and(|s| s >= r.ipamd_start_time) {
+                self.resumed = true;
+            }
+        }
+        self.resume = ResumeState::Known(resume);
+        changed.sort_unstable();
+        changed
+    }
+
+    /// True when counting started without a resume point on an ipamd older than the initial window:
+    /// increments before the run's first scrape are not known (reported so the loss is counted).
+    pub fn baseline_unknown(&self) -> bool {
+        self.first_scrape_done && !self.first_fresh && !self.resumed && matches!(self.resume, ResumeState::Known(_))
     }
 
     /// ipamd's `process_start_time_seconds` as last seen.
@@ -178,6 +268,15 @@ impl DeltaEngine {
         let first = !self.first_scrape_done;
         self.first_scrape_done = true;
         let fresh_ipamd = start.is_some_and(|s| now_unix - s <= self.cfg.initial_window.as_secs_f64());
+        if first {
+            self.first_start = start;
+            self.first_fresh = fresh_ipamd;
+            if let ResumeState::Known(Some(r)) = &self.resume {
+                if start.is_some_and(|s| s >= r.ipamd_start_time) {
+                    self.resumed = true;
+                }
+            }
+        }
 
         self.epoch += 1;
         let epoch = self.epoch;
@@ -185,15 +284,18 @@ impl DeltaEngine {
             match self.series.get_mut(&key) {
                 Some(st) if st.present && st.info.kind == n.kind => {
                     st.seen = epoch;
+                    let mut raw_changed = false;
                     let new_value = match n.kind {
                         MetricKind::Counter => {
                             let inc = if restarted || n.value < st.last_raw { n.value } else { n.value - st.last_raw };
+                            // A reset to the same total still moves the raw value (the resume point).
+                            raw_changed = !same(n.value, st.last_raw);
                             st.last_raw = n.value;
                             st.value + inc
                         }
                         _ => n.value,
                     };
-                    if !same(new_value, st.value) {
+                    if !same(new_value, st.value) || raw_changed {
                         st.value = new_value;
                         obs.changed.push(st.info.id);
                     }
@@ -216,15 +318,21 @@ impl DeltaEngine {
                         obs.dropped_series += 1;
                         continue;
                     }
+                    let resumed = match &self.resume {
+                        ResumeState::Known(Some(r)) if first && n.kind == MetricKind::Counter => r.first_increment(&key, n.value, start),
+                        _ => None,
+                    };
                     let value = match n.kind {
-                        MetricKind::Counter => match tombstone_raw {
-                            Some(last) if n.value >= last => n.value - last,
-                            Some(_) => n.value,
-                            None if restarted || !first || fresh_ipamd => n.value,
-                            None => 0.0,
+                        MetricKind::Counter => match (tombstone_raw, resumed) {
+                            (Some(last), _) if n.value >= last => n.value - last,
+                            (Some(_), _) => n.value,
+                            (None, Some(inc)) => inc,
+                            (None, None) if restarted || !first || fresh_ipamd => n.value,
+                            (None, None) => 0.0,
                         },
                         _ => n.value,
                     };
+                    let first_sight = (first && n.kind == MetricKind::Counter).then_some((n.value, value));
                     let id = self.next_id;
                     self.next_id = self.next_id.wrapping_add(1).max(1);
                     let info = SeriesInfo {
@@ -236,7 +344,7 @@ impl DeltaEngine {
                         node_fold: n.node_fold,
                     };
                     self.by_id.insert(id, key.clone());
-                    self.series.insert(key, SeriesState { info, last_raw: n.value, value, present: true, seen: epoch });
+                    self.series.insert(key, SeriesState { info, last_raw: n.value, value, present: true, seen: epoch, first: first_sight });
                     self.live += 1;
                     obs.added.push(id);
                     obs.changed.push(id);
@@ -389,6 +497,57 @@ mod tests {
 
     fn total(e: &DeltaEngine, name: &str) -> Option<f64> {
         e.live_ids().into_iter().find(|id| e.info(*id).map(|i| i.key.name.as_str()) == Some(name)).and_then(|id| e.value(id))
+    }
+
+    fn resume(start: f64, add_raw: f64) -> ResumePoints {
+        let key = SeriesKey { name: "awscni_add_ip_req_count".into(), labels: vec![] };
+        ResumePoints { ipamd_start_time: start, raw: HashMap::from([(key, add_raw)]) }
+    }
+
+    #[test]
+    fn resume_counts_what_ipamd_added_while_no_agent_ran() {
+        let now = START + 86_400.0; // an old ipamd: without a resume its values are a baseline
+        // (resume before the first scrape, resume after it, ipamd restarted since the resume, no resume)
+        let cases: [(Option<ResumePoints>, bool, f64, f64, bool); 5] = [
+            (Some(resume(START, 40.0)), true, 100.0, 60.0, false),
+            (Some(resume(START, 40.0)), false, 100.0, 60.0, false),
+            (Some(resume(START - 500.0, 40.0)), false, 100.0, 100.0, false),
+            (None, true, 100.0, 0.0, true),
+            (None, false, 100.0, 0.0, true),
+        ];
+        for (i, (points, before, raw, want, unknown)) in cases.into_iter().enumerate() {
+            let mut e = engine();
+            if before {
+                assert!(e.apply_resume(points.clone()).is_empty());
+            }
+            e.observe(&parse(&page(START, raw as u64, 3, "")), now);
+            if !before {
+                let changed = e.apply_resume(points.clone());
+                assert_eq!(changed.is_empty(), want == 0.0, "case {i}: changed ids {changed:?}");
+            }
+            assert_eq!(total(&e, "awscni_add_ip_req_count"), Some(want), "case {i}");
+            assert_eq!(e.baseline_unknown(), unknown, "case {i}");
+            // Only the first resume of a run counts.
+            assert!(e.apply_resume(Some(resume(START, 0.0))).is_empty(), "case {i}");
+            e.observe(&parse(&page(START, raw as u64 + 5, 3, "")), now + 1.0);
+            assert_eq!(total(&e, "awscni_add_ip_req_count"), Some(want + 5.0), "case {i}");
+        }
+        // A fresh ipamd without a resume counts in full and the baseline is known.
+        let mut e = engine();
+        e.observe(&parse(&page(START, 7, 3, "")), START + 10.0);
+        e.apply_resume(None);
+        assert_eq!((total(&e, "awscni_add_ip_req_count"), e.baseline_unknown()), (Some(7.0), false));
+    }
+
+    #[test]
+    fn a_reset_to_the_same_value_reports_the_new_raw() {
+        let mut e = engine();
+        e.observe(&parse(&page(START, 5, 3, "")), START + 10.0);
+        let id = e.live_ids().into_iter().find(|id| e.info(*id).is_some_and(|i| i.kind == MetricKind::Counter)).expect("counter");
+        // The counter falls to 0 without a start-time change: a reset, increment 0, raw moved.
+        let obs = e.observe(&parse(&page(START, 0, 3, "")), START + 20.0);
+        assert!(obs.changed.contains(&id));
+        assert_eq!((e.value(id), e.raw(id)), (Some(5.0), Some(0.0)));
     }
 
     #[test]

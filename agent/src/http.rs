@@ -41,6 +41,8 @@ pub fn render(node: &str, s: &AgentStats) -> String {
         ("reports_sent_total", "Reports queued to the aggregator", &s.reports_sent),
         ("reports_deferred_total", "Reports deferred because the stream was full or closed (their changes go in the next one)", &s.reports_deferred),
         ("acks_total", "Reports acknowledged by the aggregator", &s.acks),
+        ("commits_total", "Commits received: the aggregator's sinks delivered this node's increments up to a report", &s.commits),
+        ("commit_log_overflow_total", "Uncommitted counter changes taken as committed at the commit log's bound", &s.commit_log_overflow),
         ("sessions_total", "Streams opened to the aggregator", &s.sessions),
         ("connect_failures_total", "Failed connection attempts to the aggregator", &s.connect_failures),
         ("introspection_errors_total", "Failed reads of ipamd's introspection endpoint", &s.introspection_errors),
@@ -52,6 +54,11 @@ pub fn render(node: &str, s: &AgentStats) -> String {
             v.load(Ordering::Relaxed)
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP cni_metrics_agent_commit_backlog Counter changes sent and not yet published by the aggregator\n# TYPE cni_metrics_agent_commit_backlog gauge\ncni_metrics_agent_commit_backlog{{node=\"{node}\"}} {}",
+        s.commit_backlog.load(Ordering::Relaxed)
+    );
     out
 }
 

@@ -3,6 +3,7 @@
 //! [`sim`] simulates ipamd pages for the demo, benchmarks and tests.
 #![forbid(unsafe_code)]
 
+pub mod commit;
 pub mod config;
 pub mod delta;
 pub mod http;

@@ -10,6 +10,9 @@ use std::collections::BTreeSet;
 
 use cni_metrics_proto::v1::{Label, Report, ScrapeStatus, SeriesDef, SubnetUsage};
 
+use cni_metrics_proto::v1::MetricKind;
+
+use crate::commit::CommitLog;
 use crate::delta::{DeltaEngine, Observation, SeriesInfo};
 
 /// What the aggregator has not been told yet in this session.
@@ -69,8 +72,9 @@ impl ScrapeFacts {
     }
 }
 
-fn def(info: &SeriesInfo) -> SeriesDef {
+fn def(info: &SeriesInfo, committed_total: f64) -> SeriesDef {
     SeriesDef {
+        committed_total,
         id: info.id,
         family: info.family.to_string(),
         name: info.key.name.clone(),
@@ -87,30 +91,45 @@ pub fn delta_report(engine: &DeltaEngine, pending: &Pending, seq: u64, facts: &S
         r.subnets_changed = true;
         r.subnets.clone_from(&facts.subnets);
     }
-    r.defs = pending.defs.iter().filter_map(|id| engine.info(*id)).map(def).collect();
+    r.defs = pending.defs.iter().filter_map(|id| engine.info(*id)).map(|i| def(i, 0.0)).collect();
     for id in &pending.changed {
-        if let Some(v) = engine.value(*id) {
-            r.ids.push(*id);
-            r.values.push(v);
-        }
+        push_value(engine, &mut r, *id);
     }
     r.removed = pending.removed.iter().copied().collect();
     r
 }
 
-/// A full snapshot: every live series with its definition and current value.
-pub fn snapshot_report(engine: &DeltaEngine, seq: u64, facts: &ScrapeFacts) -> Report {
+/// Append one value (and, for a counter, ipamd's raw value).
+fn push_value(engine: &DeltaEngine, r: &mut Report, id: u32) -> bool {
+    let (Some(info), Some(v)) = (engine.info(id), engine.value(id)) else { return false };
+    r.ids.push(id);
+    r.values.push(v);
+    if info.kind == MetricKind::Counter {
+        r.counter_raws.push(engine.raw(id).unwrap_or(0.0));
+    }
+    true
+}
+
+/// A full snapshot: every live series with its definition, its committed total and current value.
+pub fn snapshot_report(engine: &DeltaEngine, commits: &CommitLog, seq: u64, facts: &ScrapeFacts) -> Report {
     let mut r = base(seq, true, facts, true);
     r.subnets_changed = true;
     r.subnets.clone_from(&facts.subnets);
+    r.baseline_unknown = engine.baseline_unknown();
     for id in engine.live_ids() {
-        if let (Some(info), Some(v)) = (engine.info(id), engine.value(id)) {
-            r.defs.push(def(info));
-            r.ids.push(id);
-            r.values.push(v);
+        if let Some(info) = engine.info(id) {
+            let d = def(info, commits.committed(id));
+            if push_value(engine, &mut r, id) {
+                r.defs.push(d);
+            }
         }
     }
     r
+}
+
+/// The counter totals a report carries, for the commit log.
+pub fn counter_totals<'a>(engine: &'a DeltaEngine, r: &'a Report) -> impl Iterator<Item = (u32, f64)> + 'a {
+    r.ids.iter().zip(&r.values).filter(|(id, _)| engine.info(**id).is_some_and(|i| i.kind == MetricKind::Counter)).map(|(id, v)| (*id, *v))
 }
 
 fn base(seq: u64, snapshot: bool, facts: &ScrapeFacts, with_detail: bool) -> Report {
@@ -129,6 +148,8 @@ fn base(seq: u64, snapshot: bool, facts: &ScrapeFacts, with_detail: bool) -> Rep
         ipamd_start_time_seconds: facts.ipamd_start_time,
         subnets_changed: false,
         subnets: Vec::new(),
+        counter_raws: Vec::new(),
+        baseline_unknown: false,
     }
 }
 
@@ -152,7 +173,7 @@ mod tests {
         let mut engine = DeltaEngine::new(DeltaConfig::default());
         let mut pending = Pending::default();
         pending.absorb(&engine.observe(&parse(&text), 1_763_800_000.0));
-        let snap = snapshot_report(&engine, 1, &facts());
+        let snap = snapshot_report(&engine, &CommitLog::new(10), 1, &facts());
         assert_eq!(snap.defs.len(), engine.live_ids().len());
         assert_eq!(snap.ids.len(), snap.values.len());
         pending.clear();

@@ -4,6 +4,11 @@
 //!
 //! Scraping never waits for the aggregator: while disconnected the engine keeps folding pages into its
 //! running totals, and the snapshot sent on reconnect carries them, so nothing needs buffering here.
+//!
+//! A session is: Hello → (Welcome) → snapshot → deltas. The snapshot waits for the Welcome because the
+//! first Welcome of a run may carry the aggregator's resume point (where the node's previous agent run
+//! stopped), which corrects first-sight counter increments before anything is reported; every Welcome
+//! and Commit advances the [`CommitLog`], whose committed totals travel in snapshots.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,11 +24,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
+use crate::commit::CommitLog;
 use crate::config::{AgentConfig, ConfigError};
-use crate::delta::{DeltaConfig, DeltaEngine};
+use crate::delta::{DeltaConfig, DeltaEngine, ResumePoints, SeriesKey};
 use crate::imds::NodeFacts;
 use crate::parse::parse;
-use crate::report::{delta_report, snapshot_report, Pending, ScrapeFacts};
+use crate::report::{counter_totals, delta_report, snapshot_report, Pending, ScrapeFacts};
 use crate::scrape::Scraper;
 
 /// Counters of what the agent did, for logs and tests.
@@ -37,6 +43,11 @@ pub struct AgentStats {
     pub reports_sent: AtomicU64,
     pub reports_deferred: AtomicU64,
     pub acks: AtomicU64,
+    pub commits: AtomicU64,
+    /// Counter changes sent and not yet committed (published) by the aggregator.
+    pub commit_backlog: AtomicU64,
+    /// Commit-log entries folded in as committed at its bound.
+    pub commit_log_overflow: AtomicU64,
     pub sessions: AtomicU64,
     pub connect_failures: AtomicU64,
     pub introspection_errors: AtomicU64,
@@ -62,16 +73,21 @@ const GOODBYE_GRACE: Duration = Duration::from_secs(2);
 const IMDS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Outbound queue of one session: a stuck stream defers reports instead of growing memory.
 const SESSION_QUEUE: usize = 16;
+/// Bound of the commit log: counter changes sent and not yet published (16 B each).
+const MAX_COMMIT_LOG: usize = 1_000_000;
 
 enum Event {
     Connected(Channel, Attempts),
-    Welcome { session: u64, node_ttl_ms: u64 },
+    Welcome { session: u64, welcome: cni_metrics_proto::v1::Welcome },
     Ack { session: u64, seq: u64 },
+    Commit { session: u64, seq: u64 },
     Ended { session: u64, error: Option<String> },
 }
 
 struct Session {
     id: u64,
+    /// The snapshot went out (after the Welcome): deltas may follow.
+    welcomed: bool,
     tx: mpsc::Sender<AgentMessage>,
     task: JoinHandle<()>,
 }
@@ -127,6 +143,9 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
 
     let mut engine = DeltaEngine::new(DeltaConfig { initial_window: cfg.initial_window, max_series: cfg.max_series });
     let mut pending = Pending::default();
+    let mut commits = CommitLog::new(MAX_COMMIT_LOG);
+    let mut resume_applied = false;
+    let mut aggregator_instance = 0u64;
     let mut facts = ScrapeFacts {
         scrape_time_ms: now_ms(),
         status: ScrapeStatus::Pending,
@@ -184,11 +203,13 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
                         }
                     }
                 }
-                if let Some(s) = &session {
+                if let Some(s) = session.as_ref().filter(|s| s.welcomed) {
                     let report = delta_report(&engine, &pending, seq + 1, &facts);
+                    let totals: Vec<(u32, f64)> = counter_totals(&engine, &report).collect();
                     match s.tx.try_send(wrap(agent_message::Body::Report(report))) {
                         Ok(()) => {
                             seq += 1;
+                            commits.record(seq, totals);
                             pending.clear();
                             stats.reports_sent.fetch_add(1, Ordering::Relaxed);
                         }
@@ -216,27 +237,58 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
                         region: facts_of_node.region.clone(),
                         cluster_name: facts_of_node.cluster_name.clone(),
                     };
-                    seq += 1;
-                    let snapshot = snapshot_report(&engine, seq, &facts);
-                    // A fresh queue of SESSION_QUEUE slots always takes these two.
+                    // A fresh queue of SESSION_QUEUE slots always takes it.
                     let _ = tx.try_send(wrap(agent_message::Body::Hello(hello)));
-                    let _ = tx.try_send(wrap(agent_message::Body::Report(snapshot)));
-                    pending.clear();
                     stats.sessions.fetch_add(1, Ordering::Relaxed);
-                    stats.reports_sent.fetch_add(1, Ordering::Relaxed);
                     let task = tokio::spawn(drive_session(id, channel, rx, ev_tx.clone()));
-                    session = Some(Session { id, tx, task });
+                    session = Some(Session { id, welcomed: false, tx, task });
                     attempts_slot = Some(attempts);
                 }
-                Event::Welcome { session: id, node_ttl_ms } if session.as_ref().is_some_and(|s| s.id == id) => {
+                Event::Welcome { session: id, welcome } if session.as_ref().is_some_and(|s| s.id == id && !s.welcomed) => {
                     if let Some(a) = attempts_slot.as_mut() { a.reset(); }
-                    if !connected_once { info!(node = %node, session = id, node_ttl_ms, "connected to aggregator"); }
-                    else { info!(node = %node, session = id, "reconnected to aggregator; snapshot sent"); }
+                    if !resume_applied {
+                        resume_applied = true;
+                        let points = welcome.resume.as_ref().map(resume_points);
+                        let corrected = engine.apply_resume(points.clone());
+                        match &points {
+                            Some(p) => info!(node = %node, points = p.raw.len(), ipamd_start_time = p.ipamd_start_time, corrected = corrected.len(), "resuming the counting of the node's previous agent run"),
+                            None if engine.baseline_unknown() => warn!(node = %node, "no resume point for this node and ipamd started before the initial window: counter increments before this agent's first scrape are not counted (reported as baseline_unknown)"),
+                            None => {}
+                        }
+                    }
+                    if aggregator_instance != 0 && aggregator_instance != welcome.instance_id && commits.backlog() > 0 {
+                        info!(node = %node, uncommitted = commits.backlog(), "new aggregator instance: increments it never published are sent again from the last commit");
+                    }
+                    aggregator_instance = welcome.instance_id;
+                    if commits.commit(welcome.committed_seq) {
+                        stats.commits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    seq += 1;
+                    let snapshot = snapshot_report(&engine, &commits, seq, &facts);
+                    let totals: Vec<(u32, f64)> = counter_totals(&engine, &snapshot).collect();
+                    if let Some(s) = session.as_mut() {
+                        if s.tx.try_send(wrap(agent_message::Body::Report(snapshot))).is_ok() {
+                            commits.record(seq, totals);
+                            pending.clear();
+                            s.welcomed = true;
+                            stats.reports_sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if !connected_once { info!(node = %node, session = id, node_ttl_ms = welcome.node_ttl_ms, "connected to aggregator"); }
+                    else { info!(node = %node, session = id, committed_seq = welcome.committed_seq, "reconnected to aggregator; snapshot sent"); }
                     connected_once = true;
+                    note_commits(&stats, &commits);
                 }
                 Event::Ack { session: id, seq } if session.as_ref().is_some_and(|s| s.id == id) => {
                     stats.acks.fetch_add(1, Ordering::Relaxed);
                     debug!(node = %node, seq, "ack");
+                }
+                Event::Commit { session: id, seq } if session.as_ref().is_some_and(|s| s.id == id) => {
+                    if commits.commit(seq) {
+                        stats.commits.fetch_add(1, Ordering::Relaxed);
+                        debug!(node = %node, seq, backlog = commits.backlog(), "commit");
+                    }
+                    note_commits(&stats, &commits);
                 }
                 Event::Ended { session: id, error } if session.as_ref().is_some_and(|s| s.id == id) => {
                     session = None;
@@ -266,6 +318,28 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
         info!(node = %node, "agent stopped (no aggregator session)");
     }
     Ok(())
+}
+
+/// The proto resume as the engine's lookup.
+fn resume_points(r: &cni_metrics_proto::v1::Resume) -> ResumePoints {
+    let raw = r
+        .points
+        .iter()
+        .map(|p| {
+            let mut labels: Vec<(String, String)> = p.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
+            labels.sort_unstable();
+            (SeriesKey { name: p.name.clone(), labels }, p.raw)
+        })
+        .collect();
+    ResumePoints { ipamd_start_time: r.ipamd_start_time_seconds, raw }
+}
+
+fn note_commits(stats: &AgentStats, commits: &CommitLog) {
+    stats.commit_backlog.store(commits.backlog() as u64, Ordering::Relaxed);
+    let before = stats.commit_log_overflow.swap(commits.overflowed(), Ordering::Relaxed);
+    if commits.overflowed() > before {
+        warn!(entries = commits.overflowed() - before, "commit log full: oldest uncommitted counter changes taken as committed");
+    }
 }
 
 fn wrap(body: agent_message::Body) -> AgentMessage {
@@ -401,8 +475,9 @@ async fn drive_session(id: u64, channel: Channel, rx: mpsc::Receiver<AgentMessag
                 match inbound.message().await {
                     Ok(Some(msg)) => {
                         let event = match msg.body {
-                            Some(aggregator_message::Body::Welcome(w)) => Event::Welcome { session: id, node_ttl_ms: w.node_ttl_ms },
+                            Some(aggregator_message::Body::Welcome(w)) => Event::Welcome { session: id, welcome: w },
                             Some(aggregator_message::Body::Ack(a)) => Event::Ack { session: id, seq: a.seq },
+                            Some(aggregator_message::Body::Commit(c)) => Event::Commit { session: id, seq: c.seq },
                             None => continue,
                         };
                         if ev.send(event).await.is_err() {

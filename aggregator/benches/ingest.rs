@@ -33,7 +33,7 @@ fn main() {
         let mut sim = SimIpamd::new(*style, i as u64, START);
         let mut engine = DeltaEngine::new(DeltaConfig::default());
         engine.observe(&parse(&sim.render()), START + 10.0);
-        let snap = snapshot_report(&engine, 1, &facts());
+        let snap = snapshot_report(&engine, &cni_metrics_agent::commit::CommitLog::new(10), 1, &facts());
         let mut busy = Vec::new();
         for k in 0..8 {
             sim.step();
@@ -52,7 +52,7 @@ fn main() {
     let t = Instant::now();
     for (i, name) in names.iter().enumerate() {
         let h = Hello { node_name: name.clone(), run_id: i as u64 + 1, interval_ms: 30_000, ..Hello::default() };
-        let (s, _) = st.hello(&h, now).unwrap_or_default();
+        let s = st.hello(&h, now).map(|w| w.session).unwrap_or_default();
         let _ = st.report(name, s, &shapes[i % shapes.len()].0, now);
         sessions.push(s);
     }

@@ -191,24 +191,31 @@ struct Stats {
 #[derive(Debug, Default)]
 struct Queue {
     datums: VecDeque<Queued>,
-    /// Datums per queued window, oldest first.
-    windows: VecDeque<usize>,
+    /// (datums, publisher's window seq) per queued window, oldest first.
+    windows: VecDeque<(usize, u64)>,
+    /// The highest window seq handed to the sink.
+    accepted_through: u64,
     /// Datums of the front window already delivered (the window is partly sent).
     front_sent: usize,
 }
 
 impl Queue {
+    /// Every window up to this seq is resolved: delivered, rejected (logged) or dropped (counted).
+    fn delivered_through(&self) -> u64 {
+        self.windows.front().map_or(self.accepted_through, |(_, seq)| seq.saturating_sub(1))
+    }
+
     /// Remove `n` datums from the front, keeping window accounting right.
     fn pop_front(&mut self, mut n: usize) {
         while n > 0 {
-            let Some(front) = self.windows.front_mut() else { break };
-            let take = n.min(*front - self.front_sent);
+            let Some(&mut (front, _)) = self.windows.front_mut() else { break };
+            let take = n.min(front - self.front_sent);
             for _ in 0..take {
                 self.datums.pop_front();
             }
             self.front_sent += take;
             n -= take;
-            if self.front_sent == *front {
+            if self.front_sent == front {
                 self.windows.pop_front();
                 self.front_sent = 0;
             }
@@ -268,11 +275,12 @@ impl Sink for CloudWatchSink {
             {
                 let mut q = lock(&self.shared.queue);
                 if !datums.is_empty() {
-                    q.windows.push_back(datums.len());
+                    q.windows.push_back((datums.len(), window.seq));
                     q.datums.extend(datums);
                 }
+                q.accepted_through = q.accepted_through.max(window.seq);
                 while q.windows.len() > self.shared.cfg.max_backlog_windows {
-                    let n = q.windows.front().copied().unwrap_or(0) - q.front_sent;
+                    let n = q.windows.front().map_or(0, |w| w.0) - q.front_sent;
                     q.pop_front(n);
                     dropped += n;
                 }
@@ -291,6 +299,10 @@ impl Sink for CloudWatchSink {
             self.shared.notify.notify_one();
             Ok(())
         })
+    }
+
+    fn delivered_through(&self) -> u64 {
+        lock(&self.shared.queue).delivered_through()
     }
 
     fn close(&self, grace: Duration) -> BoxFuture<'_, ()> {
@@ -566,6 +578,8 @@ mod tests {
             region_hint: None,
             end_unix_ms: end,
             nodes: 1,
+            commits: Vec::new(),
+            seq: end as u64,
             datums: (0..n)
                 .map(|i| Datum { metric_name: if i % 2 == 0 { "addReqCount" } else { "assignIPAddresses" }, value: i as f64, unit: "Count", dimension: None })
                 .collect(),
@@ -629,13 +643,17 @@ mod tests {
         let mut q = Queue::default();
         for (n, end) in [(3, 1), (2, 2), (4, 3)] {
             let (d, _, _) = encode_window(&window(n, end), &CloudWatchConfig::default());
-            q.windows.push_back(d.len());
+            q.windows.push_back((d.len(), end as u64));
             q.datums.extend(d);
+            q.accepted_through = end as u64;
         }
+        assert_eq!(q.delivered_through(), 0);
         q.pop_front(4);
         assert_eq!((q.windows.len(), q.front_sent, q.datums.len()), (2, 1, 5));
         assert_eq!(q.datums.front().map(|d| d.window_end_ms), Some(2));
+        assert_eq!(q.delivered_through(), 1, "window 2 is only partly sent");
         q.pop_front(5);
         assert!(q.windows.is_empty() && q.datums.is_empty() && q.front_sent == 0);
+        assert_eq!(q.delivered_through(), 3);
     }
 }

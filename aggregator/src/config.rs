@@ -127,6 +127,11 @@ pub struct AggregatorConfig {
     #[arg(long, env = "MAX_SERIES_PER_NODE", default_value_t = 5_000)]
     pub max_series_per_node: usize,
 
+    /// Most departed-node records kept (a node that left: its counters' last totals and ipamd values, so
+    /// its next agent run resumes exactly); the oldest is dropped beyond it, counted.
+    #[arg(long, env = "MAX_DEPARTED_NODES", default_value_t = 100_000)]
+    pub max_departed_nodes: usize,
+
     /// Break the capacity numbers down by these dimensions (comma-separated: az, instance_type, node), on
     /// /metrics (`cni_metrics_*_by_<label>` families) and as extra CloudWatch dimension sets.
     #[arg(long, env = "BREAKDOWN", value_enum, value_delimiter = ',')]
@@ -275,6 +280,7 @@ impl AggregatorConfig {
             max_streams_per_connection: 16,
             max_cluster_series: 200_000,
             max_series_per_node: 5_000,
+            max_departed_nodes: 100_000,
             low_ip_threshold: 5,
             breakdown: Vec::new(),
             max_series: 1_000,

@@ -2,18 +2,24 @@
 //! shared [`ClusterState`] under a short lock (never held across an await) and answers with acks.
 //!
 //! A stream that sends garbage gets a status and is closed; other nodes are unaffected.
+//!
+//! Besides acks, a stream carries commits: when the publisher records that every sink delivered a window
+//! ([`ClusterState::commit`]) it bumps a watch; each stream then sends its node's new committed seq. At
+//! shutdown the service first *freezes* (reports are no longer applied, so nothing enters a window that
+//! will not be published), the publisher delivers the last window, and only then do streams send their
+//! final commit and end with UNAVAILABLE.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cni_metrics_proto::v1::ingest_server::Ingest;
-use cni_metrics_proto::v1::{agent_message, aggregator_message, Ack, AgentMessage, AggregatorMessage, Welcome};
-use tokio::sync::mpsc;
+use cni_metrics_proto::v1::{agent_message, aggregator_message, Ack, AgentMessage, AggregatorMessage, Commit, Label, Resume, ResumePoint, Welcome};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::state::{ClusterState, IngestError};
+use crate::state::{ClusterState, IngestError, Welcomed};
 
 /// The state shared by the service, the HTTP endpoints and the publisher.
 pub type Shared = Arc<Mutex<ClusterState>>;
@@ -28,17 +34,55 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Outbound (ack) queue per stream; acks are cumulative, so a full queue just skips one.
 const ACK_QUEUE: usize = 8;
 
+/// The signals a stream task follows.
+#[derive(Clone)]
+pub struct StreamSignals {
+    /// True once shutdown began: reports are no longer applied.
+    pub frozen: watch::Receiver<bool>,
+    /// True once the last window is delivered: streams send their last commit and end with UNAVAILABLE
+    /// so agents reconnect elsewhere.
+    pub stop: watch::Receiver<bool>,
+    /// The state's commit generation, bumped by the publisher.
+    pub commits: watch::Receiver<u64>,
+}
+
 #[derive(Clone)]
 pub struct IngestService {
     state: Shared,
-    /// Turns true at shutdown: every stream ends with UNAVAILABLE so agents reconnect elsewhere.
-    stop: tokio::sync::watch::Receiver<bool>,
+    signals: StreamSignals,
+    /// Random per process: agents tell a restarted aggregator from a reconnect.
+    instance_id: u64,
 }
 
 impl IngestService {
-    pub fn new(state: Shared, stop: tokio::sync::watch::Receiver<bool>) -> Self {
-        Self { state, stop }
+    pub fn new(state: Shared, signals: StreamSignals) -> Self {
+        Self { state, signals, instance_id: fastrand::u64(1..) }
     }
+}
+
+fn welcome_message(w: &Welcomed, instance_id: u64) -> Welcome {
+    Welcome {
+        session_id: w.session,
+        node_ttl_ms: w.ttl.as_millis() as u64,
+        committed_seq: w.committed_seq,
+        resume: w.resume.as_ref().map(|r| Resume {
+            ipamd_start_time_seconds: r.ipamd_start_time,
+            points: r
+                .points
+                .iter()
+                .map(|(k, raw)| ResumePoint {
+                    name: k.name.clone(),
+                    labels: k.labels.iter().map(|(n, v)| Label { name: n.clone(), value: v.clone() }).collect(),
+                    raw: *raw,
+                })
+                .collect(),
+        }),
+        instance_id,
+    }
+}
+
+fn commit_message(seq: u64) -> Result<AggregatorMessage, Status> {
+    Ok(AggregatorMessage { body: Some(aggregator_message::Body::Commit(Commit { seq })) })
 }
 
 /// Count a broken inbound stream under a bounded reason (oversized messages among them).
@@ -84,23 +128,51 @@ impl Ingest for IngestService {
                 return Err(Status::invalid_argument("the first message of a stream must be a Hello"));
             }
         };
-        let (session, ttl) = lock(&self.state).hello(&hello, Instant::now()).map_err(|e| {
+        if *self.signals.frozen.borrow() {
+            return Err(Status::unavailable("aggregator shutting down"));
+        }
+        let welcomed = lock(&self.state).hello(&hello, Instant::now()).map_err(|e| {
             warn!(?peer, node = %hello.node_name, error = %e, "hello refused");
             to_status(&e)
         })?;
+        let session = welcomed.session;
         let node = hello.node_name;
-        info!(?peer, node = %node, session, run_id = hello.run_id, agent_version = %hello.agent_version, "agent connected");
+        info!(
+            ?peer,
+            node = %node,
+            session,
+            run_id = hello.run_id,
+            agent_version = %hello.agent_version,
+            committed_seq = welcomed.committed_seq,
+            resume_points = welcomed.resume.as_ref().map_or(0, |r| r.points.len()),
+            continued = welcomed.continued,
+            "agent connected"
+        );
         let (tx, rx) = mpsc::channel(ACK_QUEUE);
-        let welcome = Welcome { session_id: session, node_ttl_ms: ttl.as_millis() as u64 };
+        let welcome = welcome_message(&welcomed, self.instance_id);
         let _ = tx.try_send(Ok(AggregatorMessage { body: Some(aggregator_message::Body::Welcome(welcome)) }));
 
         let state = self.state.clone();
-        let mut stop = self.stop.clone();
+        let StreamSignals { frozen, mut stop, mut commits } = self.signals.clone();
+        let mut sent_commit = welcomed.committed_seq;
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
                     m = inbound.message() => m,
+                    Ok(()) = commits.changed() => {
+                        let committed = lock(&state).committed_seq(&node, session);
+                        if let Some(seq) = committed.filter(|s| *s > sent_commit) {
+                            sent_commit = seq;
+                            // Cumulative: should the queue be full, the next commit covers this one.
+                            let _ = tx.try_send(commit_message(seq));
+                        }
+                        continue;
+                    }
                     _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                        let committed = lock(&state).committed_seq(&node, session);
+                        if let Some(seq) = committed.filter(|s| *s > sent_commit) {
+                            let _ = tx.send(commit_message(seq)).await;
+                        }
                         let _ = tx.send(Err(Status::unavailable("aggregator shutting down"))).await;
                         lock(&state).disconnected(&node, session);
                         return;
@@ -122,9 +194,17 @@ impl Ingest for IngestService {
                 };
                 match msg.body {
                     Some(agent_message::Body::Report(r)) => {
+                        if *frozen.borrow() {
+                            // Shutting down: not applied, not acknowledged; the agent's next aggregator
+                            // counts it from the last commit.
+                            continue;
+                        }
                         let applied = lock(&state).report(&node, session, &r, Instant::now());
                         match applied {
                             Ok(a) => {
+                                if let Some(recovered) = a.recovered {
+                                    info!(node = %node, session, seq = r.seq, recovered, "run first seen mid-way: counting its increments since its last commit");
+                                }
                                 let ack = AggregatorMessage { body: Some(aggregator_message::Body::Ack(Ack { seq: a.ack })) };
                                 let _ = tx.try_send(Ok(ack));
                             }

@@ -4,6 +4,11 @@
 //! A sink is the seam the CloudWatch sink plugs into: a name, and an async `publish` of one window that
 //! says whether it succeeded. The `stdout` sink prints one line per datum, like upstream's log lines, for
 //! dry runs; its encoder is a pure function.
+//!
+//! End-to-end acknowledgement: every window gets a sequence number and keeps its commit marks in
+//! [`Commits`] until every sink reports it resolved ([`Sink::delivered_through`]: delivered, or dropped
+//! and counted by the sink); then the marks go to [`ClusterState::commit`](crate::state::ClusterState::commit)
+//! and the commit watch wakes the streams, which tell their agents.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,8 +20,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
 
+use std::collections::VecDeque;
+
+use tokio::sync::watch;
+
 use crate::ingest::{lock, Shared};
-use crate::state::Window;
+use crate::state::{CommitMark, Window};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -31,6 +40,11 @@ pub trait Sink: Send + Sync {
     fn name(&self) -> &'static str;
     /// Take one window (deliver it, or queue it for a delivery task of the sink's own).
     fn publish<'a>(&'a self, window: &'a Window) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// The highest window `seq` up to which every window handed over is resolved: delivered, or dropped
+    /// and counted. Sinks that deliver inside `publish` resolve everything (`u64::MAX`).
+    fn delivered_through(&self) -> u64 {
+        u64::MAX
+    }
     /// At shutdown: deliver what is still queued within `grace`.
     fn close(&self, _grace: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async {})
@@ -142,9 +156,48 @@ pub fn unix_ms_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// Windows handed to the sinks and not yet resolved by all of them, with their commit marks.
+pub struct Commits {
+    next_seq: u64,
+    pending: VecDeque<(u64, Vec<CommitMark>)>,
+    generation: watch::Sender<u64>,
+}
+
+impl Commits {
+    pub fn new(generation: watch::Sender<u64>) -> Self {
+        Self { next_seq: 0, pending: VecDeque::new(), generation }
+    }
+
+    /// Commit every window all sinks resolved; wake the streams when a node's commit advanced.
+    pub fn settle(&mut self, state: &Shared, sinks: &[Arc<dyn Sink>]) {
+        let through = sinks.iter().map(|s| s.delivered_through()).min().unwrap_or(u64::MAX);
+        let mut marks = Vec::new();
+        while self.pending.front().is_some_and(|(seq, _)| *seq <= through) {
+            if let Some((_, m)) = self.pending.pop_front() {
+                marks.extend(m);
+            }
+        }
+        if marks.is_empty() {
+            return;
+        }
+        let mut st = lock(state);
+        if st.commit(&marks) > 0 {
+            self.generation.send_replace(st.commit_generation());
+        }
+    }
+
+    /// Windows waiting for their sinks.
+    pub fn waiting(&self) -> usize {
+        self.pending.len()
+    }
+}
+
 /// Close one window and publish it to every sink.
-pub async fn publish_once(state: &Shared, sinks: &[Arc<dyn Sink>], stats: &Mutex<PublishStats>) {
-    let window = lock(state).take_window(unix_ms_now());
+pub async fn publish_once(state: &Shared, sinks: &[Arc<dyn Sink>], stats: &Mutex<PublishStats>, commits: &mut Commits) {
+    let mut window = lock(state).take_window(unix_ms_now());
+    commits.next_seq += 1;
+    window.seq = commits.next_seq;
+    commits.pending.push_back((window.seq, std::mem::take(&mut window.commits)));
     stats.lock().unwrap_or_else(|e| e.into_inner()).windows += 1;
     for sink in sinks {
         let result = sink.publish(&window).await;
@@ -161,33 +214,43 @@ pub async fn publish_once(state: &Shared, sinks: &[Arc<dyn Sink>], stats: &Mutex
             }
         }
     }
+    commits.settle(state, sinks);
 }
 
-/// Publish every `interval` until `shutdown`, then publish the last partial window and give sinks
-/// `grace` to deliver what they queued.
+/// How often delivery by queued sinks is checked for commits.
+const SETTLE_EVERY: Duration = Duration::from_millis(250);
+
+/// Publish every `interval` until `shutdown` (the ingest is frozen by then), then publish the last
+/// partial window, give sinks `grace` to deliver what they queued, and commit what they delivered.
 pub async fn run_publisher(
     state: Shared,
     sinks: Vec<Arc<dyn Sink>>,
     interval: Duration,
     grace: Duration,
     stats: Arc<Mutex<PublishStats>>,
+    mut commits: Commits,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut settle = tokio::time::interval(SETTLE_EVERY);
+    settle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = ticker.tick() => publish_once(&state, &sinks, &stats).await,
+            _ = ticker.tick() => publish_once(&state, &sinks, &stats, &mut commits).await,
+            _ = settle.tick(), if commits.waiting() > 0 => commits.settle(&state, &sinks),
         }
     }
-    if !sinks.is_empty() {
-        info!("publishing the final window before exit");
-        publish_once(&state, &sinks, &stats).await;
-        for sink in &sinks {
-            sink.close(grace).await;
-        }
+    info!(sinks = sinks.len(), "publishing the final window before exit");
+    publish_once(&state, &sinks, &stats, &mut commits).await;
+    for sink in &sinks {
+        sink.close(grace).await;
+    }
+    commits.settle(&state, &sinks);
+    if commits.waiting() > 0 {
+        warn!(windows = commits.waiting(), "windows not delivered at exit: agents will send their increments again to the next aggregator");
     }
 }
 
@@ -215,6 +278,8 @@ mod tests {
             region_hint: None,
             end_unix_ms: 0,
             nodes: 2,
+            seq: 0,
+            commits: Vec::new(),
             datums: vec![
                 Datum { metric_name: "assignIPAddresses", value: 42.0, unit: "Count", dimension: None },
                 Datum { metric_name: "awsAPILatency", value: 12.5, unit: "Milliseconds", dimension: None },

@@ -1,6 +1,8 @@
 //! Wires the aggregator's parts around injected listeners and an injected shutdown future (so tests and
 //! the demo run it on `127.0.0.1:0`): the gRPC ingest server, the HTTP server, the TTL sweeper and the
-//! publisher. On shutdown the servers stop accepting, the publisher flushes its last window, and `serve`
+//! publisher. On shutdown, in this order: the ingest freezes (no report is applied any more), the
+//! publisher publishes the last window and gives the sinks `--shutdown-grace` to deliver, commits what
+//! they delivered; then every stream sends its last commit and ends, the servers drain, and `serve`
 //! returns.
 
 use std::future::Future;
@@ -17,8 +19,8 @@ use tracing::{info, warn};
 use crate::config::AggregatorConfig;
 use crate::consumer::ConsumerService;
 use crate::http::{router, HttpState};
-use crate::ingest::{lock, IngestService, Shared};
-use crate::publish::{run_publisher, PublishStats, Sink};
+use crate::ingest::{lock, IngestService, Shared, StreamSignals};
+use crate::publish::{run_publisher, Commits, PublishStats, Sink};
 use crate::state::{ClusterState, StateConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,7 @@ impl Handles {
             low_ip_threshold: cfg.low_ip_threshold as f64,
             breakdown: cfg.breakdown.clone(),
             max_breakdown_groups: cfg.max_series,
+            max_departed: cfg.max_departed_nodes,
         });
         Self { state: Arc::new(Mutex::new(state)), publish: Arc::default(), tls_handshake_failures: Arc::default() }
     }
@@ -67,6 +70,8 @@ pub async fn serve(
     handles: Handles,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let (freeze_tx, freeze_rx) = watch::channel(false);
+    let (commit_tx, commit_rx) = watch::channel(0u64);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -86,7 +91,8 @@ pub async fn serve(
         warn!("no cluster id: set AWS_CLUSTER_ID or --cluster-id; the cluster_id label is empty");
     }
 
-    let svc = IngestServer::new(IngestService::new(handles.state.clone(), stop_tx.subscribe()))
+    let signals = StreamSignals { frozen: freeze_rx.clone(), stop: stop_tx.subscribe(), commits: commit_rx };
+    let svc = IngestServer::new(IngestService::new(handles.state.clone(), signals))
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
     let consumer = ConsumerService::new(handles.state.clone());
@@ -148,17 +154,32 @@ pub async fn serve(
             }
         })
     };
-    let publisher =
-        tokio::spawn(run_publisher(handles.state.clone(), sinks, cfg.publish_interval, cfg.shutdown_grace, handles.publish.clone(), stopped()));
+    let frozen = {
+        let mut rx = freeze_rx;
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let publisher = tokio::spawn(run_publisher(
+        handles.state.clone(),
+        sinks,
+        cfg.publish_interval,
+        cfg.shutdown_grace,
+        handles.publish.clone(),
+        Commits::new(commit_tx),
+        frozen,
+    ));
 
     shutdown.await;
-    info!("aggregator shutting down");
+    info!("aggregator shutting down: ingest frozen, delivering the last window");
+    let _ = freeze_tx.send(true);
+    let publisher_result = publisher.await;
     let _ = stop_tx.send(true);
     let grpc_result = bounded(grpc_task).await;
     let http_result = bounded(http_task).await;
     let _ = sweeper.await;
     let _ = notifier.await;
-    publisher.await?;
+    publisher_result?;
     grpc_result??;
     http_result??;
     info!("aggregator stopped");

@@ -10,6 +10,13 @@
 //! - Agents send counters as running totals per agent run (see the proto); the increment applied is the
 //!   difference with the last total seen for that node, run and series, so a replayed or duplicated
 //!   report cannot count twice.
+//! - Exactness across restarts: counter increments enter the open window when applied and the
+//!   Prometheus totals when the window closes; each closed window carries commit marks (node, run, seq)
+//!   that [`ClusterState::commit`] records once every sink delivered it. A run first seen mid-way (this
+//!   aggregator restarted) counts from the committed totals in its snapshot. A node that leaves (goodbye,
+//!   TTL, new agent run) leaves a *departed* record: its counters' last totals and ipamd raw values. The
+//!   same run coming back (a healed partition) continues from the totals; a new run of the node gets the
+//!   raw values as its resume point ([`ClusterState::hello`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -39,6 +46,8 @@ pub struct StateConfig {
     /// Breakdown dimensions (opt-in) and the bound on their groups.
     pub breakdown: Vec<Dim>,
     pub max_breakdown_groups: usize,
+    /// Most departed-node records kept (oldest evicted, counted).
+    pub max_departed: usize,
 }
 
 impl Default for StateConfig {
@@ -51,6 +60,7 @@ impl Default for StateConfig {
             low_ip_threshold: 5.0,
             breakdown: Vec::new(),
             max_breakdown_groups: 1_000,
+            max_departed: 100_000,
         }
     }
 }
@@ -74,6 +84,8 @@ pub enum IngestError {
     BadDef(u32),
     #[error("node {0:?} is already reported by another live agent (two agents claim one node name)")]
     DuplicateNode(String),
+    #[error("report has {counters} counter values but {raws} counter raw values")]
+    RawMismatch { counters: usize, raws: usize },
 }
 
 impl IngestError {
@@ -87,6 +99,7 @@ impl IngestError {
             IngestError::Redefined(_) => "redefined",
             IngestError::BadDef(_) => "bad_def",
             IngestError::DuplicateNode(_) => "duplicate_node",
+            IngestError::RawMismatch { .. } => "length_mismatch",
         }
     }
 }
@@ -123,12 +136,17 @@ impl Slot {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct NodeSeries {
     slot: Option<u32>,
     kind: MetricKind,
-    /// Gauge value or counter running total; NaN until the first value.
+    /// Gauge value or counter running total; NaN until the first value (counters: the committed total
+    /// the definition carried).
     value: f64,
+    /// Counters: ipamd's raw value at the last report that carried it (NaN: unknown), and the sample
+    /// name and labels, for the node's resume point.
+    raw: f64,
+    key: Option<Arc<ResumeKey>>,
     /// Whether `value` is currently counted in the slot (gauges).
     contributing: bool,
     role: Option<CapRole>,
@@ -164,7 +182,57 @@ pub struct NodeState {
     /// Per-subnet usage as last reported, and as placed in the subnet breakdown.
     pub subnets: Vec<cni_metrics_proto::v1::SubnetUsage>,
     pub subnet_groups: Vec<NodeSubnet>,
+    /// Highest seq of the run in a closed window, and in a window every sink delivered.
+    pub closed_seq: u64,
+    pub committed_seq: u64,
     series: HashMap<u32, NodeSeries>,
+}
+
+/// A counter's sample name and labels (as the agent defined them).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ResumeKey {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+}
+
+/// What stays of a node that left: enough to continue its run or resume a new one exactly.
+#[derive(Debug)]
+struct Departed {
+    run_id: u64,
+    last_seq: u64,
+    closed_seq: u64,
+    committed_seq: u64,
+    ipamd_start_time: f64,
+    /// Its counter series (ids of its run), with their last totals and raw values.
+    series: Vec<(u32, NodeSeries)>,
+    at: Instant,
+}
+
+/// Where a node's previous agent run stopped counting, for a new run (see the proto's `Resume`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resume {
+    pub ipamd_start_time: f64,
+    pub points: Vec<(Arc<ResumeKey>, f64)>,
+}
+
+/// What a hello gets: the session, the node's TTL, and for the run what was committed or where a
+/// previous run stopped.
+#[derive(Debug, PartialEq)]
+pub struct Welcomed {
+    pub session: u64,
+    pub ttl: Duration,
+    pub committed_seq: u64,
+    pub resume: Option<Resume>,
+    /// The same run came back after it had left (its totals were kept).
+    pub continued: bool,
+}
+
+/// A closed window's promise to one node run: its increments up to `seq` are in the window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitMark {
+    pub node: Arc<str>,
+    pub run_id: u64,
+    pub seq: u64,
 }
 
 impl NodeState {
@@ -188,18 +256,31 @@ pub struct IngestStats {
     pub goodbyes: u64,
     pub expired: u64,
     pub agent_restarts: u64,
-    pub runs_adopted: u64,
+    /// Runs first seen mid-way (this aggregator restarted) and the increments counted from their
+    /// committed totals: exact unless a previous aggregator delivered a window whose commit never
+    /// reached the agent (then these were counted twice).
+    pub runs_recovered: u64,
+    pub recovered_increments: f64,
+    /// First snapshots whose agent started counting without a baseline (increments before it unknown).
+    pub baseline_unknown_runs: u64,
+    /// New runs resumed from a departed record, and departed runs that came back and continued.
+    pub runs_resumed: u64,
+    pub runs_continued: u64,
+    /// Departed records dropped at `max_departed` (a later agent run of those nodes cannot resume).
+    pub departed_evicted: u64,
     /// Times a node started reporting impossible capacity values.
     pub capacity_anomalies: u64,
 }
 
 /// The result of applying a report.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub struct Applied {
     /// The seq to acknowledge.
     pub ack: u64,
     /// False when the report was older than one already applied (ignored, still acknowledged).
     pub fresh: bool,
+    /// Increments counted from the committed totals of a run first seen mid-way (to log).
+    pub recovered: Option<f64>,
 }
 
 /// One CloudWatch-style datum of a publish window.
@@ -223,6 +304,10 @@ pub struct Window {
     pub end_unix_ms: i64,
     pub nodes: usize,
     pub datums: Vec<Datum>,
+    /// What this window promises each node run (see [`ClusterState::commit`]).
+    pub commits: Vec<CommitMark>,
+    /// The publisher's sequence number of the window (0 until it numbers it).
+    pub seq: u64,
 }
 
 /// A cluster series' identity: sample name and labels after the cluster fold.
@@ -238,6 +323,9 @@ pub struct ClusterState {
     families: BTreeMap<Arc<str>, FamilyType>,
     names: HashMap<String, Arc<str>>,
     nodes: HashMap<Arc<str>, NodeState>,
+    departed: HashMap<Arc<str>, Departed>,
+    /// Bumped whenever commits advance; streams watch it.
+    commit_generation: u64,
     next_session: u64,
     capacity: CapacityTotals,
     breakdowns: Breakdowns,
@@ -256,6 +344,8 @@ impl ClusterState {
             families: BTreeMap::new(),
             names: HashMap::new(),
             nodes: HashMap::new(),
+            departed: HashMap::new(),
+            commit_generation: 0,
             next_session: 0,
             capacity: CapacityTotals::default(),
             breakdowns,
@@ -280,8 +370,8 @@ impl ClusterState {
         self.nodes.len()
     }
 
-    /// A stream said hello: (re)register the node and return its session id and TTL.
-    pub fn hello(&mut self, h: &Hello, now: Instant) -> Result<(u64, Duration), IngestError> {
+    /// A stream said hello: (re)register the node; returns its session id, TTL and commit/resume facts.
+    pub fn hello(&mut self, h: &Hello, now: Instant) -> Result<Welcomed, IngestError> {
         if h.node_name.is_empty() || h.node_name.len() > 253 {
             return Err(IngestError::BadNodeName);
         }
@@ -307,6 +397,27 @@ impl ClusterState {
             // A new agent run: its counter totals start from a new baseline.
             self.stats.agent_restarts += 1;
             self.remove_node(&name);
+        }
+        // A node not connected now: the same run coming back continues from its kept totals; a new run
+        // resumes where the previous one stopped.
+        let mut continued = None;
+        let mut resume = None;
+        if !self.nodes.contains_key(&name) {
+            match self.departed.get(&name) {
+                Some(d) if d.run_id == h.run_id => {
+                    continued = self.departed.remove(&name);
+                    self.stats.runs_continued += 1;
+                }
+                Some(d) => {
+                    let points: Vec<(Arc<ResumeKey>, f64)> =
+                        d.series.iter().filter_map(|(_, s)| Some((s.key.clone()?, s.raw))).filter(|(_, raw)| raw.is_finite()).collect();
+                    if d.ipamd_start_time > 0.0 {
+                        resume = Some(Resume { ipamd_start_time: d.ipamd_start_time, points });
+                        self.stats.runs_resumed += 1;
+                    }
+                }
+                None => {}
+            }
         }
         let node = self.nodes.entry(name.clone()).or_insert_with(|| NodeState {
             name: name.clone(),
@@ -334,8 +445,18 @@ impl ClusterState {
             groups: Vec::new(),
             subnets: Vec::new(),
             subnet_groups: Vec::new(),
+            closed_seq: 0,
+            committed_seq: 0,
             series: HashMap::new(),
         });
+        if let Some(d) = &continued {
+            node.last_seq = d.last_seq;
+            node.closed_seq = d.closed_seq;
+            node.committed_seq = d.committed_seq;
+            node.ipamd_start_time = d.ipamd_start_time;
+            node.series = d.series.iter().cloned().collect();
+        }
+        let committed_seq = node.committed_seq;
         node.session = session;
         node.agent_version.clone_from(&h.agent_version);
         node.availability_zone.clone_from(&h.availability_zone);
@@ -357,7 +478,7 @@ impl ClusterState {
                 node.groups = groups;
             }
         }
-        Ok((session, ttl))
+        Ok(Welcomed { session, ttl, committed_seq, resume, continued: continued.is_some() })
     }
 
     /// Apply one report of `node` on stream `session`.
@@ -383,13 +504,25 @@ impl ClusterState {
         if r.ids.len() != r.values.len() {
             return Err(IngestError::LengthMismatch { ids: r.ids.len(), values: r.values.len() });
         }
+        if !r.counter_raws.is_empty() {
+            let counter_defs: std::collections::HashMap<u32, bool> =
+                r.defs.iter().map(|d| (d.id, d.kind == MetricKind::Counter as i32)).collect();
+            let counters = r
+                .ids
+                .iter()
+                .filter(|id| counter_defs.get(id).copied().unwrap_or_else(|| node.series.get(id).is_some_and(|s| s.kind == MetricKind::Counter)))
+                .count();
+            if counters != r.counter_raws.len() {
+                return Err(IngestError::RawMismatch { counters, raws: r.counter_raws.len() });
+            }
+        }
         if r.seq <= node.last_seq && !r.snapshot {
             self.stats.reports_ignored_old_seq += 1;
             let ack = node.last_seq;
             if let Some(n) = self.nodes.get_mut(node_name) {
                 n.last_seen = now;
             }
-            return Ok(Applied { ack, fresh: false });
+            return Ok(Applied { ack, fresh: false, recovered: None });
         }
         // Validate definitions before changing anything.
         for d in &r.defs {
@@ -419,15 +552,40 @@ impl ClusterState {
                 self.remove_series(&name, id);
             }
         }
-        // A run first seen after it had already sent reports (this aggregator restarted): its totals so
-        // far were delivered to a previous aggregator, or lost with it. Take them as the baseline rather
-        // than publish them again as one spike.
-        let adopt = r.snapshot && self.nodes[&name].last_seq == 0 && r.seq > 1;
-        if adopt {
-            self.stats.runs_adopted += 1;
+        // A run first seen after it had already sent reports (this aggregator restarted): its counters
+        // start from the committed totals their definitions carry (see `define`), so what a previous
+        // aggregator never published is counted now.
+        let recovering = r.snapshot && self.nodes[&name].last_seq == 0 && r.seq > 1;
+        let first_report = self.nodes[&name].last_seq == 0;
+        if first_report {
+            // The run is established: a departed record of an earlier run has served its purpose.
+            self.departed.remove(&name);
+            if r.baseline_unknown {
+                self.stats.baseline_unknown_runs += 1;
+            }
         }
+        let mut recovered = 0.0;
+        let mut raws = r.counter_raws.iter();
         for (&id, &v) in r.ids.iter().zip(&r.values) {
-            self.update(&name, id, v, adopt);
+            let is_counter = self.nodes[&name].series.get(&id).is_some_and(|s| s.kind == MetricKind::Counter);
+            if is_counter {
+                if let Some(&raw) = raws.next() {
+                    if let Some(s) = self.nodes.get_mut(&name).and_then(|n| n.series.get_mut(&id)) {
+                        s.raw = raw;
+                    }
+                }
+                if recovering {
+                    let base = self.nodes[&name].series.get(&id).map_or(0.0, |s| if s.value.is_nan() { 0.0 } else { s.value });
+                    if v.is_finite() && v > base {
+                        recovered += v - base;
+                    }
+                }
+            }
+            self.update(&name, id, v);
+        }
+        if recovering {
+            self.stats.runs_recovered += 1;
+            self.stats.recovered_increments += recovered;
         }
         for &id in &r.removed {
             self.remove_series(&name, id);
@@ -463,7 +621,7 @@ impl ClusterState {
         if !r.ids.is_empty() || !r.removed.is_empty() || !r.defs.is_empty() || r.snapshot {
             self.version += 1;
         }
-        Ok(Applied { ack: node.last_seq, fresh: true })
+        Ok(Applied { ack: node.last_seq, fresh: true, recovered: recovering.then_some(recovered) })
     }
 
     fn define(&mut self, node_name: &Arc<str>, d: &SeriesDef) {
@@ -480,7 +638,15 @@ impl ClusterState {
         };
         if let Some(n) = self.nodes.get_mut(node_name) {
             let role = CapRole::of(&d.name, d.labels.is_empty()).filter(|_| kind == MetricKind::Gauge);
-            n.series.insert(d.id, NodeSeries { slot, kind, value: f64::NAN, contributing: false, role });
+            let counter = kind == MetricKind::Counter;
+            // A counter starts from its committed total: only increments never published are counted.
+            let value = if counter && d.committed_total.is_finite() && d.committed_total >= 0.0 { d.committed_total } else { f64::NAN };
+            let key = counter.then(|| {
+                let mut labels: Vec<(String, String)> = d.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
+                labels.sort_unstable();
+                Arc::new(ResumeKey { name: d.name.clone(), labels })
+            });
+            n.series.insert(d.id, NodeSeries { slot, kind, value, raw: f64::NAN, key, contributing: false, role });
         }
     }
 
@@ -529,14 +695,14 @@ impl ClusterState {
         Some(i)
     }
 
-    fn update(&mut self, node_name: &Arc<str>, id: u32, v: f64, baseline: bool) {
-        if let Some(role) = self.apply_value(node_name, id, v, baseline) {
+    fn update(&mut self, node_name: &Arc<str>, id: u32, v: f64) {
+        if let Some(role) = self.apply_value(node_name, id, v) {
             self.set_capacity(node_name, role, v.is_finite().then_some(v));
         }
     }
 
     /// Apply one value; returns the capacity role of the series when it is a capacity gauge.
-    fn apply_value(&mut self, node_name: &Arc<str>, id: u32, v: f64, baseline: bool) -> Option<CapRole> {
+    fn apply_value(&mut self, node_name: &Arc<str>, id: u32, v: f64) -> Option<CapRole> {
         let node = self.nodes.get_mut(node_name)?;
         let Some(s) = node.series.get_mut(&id) else {
             *self.stats.series_rejected.entry("unknown_id").or_default() += 1;
@@ -556,13 +722,11 @@ impl ClusterState {
         match s.kind {
             MetricKind::Counter => {
                 let last = if s.value.is_nan() { 0.0 } else { s.value };
-                if baseline {
-                    // Adopted run: no increment.
-                } else if v < last {
+                if v < last {
                     // Totals only grow within a run; take it as the new baseline, never as a negative.
                     self.stats.counter_regressions += 1;
                 } else {
-                    slot.total += v - last;
+                    // Into the open window; the Prometheus total follows when the window closes.
                     slot.window += v - last;
                 }
                 s.value = v;
@@ -619,6 +783,64 @@ impl ClusterState {
                 withdraw(&mut self.slots[i as usize], name, s.value);
             }
         }
+        // Keep what a return of this run, or the node's next run, needs. A run that never had a report
+        // applied leaves an earlier record in place.
+        if node.last_seq > 0 {
+            let series = node.series.into_iter().filter(|(_, s)| s.kind == MetricKind::Counter).collect();
+            self.departed.insert(
+                name.clone(),
+                Departed {
+                    run_id: node.run_id,
+                    last_seq: node.last_seq,
+                    closed_seq: node.closed_seq,
+                    committed_seq: node.committed_seq,
+                    ipamd_start_time: node.ipamd_start_time,
+                    series,
+                    at: node.last_seen,
+                },
+            );
+            if self.departed.len() > self.cfg.max_departed {
+                if let Some(oldest) = self.departed.iter().min_by_key(|(_, d)| d.at).map(|(n, _)| n.clone()) {
+                    self.departed.remove(&oldest);
+                    self.stats.departed_evicted += 1;
+                }
+            }
+        }
+    }
+
+    /// Record that every sink delivered windows with these marks; returns how many node runs advanced.
+    pub fn commit(&mut self, marks: &[CommitMark]) -> usize {
+        let mut advanced = 0;
+        for m in marks {
+            let committed = match (self.nodes.get_mut(&m.node), self.departed.get_mut(&m.node)) {
+                (Some(n), _) if n.run_id == m.run_id => &mut n.committed_seq,
+                (_, Some(d)) if d.run_id == m.run_id => &mut d.committed_seq,
+                _ => continue,
+            };
+            if m.seq > *committed {
+                *committed = m.seq;
+                advanced += 1;
+            }
+        }
+        if advanced > 0 {
+            self.commit_generation += 1;
+        }
+        advanced
+    }
+
+    /// Bumped whenever a commit advances (streams compare it to send their node's commit).
+    pub fn commit_generation(&self) -> u64 {
+        self.commit_generation
+    }
+
+    /// The committed seq of the node's current session, if it is still that session.
+    pub fn committed_seq(&self, node: &str, session: u64) -> Option<u64> {
+        self.nodes.get(node).filter(|n| n.session == session).map(|n| n.committed_seq)
+    }
+
+    /// Departed-node records held.
+    pub fn departed_count(&self) -> usize {
+        self.departed.len()
     }
 
     /// The node said goodbye: its gauges leave the sums at once.
@@ -684,7 +906,21 @@ impl ClusterState {
             }
         }
         for s in &mut self.slots {
+            s.total += s.window;
             s.window = 0.0;
+        }
+        let mut commits = Vec::new();
+        for n in self.nodes.values_mut() {
+            if n.last_seq > n.closed_seq {
+                n.closed_seq = n.last_seq;
+                commits.push(CommitMark { node: n.name.clone(), run_id: n.run_id, seq: n.last_seq });
+            }
+        }
+        for (name, d) in self.departed.iter_mut() {
+            if d.last_seq > d.closed_seq {
+                d.closed_seq = d.last_seq;
+                commits.push(CommitMark { node: name.clone(), run_id: d.run_id, seq: d.last_seq });
+            }
         }
         if !self.nodes.is_empty() {
             let c = &self.capacity;
@@ -724,7 +960,7 @@ impl ClusterState {
             }
         }
         let cluster_id = if self.cfg.cluster_id.is_empty() { self.reported(|n| &n.cluster_name).unwrap_or_default() } else { self.cfg.cluster_id.clone() };
-        Window { cluster_id, region_hint: self.reported(|n| &n.region), end_unix_ms, nodes: self.nodes.len(), datums }
+        Window { cluster_id, region_hint: self.reported(|n| &n.region), end_unix_ms, nodes: self.nodes.len(), datums, commits, seq: 0 }
     }
 
     /// Every cluster series with a value: (name, labels, kind, value).
@@ -936,12 +1172,22 @@ impl ClusterState {
         counter(out, "cni_metrics_node_goodbyes_total", "Nodes that left with a goodbye", st.goodbyes);
         counter(out, "cni_metrics_nodes_expired_total", "Nodes dropped after their TTL", st.expired);
         counter(out, "cni_metrics_agent_restarts_total", "Agent runs replaced by a new run of the same node", st.agent_restarts);
+        counter(out, "cni_metrics_agent_runs_recovered_total", "Agent runs first seen mid-way (this aggregator restarted): counted from their committed totals", st.runs_recovered);
+        let _ = writeln!(
+            out,
+            "# HELP cni_metrics_recovered_increments_total Counter increments counted from agents' committed totals after an aggregator restart (delivered by no earlier aggregator, or in doubt)\n# TYPE cni_metrics_recovered_increments_total counter\ncni_metrics_recovered_increments_total{{cluster_id=\"{cid}\"}} {}",
+            fmt_value(st.recovered_increments)
+        );
+        counter(out, "cni_metrics_agent_runs_resumed_total", "New agent runs that resumed counting where the node's previous run stopped", st.runs_resumed);
+        counter(out, "cni_metrics_agent_runs_continued_total", "Agent runs that came back after leaving (partition, expiry) and continued from their kept totals", st.runs_continued);
         counter(
             out,
-            "cni_metrics_agent_runs_adopted_total",
-            "Agent runs first seen mid-run (aggregator restart): their counter totals so far were taken as the baseline",
-            st.runs_adopted,
+            "cni_metrics_agent_baseline_unknown_total",
+            "Agent runs that started without a resume point on an ipamd older than their initial window: increments before their first scrape are not counted",
+            st.baseline_unknown_runs,
         );
+        counter(out, "cni_metrics_departed_evicted_total", "Departed-node records dropped at their bound (those nodes' next agent run cannot resume)", st.departed_evicted);
+        gauge(out, "cni_metrics_departed_nodes", "Departed-node records kept for continuation and resume", self.departed.len() as f64);
     }
 
     fn intern(&mut self, s: &str) -> Arc<str> {

@@ -168,7 +168,7 @@ impl Aggregator {
         Self::start_env(dir, name, grpc_listen, &args, &[])
     }
 
-    /// Start with JSON logs, the stdout sink, `extra` args and environment.
+    /// Start with JSON logs, the stdout sink, 200 ms publish windows, `extra` args and environment.
     pub fn start_env(dir: &Path, name: &str, grpc_listen: &str, extra: &[&str], env: &[(&str, Option<&str>)]) -> Result<Self> {
         let mut args: Vec<String> = [
             "--grpc-listen",
@@ -183,6 +183,10 @@ impl Aggregator {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        // Counters reach /metrics when their window closes: short windows unless the test says otherwise.
+        if !extra.contains(&"--publish-interval") {
+            args.extend(["--publish-interval".to_owned(), "200ms".to_owned()]);
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         // Test credentials and region unless the test says otherwise.
         let mut all: Vec<(&str, Option<&str>)> =

@@ -187,6 +187,7 @@ async fn synthetic_node(channel: tonic::transport::Channel, name: String, assign
         kind: MetricKind::Gauge as i32,
         family_type: FamilyType::Gauge as i32,
         labels: vec![],
+        committed_total: 0.0,
     };
     let snapshot = Report { seq: 1, snapshot: true, defs: vec![def], ids: vec![1], values: vec![assigned], ..Report::default() };
     tx.send(AgentMessage { body: Some(Body::Report(snapshot)) }).await?;
@@ -290,6 +291,7 @@ async fn hostile_streams_are_refused_and_others_unaffected() -> Result<()> {
             kind: MetricKind::Counter as i32,
             family_type: FamilyType::Counter as i32,
             labels: vec![cni_metrics_proto::v1::Label { name: "fn".into(), value: format!("f{i:08}") }],
+            committed_total: 0.0,
         })
         .collect();
     tx.send(AgentMessage { body: Some(Body::Report(Report { seq: 1, snapshot: true, defs, ..Report::default() })) }).await?;

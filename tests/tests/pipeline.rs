@@ -221,43 +221,6 @@ async fn garbage_page_on_one_node_while_the_others_stay_exact() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_reconnect_after_an_aggregator_crash_and_resend_a_snapshot() -> Result<()> {
-    let dir = scratch_dir("reconnect")?;
-    let nodes = fakes(&[PageStyle::Modern, PageStyle::PrefixDelegation], 40).await?;
-    let port = free_port()?;
-    let listen = format!("127.0.0.1:{port}");
-    let mut agg = Aggregator::start(&dir, "aggregator-1", &listen, &[])?;
-    let agents: Vec<Proc> =
-        nodes.iter().map(|n| start_agent(&dir, &n.name, &n.fake.url(), &agg.grpc, &[])).collect::<Result<_>>()?;
-    wait_reporting(&agg, 2.0).await?;
-    agg.proc.kill();
-    let all: Vec<&Node> = nodes.iter().collect();
-    step_all(&all, 2).await;
-    let agg2 = Aggregator::start(&dir, "aggregator-2", &listen, &[])?;
-    wait_reporting(&agg2, 2.0).await?;
-    let t = truth(&all);
-    let page = agg2.metrics().await?;
-    assert_eq!(sample(&page, "awscni_assigned_ip_addresses", &[]), Some(t.assigned), "snapshot after reconnect");
-    assert_eq!(sample(&page, "awscni_total_ip_addresses", &[]), Some(t.total));
-    for a in &agents {
-        a.wait_log("aggregator stream ended", Duration::from_secs(1))?;
-    }
-    // The new aggregator adopts the agents' running totals as its baseline (no spike), then counts
-    // every later increment exactly.
-    assert_eq!(sample(&page, "awscni_add_ip_req_count", &[]), Some(0.0));
-    assert_eq!(sample(&page, "cni_metrics_agent_runs_adopted_total", &[]), Some(2.0));
-    let base: Vec<u64> = nodes.iter().map(|n| n.fake.with_sim(|s| s.lifetime.add_ip_req)).collect();
-    step_all(&all, 3).await;
-    let add: u64 = nodes.iter().zip(&base).map(|(n, b)| n.fake.with_sim(|s| s.lifetime.add_ip_req) - b).sum();
-    eventually(Duration::from_secs(10), || async {
-        let got = sample(&agg2.metrics().await?, "awscni_add_ip_req_count", &[]);
-        Ok(if got == Some(add as f64) { Ok(()) } else { Err(format!("add {got:?}, want {add}")) })
-    })
-    .await?;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_errors_are_clear() -> Result<()> {
     let dir = scratch_dir("startup")?;
     let mut bad = Proc::start("cni-metrics-agent", "agent-bad-interval", &["--interval".into(), "0".into(), "--node-name".into(), "x".into()], &dir)?;

@@ -20,6 +20,7 @@ fn def(id: u32, name: &str, kind: MetricKind, labels: &[(&str, &str)]) -> Series
         kind: kind as i32,
         family_type: FamilyType::Untyped as i32,
         labels: labels.iter().map(|(n, v)| Label { name: (*n).into(), value: (*v).into() }).collect(),
+        committed_total: 0.0,
     }
 }
 
@@ -40,7 +41,7 @@ const ADD: &str = "awscni_add_ip_req_count";
 
 /// Register `node` with one gauge (id 1) and one counter (id 2) at the given values.
 fn join(st: &mut ClusterState, node: &str, run: u64, gauge: f64, total: f64, now: Instant) -> u64 {
-    let (session, _) = st.hello(&hello(node, run), now).expect("hello");
+    let session = st.hello(&hello(node, run), now).expect("hello").session;
     let defs = vec![def(1, ASSIGNED, MetricKind::Gauge, &[]), def(2, ADD, MetricKind::Counter, &[])];
     st.report(node, session, &report(1, true, defs, &[(1, gauge), (2, total)], &[]), now).expect("snapshot");
     session
@@ -82,12 +83,14 @@ fn counters_are_exact_sums_of_per_node_increments() {
     for (i, s) in sessions.iter().enumerate() {
         st.report(&format!("n{i}"), *s, &report(2, false, vec![], &[(2, 10.0)], &[]), t0).expect("inc");
     }
-    assert_eq!(st.value(ADD, &[]), Some(30.0));
+    assert_eq!(st.value(ADD, &[]), Some(0.0), "in the open window only");
     let w = st.take_window(1);
+    assert_eq!(st.value(ADD, &[]), Some(30.0));
     assert_eq!(w.datums.iter().find(|d| d.metric_name == "addReqCount").map(|d| d.value), Some(30.0));
     // The window is drained; the monotonic total is not.
     let w = st.take_window(2);
     assert_eq!(w.datums.iter().find(|d| d.metric_name == "addReqCount").map(|d| d.value), Some(0.0));
+    st.take_window(0);
     assert_eq!(st.value(ADD, &[]), Some(30.0));
 }
 
@@ -96,15 +99,17 @@ fn replays_and_resent_snapshots_never_count_twice() {
     let t0 = Instant::now();
     let mut st = ClusterState::new(StateConfig::default());
     let s = join(&mut st, "n1", 7, 1.0, 5.0, t0);
+    st.take_window(0);
     assert_eq!(st.value(ADD, &[]), Some(5.0));
     st.report("n1", s, &report(2, false, vec![], &[(2, 8.0)], &[]), t0).expect("inc");
     // The same report again (lost ack, resend): ignored.
     let a = st.report("n1", s, &report(2, false, vec![], &[(2, 8.0)], &[]), t0).expect("dup");
-    assert_eq!(a, Applied { ack: 2, fresh: false });
+    assert_eq!(a, Applied { ack: 2, fresh: false, recovered: None });
     // Reconnect of the same run: the snapshot repeats the total 8 and adds 1.
-    let (s2, _) = st.hello(&hello("n1", 7), t0).expect("hello");
+    let s2 = st.hello(&hello("n1", 7), t0).expect("hello").session;
     let defs = vec![def(1, ASSIGNED, MetricKind::Gauge, &[]), def(2, ADD, MetricKind::Counter, &[])];
     st.report("n1", s2, &report(3, true, defs, &[(1, 1.0), (2, 9.0)], &[]), t0).expect("snapshot");
+    st.take_window(0);
     assert_eq!(st.value(ADD, &[]), Some(9.0));
     assert_eq!(st.value(ASSIGNED, &[]), Some(1.0), "gauge not doubled by the re-definition");
     // The old stream is stale now.
@@ -113,6 +118,7 @@ fn replays_and_resent_snapshots_never_count_twice() {
     // stream has closed: a restarted agent's connection dies with it.)
     st.disconnected("n1", s2);
     join(&mut st, "n1", 8, 2.0, 4.0, t0);
+    st.take_window(0);
     assert_eq!(st.value(ADD, &[]), Some(13.0));
     assert_eq!(st.value(ASSIGNED, &[]), Some(2.0));
     assert_eq!(st.stats.agent_restarts, 1);
@@ -123,10 +129,11 @@ fn snapshot_removes_unlisted_series_and_counter_totals_stay() {
     let t0 = Instant::now();
     let mut st = ClusterState::new(StateConfig::default());
     let s = join(&mut st, "n1", 1, 4.0, 6.0, t0);
-    let (s2, _) = st.hello(&hello("n1", 1), t0).expect("hello");
+    let s2 = st.hello(&hello("n1", 1), t0).expect("hello").session;
     let _ = s;
     st.report("n1", s2, &report(2, true, vec![def(2, ADD, MetricKind::Counter, &[])], &[(2, 6.0)], &[]), t0).expect("snap");
     assert_eq!(st.value(ASSIGNED, &[]), None);
+    st.take_window(0);
     assert_eq!(st.value(ADD, &[]), Some(6.0));
     assert_eq!(st.node("n1").map(|n| n.series_count()), Some(1));
 }
@@ -137,7 +144,7 @@ fn protocol_errors_table() {
     let mut st = ClusterState::new(StateConfig::default());
     assert_eq!(st.hello(&hello("", 1), t0), Err(IngestError::BadNodeName));
     assert_eq!(st.hello(&Hello { interval_ms: 0, ..hello("x", 1) }, t0), Err(IngestError::BadInterval));
-    let (s, _) = st.hello(&hello("n1", 1), t0).expect("hello");
+    let s = st.hello(&hello("n1", 1), t0).expect("hello").session;
     let cases: Vec<(Report, IngestError)> = vec![
         (report(1, false, vec![], &[], &[]), IngestError::SnapshotExpected),
         (Report { ids: vec![1], ..report(1, true, vec![], &[], &[]) }, IngestError::LengthMismatch { ids: 1, values: 0 }),
@@ -166,7 +173,7 @@ fn label_folds_kinds_and_latency() {
     let per_eni = "awscni_assigned_ip_per_eni";
     let lat = "awscni_aws_api_latency_ms";
     for (node, run, q, enis) in [("a", 1, 120.0, ["eni-1", "eni-2"]), ("b", 2, 300.0, ["eni-3", "eni-4"])] {
-        let (s, _) = st.hello(&hello(node, run), t0).expect("hello");
+        let s = st.hello(&hello(node, run), t0).expect("hello").session;
         let mut q99 = def(3, lat, MetricKind::Gauge, &[("api", "X"), ("quantile", "0.99")]);
         q99.family_type = FamilyType::Summary as i32;
         let defs = vec![
@@ -191,7 +198,7 @@ fn label_folds_kinds_and_latency() {
     let w = st.take_window(0);
     assert_eq!(w.datums.iter().find(|d| d.metric_name == "awsAPILatency").map(|d| d.value), Some(150.0));
     // A kind conflict on one cluster series is refused, not merged.
-    let (s, _) = st.hello(&hello("c", 3), t0).expect("hello");
+    let s = st.hello(&hello("c", 3), t0).expect("hello").session;
     st.report("c", s, &report(1, true, vec![def(1, ASSIGNED, MetricKind::Counter, &[])], &[(1, 1.0)], &[]), t0).expect("snap");
     st.report("b", sb, &report(3, false, vec![def(9, ASSIGNED, MetricKind::Gauge, &[])], &[(9, 1.0)], &[]), t0).expect("upd");
     assert_eq!(st.stats.series_rejected.get("kind_conflict"), Some(&1));
@@ -201,13 +208,14 @@ fn label_folds_kinds_and_latency() {
 fn prometheus_exposition() {
     let t0 = Instant::now();
     let mut st = ClusterState::new(StateConfig { cluster_id: "prod \"eu\"".into(), ..StateConfig::default() });
-    let (s, _) = st.hello(&hello("n1", 1), t0).expect("hello");
+    let s = st.hello(&hello("n1", 1), t0).expect("hello").session;
     let defs = vec![
         def(1, ASSIGNED, MetricKind::Gauge, &[]),
         def(2, "awscni_del_ip_req_count", MetricKind::Counter, &[("reason", "Pod\\Deleted\n")]),
     ];
     st.report("n1", s, &report(1, true, defs, &[(1, 7.0), (2, 3.0)], &[]), t0).expect("snap");
     let mut out = String::new();
+    st.take_window(0);
     st.render_prometheus(&mut out, t0);
     for want in [
         "# HELP awscni_assigned_ip_addresses The number of IP addresses assigned to pods\n# TYPE awscni_assigned_ip_addresses gauge\n",
@@ -222,18 +230,123 @@ fn prometheus_exposition() {
 }
 
 #[test]
-fn a_run_first_seen_mid_way_is_adopted_as_baseline() {
-    // An aggregator that restarted meets agents whose runs already sent reports elsewhere.
+fn a_run_first_seen_mid_way_counts_from_its_committed_totals() {
+    // An aggregator that restarted meets an agent whose run already sent reports to the previous one,
+    // which published (committed) a total of 480 of the 500.
     let t0 = Instant::now();
     let mut st = ClusterState::new(StateConfig::default());
-    let (s, _) = st.hello(&hello("n1", 5), t0).expect("hello");
-    let defs = vec![def(1, ASSIGNED, MetricKind::Gauge, &[]), def(2, ADD, MetricKind::Counter, &[])];
-    st.report("n1", s, &report(40, true, defs, &[(1, 3.0), (2, 500.0)], &[]), t0).expect("snapshot");
-    assert_eq!(st.value(ADD, &[]), Some(0.0), "no spike of 500");
+    let s = st.hello(&hello("n1", 5), t0).expect("hello").session;
+    let mut counter = def(2, ADD, MetricKind::Counter, &[]);
+    counter.committed_total = 480.0;
+    let defs = vec![def(1, ASSIGNED, MetricKind::Gauge, &[]), counter];
+    let a = st.report("n1", s, &report(40, true, defs, &[(1, 3.0), (2, 500.0)], &[]), t0).expect("snapshot");
+    assert_eq!(a.recovered, Some(20.0));
+    st.take_window(0);
+    assert_eq!(st.value(ADD, &[]), Some(20.0), "only the 20 never published");
     assert_eq!(st.value(ASSIGNED, &[]), Some(3.0), "gauges are absolute");
     st.report("n1", s, &report(41, false, vec![], &[(2, 507.0)], &[]), t0).expect("inc");
-    assert_eq!(st.value(ADD, &[]), Some(7.0));
-    assert_eq!(st.stats.runs_adopted, 1);
+    st.take_window(0);
+    assert_eq!(st.value(ADD, &[]), Some(27.0));
+    assert_eq!((st.stats.runs_recovered, st.stats.recovered_increments), (1, 20.0));
+}
+
+#[test]
+fn counters_reach_prometheus_totals_when_their_window_closes_and_windows_carry_commit_marks() {
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    let s = join(&mut st, "n1", 1, 1.0, 5.0, t0);
+    assert_eq!(st.value(ADD, &[]), Some(0.0), "open window: not yet in the total");
+    let w = st.take_window(1);
+    assert_eq!(st.value(ADD, &[]), Some(5.0));
+    assert_eq!(w.commits, vec![CommitMark { node: Arc::from("n1"), run_id: 1, seq: 1 }]);
+    assert!(st.take_window(2).commits.is_empty(), "nothing new: no mark");
+    st.report("n1", s, &report(2, false, vec![], &[(2, 9.0)], &[]), t0).expect("inc");
+    let w = st.take_window(3);
+    assert_eq!(w.commits.len(), 1);
+    assert_eq!(st.committed_seq("n1", s), Some(0));
+    let gen = st.commit_generation();
+    assert_eq!(st.commit(&w.commits), 1);
+    assert_eq!(st.committed_seq("n1", s), Some(2));
+    assert!(st.commit_generation() > gen);
+    assert_eq!(st.commit(&w.commits), 0, "a repeated commit changes nothing");
+    // A mark of another run of the node (it restarted meanwhile) is ignored.
+    assert_eq!(st.commit(&[CommitMark { node: Arc::from("n1"), run_id: 99, seq: 50 }]), 0);
+}
+
+#[test]
+fn the_same_run_coming_back_after_expiry_continues_from_its_totals() {
+    // A partition longer than the TTL: the node expires, then its agent (same run) reconnects.
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    let s = join(&mut st, "n1", 7, 4.0, 10.0, t0);
+    st.report("n1", s, &report(2, false, vec![], &[(2, 12.0)], &[]), t0).expect("inc");
+    let w = st.take_window(1);
+    assert_eq!(st.expire(t0 + Duration::from_secs(600)).len(), 1);
+    assert_eq!(st.value(ASSIGNED, &[]), None, "its gauges left");
+    assert_eq!(st.departed_count(), 1);
+    // The window published while it was away commits into the departed record.
+    assert_eq!(st.commit(&w.commits), 1);
+    let back = st.hello(&hello("n1", 7), t0 + Duration::from_secs(601)).expect("hello");
+    assert!(back.continued);
+    assert_eq!(back.committed_seq, 2);
+    assert!(back.resume.is_none());
+    // Its snapshot (committed total 12 as the agent knows it, or a stale 10: either way) continues from
+    // the kept total 12.
+    let mut counter = def(2, ADD, MetricKind::Counter, &[]);
+    counter.committed_total = 10.0;
+    let defs = vec![def(1, ASSIGNED, MetricKind::Gauge, &[]), counter];
+    st.report("n1", back.session, &report(3, true, defs, &[(1, 4.0), (2, 20.0)], &[]), t0).expect("snapshot");
+    st.take_window(2);
+    assert_eq!(st.value(ADD, &[]), Some(20.0), "10 + 2 + 8, none twice");
+    assert_eq!(st.stats.runs_continued, 1);
+    assert_eq!(st.departed_count(), 0);
+}
+
+#[test]
+fn a_new_run_of_a_node_gets_the_previous_runs_raw_values_as_resume_point() {
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    let s = st.hello(&hello("n1", 1), t0).expect("hello").session;
+    let defs = vec![def(1, ASSIGNED, MetricKind::Gauge, &[]), def(2, ADD, MetricKind::Counter, &[]), def(3, "awscni_ipamd_error_count", MetricKind::Counter, &[("fn", "x")])];
+    let mut r = report(1, true, defs, &[(1, 2.0), (2, 0.0), (3, 0.0)], &[]);
+    r.counter_raws = vec![100.0, 7.0];
+    r.ipamd_start_time_seconds = 1_700_000_000.0;
+    st.report("n1", s, &r, t0).expect("snapshot");
+    let mut r = report(2, false, vec![], &[(2, 5.0)], &[]);
+    r.counter_raws = vec![105.0];
+    st.report("n1", s, &r, t0).expect("inc");
+    // Raw values must match the counters they describe.
+    let mut bad = report(3, false, vec![], &[(1, 3.0), (2, 6.0)], &[]);
+    bad.counter_raws = vec![1.0, 2.0];
+    assert!(matches!(st.report("n1", s, &bad, t0), Err(IngestError::RawMismatch { counters: 1, raws: 2 })));
+    // The agent restarts (goodbye, new run).
+    assert!(st.goodbye("n1", s));
+    let w = st.hello(&hello("n1", 2), t0).expect("hello");
+    assert!(!w.continued);
+    let resume = w.resume.expect("a resume point");
+    assert_eq!(resume.ipamd_start_time, 1_700_000_000.0);
+    let mut points: Vec<(String, Vec<(String, String)>, f64)> = resume.points.iter().map(|(k, raw)| (k.name.clone(), k.labels.clone(), *raw)).collect();
+    points.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        points,
+        vec![(ADD.to_owned(), vec![], 105.0), ("awscni_ipamd_error_count".to_owned(), vec![("fn".to_owned(), "x".to_owned())], 7.0)]
+    );
+    // Until the new run reports, the record stays (a run that dies at once must not lose it).
+    st.expire(t0 + Duration::from_secs(600));
+    assert!(st.hello(&hello("n1", 3), t0 + Duration::from_secs(601)).expect("hello").resume.is_some());
+    assert_eq!(st.stats.runs_resumed, 2);
+}
+
+#[test]
+fn departed_records_are_bounded() {
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig { max_departed: 2, ..StateConfig::default() });
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        let s = join(&mut st, name, 1, 1.0, 0.0, t0 + Duration::from_secs(i as u64));
+        st.goodbye(name, s);
+    }
+    assert_eq!((st.departed_count(), st.stats.departed_evicted), (2, 1));
+    assert!(!st.hello(&hello("a", 2), t0).expect("hello").continued && st.stats.runs_resumed == 0, "the oldest went");
 }
 
 #[test]
@@ -264,7 +377,7 @@ fn derived_capacity_per_node_then_summed() {
     const MAX: &str = "awscni_ip_max";
     // (node, assigned, total, max): a healthy node, a nearly full one, one with assigned > total.
     for (i, (node, a, t, m)) in [("a", 10.0, 18.0, 58.0), ("b", 55.0, 58.0, 58.0), ("c", 20.0, 12.0, 58.0)].into_iter().enumerate() {
-        let (s, _) = st.hello(&hello(node, i as u64 + 1), t0).expect("hello");
+        let s = st.hello(&hello(node, i as u64 + 1), t0).expect("hello").session;
         let defs = vec![def(1, ASSIGNED, MetricKind::Gauge, &[]), def(2, TOTAL, MetricKind::Gauge, &[]), def(3, MAX, MetricKind::Gauge, &[])];
         st.report(node, s, &report(1, true, defs, &[(1, a), (2, t), (3, m)], &[]), t0).expect("snapshot");
     }
