@@ -36,6 +36,11 @@ pub struct AgentConfig {
     #[arg(long, env = "SCRAPE_TIMEOUT", default_value = "5s", value_parser = parse_positive)]
     pub scrape_timeout: Duration,
 
+    /// HTTP/2 keepalive ping interval on the aggregator stream: a link that died silently (a partition)
+    /// is noticed within this plus min(10 s, this), and the agent reconnects.
+    #[arg(long, env = "KEEPALIVE", default_value = "30s", value_parser = parse_positive)]
+    pub keepalive: Duration,
+
     /// Largest ipamd page accepted, in bytes.
     #[arg(long, env = "MAX_PAGE_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_page_bytes: usize,
@@ -119,6 +124,7 @@ impl AgentConfig {
             aggregator: aggregator.to_owned(),
             initial_window: Duration::from_secs(300),
             scrape_timeout: Duration::from_secs(2),
+            keepalive: Duration::from_secs(30),
             max_page_bytes: 8 * 1024 * 1024,
             max_series: 2000,
             availability_zone: String::new(),

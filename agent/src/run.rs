@@ -100,8 +100,8 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
     let endpoint = Endpoint::from_shared(cfg.aggregator.clone())?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(cfg.keepalive)
+        .keep_alive_timeout(cfg.keepalive.min(Duration::from_secs(10)))
         .keep_alive_while_idle(true);
     let run_id = fastrand::u64(1..);
     let http_task = match cfg.http_addr()? {
@@ -210,6 +210,7 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
                         Ok(()) => {
                             seq += 1;
                             commits.record(seq, totals);
+                            note_commits(&stats, &commits);
                             pending.clear();
                             stats.reports_sent.fetch_add(1, Ordering::Relaxed);
                         }

@@ -20,7 +20,7 @@ pub fn bin_dir() -> Result<&'static Path> {
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "cni-metrics-agent", "-p", "cni-metrics-aggregator", "--bins"]);
+        cmd.args(["build", "--quiet", "-p", "cni-metrics-agent", "-p", "cni-metrics-aggregator", "-p", "cni-metrics-e2e", "--bins"]);
         if release {
             cmd.arg("--release");
         }
@@ -38,6 +38,7 @@ pub fn bin_dir() -> Result<&'static Path> {
 pub struct Proc {
     pub name: String,
     child: Child,
+    stdin: Option<std::process::ChildStdin>,
     pub stdout_path: PathBuf,
     pub stderr_path: PathBuf,
 }
@@ -55,9 +56,31 @@ impl Proc {
 
     /// Start with extra environment variables (`(name, None)` removes one).
     pub fn start_env(bin: &str, name: &str, args: &[String], env: &[(&str, Option<&str>)], dir: &Path) -> Result<Self> {
+        Self::start_in(None, bin, name, args, env, dir, false)
+    }
+
+    /// Start inside network namespace `ns` (via `ip netns exec`, which execs the binary: the pid is the
+    /// binary's), optionally with a stdin the test writes to ([`Proc::send`]).
+    pub fn start_in(
+        ns: Option<&str>,
+        bin: &str,
+        name: &str,
+        args: &[String],
+        env: &[(&str, Option<&str>)],
+        dir: &Path,
+        piped_stdin: bool,
+    ) -> Result<Self> {
         let stdout_path = dir.join(format!("{name}.stdout"));
         let stderr_path = dir.join(format!("{name}.stderr"));
-        let mut cmd = Command::new(bin_dir()?.join(bin));
+        let path = bin_dir()?.join(bin);
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&path);
+                c
+            }
+            None => Command::new(&path),
+        };
         cmd.args(args)
             .env("RUST_LOG", "info")
             // Never leave loopback: no instance metadata, no real AWS.
@@ -79,14 +102,41 @@ impl Proc {
                 None => cmd.env_remove(k),
             };
         }
-        let child = cmd
+        let mut child = cmd
             .env_remove("AWS_CLUSTER_ID")
-            .stdin(Stdio::null())
+            .stdin(if piped_stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(std::fs::File::create(&stdout_path)?)
             .stderr(std::fs::File::create(&stderr_path)?)
             .spawn()
             .with_context(|| format!("cannot start {bin}"))?;
-        Ok(Self { name: name.to_owned(), child, stdout_path, stderr_path })
+        let stdin = child.stdin.take();
+        Ok(Self { name: name.to_owned(), child, stdin, stdout_path, stderr_path })
+    }
+
+    /// Write one command line to the process's stdin and wait (up to 10 s) for its one-line answer on
+    /// stdout.
+    pub fn send(&mut self, line: &str) -> Result<String> {
+        use std::io::Write as _;
+        let before = self.stdout().lines().count();
+        let stdin = self.stdin.as_mut().context("stdin not piped")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.stdout();
+            if let Some(answer) = out.lines().nth(before) {
+                return Ok(answer.to_owned());
+            }
+            if Instant::now() > deadline {
+                bail!("{}: no answer to {line:?}; stderr:\n{}", self.name, self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     pub fn pid(&self) -> u32 {
@@ -120,6 +170,7 @@ impl Proc {
 
     /// SIGKILL (a crash).
     pub fn kill(&mut self) {
+        self.stdin = None;
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -170,6 +221,11 @@ impl Aggregator {
 
     /// Start with JSON logs, the stdout sink, 200 ms publish windows, `extra` args and environment.
     pub fn start_env(dir: &Path, name: &str, grpc_listen: &str, extra: &[&str], env: &[(&str, Option<&str>)]) -> Result<Self> {
+        Self::start_in(None, dir, name, grpc_listen, extra, env)
+    }
+
+    /// [`Aggregator::start_env`] inside network namespace `ns`, when given.
+    pub fn start_in(ns: Option<&str>, dir: &Path, name: &str, grpc_listen: &str, extra: &[&str], env: &[(&str, Option<&str>)]) -> Result<Self> {
         let mut args: Vec<String> = [
             "--grpc-listen",
             grpc_listen,
@@ -192,7 +248,7 @@ impl Aggregator {
         let mut all: Vec<(&str, Option<&str>)> =
             vec![("AWS_ACCESS_KEY_ID", Some("testing")), ("AWS_SECRET_ACCESS_KEY", Some("testing")), ("AWS_REGION", Some("us-east-1"))];
         all.extend_from_slice(env);
-        let proc = Proc::start_env("cni-metrics-aggregator", name, &args, &all, dir)?;
+        let proc = Proc::start_in(ns, "cni-metrics-aggregator", name, &args, &all, dir, false)?;
         let line = proc.wait_log("aggregator starting", Duration::from_secs(20))?;
         let grpc = json_field(&line, "grpc").context("grpc address in log")?;
         let http = json_field(&line, "http").context("http address in log")?;
@@ -270,6 +326,9 @@ pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
+
+pub mod cluster;
+pub mod netns;
 
 /// Sum of the `value=` fields of the stdout sink's lines for `metric`.
 pub fn stdout_sum(stdout: &str, metric: &str) -> f64 {

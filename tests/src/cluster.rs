@@ -1,0 +1,288 @@
+//! A whole test cluster for fault tests: nodes (a `cni-metrics-fake-ipamd` process and a real agent
+//! process each), and a succession of real aggregator processes on one fixed address (each restart is a
+//! new process; all their stdout sink lines count as published).
+//!
+//! With root, nodes live in Linux network namespaces ([`Lab`]): each node's ipamd is on its own
+//! `127.0.0.1:61678` and partitions cut the node's link. Without, everything runs on loopback ports and
+//! partitions are unavailable; [`Cluster::new`] prints why.
+//!
+//! The truth is what the fake ipamds counted (their lifetime counters, asked over stdin so it works
+//! while a node is cut off); the published numbers are the sums of the stdout sink's windows over every
+//! aggregator process that ever ran, the same datums CloudWatch gets.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::{Lab, CONTROL_IP};
+use crate::{eventually, free_port, json_field, sample, scratch_dir, stdout_sum, Aggregator, Proc};
+
+pub struct Node {
+    pub name: String,
+    pub fake: Proc,
+    pub agent: Option<Proc>,
+    /// ipamd's metrics URL as the agent sees it.
+    ipamd: String,
+    pub ipamd_up: bool,
+    runs: usize,
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    lab: Option<Lab>,
+    pub nodes: Vec<Node>,
+    /// Every aggregator process started, oldest first; the last is the current one.
+    pub aggregators: Vec<Proc>,
+    agg_listen: String,
+    agg_http: String,
+    pub agg_extra: Vec<String>,
+    pub agent_extra: Vec<String>,
+}
+
+/// The counters the fault tests compare: (addReqCount, delReqCount, ec2ApiReqCount). The last grows at
+/// every simulated interval, so every report carries an increment.
+pub type Totals = (f64, f64, f64);
+
+impl Cluster {
+    /// A cluster with `nodes` nodes (ipamds started, no agents yet), in namespaces when `netns` and
+    /// possible.
+    pub fn new(test: &str, nodes: usize, netns: bool) -> Result<Self> {
+        let dir = scratch_dir(test)?;
+        let lab = if netns {
+            match Lab::create(0) {
+                Ok(lab) => Some(lab),
+                Err(why) => {
+                    eprintln!("NOTE {test}: network namespaces unavailable ({why}); running on loopback ports, partitions skipped");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let agg_listen = match &lab {
+            Some(_) => format!("{CONTROL_IP}:61690"),
+            None => format!("127.0.0.1:{}", free_port()?),
+        };
+        let mut c = Cluster { dir, lab, nodes: Vec::new(), aggregators: Vec::new(), agg_listen, agg_http: String::new(), agg_extra: Vec::new(), agent_extra: Vec::new() };
+        for _ in 0..nodes {
+            c.add_node()?;
+        }
+        Ok(c)
+    }
+
+    pub fn netns(&self) -> bool {
+        self.lab.is_some()
+    }
+
+    /// Add a node with a fresh ipamd (started 2 s ago); returns its index.
+    pub fn add_node(&mut self) -> Result<usize> {
+        let i = self.nodes.len();
+        let name = format!("node-{i}");
+        let style = if i.is_multiple_of(2) { "modern" } else { "pd" };
+        let (ns, listen) = match &mut self.lab {
+            Some(lab) => {
+                lab.add_node(i)?;
+                (Some(lab.node(i)), "127.0.0.1:61678".to_owned())
+            }
+            None => (None, format!("127.0.0.1:{}", free_port()?)),
+        };
+        let args: Vec<String> =
+            ["--listen", &listen, "--seed", &(100 + i).to_string(), "--style", style].iter().map(|s| (*s).to_owned()).collect();
+        let fake = Proc::start_in(ns.as_deref(), "cni-metrics-fake-ipamd", &format!("{name}-ipamd"), &args, &[], &self.dir, true)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !fake.stdout().contains("LISTENING") {
+            if std::time::Instant::now() > deadline {
+                bail!("fake ipamd {name} did not start: {}", fake.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.nodes.push(Node { name, fake, agent: None, ipamd: format!("http://{listen}/metrics"), ipamd_up: true, runs: 0 });
+        Ok(i)
+    }
+
+    /// Start (or restart) node `i`'s agent.
+    pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        let ns = self.lab.as_ref().map(|l| l.node(i));
+        let n = &mut self.nodes[i];
+        n.runs += 1;
+        let mut args: Vec<String> = [
+            "--ipamd-url",
+            &n.ipamd,
+            "--introspection-url",
+            &n.ipamd.replace("/metrics", "/v1/enis"),
+            "--node-name",
+            &n.name,
+            "--aggregator",
+            &format!("http://{}", self.agg_listen),
+            "--interval",
+            "200ms",
+            "--scrape-timeout",
+            "150ms",
+            // A silently dead link is noticed in 2 s (+1 s), as 30 s (+10 s) would be on a real node.
+            "--keepalive",
+            "1s",
+            "--imds",
+            "false",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(self.agent_extra.iter().cloned());
+        let name = format!("{}-agent-{}", n.name, n.runs);
+        n.agent = Some(Proc::start_in(ns.as_deref(), "cni-metrics-agent", &name, &args, &[], &self.dir, false)?);
+        Ok(())
+    }
+
+    pub fn start_agents(&mut self) -> Result<()> {
+        (0..self.nodes.len()).try_for_each(|i| self.start_agent(i))
+    }
+
+    pub fn agent(&mut self, i: usize) -> Result<&mut Proc> {
+        self.nodes[i].agent.as_mut().context("agent not running")
+    }
+
+    /// Start a new aggregator process on the fixed address.
+    pub fn start_aggregator(&mut self) -> Result<()> {
+        let ns = self.lab.as_ref().map(Lab::control);
+        let mut extra: Vec<&str> = vec!["--cluster-id", "e2e"];
+        extra.extend(self.agg_extra.iter().map(String::as_str));
+        let name = format!("aggregator-{}", self.aggregators.len() + 1);
+        let agg = Aggregator::start_in(ns.as_deref(), &self.dir, &name, &self.agg_listen, &extra, &[])?;
+        self.agg_http = agg.http;
+        self.aggregators.push(agg.proc);
+        Ok(())
+    }
+
+    /// The current aggregator process.
+    pub fn aggregator(&mut self) -> Result<&mut Proc> {
+        self.aggregators.last_mut().context("no aggregator started")
+    }
+
+    /// The current aggregator's `/metrics` (from inside its namespace when there is one).
+    pub async fn metrics(&self) -> Result<String> {
+        let ns = self.lab.as_ref().map(Lab::control);
+        http_get(ns.as_deref(), &format!("http://{}/metrics", self.agg_http)).await
+    }
+
+    /// A self-metric of node `i`'s agent.
+    pub async fn agent_metric(&self, i: usize, name: &str) -> Result<f64> {
+        let agent = self.nodes[i].agent.as_ref().context("agent not running")?;
+        let line = agent.wait_log("agent HTTP endpoint", Duration::from_secs(10))?;
+        let addr = json_field(&line, "http").context("agent http address")?;
+        let ns = self.lab.as_ref().map(|l| l.node(i));
+        let page = http_get(ns.as_deref(), &format!("http://{addr}/metrics")).await?;
+        let parsed = cni_metrics_agent::parse::parse(&page);
+        parsed.samples.iter().find(|s| s.name == name).map(|s| s.value).with_context(|| format!("{name} not on the agent's page"))
+    }
+
+    /// A self-metric of the current aggregator.
+    pub async fn self_metric(&self, name: &str) -> Result<f64> {
+        let page = self.metrics().await?;
+        sample(&page, name, &[]).with_context(|| format!("{name} not on the page"))
+    }
+
+    /// Send a command to node `i`'s fake ipamd.
+    pub fn ipamd(&mut self, i: usize, cmd: &str) -> Result<()> {
+        let answer = self.nodes[i].fake.send(cmd)?;
+        if answer != "OK" {
+            bail!("{} ipamd {cmd:?}: {answer}", self.nodes[i].name);
+        }
+        match cmd {
+            "down" => self.nodes[i].ipamd_up = false,
+            "up" => self.nodes[i].ipamd_up = true,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Advance every running ipamd `times` intervals, `pause` apart.
+    pub async fn step_all(&mut self, times: usize, pause: Duration) -> Result<()> {
+        for _ in 0..times {
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].ipamd_up {
+                    self.ipamd(i, "step 1")?;
+                }
+            }
+            tokio::time::sleep(pause).await;
+        }
+        Ok(())
+    }
+
+    /// What the ipamds counted, summed over nodes.
+    pub fn truth(&mut self) -> Result<Totals> {
+        let mut t = (0.0, 0.0, 0.0);
+        for n in &mut self.nodes {
+            let line = n.fake.send("truth")?;
+            let json: serde_json::Value = serde_json::from_str(line.strip_prefix("TRUTH ").context("truth line")?)?;
+            t.0 += json["add"].as_f64().unwrap_or(f64::NAN);
+            t.1 += json["del"].as_f64().unwrap_or(f64::NAN);
+            t.2 += json["ec2"].as_f64().unwrap_or(f64::NAN);
+        }
+        Ok(t)
+    }
+
+    /// What every aggregator process published, summed over windows.
+    pub fn published(&self) -> Totals {
+        let out: Vec<String> = self.aggregators.iter().map(Proc::stdout).collect();
+        let sum = |metric: &str| out.iter().map(|o| stdout_sum(o, metric)).sum();
+        (sum("addReqCount"), sum("delReqCount"), sum("ec2ApiReqCount"))
+    }
+
+    /// Wait until the published totals equal the truth, and still do 1.5 s later (an overshoot that
+    /// arrives in a later window fails).
+    pub async fn wait_exact(&mut self, what: &str, timeout: Duration) -> Result<()> {
+        let truth = self.truth()?;
+        let this = &*self;
+        eventually(timeout, || async move {
+            let got = this.published();
+            Ok(if got == truth { Ok(()) } else { Err(format!("published (add, del, ec2) {got:?}, truth {truth:?}")) })
+        })
+        .await
+        .with_context(|| format!("after {what}"))?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let got = self.published();
+        if got != truth {
+            bail!("after {what}: published (add, del, ec2) {got:?} moved past the truth {truth:?}");
+        }
+        Ok(())
+    }
+
+    /// Cut or restore node `i`'s link (namespaces only).
+    pub fn partition(&self, i: usize, down: bool) -> Result<()> {
+        self.lab.as_ref().context("partitions need network namespaces")?.set_partitioned(i, down)
+    }
+
+    /// Wait until the current aggregator has `n` nodes reporting.
+    pub async fn wait_reporting(&self, n: usize) -> Result<()> {
+        eventually(Duration::from_secs(40), || async {
+            let got = self.self_metric("cni_metrics_nodes_reporting").await?;
+            Ok(if got == n as f64 { Ok(()) } else { Err(format!("nodes reporting {got}, want {n}")) })
+        })
+        .await
+    }
+}
+
+/// GET `url`, from inside namespace `ns` when given (with the machine's Python, as the test process is
+/// outside every namespace).
+async fn http_get(ns: Option<&str>, url: &str) -> Result<String> {
+    match ns {
+        None => Ok(reqwest::get(url).await?.error_for_status()?.text().await?),
+        Some(ns) => {
+            // A short blocking call: the tests run on a multi-thread runtime.
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", ns, "python3", "-c"])
+                .arg("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())")
+                .arg(url)
+                .output()?;
+            if !out.status.success() {
+                bail!("GET {url} in {ns}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+    }
+}
