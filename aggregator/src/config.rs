@@ -115,6 +115,15 @@ pub struct AggregatorConfig {
     #[arg(long, env = "MAX_STREAMS_PER_CONNECTION", default_value_t = 16)]
     pub max_streams_per_connection: u32,
 
+    /// Most agent streams open at once (one per node); more are refused with RESOURCE_EXHAUSTED and
+    /// counted, so a flood of connections cannot exhaust memory. Open streams are never dropped for it.
+    #[arg(long, env = "MAX_STREAMS", default_value_t = 20_000)]
+    pub max_streams: usize,
+
+    /// Time a new agent stream has to send its Hello.
+    #[arg(long, env = "HELLO_TIMEOUT", default_value = "10s", value_parser = parse_positive)]
+    pub hello_timeout: Duration,
+
     /// Largest gRPC message accepted from an agent, in bytes.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
@@ -278,6 +287,8 @@ impl AggregatorConfig {
             stdout: false,
             max_message_bytes: 4 * 1024 * 1024,
             max_streams_per_connection: 16,
+            max_streams: 20_000,
+            hello_timeout: Duration::from_secs(10),
             max_cluster_series: 200_000,
             max_series_per_node: 5_000,
             max_departed_nodes: 100_000,

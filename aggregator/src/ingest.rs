@@ -9,6 +9,7 @@
 //! will not be published), the publisher delivers the last window, and only then do streams send their
 //! final commit and end with UNAVAILABLE.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -29,8 +30,6 @@ pub fn lock(state: &Shared) -> MutexGuard<'_, ClusterState> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// How long a new stream may take to say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Outbound (ack) queue per stream; acks are cumulative, so a full queue just skips one.
 const ACK_QUEUE: usize = 8;
 
@@ -46,17 +45,43 @@ pub struct StreamSignals {
     pub commits: watch::Receiver<u64>,
 }
 
+/// Limits of the service.
+#[derive(Clone, Debug)]
+pub struct IngestLimits {
+    /// Most streams open at once.
+    pub max_streams: usize,
+    /// Time a new stream has to send its Hello.
+    pub hello_timeout: Duration,
+}
+
 #[derive(Clone)]
 pub struct IngestService {
     state: Shared,
     signals: StreamSignals,
+    limits: IngestLimits,
+    open: Arc<AtomicUsize>,
     /// Random per process: agents tell a restarted aggregator from a reconnect.
     instance_id: u64,
 }
 
 impl IngestService {
-    pub fn new(state: Shared, signals: StreamSignals) -> Self {
-        Self { state, signals, instance_id: fastrand::u64(1..) }
+    pub fn new(state: Shared, signals: StreamSignals, limits: IngestLimits) -> Self {
+        Self { state, signals, limits, open: Arc::default(), instance_id: fastrand::u64(1..) }
+    }
+}
+
+/// One open stream, released when its task ends (whichever way).
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok().map(|_| Self(open.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -109,8 +134,13 @@ impl Ingest for IngestService {
 
     async fn stream(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
         let peer = request.remote_addr();
+        let Some(slot) = StreamSlot::take(&self.open, self.limits.max_streams) else {
+            *lock(&self.state).stats.rejected.entry("too_many_streams").or_default() += 1;
+            warn!(?peer, max_streams = self.limits.max_streams, "stream refused: --max-streams reached");
+            return Err(Status::resource_exhausted("too many agent streams (--max-streams)"));
+        };
         let mut inbound = request.into_inner();
-        let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+        let first = match tokio::time::timeout(self.limits.hello_timeout, inbound.message()).await {
             Ok(Ok(m)) => m,
             Ok(Err(status)) => {
                 count_stream_error(&self.state, &status);
@@ -118,7 +148,7 @@ impl Ingest for IngestService {
             }
             Err(_) => {
                 *lock(&self.state).stats.rejected.entry("no_hello").or_default() += 1;
-                return Err(Status::deadline_exceeded("no hello within 10s"));
+                return Err(Status::deadline_exceeded(format!("no hello within {:?}", self.limits.hello_timeout)));
             }
         };
         let hello = match first.and_then(|m| m.body) {
@@ -156,6 +186,7 @@ impl Ingest for IngestService {
         let StreamSignals { frozen, mut stop, mut commits } = self.signals.clone();
         let mut sent_commit = welcomed.committed_seq;
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
                 let next = tokio::select! {
                     m = inbound.message() => m,

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::config::AggregatorConfig;
 use crate::consumer::ConsumerService;
 use crate::http::{router, HttpState};
-use crate::ingest::{lock, IngestService, Shared, StreamSignals};
+use crate::ingest::{lock, IngestLimits, IngestService, Shared, StreamSignals};
 use crate::publish::{run_publisher, Commits, PublishStats, Sink};
 use crate::state::{ClusterState, StateConfig};
 
@@ -92,7 +92,8 @@ pub async fn serve(
     }
 
     let signals = StreamSignals { frozen: freeze_rx.clone(), stop: stop_tx.subscribe(), commits: commit_rx };
-    let svc = IngestServer::new(IngestService::new(handles.state.clone(), signals))
+    let limits = IngestLimits { max_streams: cfg.max_streams, hello_timeout: cfg.hello_timeout };
+    let svc = IngestServer::new(IngestService::new(handles.state.clone(), signals, limits))
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
     let consumer = ConsumerService::new(handles.state.clone());

@@ -37,6 +37,8 @@ pub struct Cluster {
     agg_listen: String,
     agg_http: String,
     pub agg_extra: Vec<String>,
+    /// Extra environment of aggregator processes (e.g. the CloudWatch emulator's endpoint).
+    pub agg_env: Vec<(String, Option<String>)>,
     pub agent_extra: Vec<String>,
 }
 
@@ -64,7 +66,7 @@ impl Cluster {
             Some(_) => format!("{CONTROL_IP}:61690"),
             None => format!("127.0.0.1:{}", free_port()?),
         };
-        let mut c = Cluster { dir, lab, nodes: Vec::new(), aggregators: Vec::new(), agg_listen, agg_http: String::new(), agg_extra: Vec::new(), agent_extra: Vec::new() };
+        let mut c = Cluster { dir, lab, nodes: Vec::new(), aggregators: Vec::new(), agg_listen, agg_http: String::new(), agg_extra: Vec::new(), agg_env: Vec::new(), agent_extra: Vec::new() };
         for _ in 0..nodes {
             c.add_node()?;
         }
@@ -152,10 +154,21 @@ impl Cluster {
         let mut extra: Vec<&str> = vec!["--cluster-id", "e2e"];
         extra.extend(self.agg_extra.iter().map(String::as_str));
         let name = format!("aggregator-{}", self.aggregators.len() + 1);
-        let agg = Aggregator::start_in(ns.as_deref(), &self.dir, &name, &self.agg_listen, &extra, &[])?;
+        let env: Vec<(&str, Option<&str>)> = self.agg_env.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+        let agg = Aggregator::start_in(ns.as_deref(), &self.dir, &name, &self.agg_listen, &extra, &env)?;
         self.agg_http = agg.http;
         self.aggregators.push(agg.proc);
         Ok(())
+    }
+
+    /// The address agents dial.
+    pub fn aggregator_address(&self) -> &str {
+        &self.agg_listen
+    }
+
+    /// Whether node `i`'s link is cut.
+    pub fn partitioned(&self, i: usize) -> bool {
+        self.lab.as_ref().is_some_and(|l| l.is_partitioned(i))
     }
 
     /// The current aggregator process.

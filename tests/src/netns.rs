@@ -17,6 +17,7 @@ pub const CONTROL_IP: &str = "10.77.0.1";
 pub struct Lab {
     prefix: String,
     nodes: usize,
+    cut: std::sync::Mutex<std::collections::BTreeSet<usize>>,
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -35,7 +36,7 @@ impl Lab {
         if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
             return Err("network namespaces need root (ip netns add)".into());
         }
-        let lab = Lab { prefix: format!("cmh{}x{}", std::process::id(), fastrand_suffix()), nodes: 0 };
+        let lab = Lab { prefix: format!("cmh{}x{}", std::process::id(), fastrand_suffix()), nodes: 0, cut: Default::default() };
         lab.setup_control().map_err(|e| format!("cannot create the control namespace: {e:#}"))?;
         let mut lab = lab;
         for i in 0..nodes {
@@ -80,7 +81,18 @@ impl Lab {
 
     /// Cut (`down = true`) or restore node `i`'s link to the control plane.
     pub fn set_partitioned(&self, i: usize, down: bool) -> Result<()> {
-        ip(&["-n", &self.node(i), "link", "set", "eth0", if down { "down" } else { "up" }])
+        ip(&["-n", &self.node(i), "link", "set", "eth0", if down { "down" } else { "up" }])?;
+        let mut cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
+        if down {
+            cut.insert(i);
+        } else {
+            cut.remove(&i);
+        }
+        Ok(())
+    }
+
+    pub fn is_partitioned(&self, i: usize) -> bool {
+        self.cut.lock().unwrap_or_else(|e| e.into_inner()).contains(&i)
     }
 }
 

@@ -6,8 +6,10 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use cni_metrics_e2e::cluster::Cluster;
+use cni_metrics_e2e::{eventually, sample, Emulator};
+use serde_json::json;
 
 const STEP: Duration = Duration::from_millis(150);
 const EXACT: Duration = Duration::from_secs(40);
@@ -124,5 +126,180 @@ async fn fault_matrix_keeps_counters_exact() -> Result<()> {
     let (truth, published) = (c.truth()?, c.published());
     ensure!(published == truth, "after the final shutdown: published {published:?}, truth {truth:?}");
     eprintln!("fault matrix: exact at {truth:?} (add, del, ec2) over {} aggregator processes", c.aggregators.len());
+    Ok(())
+}
+
+/// Sum of every datapoint of `metric` the CloudWatch emulator holds for cluster `e2e`.
+async fn cw_sum(emu: &Emulator, metric: &str) -> Result<f64> {
+    Ok(emu.datapoints(metric, "e2e").await?.iter().map(|d| d.1).sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudwatch_outage_with_an_aggregator_crash_in_it_loses_nothing() -> Result<()> {
+    // CloudWatch answers 503 for the whole first part; the aggregator queues windows (its backlog), is
+    // killed with them, and a new one, counting from the agents' committed totals (nothing was committed),
+    // publishes everything once CloudWatch is back.
+    let emu = Emulator::start()?;
+    emu.control("outage", json!({"status": 503, "code": "ServiceUnavailable"})).await?;
+    let mut c = Cluster::new("faults-cw", 2, false)?;
+    c.agg_env = vec![("AWS_ENDPOINT_URL".into(), Some(emu.url()))];
+    c.agg_extra = vec!["--cloudwatch".into(), "true".into(), "--publish-interval".into(), "300ms".into()];
+    c.start_aggregator()?;
+    c.start_agents()?;
+    c.wait_reporting(2).await?;
+    c.step_all(6, STEP).await?;
+    ensure!(c.self_metric("cni_metrics_cloudwatch_backlog_windows").await? > 0.0, "windows queued during the outage");
+    c.aggregator()?.kill();
+    c.step_all(3, STEP).await?;
+    c.start_aggregator()?;
+    c.wait_reporting(2).await?;
+    c.step_all(4, STEP).await?;
+    ensure!(c.self_metric("cni_metrics_recovered_increments_total").await? > 0.0, "the new aggregator recovered uncommitted increments");
+    emu.control("outage", json!({})).await?;
+    let truth = c.truth()?;
+    eventually(Duration::from_secs(60), || async {
+        let got = (cw_sum(&emu, "addReqCount").await?, cw_sum(&emu, "delReqCount").await?, cw_sum(&emu, "ec2ApiReqCount").await?);
+        Ok(if got == truth { Ok(()) } else { Err(format!("CloudWatch (add, del, ec2) {got:?}, truth {truth:?}")) })
+    })
+    .await?;
+    ensure!(c.aggregator()?.terminate(Duration::from_secs(15))?, "aggregator exits on SIGTERM");
+    let got = (cw_sum(&emu, "addReqCount").await?, cw_sum(&emu, "delReqCount").await?, cw_sum(&emu, "ec2ApiReqCount").await?);
+    ensure!(got == truth, "after the final shutdown: CloudWatch {got:?}, truth {truth:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_flood_is_refused_and_reporting_nodes_are_unaffected() -> Result<()> {
+    use cni_metrics_proto::v1::ingest_client::IngestClient;
+    let mut c = Cluster::new("faults-flood", 2, false)?;
+    c.agg_extra = vec!["--max-streams".into(), "12".into(), "--hello-timeout".into(), "1s".into()];
+    c.start_aggregator()?;
+    c.start_agents()?;
+    c.wait_reporting(2).await?;
+    // 60 connections with 4 silent streams each, all at once.
+    let url = format!("http://{}", c.aggregator_address());
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..60 {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await?;
+        for _ in 0..4 {
+            let channel = channel.clone();
+            flood.spawn(async move {
+                let (tx, rx) = tokio::sync::mpsc::channel::<cni_metrics_proto::v1::AgentMessage>(1);
+                let r = IngestClient::new(channel).stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+                drop(tx);
+                r.err().map(|s| s.code())
+            });
+        }
+    }
+    c.step_all(4, STEP).await?;
+    let mut codes = std::collections::BTreeMap::new();
+    while let Some(code) = flood.join_next().await {
+        *codes.entry(format!("{:?}", code?)).or_insert(0) += 1;
+    }
+    let exhausted = codes.get("Some(ResourceExhausted)").copied().unwrap_or(0);
+    let no_hello = codes.get("Some(DeadlineExceeded)").copied().unwrap_or(0);
+    ensure!(exhausted >= 230 && exhausted + no_hello == 240, "flood answers {codes:?}");
+    let page = c.metrics().await?;
+    ensure!(sample(&page, "cni_metrics_reports_rejected_total", &[("reason", "too_many_streams")]) == Some(exhausted as f64), "{page}");
+    c.step_all(2, STEP).await?;
+    c.wait_exact("a connect flood", EXACT).await?;
+    ensure!(c.self_metric("cni_metrics_nodes_reporting").await? == 2.0, "both nodes kept reporting");
+    Ok(())
+}
+
+/// One soak episode: a primary fault, maybe an overlapping ipamd fault on another node, steps all along.
+async fn episode(c: &mut Cluster, rng: &mut fastrand::Rng, log: &mut Vec<String>) -> Result<()> {
+    let n = c.nodes.len();
+    let side = rng.bool().then(|| rng.usize(..n));
+    let side_fault = ["restart", "mode hang", "mode garbage", "mode huge", "mode error", "down"][rng.usize(..6)];
+    if let Some(j) = side {
+        c.ipamd(j, side_fault)?;
+        log.push(format!("ipamd {j}: {side_fault}"));
+    }
+    let steps = 1 + rng.usize(..4);
+    let i = rng.usize(..n);
+    match rng.usize(..7) {
+        0 => {
+            log.push(format!("aggregator kill -9, {steps} steps, restart"));
+            c.aggregator()?.kill();
+            c.step_all(steps, STEP).await?;
+            c.start_aggregator()?;
+        }
+        1 => {
+            log.push(format!("aggregator SIGTERM, {steps} steps, restart"));
+            ensure!(c.aggregator()?.terminate(Duration::from_secs(15))?, "aggregator exits on SIGTERM");
+            c.step_all(steps, STEP).await?;
+            c.start_aggregator()?;
+        }
+        2 => {
+            log.push(format!("agent {i} kill -9, {steps} steps, restart"));
+            c.agent(i)?.kill();
+            c.step_all(steps, STEP).await?;
+            c.start_agent(i)?;
+        }
+        3 => {
+            log.push(format!("agent {i} SIGTERM, {steps} steps, restart"));
+            ensure!(c.agent(i)?.terminate(Duration::from_secs(5))?, "agent exits on SIGTERM");
+            c.step_all(steps, STEP).await?;
+            c.start_agent(i)?;
+        }
+        4 if c.netns() => {
+            let secs = 1 + rng.u64(..4);
+            let kill = rng.bool();
+            log.push(format!("partition node {i} for {secs} s (agent restart inside: {kill})"));
+            c.partition(i, true)?;
+            for k in 0..secs {
+                c.step_all(1, Duration::from_secs(1)).await?;
+                if kill && k == 0 {
+                    c.agent(i)?.kill();
+                    c.step_all(1, STEP).await?;
+                    c.start_agent(i)?;
+                }
+            }
+            c.partition(i, false)?;
+        }
+        5 if c.nodes.len() < 6 => {
+            log.push("aggregator down while a new node's agent starts".to_owned());
+            ensure!(c.aggregator()?.terminate(Duration::from_secs(15))?, "aggregator exits on SIGTERM");
+            let j = c.add_node()?;
+            c.start_agent(j)?;
+            c.step_all(steps, STEP).await?;
+            c.start_aggregator()?;
+        }
+        _ => {
+            log.push(format!("{steps} steps"));
+            c.step_all(steps, STEP).await?;
+        }
+    }
+    c.step_all(1, STEP).await?;
+    if let Some(j) = side {
+        c.ipamd(j, if side_fault == "down" { "up" } else { "mode normal" })?;
+    }
+    c.step_all(1, STEP).await?;
+    let n = c.nodes.len();
+    c.wait_reporting(n).await?;
+    c.wait_exact(log.last().map_or("", String::as_str), Duration::from_secs(60)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_of_random_faults_stays_exact() -> Result<()> {
+    let seed: u64 = std::env::var("SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..1_000_000));
+    let secs: u64 = std::env::var("SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    eprintln!("soak: seed {seed}, {secs} s (rerun with SOAK_SEED={seed})");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut c = Cluster::new("soak", 3, true)?;
+    c.agg_extra = vec!["--publish-interval".into(), "500ms".into()];
+    c.start_aggregator()?;
+    c.start_agents()?;
+    c.wait_reporting(3).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut log = Vec::new();
+    while std::time::Instant::now() < deadline {
+        if let Err(e) = episode(&mut c, &mut rng, &mut log).await {
+            bail!("soak seed {seed} failed after {} episodes ({}): {e:#}", log.len(), log.join("; "));
+        }
+    }
+    let truth = c.truth()?;
+    eprintln!("soak seed {seed}: {} episodes exact, truth (add, del, ec2) {truth:?}: {}", log.len(), log.join("; "));
     Ok(())
 }
