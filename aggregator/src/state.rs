@@ -324,6 +324,8 @@ pub struct ClusterState {
     names: HashMap<String, Arc<str>>,
     nodes: HashMap<Arc<str>, NodeState>,
     departed: HashMap<Arc<str>, Departed>,
+    /// Counter identities, shared by every node that has them.
+    resume_keys: std::collections::HashSet<Arc<ResumeKey>>,
     /// Bumped whenever commits advance; streams watch it.
     commit_generation: u64,
     next_session: u64,
@@ -345,6 +347,7 @@ impl ClusterState {
             names: HashMap::new(),
             nodes: HashMap::new(),
             departed: HashMap::new(),
+            resume_keys: std::collections::HashSet::new(),
             commit_generation: 0,
             next_session: 0,
             capacity: CapacityTotals::default(),
@@ -505,13 +508,15 @@ impl ClusterState {
             return Err(IngestError::LengthMismatch { ids: r.ids.len(), values: r.values.len() });
         }
         if !r.counter_raws.is_empty() {
-            let counter_defs: std::collections::HashMap<u32, bool> =
-                r.defs.iter().map(|d| (d.id, d.kind == MetricKind::Counter as i32)).collect();
-            let counters = r
-                .ids
-                .iter()
-                .filter(|id| counter_defs.get(id).copied().unwrap_or_else(|| node.series.get(id).is_some_and(|s| s.kind == MetricKind::Counter)))
-                .count();
+            let is_counter = |id: &u32| match r.defs.iter().find(|d| d.id == *id) {
+                Some(d) => d.kind == MetricKind::Counter as i32,
+                None => node.series.get(id).is_some_and(|s| s.kind == MetricKind::Counter),
+            };
+            let counters = if r.defs.is_empty() {
+                r.ids.iter().filter(|id| node.series.get(id).is_some_and(|s| s.kind == MetricKind::Counter)).count()
+            } else {
+                r.ids.iter().filter(|id| is_counter(id)).count()
+            };
             if counters != r.counter_raws.len() {
                 return Err(IngestError::RawMismatch { counters, raws: r.counter_raws.len() });
             }
@@ -565,22 +570,23 @@ impl ClusterState {
             }
         }
         let mut recovered = 0.0;
-        let mut raws = r.counter_raws.iter();
-        for (&id, &v) in r.ids.iter().zip(&r.values) {
-            let is_counter = self.nodes[&name].series.get(&id).is_some_and(|s| s.kind == MetricKind::Counter);
-            if is_counter {
-                if let Some(&raw) = raws.next() {
-                    if let Some(s) = self.nodes.get_mut(&name).and_then(|n| n.series.get_mut(&id)) {
+        if !r.counter_raws.is_empty() || recovering {
+            // Counters' raw values (the resume point), and what a recovered run brings, before applying.
+            let mut raws = r.counter_raws.iter();
+            if let Some(node) = self.nodes.get_mut(&name) {
+                for (&id, &v) in r.ids.iter().zip(&r.values) {
+                    let Some(s) = node.series.get_mut(&id).filter(|s| s.kind == MetricKind::Counter) else { continue };
+                    if let Some(&raw) = raws.next() {
                         s.raw = raw;
                     }
-                }
-                if recovering {
-                    let base = self.nodes[&name].series.get(&id).map_or(0.0, |s| if s.value.is_nan() { 0.0 } else { s.value });
-                    if v.is_finite() && v > base {
+                    let base = if s.value.is_nan() { 0.0 } else { s.value };
+                    if recovering && v.is_finite() && v > base {
                         recovered += v - base;
                     }
                 }
             }
+        }
+        for (&id, &v) in r.ids.iter().zip(&r.values) {
             self.update(&name, id, v);
         }
         if recovering {
@@ -644,7 +650,15 @@ impl ClusterState {
             let key = counter.then(|| {
                 let mut labels: Vec<(String, String)> = d.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
                 labels.sort_unstable();
-                Arc::new(ResumeKey { name: d.name.clone(), labels })
+                let key = ResumeKey { name: d.name.clone(), labels };
+                match self.resume_keys.get(&key) {
+                    Some(k) => k.clone(),
+                    None => {
+                        let k = Arc::new(key);
+                        self.resume_keys.insert(k.clone());
+                        k
+                    }
+                }
             });
             n.series.insert(d.id, NodeSeries { slot, kind, value, raw: f64::NAN, key, contributing: false, role });
         }
