@@ -61,15 +61,16 @@ async fn fault_matrix_keeps_counters_exact() -> Result<()> {
     c.step_all(1, STEP).await?;
     c.wait_exact("agent SIGTERM and restart", EXACT).await?;
 
-    // 5. ipamd restarts (counters reset), is down (connection refused), hangs (scrape timeout), serves
-    //    garbage and a 100 MB page (size cap): the agent keeps the node's last state, marks it stale,
-    //    and counts everything once it can read ipamd again.
+    // 5. ipamd restarts (counters reset), is down (connection refused), flips its TYPE lines (types
+    //    come from the catalogue: counters stay counters), hangs (scrape timeout), serves garbage and a
+    //    100 MB page (size cap): the agent keeps the node's last state, marks it stale, and counts
+    //    everything once it can read ipamd again.
     c.ipamd(2, "restart")?;
     c.step_all(2, STEP).await?;
     c.ipamd(2, "down")?;
     c.step_all(3, STEP).await?;
     c.ipamd(2, "up")?;
-    for mode in ["hang", "garbage", "huge", "error"] {
+    for mode in ["flipped", "hang", "garbage", "huge", "error"] {
         c.ipamd(2, &format!("mode {mode}"))?;
         c.step_all(3, STEP).await?;
     }

@@ -9,7 +9,7 @@
 //! | `step N` | advance the simulation N intervals (pods come and go, counters grow) |
 //! | `restart` | ipamd restarts: a new start time, counters on the page start from zero |
 //! | `down` / `up` | stop serving (connection refused) / serve again on the same address |
-//! | `mode normal|garbage|hang|huge|error` | what `/metrics` answers |
+//! | `mode normal|garbage|hang|huge|error|flipped` | what `/metrics` answers (`flipped`: the live page with every `# TYPE` counter/gauge swapped, as ipamd versions did to some families) |
 //! | `truth` | `TRUTH {json}`: lifetime counters and current gauges |
 #![forbid(unsafe_code)]
 
@@ -44,6 +44,7 @@ async fn main() -> Result<()> {
     };
     let mut fake = Some(FakeIpamd::start(SimIpamd::new(style, seed, now() - age), listen).await.context("bind")?);
     let mut parked: Option<SimIpamd> = None;
+    let mut flipped = false;
     println!("LISTENING {listen}");
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(16);
     std::thread::spawn(move || {
@@ -67,7 +68,9 @@ async fn main() -> Result<()> {
                 "OK".to_owned()
             }
             (Some("mode"), Some(f)) => {
+                flipped = words.get(1).copied() == Some("flipped");
                 let mode = match words.get(1).copied() {
+                    Some("flipped") => Mode::Page(f.with_sim(|s| flip_types(&s.render()))),
                     Some("garbage") => Mode::Garbage,
                     Some("hang") => Mode::Slow(Duration::from_secs(3600)),
                     Some("huge") => Mode::Huge(100 * 1024 * 1024),
@@ -103,10 +106,27 @@ async fn main() -> Result<()> {
             (Some(cmd), _) => format!("ERR {cmd} not possible now"),
             (None, _) => continue,
         };
+        // A flipped page follows the simulation.
+        if let (true, Some(f)) = (flipped, fake.as_ref()) {
+            f.set_mode(Mode::Page(f.with_sim(|s| flip_types(&s.render()))));
+        }
         println!("{answer}");
         let _ = std::io::stdout().flush();
     }
     Ok(())
+}
+
+/// Swap `counter` and `gauge` on every `# TYPE` line.
+fn flip_types(page: &str) -> String {
+    page.lines()
+        .map(|l| match l.strip_prefix("# TYPE ") {
+            Some(rest) if rest.ends_with(" counter") => format!("# TYPE {}gauge", rest.trim_end_matches("counter")),
+            Some(rest) if rest.ends_with(" gauge") => format!("# TYPE {}counter", rest.trim_end_matches("gauge")),
+            _ => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }
 
 fn truth(s: &SimIpamd) -> String {
