@@ -180,7 +180,7 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
                     r = scraper.fetch() => r,
                     _ = &mut shutdown => break,
                 };
-                scrape_once(fetched, &mut engine, &mut pending, &mut facts, &stats, &node);
+                scrape_once(fetched, &mut engine, &mut pending, &mut commits, &mut facts, &stats, &node);
                 if let Some(client) = &introspection {
                     let r = crate::introspect::fetch(client, &cfg.introspection_url, cfg.max_page_bytes, cfg.effective_scrape_timeout()).await;
                     match r {
@@ -356,6 +356,7 @@ fn scrape_once(
     fetched: Result<String, crate::scrape::ScrapeError>,
     engine: &mut DeltaEngine,
     pending: &mut Pending,
+    commits: &mut CommitLog,
     facts: &mut ScrapeFacts,
     stats: &AgentStats,
     node: &str,
@@ -388,6 +389,7 @@ fn scrape_once(
             }
             if obs.usable {
                 pending.absorb(&obs);
+                obs.removed.iter().for_each(|id| commits.forget(*id));
                 let detail = if page.bad_lines > 0 {
                     format!("{} bad lines, first: {:?}", page.bad_lines, page.first_errors.first())
                 } else {
