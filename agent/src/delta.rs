@@ -148,6 +148,8 @@ pub struct DeltaEngine {
     first_start: Option<f64>,
     first_fresh: bool,
     resumed: bool,
+    /// When the aggregator that sent the run's first Welcome started (Unix seconds).
+    aggregator_started: Option<f64>,
 }
 
 /// One normalised sample.
@@ -175,6 +177,7 @@ impl DeltaEngine {
             first_start: None,
             first_fresh: false,
             resumed: false,
+            aggregator_started: None,
         }
     }
 
@@ -188,6 +191,9 @@ impl DeltaEngine {
     pub fn apply_resume(&mut self, resume: Option<ResumePoints>) -> Vec<u32> {
         if self.resume != ResumeState::Awaiting {
             return Vec::new();
+        }
+        if self.aggregator_started.is_none() {
+            self.aggregator_started = Some(f64::INFINITY);
         }
         let mut changed = Vec::new();
         if let Some(r) = &resume {
@@ -210,6 +216,24 @@ impl DeltaEngine {
         self.resume = ResumeState::Known(resume);
         changed.sort_unstable();
         changed
+    }
+
+    /// Record when the aggregator of the run's first Welcome started (before [`DeltaEngine::apply_resume`]).
+    pub fn set_aggregator_started(&mut self, unix_secs: f64) {
+        if self.resume == ResumeState::Awaiting && unix_secs > 0.0 {
+            self.aggregator_started = Some(unix_secs);
+        }
+    }
+
+    /// True when a young ipamd was counted from its start without a resume point, by an aggregator younger
+    /// than that ipamd: a previous aggregator may have counted an earlier run of this node, and that part
+    /// would be counted twice. Reported (and counted by the aggregator) so it is never silent.
+    pub fn baseline_in_doubt(&self) -> bool {
+        self.first_scrape_done
+            && self.first_fresh
+            && !self.resumed
+            && matches!(self.resume, ResumeState::Known(None))
+            && matches!((self.first_start, self.aggregator_started), (Some(s), Some(a)) if s < a && a.is_finite())
     }
 
     /// True when counting started without a resume point on an ipamd older than the initial window:
@@ -537,6 +561,19 @@ mod tests {
         e.observe(&parse(&page(START, 7, 3, "")), START + 10.0);
         e.apply_resume(None);
         assert_eq!((total(&e, "awscni_add_ip_req_count"), e.baseline_unknown()), (Some(7.0), false));
+    }
+
+    #[test]
+    fn a_young_ipamd_counted_in_full_without_resume_by_a_younger_aggregator_is_in_doubt() {
+        // (aggregator start relative to ipamd start, resume, in doubt)
+        for (agg, resume_given, want) in [(5.0, false, true), (-5.0, false, false), (5.0, true, false)] {
+            let mut e = engine();
+            e.set_aggregator_started(START + agg);
+            e.apply_resume(resume_given.then(|| resume(START, 3.0)));
+            e.observe(&parse(&page(START, 7, 3, "")), START + 10.0);
+            assert_eq!(e.baseline_in_doubt(), want, "aggregator {agg:+} s, resume {resume_given}");
+            assert!(!e.baseline_unknown());
+        }
     }
 
     #[test]

@@ -87,6 +87,7 @@ fn def(info: &SeriesInfo, committed_total: f64) -> SeriesDef {
 /// An incremental report of what is pending.
 pub fn delta_report(engine: &DeltaEngine, pending: &Pending, seq: u64, facts: &ScrapeFacts) -> Report {
     let mut r = base(seq, false, facts, pending.status_detail_changed);
+    r.baseline_in_doubt = engine.baseline_in_doubt();
     if pending.subnets_changed {
         r.subnets_changed = true;
         r.subnets.clone_from(&facts.subnets);
@@ -116,6 +117,7 @@ pub fn snapshot_report(engine: &DeltaEngine, commits: &CommitLog, seq: u64, fact
     r.subnets_changed = true;
     r.subnets.clone_from(&facts.subnets);
     r.baseline_unknown = engine.baseline_unknown();
+    r.baseline_in_doubt = engine.baseline_in_doubt();
     for id in engine.live_ids() {
         if let Some(info) = engine.info(id) {
             let d = def(info, commits.committed(id));
@@ -150,6 +152,7 @@ fn base(seq: u64, snapshot: bool, facts: &ScrapeFacts, with_detail: bool) -> Rep
         subnets: Vec::new(),
         counter_raws: Vec::new(),
         baseline_unknown: false,
+        baseline_in_doubt: false,
     }
 }
 

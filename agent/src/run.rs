@@ -145,6 +145,7 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
     let mut pending = Pending::default();
     let mut commits = CommitLog::new(MAX_COMMIT_LOG);
     let mut resume_applied = false;
+    let mut doubt_warned = false;
     let mut aggregator_instance = 0u64;
     let mut facts = ScrapeFacts {
         scrape_time_ms: now_ms(),
@@ -181,6 +182,10 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
                     _ = &mut shutdown => break,
                 };
                 scrape_once(fetched, &mut engine, &mut pending, &mut commits, &mut facts, &stats, &node);
+                if !doubt_warned && engine.baseline_in_doubt() {
+                    doubt_warned = true;
+                    warn!(node = %node, "counting a young ipamd from its start with no resume point from an aggregator younger than it: if an earlier agent run of this node was counted, part is counted twice (reported as baseline_in_doubt)");
+                }
                 if let Some(client) = &introspection {
                     let r = crate::introspect::fetch(client, &cfg.introspection_url, cfg.max_page_bytes, cfg.effective_scrape_timeout()).await;
                     match r {
@@ -249,6 +254,7 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
                     if let Some(a) = attempts_slot.as_mut() { a.reset(); }
                     if !resume_applied {
                         resume_applied = true;
+                        engine.set_aggregator_started(welcome.started_unix_ms as f64 / 1000.0);
                         let points = welcome.resume.as_ref().map(resume_points);
                         let corrected = engine.apply_resume(points.clone());
                         match &points {

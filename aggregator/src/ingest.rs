@@ -62,11 +62,13 @@ pub struct IngestService {
     open: Arc<AtomicUsize>,
     /// Random per process: agents tell a restarted aggregator from a reconnect.
     instance_id: u64,
+    /// When this process started, for the agents (Unix ms).
+    started_unix_ms: i64,
 }
 
 impl IngestService {
     pub fn new(state: Shared, signals: StreamSignals, limits: IngestLimits) -> Self {
-        Self { state, signals, limits, open: Arc::default(), instance_id: fastrand::u64(1..) }
+        Self { state, signals, limits, open: Arc::default(), instance_id: fastrand::u64(1..), started_unix_ms: crate::publish::unix_ms_now() }
     }
 }
 
@@ -85,7 +87,7 @@ impl Drop for StreamSlot {
     }
 }
 
-fn welcome_message(w: &Welcomed, instance_id: u64) -> Welcome {
+fn welcome_message(w: &Welcomed, instance_id: u64, started_unix_ms: i64) -> Welcome {
     Welcome {
         session_id: w.session,
         node_ttl_ms: w.ttl.as_millis() as u64,
@@ -103,6 +105,7 @@ fn welcome_message(w: &Welcomed, instance_id: u64) -> Welcome {
                 .collect(),
         }),
         instance_id,
+        started_unix_ms,
     }
 }
 
@@ -179,7 +182,7 @@ impl Ingest for IngestService {
             "agent connected"
         );
         let (tx, rx) = mpsc::channel(ACK_QUEUE);
-        let welcome = welcome_message(&welcomed, self.instance_id);
+        let welcome = welcome_message(&welcomed, self.instance_id, self.started_unix_ms);
         let _ = tx.try_send(Ok(AggregatorMessage { body: Some(aggregator_message::Body::Welcome(welcome)) }));
 
         let state = self.state.clone();

@@ -185,6 +185,8 @@ pub struct NodeState {
     /// Highest seq of the run in a closed window, and in a window every sink delivered.
     pub closed_seq: u64,
     pub committed_seq: u64,
+    /// The run reported `baseline_in_doubt` (counted once per run).
+    pub baseline_in_doubt: bool,
     series: HashMap<u32, NodeSeries>,
 }
 
@@ -263,6 +265,9 @@ pub struct IngestStats {
     pub recovered_increments: f64,
     /// First snapshots whose agent started counting without a baseline (increments before it unknown).
     pub baseline_unknown_runs: u64,
+    /// Runs counted from a young ipamd's start without a resume point by a younger aggregator (part may be
+    /// counted twice).
+    pub baseline_in_doubt_runs: u64,
     /// New runs resumed from a departed record, and departed runs that came back and continued.
     pub runs_resumed: u64,
     pub runs_continued: u64,
@@ -450,6 +455,7 @@ impl ClusterState {
             subnet_groups: Vec::new(),
             closed_seq: 0,
             committed_seq: 0,
+            baseline_in_doubt: false,
             series: HashMap::new(),
         });
         if let Some(d) = &continued {
@@ -624,6 +630,10 @@ impl ClusterState {
         node.last_seen = now;
         node.last_seq = node.last_seq.max(r.seq);
         node.snapshot_seen = true;
+        if r.baseline_in_doubt && !node.baseline_in_doubt {
+            node.baseline_in_doubt = true;
+            self.stats.baseline_in_doubt_runs += 1;
+        }
         if !r.ids.is_empty() || !r.removed.is_empty() || !r.defs.is_empty() || r.snapshot {
             self.version += 1;
         }
@@ -1199,6 +1209,12 @@ impl ClusterState {
             "cni_metrics_agent_baseline_unknown_total",
             "Agent runs that started without a resume point on an ipamd older than their initial window: increments before their first scrape are not counted",
             st.baseline_unknown_runs,
+        );
+        counter(
+            out,
+            "cni_metrics_agent_baseline_in_doubt_total",
+            "Agent runs that counted a young ipamd from its start without a resume point, on an aggregator younger than that ipamd: part may be counted twice",
+            st.baseline_in_doubt_runs,
         );
         counter(out, "cni_metrics_departed_evicted_total", "Departed-node records dropped at their bound (those nodes' next agent run cannot resume)", st.departed_evicted);
         gauge(out, "cni_metrics_departed_nodes", "Departed-node records kept for continuation and resume", self.departed.len() as f64);

@@ -121,6 +121,10 @@ async fn fault_matrix_keeps_counters_exact() -> Result<()> {
     c.wait_reporting(4).await?;
     c.step_all(1, STEP).await?;
     c.wait_exact("agent started while the aggregator was down", EXACT).await?;
+    // Exact here, but the new aggregator could not know the node was new: the run is reported in doubt.
+    c.agent(late)?.wait_log("reported as baseline_in_doubt", Duration::from_secs(5))?;
+    ensure!(c.self_metric("cni_metrics_agent_baseline_in_doubt_total").await? >= 1.0, "the late node's run is counted as in doubt");
+    ensure!(!c.agent(0)?.stderr().contains("baseline_in_doubt"), "a resumed run is not in doubt");
 
     // A final SIGTERM publishes nothing twice.
     ensure!(c.aggregator()?.terminate(Duration::from_secs(15))?, "aggregator exits on SIGTERM");

@@ -335,6 +335,21 @@ fn a_new_run_of_a_node_gets_the_previous_runs_raw_values_as_resume_point() {
 }
 
 #[test]
+fn baseline_flags_are_counted_once_per_run() {
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    let s = st.hello(&hello("n1", 1), t0).expect("hello").session;
+    let mut r = report(1, true, vec![def(2, ADD, MetricKind::Counter, &[])], &[(2, 4.0)], &[]);
+    r.baseline_unknown = true;
+    r.baseline_in_doubt = true;
+    st.report("n1", s, &r, t0).expect("snapshot");
+    let mut r = report(2, false, vec![], &[(2, 5.0)], &[]);
+    r.baseline_in_doubt = true;
+    st.report("n1", s, &r, t0).expect("delta");
+    assert_eq!((st.stats.baseline_unknown_runs, st.stats.baseline_in_doubt_runs), (1, 1));
+}
+
+#[test]
 fn departed_records_are_bounded() {
     let t0 = Instant::now();
     let mut st = ClusterState::new(StateConfig { max_departed: 2, ..StateConfig::default() });
