@@ -147,7 +147,6 @@ pub struct DeltaEngine {
     /// ipamd's start time and whether it was within the initial window, at the first usable scrape.
     first_start: Option<f64>,
     first_fresh: bool,
-    resumed: bool,
     /// When the aggregator that sent the run's first Welcome started (Unix seconds).
     aggregator_started: Option<f64>,
 }
@@ -176,7 +175,6 @@ impl DeltaEngine {
             resume: ResumeState::Awaiting,
             first_start: None,
             first_fresh: false,
-            resumed: false,
             aggregator_started: None,
         }
     }
@@ -192,25 +190,16 @@ impl DeltaEngine {
         if self.resume != ResumeState::Awaiting {
             return Vec::new();
         }
-        if self.aggregator_started.is_none() {
-            self.aggregator_started = Some(f64::INFINITY);
-        }
         let mut changed = Vec::new();
         if let Some(r) = &resume {
             let start = self.first_start;
             for (key, st) in self.series.iter_mut() {
                 let Some((raw, counted)) = st.first else { continue };
-                if let Some(inc) = r.first_increment(key, raw, start) {
-                    self.resumed = true;
-                    if !same(inc, counted) {
-                        st.value = (st.value - counted + inc).max(0.0);
-                        st.first = Some((raw, inc));
-                        changed.push(st.info.id);
-                    }
+                if let Some(inc) = r.first_increment(key, raw, start).filter(|inc| !same(*inc, counted)) {
+                    st.value = (st.value - counted + inc).max(0.0);
+                    st.first = Some((raw, inc));
+                    changed.push(st.info.id);
                 }
-            }
-            if self.first_scrape_done && start.is_some_and(|s| s >= r.ipamd_start_time) {
-                self.resumed = true;
             }
         }
         self.resume = ResumeState::Known(resume);
@@ -231,15 +220,19 @@ impl DeltaEngine {
     pub fn baseline_in_doubt(&self) -> bool {
         self.first_scrape_done
             && self.first_fresh
-            && !self.resumed
             && matches!(self.resume, ResumeState::Known(None))
-            && matches!((self.first_start, self.aggregator_started), (Some(s), Some(a)) if s < a && a.is_finite())
+            && matches!((self.first_start, self.aggregator_started), (Some(s), Some(a)) if s < a)
+    }
+
+    /// The run's counting continues from a resume point (the same ipamd process, or one started since).
+    fn resumed(&self) -> bool {
+        matches!(&self.resume, ResumeState::Known(Some(r)) if self.first_start.is_some_and(|s| s >= r.ipamd_start_time))
     }
 
     /// True when counting started without a resume point on an ipamd older than the initial window:
     /// increments before the run's first scrape are not known (reported so the loss is counted).
     pub fn baseline_unknown(&self) -> bool {
-        self.first_scrape_done && !self.first_fresh && !self.resumed && matches!(self.resume, ResumeState::Known(_))
+        self.first_scrape_done && !self.first_fresh && !self.resumed() && matches!(self.resume, ResumeState::Known(_))
     }
 
     /// ipamd's `process_start_time_seconds` as last seen.
@@ -295,11 +288,6 @@ impl DeltaEngine {
         if first {
             self.first_start = start;
             self.first_fresh = fresh_ipamd;
-            if let ResumeState::Known(Some(r)) = &self.resume {
-                if start.is_some_and(|s| s >= r.ipamd_start_time) {
-                    self.resumed = true;
-                }
-            }
         }
 
         self.epoch += 1;

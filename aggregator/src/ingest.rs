@@ -109,6 +109,11 @@ fn welcome_message(w: &Welcomed, instance_id: u64, started_unix_ms: i64) -> Welc
     }
 }
 
+/// The node's committed seq when this stream has not sent it yet.
+fn unsent_commit(state: &Shared, node: &str, session: u64, sent: u64) -> Option<u64> {
+    lock(state).committed_seq(node, session).filter(|s| *s > sent)
+}
+
 fn commit_message(seq: u64) -> Result<AggregatorMessage, Status> {
     Ok(AggregatorMessage { body: Some(aggregator_message::Body::Commit(Commit { seq })) })
 }
@@ -194,17 +199,17 @@ impl Ingest for IngestService {
                 let next = tokio::select! {
                     m = inbound.message() => m,
                     Ok(()) = commits.changed() => {
-                        let committed = lock(&state).committed_seq(&node, session);
-                        if let Some(seq) = committed.filter(|s| *s > sent_commit) {
-                            sent_commit = seq;
-                            // Cumulative: should the queue be full, the next commit covers this one.
-                            let _ = tx.try_send(commit_message(seq));
+                        // Cumulative: should the queue be full, the next commit (or the last one at
+                        // shutdown) covers this one.
+                        if let Some(seq) = unsent_commit(&state, &node, session, sent_commit) {
+                            if tx.try_send(commit_message(seq)).is_ok() {
+                                sent_commit = seq;
+                            }
                         }
                         continue;
                     }
                     _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                        let committed = lock(&state).committed_seq(&node, session);
-                        if let Some(seq) = committed.filter(|s| *s > sent_commit) {
+                        if let Some(seq) = unsent_commit(&state, &node, session, sent_commit) {
                             let _ = tx.send(commit_message(seq)).await;
                         }
                         let _ = tx.send(Err(Status::unavailable("aggregator shutting down"))).await;

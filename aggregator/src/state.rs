@@ -514,15 +514,13 @@ impl ClusterState {
             return Err(IngestError::LengthMismatch { ids: r.ids.len(), values: r.values.len() });
         }
         if !r.counter_raws.is_empty() {
-            let is_counter = |id: &u32| match r.defs.iter().find(|d| d.id == *id) {
-                Some(d) => d.kind == MetricKind::Counter as i32,
-                None => node.series.get(id).is_some_and(|s| s.kind == MetricKind::Counter),
-            };
-            let counters = if r.defs.is_empty() {
-                r.ids.iter().filter(|id| node.series.get(id).is_some_and(|s| s.kind == MetricKind::Counter)).count()
-            } else {
-                r.ids.iter().filter(|id| is_counter(id)).count()
-            };
+            // Kinds of this report's definitions (a map only when it has any: deltas rarely do).
+            let defined: HashMap<u32, bool> = r.defs.iter().map(|d| (d.id, d.kind == MetricKind::Counter as i32)).collect();
+            let counters = r
+                .ids
+                .iter()
+                .filter(|id| defined.get(id).copied().unwrap_or_else(|| node.series.get(id).is_some_and(|s| s.kind == MetricKind::Counter)))
+                .count();
             if counters != r.counter_raws.len() {
                 return Err(IngestError::RawMismatch { counters, raws: r.counter_raws.len() });
             }

@@ -101,8 +101,7 @@ async fn main() -> Result<()> {
                 },
                 None => "ERR no sim".to_owned(),
             },
-            // While down, the simulation still advances (ipamd's counters keep going in this model only
-            // while it runs, so `step` while down is refused to keep the truth honest).
+            // ipamd counts only while it runs: `step` while down is refused, so the truth stays honest.
             (Some(cmd), _) => format!("ERR {cmd} not possible now"),
             (None, _) => continue,
         };
