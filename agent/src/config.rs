@@ -94,6 +94,12 @@ pub struct AgentConfig {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Directory (a hostPath) where the agent keeps its committed counting position, so that a new
+    /// agent run resumes exactly when no aggregator knows the node (both restarted, e.g. an upgrade).
+    /// Empty disables it.
+    #[arg(long, env = "STATE_DIR", default_value = "")]
+    pub state_dir: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +145,7 @@ impl AgentConfig {
             http_listen: String::new(),
             tls: cni_metrics_proto::tls::ClientTlsFlags::default(),
             log_format: LogFormat::Text,
+            state_dir: String::new(),
         }
     }
 

@@ -46,6 +46,7 @@ pub fn render(node: &str, s: &AgentStats) -> String {
         ("sessions_total", "Streams opened to the aggregator", &s.sessions),
         ("connect_failures_total", "Failed connection attempts to the aggregator", &s.connect_failures),
         ("introspection_errors_total", "Failed reads of ipamd's introspection endpoint", &s.introspection_errors),
+        ("state_file_writes_total", "Committed positions written to the state file (--state-dir)", &s.state_file_writes),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(
@@ -53,6 +54,10 @@ pub fn render(node: &str, s: &AgentStats) -> String {
             "# HELP cni_metrics_agent_{name} {help}\n# TYPE cni_metrics_agent_{name} counter\ncni_metrics_agent_{name}{{node=\"{node}\"}} {}",
             v.load(Ordering::Relaxed)
         );
+    }
+    let _ = writeln!(out, "# HELP cni_metrics_agent_state_file_errors_total State file problems: not used, or not written\n# TYPE cni_metrics_agent_state_file_errors_total counter");
+    for (reason, v) in crate::position::PositionError::REASONS.iter().zip(&s.state_file_errors) {
+        let _ = writeln!(out, "cni_metrics_agent_state_file_errors_total{{node=\"{node}\",reason=\"{reason}\"}} {}", v.load(Ordering::Relaxed));
     }
     let _ = writeln!(
         out,

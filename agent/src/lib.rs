@@ -10,6 +10,7 @@ pub mod http;
 pub mod imds;
 pub mod introspect;
 pub mod parse;
+pub mod position;
 pub mod report;
 pub mod run;
 pub mod scrape;

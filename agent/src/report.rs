@@ -129,9 +129,14 @@ pub fn snapshot_report(engine: &DeltaEngine, commits: &CommitLog, seq: u64, fact
     r
 }
 
-/// The counter totals a report carries, for the commit log.
-pub fn counter_totals<'a>(engine: &'a DeltaEngine, r: &'a Report) -> impl Iterator<Item = (u32, f64)> + 'a {
-    r.ids.iter().zip(&r.values).filter(|(id, _)| engine.info(**id).is_some_and(|i| i.kind == MetricKind::Counter)).map(|(id, v)| (*id, *v))
+/// The counters a report carries, for the commit log: (id, running total, ipamd raw value).
+pub fn counter_totals<'a>(engine: &'a DeltaEngine, r: &'a Report) -> impl Iterator<Item = (u32, f64, f64)> + 'a {
+    r.ids
+        .iter()
+        .zip(&r.values)
+        .filter(|(id, _)| engine.info(**id).is_some_and(|i| i.kind == MetricKind::Counter))
+        .zip(&r.counter_raws)
+        .map(|((id, v), raw)| (*id, *v, *raw))
 }
 
 fn base(seq: u64, snapshot: bool, facts: &ScrapeFacts, with_detail: bool) -> Report {

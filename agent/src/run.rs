@@ -29,6 +29,7 @@ use crate::config::{AgentConfig, ConfigError};
 use crate::delta::{DeltaConfig, DeltaEngine, ResumePoints, SeriesKey};
 use crate::imds::NodeFacts;
 use crate::parse::parse;
+use crate::position::{Position, PositionError, PositionFile};
 use crate::report::{counter_totals, delta_report, snapshot_report, Pending, ScrapeFacts};
 use crate::scrape::Scraper;
 
@@ -51,6 +52,18 @@ pub struct AgentStats {
     pub sessions: AtomicU64,
     pub connect_failures: AtomicU64,
     pub introspection_errors: AtomicU64,
+    /// Positions written to the state file, and state file problems by reason
+    /// ([`PositionError::REASONS`] order).
+    pub state_file_writes: AtomicU64,
+    pub state_file_errors: [AtomicU64; 6],
+}
+
+impl AgentStats {
+    fn state_file_error(&self, e: &PositionError) {
+        if let Some(i) = PositionError::REASONS.iter().position(|r| *r == e.reason()) {
+            self.state_file_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +80,9 @@ pub enum AgentError {
 
 /// Largest message the agent accepts from or sends to the aggregator.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
-/// How long a goodbye may take at shutdown.
-const GOODBYE_GRACE: Duration = Duration::from_secs(2);
+/// How long a goodbye may take at shutdown, waiting for the last commits (well within Kubernetes'
+/// default 30 s termination grace).
+const GOODBYE_GRACE: Duration = Duration::from_secs(5);
 /// Bound of the instance metadata lookup at start-up.
 const IMDS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Outbound queue of one session: a stuck stream defers reports instead of growing memory.
@@ -141,6 +155,7 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
         "node facts"
     );
 
+    let (position_writer, mut file_resume) = open_state_dir(&cfg, &node, &stats).await;
     let mut engine = DeltaEngine::new(DeltaConfig { initial_window: cfg.initial_window, max_series: cfg.max_series });
     let mut pending = Pending::default();
     let mut commits = CommitLog::new(MAX_COMMIT_LOG);
@@ -210,11 +225,12 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
                 }
                 if let Some(s) = session.as_ref().filter(|s| s.welcomed) {
                     let report = delta_report(&engine, &pending, seq + 1, &facts);
-                    let totals: Vec<(u32, f64)> = counter_totals(&engine, &report).collect();
+                    let totals: Vec<(u32, f64, f64)> = counter_totals(&engine, &report).collect();
+                    let start = report.ipamd_start_time_seconds;
                     match s.tx.try_send(wrap(agent_message::Body::Report(report))) {
                         Ok(()) => {
                             seq += 1;
-                            commits.record(seq, totals);
+                            commits.record(seq, start, totals);
                             note_commits(&stats, &commits);
                             pending.clear();
                             stats.reports_sent.fetch_add(1, Ordering::Relaxed);
@@ -242,6 +258,7 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
                         interval_ms: cfg.interval.as_millis() as u64,
                         region: facts_of_node.region.clone(),
                         cluster_name: facts_of_node.cluster_name.clone(),
+                        keeps_position: position_writer.is_some(),
                     };
                     // A fresh queue of SESSION_QUEUE slots always takes it.
                     let _ = tx.try_send(wrap(agent_message::Body::Hello(hello)));
@@ -255,7 +272,17 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
                     if !resume_applied {
                         resume_applied = true;
                         engine.set_aggregator_started(welcome.started_unix_ms as f64 / 1000.0);
-                        let points = welcome.resume.as_ref().map(resume_points);
+                        let from_aggregator = welcome.resume.as_ref().map(resume_points);
+                        if let (Some(p), Some(w)) = (&from_aggregator, &position_writer) {
+                            // The aggregator's point is newer than the file's: it becomes the file's.
+                            w.save(position_of_resume(&node, p));
+                        }
+                        // The aggregator's resume point wins (it is newer); else the file's.
+                        let from_file = from_aggregator.is_none().then(|| file_resume.take()).flatten();
+                        if from_file.is_some() {
+                            info!(node = %node, "no resume point from the aggregator: resuming from the state file");
+                        }
+                        let points = from_aggregator.or(from_file);
                         let corrected = engine.apply_resume(points.clone());
                         match &points {
                             Some(p) => info!(node = %node, points = p.raw.len(), ipamd_start_time = p.ipamd_start_time, corrected = corrected.len(), "resuming the counting of the node's previous agent run"),
@@ -269,13 +296,15 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
                     aggregator_instance = welcome.instance_id;
                     if commits.commit(welcome.committed_seq) {
                         stats.commits.fetch_add(1, Ordering::Relaxed);
+                        save_position(&position_writer, &engine, &commits, &node);
                     }
                     seq += 1;
                     let snapshot = snapshot_report(&engine, &commits, seq, &facts);
-                    let totals: Vec<(u32, f64)> = counter_totals(&engine, &snapshot).collect();
+                    let totals: Vec<(u32, f64, f64)> = counter_totals(&engine, &snapshot).collect();
+                    let start = snapshot.ipamd_start_time_seconds;
                     if let Some(s) = session.as_mut() {
                         if s.tx.try_send(wrap(agent_message::Body::Report(snapshot))).is_ok() {
-                            commits.record(seq, totals);
+                            commits.record(seq, start, totals);
                             pending.clear();
                             s.welcomed = true;
                             stats.reports_sent.fetch_add(1, Ordering::Relaxed);
@@ -294,6 +323,7 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
                     if commits.commit(seq) {
                         stats.commits.fetch_add(1, Ordering::Relaxed);
                         debug!(node = %node, seq, backlog = commits.backlog(), "commit");
+                        save_position(&position_writer, &engine, &commits, &node);
                     }
                     note_commits(&stats, &commits);
                 }
@@ -313,18 +343,140 @@ pub async fn run(cfg: AgentConfig, stats: Arc<AgentStats>, shutdown: impl Future
         t.abort();
     }
     if let Some(s) = session.take() {
+        let deadline = tokio::time::Instant::now() + GOODBYE_GRACE;
         let bye = wrap(agent_message::Body::Goodbye(Goodbye { reason: "agent shutting down".to_owned() }));
-        let sent = tokio::time::timeout(GOODBYE_GRACE, s.tx.send(bye)).await.is_ok_and(|r| r.is_ok());
+        let sent = tokio::time::timeout_at(deadline, s.tx.send(bye)).await.is_ok_and(|r| r.is_ok());
         drop(s.tx);
-        let mut task = s.task;
-        if tokio::time::timeout(GOODBYE_GRACE, &mut task).await.is_err() {
-            task.abort();
+        // Until the aggregator ends the stream, it may still send the commits of windows it had closed:
+        // they advance the position kept on the node.
+        loop {
+            match tokio::time::timeout_at(deadline, ev_rx.recv()).await {
+                Ok(Some(Event::Commit { session: id, seq })) if id == s.id => {
+                    if commits.commit(seq) {
+                        stats.commits.fetch_add(1, Ordering::Relaxed);
+                        save_position(&position_writer, &engine, &commits, &node);
+                    }
+                }
+                Ok(Some(Event::Ended { session: id, .. })) if id == s.id => break,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
         }
-        info!(node = %node, goodbye_sent = sent, "agent stopped");
+        s.task.abort();
+        info!(node = %node, goodbye_sent = sent, committed_seq = commits.committed_seq(), uncommitted = commits.backlog(), "agent stopped");
     } else {
         info!(node = %node, "agent stopped (no aggregator session)");
     }
+    if let Some(w) = position_writer {
+        w.finish(Duration::from_secs(2)).await;
+    }
     Ok(())
+}
+
+/// Open `--state-dir`: read the node's position (a resume point for when no aggregator has one) and
+/// check that the directory takes a file. Problems are logged once, counted and never fatal: without a
+/// writable directory the agent runs without keeping its position.
+async fn open_state_dir(cfg: &AgentConfig, node: &str, stats: &Arc<AgentStats>) -> (Option<PositionWriter>, Option<ResumePoints>) {
+    let dir = cfg.state_dir.trim();
+    if dir.is_empty() {
+        return (None, None);
+    }
+    let file = PositionFile::new(std::path::Path::new(dir));
+    let path = file.path().display().to_string();
+    let resume = match file.load(node) {
+        Ok(Some(p)) => {
+            info!(node, path = %path, series = p.points.len(), ipamd_start_time = p.ipamd_start_time, written_unix_ms = p.written_unix_ms, "state file read: the committed position of the node's previous agent run");
+            Some(p.resume_points())
+        }
+        Ok(None) => {
+            info!(node, path = %path, "no state file yet");
+            None
+        }
+        Err(e) => {
+            stats.state_file_error(&e);
+            warn!(node, path = %path, reason = e.reason(), error = %e, "state file ignored: this run follows the rules without a resume point from it");
+            None
+        }
+    };
+    match file.probe() {
+        Ok(()) => (Some(PositionWriter::spawn(file, stats.clone(), node.to_owned())), resume),
+        Err(e) => {
+            stats.state_file_error(&e);
+            warn!(node, dir, reason = e.reason(), error = %e, "the state directory cannot be written: the counting position is not kept on the node");
+            (None, resume)
+        }
+    }
+}
+
+/// The committed position, for the state file: every live counter with a committed raw value.
+fn save_position(writer: &Option<PositionWriter>, engine: &DeltaEngine, commits: &CommitLog, node: &str) {
+    let Some(w) = writer else { return };
+    let start = commits.committed_start();
+    if start <= 0.0 {
+        return;
+    }
+    let points = engine
+        .live_ids()
+        .into_iter()
+        .filter_map(|id| Some((engine.info(id).filter(|i| i.kind == cni_metrics_proto::v1::MetricKind::Counter)?.key.clone(), commits.committed_raw(id)?)))
+        .collect();
+    w.save(Position { node: node.to_owned(), ipamd_start_time: start, written_unix_ms: now_ms(), points });
+}
+
+fn position_of_resume(node: &str, r: &ResumePoints) -> Position {
+    let mut points: Vec<(SeriesKey, f64)> = r.raw.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    points.sort_by(|a, b| a.0.cmp(&b.0));
+    Position { node: node.to_owned(), ipamd_start_time: r.ipamd_start_time, written_unix_ms: now_ms(), points }
+}
+
+/// Writes positions to the state file off the event loop: the latest position wins, writes never pile up.
+struct PositionWriter {
+    latest: tokio::sync::watch::Sender<Option<Position>>,
+    task: JoinHandle<()>,
+}
+
+impl PositionWriter {
+    fn spawn(file: PositionFile, stats: Arc<AgentStats>, node: String) -> Self {
+        let (latest, mut rx) = tokio::sync::watch::channel::<Option<Position>>(None);
+        let task = tokio::spawn(async move {
+            let mut failing = false;
+            while rx.changed().await.is_ok() {
+                let Some(p) = rx.borrow_and_update().clone() else { continue };
+                let f = file.clone();
+                let result = tokio::task::spawn_blocking(move || f.store(&p)).await;
+                match result {
+                    Ok(Ok(bytes)) => {
+                        stats.state_file_writes.fetch_add(1, Ordering::Relaxed);
+                        if std::mem::take(&mut failing) {
+                            info!(node = %node, path = %file.path().display(), "state file written again");
+                        }
+                        debug!(node = %node, bytes, "state file written");
+                    }
+                    Ok(Err(e)) => {
+                        stats.state_file_error(&e);
+                        if !std::mem::replace(&mut failing, true) {
+                            warn!(node = %node, path = %file.path().display(), reason = e.reason(), error = %e, "cannot write the state file; the previous position stays (a later agent run may count part of the increments again)");
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        Self { latest, task }
+    }
+
+    fn save(&self, p: Position) {
+        self.latest.send_replace(Some(p));
+    }
+
+    /// Write what is pending and stop, within `grace`.
+    async fn finish(self, grace: Duration) {
+        let Self { latest, mut task } = self;
+        drop(latest);
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
 }
 
 /// The proto resume as the engine's lookup.

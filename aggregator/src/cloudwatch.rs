@@ -8,10 +8,15 @@
 //!   margin; split when over);
 //! - the **service**: [`Sink::publish`] only queues the window (a bounded backlog, oldest window dropped
 //!   first, counted and logged), and a sender task delivers the queue in order with PutMetricData;
-//! - an explicit **retry classification** ([`classify`]): throttling, 5xx, timeouts and network errors are
-//!   retried with the shared jittered backoff, forever while the backlog bound holds; anything else (e.g.
-//!   InvalidParameterValue, AccessDenied) is not retried: the batch is bisected so the good datums still
-//!   land, and each rejected datum is logged and counted.
+//! - an explicit **retry classification** ([`classify`]) in three classes:
+//!   - *transient* (throttling, 5xx, timeouts, network): retried with the shared jittered backoff;
+//!   - *healing* (authentication, authorization, expired credentials, clock skew, request expiry, any
+//!     other error that names no datum): nothing is wrong with the data, someone has to fix IAM, IRSA,
+//!     Pod Identity or the clock. The windows stay in the backlog, attempts go on with a longer backoff
+//!     (`auth_backoff`, to 5 min), `/readyz` fails with the fix, and it is logged once per state change;
+//!   - *rejected* (InvalidParameterValue and the like, which refuse particular datums): the batch is
+//!     bisected so the good datums still land, and each refused datum is logged, counted and dropped.
+//!   Both retried classes hold data forever while the backlog bound holds.
 //!
 //! The SDK's own retries are off so every attempt is visible in the self-metrics.
 
@@ -53,7 +58,16 @@ pub struct CloudWatchConfig {
     pub region: Option<String>,
     /// Time limit of one PutMetricData attempt.
     pub attempt_timeout: Duration,
+    /// Backoff after transient errors.
     pub backoff: Backoff,
+    /// Backoff after errors that heal only when someone fixes credentials or permissions.
+    pub auth_backoff: Backoff,
+}
+
+/// The default backoff after healing errors: 2 s doubling to 5 min, ±20 %.
+pub fn default_auth_backoff(max: Duration) -> Backoff {
+    let min = Duration::from_secs(2).min(max);
+    Backoff::new(min, max, 2.0, 0.2).unwrap_or_default()
 }
 
 impl Default for CloudWatchConfig {
@@ -66,6 +80,7 @@ impl Default for CloudWatchConfig {
             region: None,
             attempt_timeout: Duration::from_secs(10),
             backoff: Backoff::default(),
+            auth_backoff: default_auth_backoff(Duration::from_secs(300)),
         }
     }
 }
@@ -146,9 +161,12 @@ pub fn batches(datums: &[Queued], namespace: &str) -> Vec<std::ops::Range<usize>
 /// What to do after a failed attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Retry {
-    /// Try again after a backoff.
+    /// Transient: try again after the backoff.
     Retryable,
-    /// Never succeeds as it is: bisect and drop what CloudWatch refuses.
+    /// Nothing is wrong with the datums; credentials, permissions or the clock must be fixed. Hold the
+    /// backlog, retry with the longer backoff, report not ready.
+    Heal,
+    /// Refuses particular datums: bisect and drop only what CloudWatch refuses.
     Rejected,
 }
 
@@ -159,24 +177,48 @@ pub fn classify(status: Option<u16>, code: Option<&str>) -> (Retry, &'static str
             return (Retry::Retryable, "throttling")
         }
         Some("InternalServiceError" | "InternalServiceFault" | "InternalFailure" | "ServiceUnavailable") => return (Retry::Retryable, "server"),
+        Some("RequestTimeout" | "RequestTimeoutException") => return (Retry::Retryable, "timeout"),
         Some("InvalidParameterValue" | "InvalidParameterCombination" | "MissingParameter" | "MissingRequiredParameter") => {
             return (Retry::Rejected, "invalid_parameter")
         }
-        Some("AccessDenied" | "AccessDeniedException" | "UnrecognizedClientException" | "InvalidClientTokenId" | "NotAuthorized") => {
-            return (Retry::Rejected, "access_denied")
+        Some(
+            "AccessDenied" | "AccessDeniedException" | "UnrecognizedClientException" | "InvalidClientTokenId" | "NotAuthorized"
+            | "MissingAuthenticationToken" | "IncompleteSignature" | "OptInRequired",
+        ) => return (Retry::Heal, "access_denied"),
+        Some("ExpiredToken" | "ExpiredTokenException" | "TokenRefreshRequired") => return (Retry::Heal, "expired_credentials"),
+        Some("RequestExpired" | "SignatureDoesNotMatch" | "InvalidSignatureException" | "RequestTimeTooSkewed") => {
+            return (Retry::Heal, "clock_skew")
         }
         _ => {}
     }
     match status {
         Some(429) => (Retry::Retryable, "throttling"),
+        Some(408) => (Retry::Retryable, "timeout"),
         Some(s) if s >= 500 => (Retry::Retryable, "server"),
-        Some(403) => (Retry::Rejected, "access_denied"),
-        Some(_) => (Retry::Rejected, "other"),
+        Some(401 | 403) => (Retry::Heal, "access_denied"),
+        // An error that names no datum is not the data's fault: hold it rather than drop it.
+        Some(_) => (Retry::Heal, "other"),
         // No response at all: network, timeout, credentials not yet available.
         None => (Retry::Retryable, "network"),
     }
 }
 
+/// What an operator has to fix for a healing error (logged and shown by `/readyz`).
+pub fn heal_hint(kind: &str) -> &'static str {
+    match kind {
+        "access_denied" => {
+            "CloudWatch refuses the aggregator's credentials: grant cloudwatch:PutMetricData (deploy/iam-policy.json) to the role the \
+             aggregator runs as, and check the IRSA annotation (eks.amazonaws.com/role-arn) on its ServiceAccount or its EKS Pod \
+             Identity association"
+        }
+        "expired_credentials" => {
+            "the aggregator's AWS credentials expired and were not refreshed: check the projected IRSA token or the Pod Identity \
+             agent, and the role's trust policy"
+        }
+        "clock_skew" => "CloudWatch says the request is expired or its signature does not match: check the node's clock (NTP) and the credentials",
+        _ => "CloudWatch refuses every request with an error that names no datum: see the error logged with it",
+    }
+}
 #[derive(Debug, Default)]
 struct Stats {
     requests: BTreeMap<&'static str, u64>,
@@ -186,6 +228,8 @@ struct Stats {
     last_success_ms: Option<i64>,
     last_attempt_ok: Option<bool>,
     waiting_for: Option<&'static str>,
+    /// The healing error the sink is waiting on (see [`Retry::Heal`]).
+    healing: Option<&'static str>,
 }
 
 #[derive(Debug, Default)]
@@ -328,6 +372,9 @@ impl Sink for CloudWatchSink {
         if let Some(w) = st.waiting_for {
             return Err(format!("cloudwatch: {w}"));
         }
+        if let Some(kind) = st.healing {
+            return Err(format!("cloudwatch: {kind}, windows held: {}", heal_hint(kind)));
+        }
         match st.last_attempt_ok {
             Some(false) => Err("cloudwatch: the last PutMetricData failed".into()),
             _ => Ok(()),
@@ -364,6 +411,8 @@ impl Sink for CloudWatchSink {
 async fn sender(shared: Arc<Shared>, mut close: watch::Receiver<Option<tokio::time::Instant>>) {
     let mut client: Option<Client> = None;
     let mut attempts = shared.cfg.backoff.start(None);
+    let mut auth_attempts = shared.cfg.auth_backoff.start(None);
+    let mut healing: Option<&'static str> = None;
     let mut cluster_id: Option<Arc<str>> = None;
     let mut warned_no_id = false;
     loop {
@@ -417,10 +466,33 @@ async fn sender(shared: Arc<Shared>, mut close: watch::Receiver<Option<tokio::ti
         match deliver(c, &shared, &batch, &id).await {
             Ok(()) => {
                 attempts.reset();
+                auth_attempts.reset();
                 lock(&shared.queue).pop_front(batch.len());
+                if let Some(kind) = healing.take() {
+                    lock(&shared.stats).healing = None;
+                    let (windows, datums) = { let q = lock(&shared.queue); (q.windows.len(), q.datums.len()) };
+                    info!(error_type = kind, backlog_windows = windows, backlog_datums = datums, "CloudWatch accepts requests again; delivering the held windows with their own timestamps");
+                }
+            }
+            // Credentials, permissions or the clock: hold everything, retry slowly, say what to fix once.
+            Err((Retry::Heal, kind)) => {
+                let delay = auth_attempts.next_delay();
+                attempts.reset();
+                {
+                    let mut st = lock(&shared.stats);
+                    st.retries += 1;
+                    st.healing = Some(kind);
+                }
+                if healing != Some(kind) {
+                    let windows = lock(&shared.queue).windows.len();
+                    error!(error_type = kind, fix = heal_hint(kind), backlog_windows = windows, retry_in = ?delay,
+                        "CloudWatch refuses the aggregator's requests; windows are held in the backlog and retried until this is fixed");
+                    healing = Some(kind);
+                }
+                wait(&mut close, delay).await;
             }
             // Part of the batch may be resolved already (popped by `deliver`); the rest is retried.
-            Err(kind) => {
+            Err((_, kind)) => {
                 let delay = attempts.next_delay();
                 lock(&shared.stats).retries += 1;
                 warn!(error_type = kind, datums = batch.len(), retry_in = ?delay, "PutMetricData failed; will retry");
@@ -441,18 +513,18 @@ async fn wait(close: &mut watch::Receiver<Option<tokio::time::Instant>>, d: Dura
     }
 }
 
-/// Send one batch; rejected parts are bisected, logged and dropped (Ok). Err = retry the whole batch.
-async fn deliver(client: &Client, shared: &Shared, batch: &[Queued], cluster_id: &str) -> Result<(), &'static str> {
+/// Send one batch; rejected parts are bisected, logged and dropped (Ok). Err = retry what is left.
+async fn deliver(client: &Client, shared: &Shared, batch: &[Queued], cluster_id: &str) -> Result<(), (Retry, &'static str)> {
     // Parts are processed in order, so what is resolved (sent or rejected) is always a prefix.
     let mut stack: Vec<&[Queued]> = vec![batch];
     while let Some(part) = stack.pop() {
         match put(client, shared, part, cluster_id).await {
             Ok(()) => {}
-            Err((Retry::Retryable, kind)) => {
+            Err((retry @ (Retry::Retryable | Retry::Heal), kind)) => {
                 // Give what is left back to the retry loop; the resolved prefix is not sent again.
                 let left: usize = stack.iter().map(|p| p.len()).sum::<usize>() + part.len();
                 lock(&shared.queue).pop_front(batch.len() - left);
-                return Err(kind);
+                return Err((retry, kind));
             }
             Err((Retry::Rejected, kind)) => {
                 if part.len() > 1 {
@@ -513,7 +585,12 @@ async fn put(client: &Client, shared: &Shared, part: &[Queued], cluster_id: &str
             Ok(())
         }
         Err((retry, kind, msg)) => {
-            *st.requests.entry(if retry == Retry::Retryable { "retryable_error" } else { "rejected" }).or_default() += 1;
+            let result = match retry {
+                Retry::Retryable => "retryable_error",
+                Retry::Heal => "held_error",
+                Retry::Rejected => "rejected",
+            };
+            *st.requests.entry(result).or_default() += 1;
             *st.errors.entry(kind).or_default() += 1;
             st.last_attempt_ok = Some(false);
             drop(st);
@@ -629,9 +706,20 @@ mod tests {
             (None, None, Retry::Retryable, "network"),
             (Some(400), Some("InvalidParameterValue"), Retry::Rejected, "invalid_parameter"),
             (Some(400), Some("MissingParameter"), Retry::Rejected, "invalid_parameter"),
-            (Some(403), Some("AccessDenied"), Retry::Rejected, "access_denied"),
-            (Some(403), None, Retry::Rejected, "access_denied"),
-            (Some(404), None, Retry::Rejected, "other"),
+            (Some(400), Some("InvalidParameterCombination"), Retry::Rejected, "invalid_parameter"),
+            (Some(403), Some("AccessDenied"), Retry::Heal, "access_denied"),
+            (Some(400), Some("AccessDeniedException"), Retry::Heal, "access_denied"),
+            (Some(403), Some("InvalidClientTokenId"), Retry::Heal, "access_denied"),
+            (Some(403), None, Retry::Heal, "access_denied"),
+            (Some(401), None, Retry::Heal, "access_denied"),
+            (Some(403), Some("ExpiredToken"), Retry::Heal, "expired_credentials"),
+            (Some(400), Some("ExpiredTokenException"), Retry::Heal, "expired_credentials"),
+            (Some(400), Some("RequestExpired"), Retry::Heal, "clock_skew"),
+            (Some(403), Some("SignatureDoesNotMatch"), Retry::Heal, "clock_skew"),
+            (Some(400), Some("RequestTimeout"), Retry::Retryable, "timeout"),
+            (Some(408), None, Retry::Retryable, "timeout"),
+            (Some(404), None, Retry::Heal, "other"),
+            (Some(400), Some("SomethingNew"), Retry::Heal, "other"),
         ];
         for (status, code, retry, kind) in cases {
             assert_eq!(classify(status, code), (retry, kind), "{status:?} {code:?}");

@@ -103,6 +103,11 @@ pub struct AggregatorConfig {
     #[arg(long, env = "MAX_BACKLOG_WINDOWS", default_value_t = 1440)]
     pub max_backlog_windows: usize,
 
+    /// Longest wait between PutMetricData attempts while CloudWatch refuses the credentials (access
+    /// denied, expired token, clock skew): windows are held meanwhile, nothing is dropped.
+    #[arg(long, env = "CLOUDWATCH_AUTH_RETRY_MAX", default_value = "5m", value_parser = parse_positive)]
+    pub cloudwatch_auth_retry_max: Duration,
+
     /// Time given to sinks to deliver queued windows at shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_positive)]
     pub shutdown_grace: Duration,
@@ -264,6 +269,7 @@ impl AggregatorConfig {
             allow_list: (!self.metric_allow_list.is_empty()).then(|| self.metric_allow_list.iter().cloned().collect()),
             max_backlog_windows: self.max_backlog_windows,
             region: self.region.clone().filter(|r| !r.trim().is_empty()),
+            auth_backoff: crate::cloudwatch::default_auth_backoff(self.cloudwatch_auth_retry_max),
             ..crate::cloudwatch::CloudWatchConfig::default()
         }
     }
@@ -283,6 +289,7 @@ impl AggregatorConfig {
             storage_resolution: 60,
             metric_allow_list: Vec::new(),
             max_backlog_windows: 1440,
+            cloudwatch_auth_retry_max: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(5),
             stdout: false,
             max_message_bytes: 4 * 1024 * 1024,

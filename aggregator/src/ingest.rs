@@ -32,6 +32,9 @@ pub fn lock(state: &Shared) -> MutexGuard<'_, ClusterState> {
 
 /// Outbound (ack) queue per stream; acks are cumulative, so a full queue just skips one.
 const ACK_QUEUE: usize = 8;
+/// After a keeping agent's goodbye, how long its stream stays open for the commits of windows that hold
+/// its increments (they are normally delivered within a second).
+const FAREWELL: Duration = Duration::from_secs(10);
 
 /// The signals a stream task follows.
 #[derive(Clone)]
@@ -174,6 +177,7 @@ impl Ingest for IngestService {
             to_status(&e)
         })?;
         let session = welcomed.session;
+        let run_id = hello.run_id;
         let node = hello.node_name;
         info!(
             ?peer,
@@ -258,6 +262,28 @@ impl Ingest for IngestService {
                     Some(agent_message::Body::Goodbye(g)) => {
                         let removed = lock(&state).goodbye(&node, session);
                         info!(node = %node, session, reason = %g.reason, removed, "agent said goodbye");
+                        // A keeping agent writes its position from the commits of windows already closed:
+                        // send them before ending the stream.
+                        let deadline = tokio::time::Instant::now() + FAREWELL;
+                        let mut last = false;
+                        loop {
+                            let Some((committed, closed)) = lock(&state).departed_commits(&node, run_id) else { break };
+                            if committed > sent_commit {
+                                if tx.send(commit_message(committed)).await.is_err() {
+                                    break;
+                                }
+                                sent_commit = committed;
+                            }
+                            if committed >= closed || last {
+                                break;
+                            }
+                            // One more look after shutdown's final commit or the deadline, then end.
+                            tokio::select! {
+                                r = commits.changed() => if r.is_err() { break },
+                                _ = stop.wait_for(|s| *s) => last = true,
+                                _ = tokio::time::sleep_until(deadline) => last = true,
+                            }
+                        }
                         return;
                     }
                     Some(agent_message::Body::Hello(_)) | None => {

@@ -217,6 +217,9 @@ pub async fn publish_once(state: &Shared, sinks: &[Arc<dyn Sink>], stats: &Mutex
     commits.settle(state, sinks);
 }
 
+/// Pause between the freeze and the final window at shutdown.
+const FINAL_WINDOW_SETTLE: Duration = Duration::from_millis(200);
+
 /// How often delivery by queued sinks is checked for commits.
 const SETTLE_EVERY: Duration = Duration::from_millis(250);
 
@@ -243,6 +246,9 @@ pub async fn run_publisher(
             _ = settle.tick(), if commits.waiting() > 0 => commits.settle(&state, &sinks),
         }
     }
+    // Streams that ended just before the freeze (an agent killed in the same moment) are seen first, so
+    // the last window does not publish increments their runs can no longer learn were committed.
+    tokio::time::sleep(FINAL_WINDOW_SETTLE).await;
     info!(sinks = sinks.len(), "publishing the final window before exit");
     publish_once(&state, &sinks, &stats, &mut commits).await;
     for sink in &sinks {

@@ -150,6 +150,10 @@ struct NodeSeries {
     /// Whether `value` is currently counted in the slot (gauges).
     contributing: bool,
     role: Option<CapRole>,
+    /// Counters: the increments this series put in the open window (withdrawn while the run is withheld).
+    pending: f64,
+    /// Counters: ipamd's raw value when the last window that included this series closed (NaN: none).
+    published_raw: f64,
 }
 
 /// What the aggregator knows of one node.
@@ -187,6 +191,12 @@ pub struct NodeState {
     pub committed_seq: u64,
     /// The run reported `baseline_in_doubt` (counted once per run).
     pub baseline_in_doubt: bool,
+    /// The agent keeps its committed position on the node (`Hello.keeps_position`).
+    pub keeps_position: bool,
+    /// Its increments are out of the open window while its stream is gone (keeping runs only).
+    pub withheld: bool,
+    /// ipamd's start time when the last window that included the run closed.
+    published_ipamd_start: f64,
     series: HashMap<u32, NodeSeries>,
 }
 
@@ -205,6 +215,10 @@ struct Departed {
     closed_seq: u64,
     committed_seq: u64,
     ipamd_start_time: f64,
+    /// The run keeps its position on the node: its increments not yet in a closed window were withheld,
+    /// and a new run resumes from what was published (`published_*`).
+    keeps_position: bool,
+    published_ipamd_start: f64,
     /// Its counter series (ids of its run), with their last totals and raw values.
     series: Vec<(u32, NodeSeries)>,
     at: Instant,
@@ -417,10 +431,14 @@ impl ClusterState {
                     self.stats.runs_continued += 1;
                 }
                 Some(d) => {
+                    // A keeping run's increments after its last closed window were withheld: the new
+                    // run counts them, from the published position. Otherwise from the last applied one.
+                    let (start, raw_of): (f64, fn(&NodeSeries) -> f64) =
+                        if d.keeps_position { (d.published_ipamd_start, |s| s.published_raw) } else { (d.ipamd_start_time, |s| s.raw) };
                     let points: Vec<(Arc<ResumeKey>, f64)> =
-                        d.series.iter().filter_map(|(_, s)| Some((s.key.clone()?, s.raw))).filter(|(_, raw)| raw.is_finite()).collect();
-                    if d.ipamd_start_time > 0.0 {
-                        resume = Some(Resume { ipamd_start_time: d.ipamd_start_time, points });
+                        d.series.iter().filter_map(|(_, s)| Some((s.key.clone()?, raw_of(s)))).filter(|(_, raw)| raw.is_finite()).collect();
+                    if start > 0.0 {
+                        resume = Some(Resume { ipamd_start_time: start, points });
                         self.stats.runs_resumed += 1;
                     }
                 }
@@ -456,6 +474,9 @@ impl ClusterState {
             closed_seq: 0,
             committed_seq: 0,
             baseline_in_doubt: false,
+            keeps_position: h.keeps_position,
+            withheld: false,
+            published_ipamd_start: 0.0,
             series: HashMap::new(),
         });
         if let Some(d) = &continued {
@@ -463,7 +484,9 @@ impl ClusterState {
             node.closed_seq = d.closed_seq;
             node.committed_seq = d.committed_seq;
             node.ipamd_start_time = d.ipamd_start_time;
+            node.published_ipamd_start = d.published_ipamd_start;
             node.series = d.series.iter().cloned().collect();
+            node.withheld = d.keeps_position;
         }
         let committed_seq = node.committed_seq;
         node.session = session;
@@ -478,6 +501,7 @@ impl ClusterState {
         node.last_seen = now;
         node.snapshot_seen = false;
         node.connected = true;
+        node.keeps_position = h.keeps_position;
         // (Re)place the node in its breakdown groups.
         let groups = self.breakdowns.place(&h.availability_zone, &h.instance_type, &h.node_name);
         if let Some(node) = self.nodes.get_mut(&name) {
@@ -487,6 +511,8 @@ impl ClusterState {
                 node.groups = groups;
             }
         }
+        // The run's stream is live again: what it had withheld goes back into the open window.
+        self.release(&name);
         Ok(Welcomed { session, ttl, committed_seq, resume, continued: continued.is_some() })
     }
 
@@ -567,8 +593,11 @@ impl ClusterState {
         let recovering = r.snapshot && self.nodes[&name].last_seq == 0 && r.seq > 1;
         let first_report = self.nodes[&name].last_seq == 0;
         if first_report {
-            // The run is established: a departed record of an earlier run has served its purpose.
-            self.departed.remove(&name);
+            // The run is established: a departed record of an earlier run has served its purpose (for a
+            // keeping run, once a window with its increments closed: until then it is the resume point).
+            if !self.nodes[&name].keeps_position {
+                self.departed.remove(&name);
+            }
             if r.baseline_unknown {
                 self.stats.baseline_unknown_runs += 1;
             }
@@ -668,7 +697,7 @@ impl ClusterState {
                     }
                 }
             });
-            n.series.insert(d.id, NodeSeries { slot, kind, value, raw: f64::NAN, key, contributing: false, role });
+            n.series.insert(d.id, NodeSeries { slot, kind, value, raw: f64::NAN, key, contributing: false, role, pending: 0.0, published_raw: f64::NAN });
         }
     }
 
@@ -750,6 +779,7 @@ impl ClusterState {
                 } else {
                     // Into the open window; the Prometheus total follows when the window closes.
                     slot.window += v - last;
+                    s.pending += v - last;
                 }
                 s.value = v;
             }
@@ -795,7 +825,31 @@ impl ClusterState {
         }
     }
 
+    /// A keeping run's stream is gone: take its increments out of the open window (see the proto's
+    /// `Hello.keeps_position`). They stay in its series (`pending`) for a return of the same run.
+    fn withhold(&mut self, name: &Arc<str>) {
+        let Some(node) = self.nodes.get_mut(name).filter(|n| n.keeps_position && !n.withheld) else { return };
+        node.withheld = true;
+        for s in node.series.values().filter(|s| s.kind == MetricKind::Counter && s.pending != 0.0) {
+            if let Some(i) = s.slot {
+                self.slots[i as usize].window -= s.pending;
+            }
+        }
+    }
+
+    /// The run's stream is live again: its withheld increments go back into the open window.
+    fn release(&mut self, name: &Arc<str>) {
+        let Some(node) = self.nodes.get_mut(name).filter(|n| n.withheld) else { return };
+        node.withheld = false;
+        for s in node.series.values().filter(|s| s.kind == MetricKind::Counter && s.pending != 0.0) {
+            if let Some(i) = s.slot {
+                self.slots[i as usize].window += s.pending;
+            }
+        }
+    }
+
     fn remove_node(&mut self, name: &Arc<str>) {
+        self.withhold(name);
         let Some(node) = self.nodes.remove(name) else { return };
         self.version += 1;
         self.capacity.sub(&node.derived);
@@ -806,8 +860,10 @@ impl ClusterState {
             }
         }
         // Keep what a return of this run, or the node's next run, needs. A run that never had a report
-        // applied leaves an earlier record in place.
-        if node.last_seq > 0 {
+        // applied, or a keeping run none of whose increments was published, leaves an earlier record
+        // in place (its resume point is still the right one).
+        let published_nothing = node.keeps_position && node.closed_seq == 0;
+        if node.last_seq > 0 && !(published_nothing && self.departed.contains_key(name)) {
             let series = node.series.into_iter().filter(|(_, s)| s.kind == MetricKind::Counter).collect();
             self.departed.insert(
                 name.clone(),
@@ -817,6 +873,8 @@ impl ClusterState {
                     closed_seq: node.closed_seq,
                     committed_seq: node.committed_seq,
                     ipamd_start_time: node.ipamd_start_time,
+                    keeps_position: node.keeps_position,
+                    published_ipamd_start: node.published_ipamd_start,
                     series,
                     at: node.last_seen,
                 },
@@ -860,6 +918,11 @@ impl ClusterState {
         self.nodes.get(node).filter(|n| n.session == session).map(|n| n.committed_seq)
     }
 
+    /// A departed keeping run's (committed, closed) seqs: what it still waits for after its goodbye.
+    pub fn departed_commits(&self, node: &str, run_id: u64) -> Option<(u64, u64)> {
+        self.departed.get(node).filter(|d| d.run_id == run_id && d.keeps_position).map(|d| (d.committed_seq, d.closed_seq))
+    }
+
     /// Departed-node records held.
     pub fn departed_count(&self) -> usize {
         self.departed.len()
@@ -877,9 +940,10 @@ impl ClusterState {
 
     /// The stream ended without a goodbye: keep the node until its TTL.
     pub fn disconnected(&mut self, node: &str, session: u64) {
-        if let Some(n) = self.nodes.get_mut(node).filter(|n| n.session == session) {
-            n.connected = false;
-        }
+        let Some(n) = self.nodes.get_mut(node).filter(|n| n.session == session) else { return };
+        n.connected = false;
+        let name = n.name.clone();
+        self.withhold(&name);
     }
 
     /// Drop nodes silent for longer than their TTL; returns their names.
@@ -932,13 +996,25 @@ impl ClusterState {
             s.window = 0.0;
         }
         let mut commits = Vec::new();
-        for n in self.nodes.values_mut() {
+        let mut established = Vec::new();
+        for n in self.nodes.values_mut().filter(|n| !n.withheld) {
             if n.last_seq > n.closed_seq {
+                if n.closed_seq == 0 && n.keeps_position {
+                    established.push(n.name.clone());
+                }
                 n.closed_seq = n.last_seq;
+                n.published_ipamd_start = n.ipamd_start_time;
+                for s in n.series.values_mut().filter(|s| s.kind == MetricKind::Counter) {
+                    s.pending = 0.0;
+                    s.published_raw = s.raw;
+                }
                 commits.push(CommitMark { node: n.name.clone(), run_id: n.run_id, seq: n.last_seq });
             }
         }
-        for (name, d) in self.departed.iter_mut() {
+        for name in &established {
+            self.departed.remove(name);
+        }
+        for (name, d) in self.departed.iter_mut().filter(|(_, d)| !d.keeps_position) {
             if d.last_seq > d.closed_seq {
                 d.closed_seq = d.last_seq;
                 commits.push(CommitMark { node: name.clone(), run_id: d.run_id, seq: d.last_seq });

@@ -209,6 +209,65 @@ async fn invalid_parameter_is_not_retried_and_only_the_bad_datum_is_dropped() ->
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_and_permission_errors_hold_every_window_until_fixed() -> Result<()> {
+    // An IRSA annotation missing at install, an expired token, a skewed clock: CloudWatch refuses every
+    // request for many windows, then accepts. Nothing is dropped: every window arrives later with its own
+    // timestamp, /readyz says what to fix meanwhile.
+    let dir = scratch_dir("cw-heal")?;
+    let emu = Emulator::start()?;
+    let nodes = fresh_nodes(2, 500).await?;
+    let agg = cw_aggregator(
+        &dir,
+        &emu,
+        "aggregator",
+        &["--cluster-id", "e2e", "--publish-interval", "200ms", "--cloudwatch-auth-retry-max", "400ms"],
+        &[],
+    )?;
+    let _agents = agents(&dir, &nodes, &agg.grpc, &[])?;
+    step(&nodes, 2, Duration::from_millis(300)).await;
+    wait_backlog_empty(&agg).await?;
+    for (status, code, kind, readyz_says) in [
+        (403, "AccessDenied", "access_denied", "cloudwatch:PutMetricData"),
+        (400, "ExpiredTokenException", "expired_credentials", "expired"),
+        (400, "RequestExpired", "clock_skew", "clock"),
+    ] {
+        let before = emu.requests().await?.len();
+        emu.control("outage", json!({"status": status, "code": code})).await?;
+        let outage_start = now();
+        step(&nodes, 8, Duration::from_millis(250)).await;
+        let (ready, body) = agg.readyz().await?;
+        ensure!(ready == 503 && body.contains(kind) && body.contains(readyz_says), "{code}: /readyz {ready} {body}");
+        let page = agg.metrics().await?;
+        ensure!(sample(&page, "cni_metrics_cloudwatch_backlog_windows", &[]).unwrap_or(0.0) >= 5.0, "{code}: windows held\n{page}");
+        ensure!(sample(&page, "cni_metrics_cloudwatch_datums_total", &[("outcome", "rejected")]).unwrap_or(0.0) == 0.0, "{code}: nothing dropped");
+        ensure!(sample(&page, "cni_metrics_cloudwatch_errors_total", &[("error_type", kind)]).unwrap_or(0.0) >= 2.0, "{code}: counted as {kind}");
+        let outage_end = now();
+        emu.control("outage", json!({})).await?;
+        wait_backlog_empty(&agg).await?;
+        let requests = emu.requests().await?;
+        let refused = requests[before..].iter().filter(|r| r["fault"] == json!(code)).count();
+        ensure!(refused >= 2, "{code}: retried while refused ({refused} requests)");
+        // Every window of the outage went out later with its own timestamp.
+        let late: std::collections::BTreeSet<String> = requests[before..]
+            .iter()
+            .filter(|r| r["op"] == "PutMetricData" && r["fault"].is_null())
+            .flat_map(|r| r["timestamps"].as_array().cloned().unwrap_or_default())
+            .filter(|t| t.as_f64().is_some_and(|t| t > outage_start && t < outage_end))
+            .map(|t| t.to_string())
+            .collect();
+        ensure!(late.len() >= 5, "{code}: {} outage windows delivered with their own timestamps", late.len());
+        agg.proc.wait_log("CloudWatch accepts requests again", Duration::from_secs(2))?;
+    }
+    ensure!(agg.readyz().await?.0 == 200, "ready again");
+    ensure!(cw_sum(&emu, "addReqCount").await? == truth_add(&nodes), "sums equal the truth");
+    let page = agg.metrics().await?;
+    ensure!(sample(&page, "cni_metrics_cloudwatch_datums_total", &[("outcome", "rejected")]).unwrap_or(0.0) == 0.0, "nothing rejected");
+    let log = agg.proc.stderr();
+    ensure!(log.matches("windows are held in the backlog").count() == 3, "logged once per state change:\n{log}");
+    Ok(())
+}
+
 /// Publish a little with no static keys and the credential settings `creds`; returns the start-up
 /// self-check log line and the PutMetricData requests moto accepted.
 async fn publish_with_credentials(
