@@ -40,6 +40,8 @@ pub struct Cluster {
     /// Extra environment of aggregator processes (e.g. the CloudWatch emulator's endpoint).
     pub agg_env: Vec<(String, Option<String>)>,
     pub agent_extra: Vec<String>,
+    /// Agents keep their counting position in a state directory of their node (as the DaemonSet does).
+    pub keep_position: bool,
 }
 
 /// The counters the fault tests compare: (addReqCount, delReqCount, ec2ApiReqCount). The last grows at
@@ -66,7 +68,7 @@ impl Cluster {
             Some(_) => format!("{CONTROL_IP}:61690"),
             None => format!("127.0.0.1:{}", free_port()?),
         };
-        let mut c = Cluster { dir, lab, nodes: Vec::new(), aggregators: Vec::new(), agg_listen, agg_http: String::new(), agg_extra: Vec::new(), agg_env: Vec::new(), agent_extra: Vec::new() };
+        let mut c = Cluster { dir, lab, nodes: Vec::new(), aggregators: Vec::new(), agg_listen, agg_http: String::new(), agg_extra: Vec::new(), agg_env: Vec::new(), agent_extra: Vec::new(), keep_position: false };
         for _ in 0..nodes {
             c.add_node()?;
         }
@@ -135,6 +137,9 @@ impl Cluster {
         .map(|s| (*s).to_owned())
         .collect();
         args.extend(self.agent_extra.iter().cloned());
+        if self.keep_position {
+            args.extend(["--state-dir".to_owned(), self.dir.join(format!("{}-state", n.name)).display().to_string()]);
+        }
         let name = format!("{}-agent-{}", n.name, n.runs);
         n.agent = Some(Proc::start_in(ns.as_deref(), "cni-metrics-agent", &name, &args, &[], &self.dir, false)?);
         Ok(())
@@ -182,13 +187,18 @@ impl Cluster {
         http_get(ns.as_deref(), &format!("http://{}/metrics", self.agg_http)).await
     }
 
-    /// A self-metric of node `i`'s agent.
-    pub async fn agent_metric(&self, i: usize, name: &str) -> Result<f64> {
+    /// The `/metrics` page of node `i`'s agent.
+    pub async fn agent_page(&self, i: usize) -> Result<String> {
         let agent = self.nodes[i].agent.as_ref().context("agent not running")?;
         let line = agent.wait_log("agent HTTP endpoint", Duration::from_secs(10))?;
         let addr = json_field(&line, "http").context("agent http address")?;
         let ns = self.lab.as_ref().map(|l| l.node(i));
-        let page = http_get(ns.as_deref(), &format!("http://{addr}/metrics")).await?;
+        http_get(ns.as_deref(), &format!("http://{addr}/metrics")).await
+    }
+
+    /// A self-metric of node `i`'s agent.
+    pub async fn agent_metric(&self, i: usize, name: &str) -> Result<f64> {
+        let page = self.agent_page(i).await?;
         let parsed = cni_metrics_agent::parse::parse(&page);
         parsed.samples.iter().find(|s| s.name == name).map(|s| s.value).with_context(|| format!("{name} not on the agent's page"))
     }
@@ -229,14 +239,24 @@ impl Cluster {
     /// What the ipamds counted, summed over nodes.
     pub fn truth(&mut self) -> Result<Totals> {
         let mut t = (0.0, 0.0, 0.0);
-        for n in &mut self.nodes {
-            let line = n.fake.send("truth")?;
-            let json: serde_json::Value = serde_json::from_str(line.strip_prefix("TRUTH ").context("truth line")?)?;
-            t.0 += json["add"].as_f64().unwrap_or(f64::NAN);
-            t.1 += json["del"].as_f64().unwrap_or(f64::NAN);
-            t.2 += json["ec2"].as_f64().unwrap_or(f64::NAN);
+        for i in 0..self.nodes.len() {
+            let n = self.node_truth(i)?;
+            t = (t.0 + n.0, t.1 + n.1, t.2 + n.2);
         }
         Ok(t)
+    }
+
+    /// What node `i`'s ipamd counted.
+    pub fn node_truth(&mut self, i: usize) -> Result<Totals> {
+        let line = self.nodes[i].fake.send("truth")?;
+        let json: serde_json::Value = serde_json::from_str(line.strip_prefix("TRUTH ").context("truth line")?)?;
+        let f = |k: &str| json[k].as_f64().unwrap_or(f64::NAN);
+        Ok((f("add"), f("del"), f("ec2")))
+    }
+
+    /// Node `i`'s state directory (with `keep_position`).
+    pub fn state_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("{}-state", self.nodes[i].name))
     }
 
     /// What every aggregator process published, summed over windows.
@@ -249,7 +269,14 @@ impl Cluster {
     /// Wait until the published totals equal the truth, and still do 1.5 s later (an overshoot that
     /// arrives in a later window fails).
     pub async fn wait_exact(&mut self, what: &str, timeout: Duration) -> Result<()> {
-        let truth = self.truth()?;
+        self.wait_published(what, (0.0, 0.0, 0.0), timeout).await
+    }
+
+    /// [`Cluster::wait_exact`], less `lost` (increments a test knows are not counted, e.g. a run that
+    /// started without a baseline): nothing beyond that lost, nothing counted twice.
+    pub async fn wait_published(&mut self, what: &str, lost: Totals, timeout: Duration) -> Result<()> {
+        let t = self.truth()?;
+        let truth = (t.0 - lost.0, t.1 - lost.1, t.2 - lost.2);
         let this = &*self;
         eventually(timeout, || async move {
             let got = this.published();

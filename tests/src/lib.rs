@@ -151,9 +151,20 @@ impl Proc {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// SIGTERM without waiting (see [`Proc::wait_exit`]).
+    pub fn signal_term(&self) -> Result<()> {
+        Command::new("kill").args(["-TERM", &self.pid().to_string()]).status()?;
+        Ok(())
+    }
+
     /// SIGTERM, then wait up to `grace` for the exit; returns whether it exited by itself.
     pub fn terminate(&mut self, grace: Duration) -> Result<bool> {
-        Command::new("kill").args(["-TERM", &self.pid().to_string()]).status()?;
+        self.signal_term()?;
+        self.wait_exit(grace)
+    }
+
+    /// Wait up to `grace` for an exit (SIGKILL after it); returns whether it exited by itself, cleanly.
+    pub fn wait_exit(&mut self, grace: Duration) -> Result<bool> {
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {

@@ -445,3 +445,72 @@ fn a_second_agent_claiming_a_live_node_is_refused() {
     join(&mut st2, "n1", 1, 5.0, 0.0, t0);
     assert!(st2.hello(&hello("n1", 2), t0 + Duration::from_secs(3)).is_ok(), "silent for > 2 intervals");
 }
+
+/// A keeping run (`Hello.keeps_position`) with counter id 2 at raw `raw`, total `total`.
+fn keeping_report(seq: u64, snapshot: bool, total: f64, raw: f64) -> Report {
+    let defs = if snapshot { vec![def(2, ADD, MetricKind::Counter, &[])] } else { vec![] };
+    let mut r = report(seq, snapshot, defs, &[(2, total)], &[]);
+    r.counter_raws = vec![raw];
+    r.ipamd_start_time_seconds = 1_700_000_000.0;
+    r
+}
+
+fn window_add(w: &Window) -> f64 {
+    w.datums.iter().filter(|d| d.metric_name == "addReqCount").map(|d| d.value).sum()
+}
+
+#[test]
+fn a_keeping_run_is_published_only_while_its_stream_is_live() {
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    let keeping = |run| Hello { keeps_position: true, ..hello("n1", run) };
+    let s = st.hello(&keeping(1), t0).expect("hello").session;
+    st.report("n1", s, &keeping_report(1, true, 0.0, 100.0), t0).expect("snapshot");
+    st.report("n1", s, &keeping_report(2, false, 5.0, 105.0), t0).expect("inc");
+    let w = st.take_window(1);
+    assert_eq!((window_add(&w), w.commits.len()), (5.0, 1), "live: published and marked");
+    st.report("n1", s, &keeping_report(3, false, 9.0, 109.0), t0).expect("inc");
+
+    // The stream breaks (agent killed): the 4 not yet in a closed window are withheld.
+    st.disconnected("n1", s);
+    let w = st.take_window(2);
+    assert_eq!((window_add(&w), w.commits.len()), (0.0, 0), "withheld: neither published nor marked");
+
+    // The same run comes back: what it had withheld is published now, once.
+    let back = st.hello(&keeping(1), t0).expect("hello");
+    let w = st.take_window(3);
+    assert_eq!((window_add(&w), w.commits.len()), (4.0, 1));
+    assert_eq!(st.value(ADD, &[]), Some(9.0));
+
+    // It is killed again after 3 more; a new run resumes from the published position (raw 109), so it
+    // counts those 3 itself, and they are never published from the dead run.
+    st.report("n1", back.session, &keeping_report(4, true, 12.0, 112.0), t0).expect("snapshot");
+    st.disconnected("n1", back.session);
+    let next = st.hello(&keeping(2), t0).expect("hello");
+    let resume = next.resume.expect("a resume point");
+    assert_eq!((resume.ipamd_start_time, resume.points.first().map(|p| p.1)), (1_700_000_000.0, Some(109.0)));
+    assert_eq!(window_add(&st.take_window(4)), 0.0, "the dead run's 3 are not published");
+
+    // The new run dies before any window with its increments closed: the record it resumed from stays.
+    st.report("n1", next.session, &keeping_report(1, true, 3.0, 112.0), t0).expect("snapshot");
+    st.disconnected("n1", next.session);
+    let third = st.hello(&keeping(3), t0).expect("hello");
+    assert_eq!(third.resume.and_then(|r| r.points.first().map(|p| p.1)), Some(109.0));
+    st.report("n1", third.session, &keeping_report(1, true, 5.0, 114.0), t0).expect("snapshot");
+    assert_eq!(window_add(&st.take_window(5)), 5.0, "109 → 114 counted once, by the run that is live");
+    assert_eq!(st.value(ADD, &[]), Some(14.0), "5 + 4 + 5: the truth (raw 100 → 114)");
+    assert_eq!(st.departed_count(), 0, "the record served its purpose once the new run was published");
+}
+
+#[test]
+fn a_run_that_does_not_keep_its_position_is_published_as_before() {
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    let s = st.hello(&hello("n1", 1), t0).expect("hello").session;
+    st.report("n1", s, &keeping_report(1, true, 0.0, 100.0), t0).expect("snapshot");
+    st.report("n1", s, &keeping_report(2, false, 5.0, 105.0), t0).expect("inc");
+    st.disconnected("n1", s);
+    assert_eq!(window_add(&st.take_window(1)), 5.0, "published although the stream is gone");
+    let next = st.hello(&hello("n1", 2), t0).expect("hello");
+    assert_eq!(next.resume.and_then(|r| r.points.first().map(|p| p.1)), Some(105.0), "resumed from the last applied raw");
+}
