@@ -100,6 +100,12 @@ pub struct AgentConfig {
     /// Empty disables it.
     #[arg(long, env = "STATE_DIR", default_value = "")]
     pub state_dir: String,
+
+    /// Create the state directory, give it to this `uid:gid` (mode 0700) and exit: the DaemonSet's init
+    /// container, the one step that runs as root (with CAP_CHOWN only), as kubelet creates a hostPath
+    /// directory owned by root.
+    #[arg(long, value_name = "UID:GID")]
+    pub prepare_state_dir: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +152,7 @@ impl AgentConfig {
             tls: cni_metrics_proto::tls::ClientTlsFlags::default(),
             log_format: LogFormat::Text,
             state_dir: String::new(),
+            prepare_state_dir: None,
         }
     }
 

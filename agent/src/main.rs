@@ -11,6 +11,12 @@ use cni_metrics_proto::telemetry;
 async fn main() -> anyhow::Result<()> {
     let cfg = AgentConfig::parse();
     telemetry::init(cfg.log_format);
+    if let Some(owner) = &cfg.prepare_state_dir {
+        let dir = std::path::Path::new(cfg.state_dir.trim());
+        cni_metrics_agent::position::prepare_dir(dir, owner).map_err(anyhow::Error::msg)?;
+        tracing::info!(dir = %dir.display(), owner = %owner, "state directory ready");
+        return Ok(());
+    }
     run(cfg, Arc::new(AgentStats::default()), telemetry::shutdown_signal()).await?;
     Ok(())
 }

@@ -212,6 +212,21 @@ impl PositionFile {
     }
 }
 
+/// Create `dir` and give it to `owner` (`uid:gid`), mode 0700 (`--prepare-state-dir`).
+pub fn prepare_dir(dir: &Path, owner: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (uid, gid) = owner
+        .split_once(':')
+        .and_then(|(u, g)| Some((u.trim().parse::<u32>().ok()?, g.trim().parse::<u32>().ok()?)))
+        .ok_or_else(|| format!("--prepare-state-dir takes uid:gid (e.g. 65534:65534), got {owner:?}"))?;
+    if dir.as_os_str().is_empty() {
+        return Err("--prepare-state-dir needs --state-dir (STATE_DIR)".into());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|e| format!("cannot give {} to {uid}:{gid}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

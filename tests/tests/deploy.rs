@@ -84,7 +84,8 @@ fn selectors_and_images(docs: &[Value]) -> Result<()> {
         for (k, v) in sel {
             ensure!(&labels[k] == v, "{}: selector {k}={v} does not match the template", d["metadata"]["name"]);
         }
-        for c in d["spec"]["template"]["spec"]["containers"].as_array().context("containers")? {
+        let pod = &d["spec"]["template"]["spec"];
+        for c in pod["containers"].as_array().context("containers")?.iter().chain(pod["initContainers"].as_array().into_iter().flatten()) {
             let image = c["image"].as_str().unwrap_or_default();
             let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
             ensure!(!tag.is_empty() && tag != "latest" && !tag.contains('/'), "image not pinned: {image}");
@@ -164,11 +165,32 @@ fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
             "NODE_NAME from the downward API"
         );
         env_known(agent, "cni-metrics-agent")?;
+        // The counting position on the node: a hostPath, the agent's only writable path, prepared by an
+        // init container whose one privilege is CAP_CHOWN.
+        let state = pod["volumes"].as_array().and_then(|v| v.iter().find(|v| v["name"] == "state")).context("state volume")?;
+        ensure!(state["hostPath"]["path"] == "/var/lib/cni-metrics-agent" && state["hostPath"]["type"] == "DirectoryOrCreate", "state hostPath {state}");
+        let mounts = agent["volumeMounts"].as_array().cloned().unwrap_or_default();
+        ensure!(mounts.contains(&serde_json::json!({"name": "state", "mountPath": "/var/lib/cni-metrics-agent"})), "agent mounts its state dir");
+        ensure!(mounts.iter().all(|m| m["name"] == "state" || m["readOnly"] == true), "the state dir is the agent's only writable path: {mounts:?}");
+        ensure!(
+            agent["env"].as_array().is_some_and(|e| e.iter().any(|v| v["name"] == "STATE_DIR" && v["value"] == "/var/lib/cni-metrics-agent")),
+            "STATE_DIR set"
+        );
+        let init = &pod["initContainers"][0];
+        ensure!(init["args"] == serde_json::json!(["--prepare-state-dir", "65534:65534"]), "init container prepares the dir: {init}");
+        let sc = &init["securityContext"];
+        ensure!(sc["capabilities"] == serde_json::json!({"drop": ["ALL"], "add": ["CHOWN"]}), "init container: CAP_CHOWN only");
+        ensure!(sc["allowPrivilegeEscalation"] == false && sc["readOnlyRootFilesystem"] == true, "init container securityContext {sc}");
+        env_known(init, "cni-metrics-agent")?;
 
         let dep = find(&docs, "Deployment", "cni-metrics-aggregator")?;
         ensure!(dep["spec"]["replicas"] == 1 && dep["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0, "one publisher at a time");
         let pod = &dep["spec"]["template"]["spec"];
         restricted(pod, "aggregator")?;
+        for taint in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+            let t = pod["tolerations"].as_array().and_then(|t| t.iter().find(|t| t["key"] == taint)).with_context(|| format!("toleration {taint}"))?;
+            ensure!(t["effect"] == "NoExecute" && t["tolerationSeconds"] == 30, "{taint}: rescheduled after 30 s: {t}");
+        }
         env_known(&pod["containers"][0], "cni-metrics-aggregator")?;
         find(&docs, "PodDisruptionBudget", "cni-metrics-aggregator")?;
         find(&docs, "NetworkPolicy", "cni-metrics-aggregator")?;

@@ -17,6 +17,7 @@ const EXACT: Duration = Duration::from_secs(40);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_matrix_keeps_counters_exact() -> Result<()> {
     let mut c = Cluster::new("faults", 3, true)?;
+    c.keep_position = true;
     // Windows of 1 s so a crash always finds increments not yet published.
     c.agg_extra = vec!["--publish-interval".into(), "1s".into()];
     c.start_aggregator()?;
@@ -223,7 +224,7 @@ async fn episode(c: &mut Cluster, rng: &mut fastrand::Rng, log: &mut Vec<String>
     }
     let steps = 1 + rng.usize(..4);
     let i = rng.usize(..n);
-    match rng.usize(..7) {
+    match rng.usize(..10) {
         0 => {
             log.push(format!("aggregator kill -9, {steps} steps, restart"));
             c.aggregator()?.kill();
@@ -263,6 +264,35 @@ async fn episode(c: &mut Cluster, rng: &mut fastrand::Rng, log: &mut Vec<String>
             }
             c.partition(i, false)?;
         }
+        7 => {
+            log.push(format!("aggregator SIGTERM and agent {i} kill -9 at once, {steps} steps, agent back first"));
+            c.agent(i)?.kill();
+            ensure!(c.aggregator()?.terminate(Duration::from_secs(15))?, "aggregator exits on SIGTERM");
+            c.step_all(steps, STEP).await?;
+            c.start_agent(i)?;
+            c.step_all(1, STEP).await?;
+            c.start_aggregator()?;
+        }
+        8 => {
+            log.push(format!("aggregator and agent {i} kill -9 at once, {steps} steps, aggregator back first"));
+            c.agent(i)?.kill();
+            c.aggregator()?.kill();
+            c.step_all(steps, STEP).await?;
+            c.start_aggregator()?;
+            c.step_all(1, STEP).await?;
+            c.start_agent(i)?;
+        }
+        9 => {
+            log.push(format!("agent {i} restarted twice while the aggregator is down"));
+            c.aggregator()?.kill();
+            for _ in 0..2 {
+                c.step_all(steps, STEP).await?;
+                c.agent(i)?.kill();
+                c.start_agent(i)?;
+            }
+            c.step_all(1, STEP).await?;
+            c.start_aggregator()?;
+        }
         5 if c.nodes.len() < 6 => {
             log.push("aggregator down while a new node's agent starts".to_owned());
             ensure!(c.aggregator()?.terminate(Duration::from_secs(15))?, "aggregator exits on SIGTERM");
@@ -293,6 +323,7 @@ async fn soak_of_random_faults_stays_exact() -> Result<()> {
     eprintln!("soak: seed {seed}, {secs} s (rerun with SOAK_SEED={seed})");
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut c = Cluster::new("soak", 3, true)?;
+    c.keep_position = true;
     c.agg_extra = vec!["--publish-interval".into(), "500ms".into()];
     c.start_aggregator()?;
     c.start_agents()?;
