@@ -279,6 +279,27 @@ mod tests {
     }
 
     #[test]
+    fn prepare_dir_hands_the_directory_to_the_agents_user() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = std::env::temp_dir().join(format!("cni-prepare-{}-{}", std::process::id(), fastrand::u64(..)));
+        for bad in ["", "65534", "a:b", "1:-2"] {
+            assert!(prepare_dir(&dir, bad).is_err_and(|e| e.contains("uid:gid")), "{bad:?}");
+        }
+        assert!(prepare_dir(Path::new(""), "1:1").is_err_and(|e| e.contains("--state-dir")));
+        let root = std::fs::metadata(std::env::temp_dir()).is_ok_and(|_| std::fs::write(std::env::temp_dir().join(".cni-uid"), b"").is_ok())
+            && std::fs::metadata(std::env::temp_dir().join(".cni-uid")).is_ok_and(|m| m.uid() == 0);
+        let r = prepare_dir(&dir.join("state"), "65534:65534");
+        if root {
+            assert_eq!(r, Ok(()));
+            let m = std::fs::metadata(dir.join("state")).map(|m| (m.uid(), m.gid(), m.mode() & 0o777)).ok();
+            assert_eq!(m, Some((65534, 65534, 0o700)));
+        } else {
+            assert!(r.is_err_and(|e| e.contains("cannot give")), "only root may hand a directory to another user");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn store_replaces_atomically_and_load_reads_it_back() {
         let dir = std::env::temp_dir().join(format!("cni-position-{}-{}", std::process::id(), fastrand::u64(..)));
         let f = PositionFile::new(&dir);
