@@ -16,7 +16,8 @@
 //!     (`auth_backoff`, to 5 min), `/readyz` fails with the fix, and it is logged once per state change;
 //!   - *rejected* (InvalidParameterValue and the like, which refuse particular datums): the batch is
 //!     bisected so the good datums still land, and each refused datum is logged, counted and dropped.
-//!   Both retried classes hold data forever while the backlog bound holds.
+//!
+//! Both retried classes hold data forever while the backlog bound holds.
 //!
 //! The SDK's own retries are off so every attempt is visible in the self-metrics.
 
