@@ -27,6 +27,8 @@ fn facts() -> ScrapeFacts {
 
 fn main() {
     let nodes: usize = std::env::var("BENCH_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    // Agents keep their position (the DaemonSet's default) unless BENCH_KEEPING=0.
+    let keeps_position = std::env::var("BENCH_KEEPING").map_or(true, |v| v != "0");
     // A few distinct node shapes; each simulated node reuses one shape's reports (ids are per node).
     let mut shapes: Vec<(Report, Vec<Report>, Report)> = Vec::new();
     for (i, style) in PageStyle::ALL.iter().enumerate() {
@@ -51,7 +53,7 @@ fn main() {
     let mut sessions = Vec::with_capacity(nodes);
     let t = Instant::now();
     for (i, name) in names.iter().enumerate() {
-        let h = Hello { node_name: name.clone(), run_id: i as u64 + 1, interval_ms: 30_000, ..Hello::default() };
+        let h = Hello { node_name: name.clone(), run_id: i as u64 + 1, interval_ms: 30_000, keeps_position, ..Hello::default() };
         let s = st.hello(&h, now).map(|w| w.session).unwrap_or_default();
         let _ = st.report(name, s, &shapes[i % shapes.len()].0, now);
         sessions.push(s);
@@ -81,18 +83,30 @@ fn main() {
     let t = Instant::now();
     let w = st.take_window(0);
     let window = t.elapsed();
+    // The next window, after one busy report per node: the steady state of a busy cluster (the first
+    // window above also closes every node's join snapshot).
+    for (i, name) in names.iter().enumerate() {
+        let mut r = shapes[i % shapes.len()].1[7].clone();
+        r.seq = 200;
+        black_box(st.report(name, sessions[i], &r, now).ok());
+    }
+    let t = Instant::now();
+    black_box(st.take_window(1));
+    let window_steady = t.elapsed();
     let mut out = String::new();
     let t = Instant::now();
     st.render_prometheus(&mut out, now);
     let render = t.elapsed();
     println!("{:<44} {:>14}", "measure", "value");
     println!("{:<44} {:>14}", "nodes", nodes);
+    println!("{:<44} {:>14}", "agents keep their position", keeps_position);
     println!("{:<44} {:>12.1}µs", "join (hello + snapshot) per node", join.as_secs_f64() * 1e6 / nodes as f64);
     println!("{:<44} {:>12.2}µs", "busy report apply per node", busy.as_secs_f64() * 1e6);
     println!("{:<44} {:>12.2}µs", "idle report apply per node (clone incl.)", idle.as_secs_f64() * 1e6);
     println!("{:<44} {:>12.0}/s", "busy reports/s on one core", 1.0 / busy.as_secs_f64());
     println!("{:<44} {:>12.1}KiB", "state memory per node (RSS delta)", (after.saturating_sub(before)) as f64 / nodes as f64);
-    println!("{:<44} {:>12.2}ms", "publish window (take_window)", window.as_secs_f64() * 1e3);
+    println!("{:<44} {:>12.2}ms", "publish window (take_window), joins in it", window.as_secs_f64() * 1e3);
+    println!("{:<44} {:>12.2}ms", "publish window, every node busy", window_steady.as_secs_f64() * 1e3);
     println!("{:<44} {:>12.2}ms", "/metrics render", render.as_secs_f64() * 1e3);
     println!("{:<44} {:>14}", "/metrics bytes", out.len());
     println!("{:<44} {:>14}", "datums per window", w.datums.len());

@@ -150,10 +150,29 @@ struct NodeSeries {
     /// Whether `value` is currently counted in the slot (gauges).
     contributing: bool,
     role: Option<CapRole>,
-    /// Counters: the increments this series put in the open window (withdrawn while the run is withheld).
+}
+
+/// A counter of a keeping run changed since the last window that included the run: its raw value then
+/// (the published position) and the increments it put in the open window since (withdrawn while the run
+/// is withheld). Only series that changed have one, so idle nodes and runs that do not keep their
+/// position cost nothing.
+#[derive(Debug, Clone, Copy)]
+struct Unpublished {
+    id: u32,
+    raw_before: f64,
     pending: f64,
-    /// Counters: ipamd's raw value when the last window that included this series closed (NaN: none).
-    published_raw: f64,
+}
+
+/// The entry of `id`, created with the series' current raw value as its published position.
+fn unpublished_entry(list: &mut Vec<Unpublished>, id: u32, raw: f64) -> &mut Unpublished {
+    let i = match list.iter().position(|u| u.id == id) {
+        Some(i) => i,
+        None => {
+            list.push(Unpublished { id, raw_before: raw, pending: 0.0 });
+            list.len() - 1
+        }
+    };
+    &mut list[i]
 }
 
 /// What the aggregator knows of one node.
@@ -197,6 +216,8 @@ pub struct NodeState {
     pub withheld: bool,
     /// ipamd's start time when the last window that included the run closed.
     published_ipamd_start: f64,
+    /// Keeping runs: counters changed since the last window that included the run.
+    unpublished: Vec<Unpublished>,
     series: HashMap<u32, NodeSeries>,
 }
 
@@ -219,6 +240,7 @@ struct Departed {
     /// and a new run resumes from what was published (`published_*`).
     keeps_position: bool,
     published_ipamd_start: f64,
+    unpublished: Vec<Unpublished>,
     /// Its counter series (ids of its run), with their last totals and raw values.
     series: Vec<(u32, NodeSeries)>,
     at: Instant,
@@ -433,10 +455,13 @@ impl ClusterState {
                 Some(d) => {
                     // A keeping run's increments after its last closed window were withheld: the new
                     // run counts them, from the published position. Otherwise from the last applied one.
-                    let (start, raw_of): (f64, fn(&NodeSeries) -> f64) =
-                        if d.keeps_position { (d.published_ipamd_start, |s| s.published_raw) } else { (d.ipamd_start_time, |s| s.raw) };
+                    let start = if d.keeps_position { d.published_ipamd_start } else { d.ipamd_start_time };
+                    let raw_of = |id: u32, s: &NodeSeries| match d.unpublished.iter().find(|u| u.id == id) {
+                        Some(u) if d.keeps_position => u.raw_before,
+                        _ => s.raw,
+                    };
                     let points: Vec<(Arc<ResumeKey>, f64)> =
-                        d.series.iter().filter_map(|(_, s)| Some((s.key.clone()?, raw_of(s)))).filter(|(_, raw)| raw.is_finite()).collect();
+                        d.series.iter().filter_map(|(id, s)| Some((s.key.clone()?, raw_of(*id, s)))).filter(|(_, raw)| raw.is_finite()).collect();
                     if start > 0.0 {
                         resume = Some(Resume { ipamd_start_time: start, points });
                         self.stats.runs_resumed += 1;
@@ -477,6 +502,7 @@ impl ClusterState {
             keeps_position: h.keeps_position,
             withheld: false,
             published_ipamd_start: 0.0,
+            unpublished: Vec::new(),
             series: HashMap::new(),
         });
         if let Some(d) = &continued {
@@ -485,6 +511,7 @@ impl ClusterState {
             node.committed_seq = d.committed_seq;
             node.ipamd_start_time = d.ipamd_start_time;
             node.published_ipamd_start = d.published_ipamd_start;
+            node.unpublished.clone_from(&d.unpublished);
             node.series = d.series.iter().cloned().collect();
             node.withheld = d.keeps_position;
         }
@@ -607,12 +634,18 @@ impl ClusterState {
             // Counters' raw values (the resume point), and what a recovered run brings, before applying.
             let mut raws = r.counter_raws.iter();
             if let Some(node) = self.nodes.get_mut(&name) {
+                let keeps = node.keeps_position;
                 for (&id, &v) in r.ids.iter().zip(&r.values) {
                     let Some(s) = node.series.get_mut(&id).filter(|s| s.kind == MetricKind::Counter) else { continue };
+                    let base = if s.value.is_nan() { 0.0 } else { s.value };
                     if let Some(&raw) = raws.next() {
+                        // The published position moves on: remember it, unless the series is new and
+                        // brings nothing to count (then its first raw value is its position).
+                        if keeps && raw != s.raw && !(s.raw.is_nan() && v <= base) {
+                            unpublished_entry(&mut node.unpublished, id, s.raw);
+                        }
                         s.raw = raw;
                     }
-                    let base = if s.value.is_nan() { 0.0 } else { s.value };
                     if recovering && v.is_finite() && v > base {
                         recovered += v - base;
                     }
@@ -697,7 +730,7 @@ impl ClusterState {
                     }
                 }
             });
-            n.series.insert(d.id, NodeSeries { slot, kind, value, raw: f64::NAN, key, contributing: false, role, pending: 0.0, published_raw: f64::NAN });
+            n.series.insert(d.id, NodeSeries { slot, kind, value, raw: f64::NAN, key, contributing: false, role });
         }
     }
 
@@ -779,7 +812,9 @@ impl ClusterState {
                 } else {
                     // Into the open window; the Prometheus total follows when the window closes.
                     slot.window += v - last;
-                    s.pending += v - last;
+                    if node.keeps_position {
+                        unpublished_entry(&mut node.unpublished, id, s.raw).pending += v - last;
+                    }
                 }
                 s.value = v;
             }
@@ -826,13 +861,13 @@ impl ClusterState {
     }
 
     /// A keeping run's stream is gone: take its increments out of the open window (see the proto's
-    /// `Hello.keeps_position`). They stay in its series (`pending`) for a return of the same run.
+    /// `Hello.keeps_position`). They stay in its `unpublished` entries for a return of the same run.
     fn withhold(&mut self, name: &Arc<str>) {
         let Some(node) = self.nodes.get_mut(name).filter(|n| n.keeps_position && !n.withheld) else { return };
         node.withheld = true;
-        for s in node.series.values().filter(|s| s.kind == MetricKind::Counter && s.pending != 0.0) {
-            if let Some(i) = s.slot {
-                self.slots[i as usize].window -= s.pending;
+        for u in &node.unpublished {
+            if let Some(i) = node.series.get(&u.id).and_then(|s| s.slot) {
+                self.slots[i as usize].window -= u.pending;
             }
         }
     }
@@ -841,9 +876,9 @@ impl ClusterState {
     fn release(&mut self, name: &Arc<str>) {
         let Some(node) = self.nodes.get_mut(name).filter(|n| n.withheld) else { return };
         node.withheld = false;
-        for s in node.series.values().filter(|s| s.kind == MetricKind::Counter && s.pending != 0.0) {
-            if let Some(i) = s.slot {
-                self.slots[i as usize].window += s.pending;
+        for u in &node.unpublished {
+            if let Some(i) = node.series.get(&u.id).and_then(|s| s.slot) {
+                self.slots[i as usize].window += u.pending;
             }
         }
     }
@@ -875,6 +910,7 @@ impl ClusterState {
                     ipamd_start_time: node.ipamd_start_time,
                     keeps_position: node.keeps_position,
                     published_ipamd_start: node.published_ipamd_start,
+                    unpublished: node.unpublished,
                     series,
                     at: node.last_seen,
                 },
@@ -999,14 +1035,17 @@ impl ClusterState {
         let mut established = Vec::new();
         for n in self.nodes.values_mut().filter(|n| !n.withheld) {
             if n.last_seq > n.closed_seq {
-                if n.closed_seq == 0 && n.keeps_position {
+                if n.closed_seq == 0 && n.keeps_position && !self.departed.is_empty() {
                     established.push(n.name.clone());
                 }
                 n.closed_seq = n.last_seq;
                 n.published_ipamd_start = n.ipamd_start_time;
-                for s in n.series.values_mut().filter(|s| s.kind == MetricKind::Counter) {
-                    s.pending = 0.0;
-                    s.published_raw = s.raw;
+                // Kept for the next window unless it grew large (a snapshot), so busy windows do not
+                // allocate and idle nodes hold at most a few entries' capacity.
+                if n.unpublished.capacity() > 8 {
+                    n.unpublished = Vec::new();
+                } else {
+                    n.unpublished.clear();
                 }
                 commits.push(CommitMark { node: n.name.clone(), run_id: n.run_id, seq: n.last_seq });
             }

@@ -514,3 +514,25 @@ fn a_run_that_does_not_keep_its_position_is_published_as_before() {
     let next = st.hello(&hello("n1", 2), t0).expect("hello");
     assert_eq!(next.resume.and_then(|r| r.points.first().map(|p| p.1)), Some(105.0), "resumed from the last applied raw");
 }
+
+#[test]
+fn a_withheld_run_resumes_each_series_from_its_published_position() {
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    let s = st.hello(&Hello { keeps_position: true, ..hello("n1", 1) }, t0).expect("hello").session;
+    // A baseline snapshot (nothing to count), then a window: the position is raw 50.
+    st.report("n1", s, &keeping_report(1, true, 0.0, 50.0), t0).expect("snapshot");
+    st.take_window(1);
+    // +2 on the known series, and a series born since (its whole 3 counts); then the agent dies.
+    let mut r = keeping_report(2, false, 2.0, 52.0);
+    r.defs = vec![def(3, "awscni_del_ip_req_count", MetricKind::Counter, &[])];
+    r.ids.push(3);
+    r.values.push(3.0);
+    r.counter_raws.push(3.0);
+    st.report("n1", s, &r, t0).expect("inc");
+    st.disconnected("n1", s);
+    assert_eq!(window_add(&st.take_window(2)), 0.0);
+    let resume = st.hello(&Hello { keeps_position: true, ..hello("n1", 2) }, t0).expect("hello").resume.expect("resume");
+    let points: Vec<(String, f64)> = resume.points.iter().map(|(k, raw)| (k.name.clone(), *raw)).collect();
+    assert_eq!(points, vec![(ADD.to_owned(), 50.0)], "the published position; the new series has none (counted whole)");
+}
