@@ -37,7 +37,10 @@ fn measure(n: usize, mut f: impl FnMut(usize)) -> (f64, f64) {
 }
 
 fn main() {
-    println!("{:<22} {:>8} {:>7} {:>12} {:>12} {:>12} {:>12} {:>12}", "page", "bytes", "series", "parse p50", "scrape p50", "scrape p99", "idle report", "busy report");
+    println!(
+        "{:<22} {:>8} {:>7} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "page", "bytes", "series", "parse p50", "scrape p50", "scrape p99", "idle report", "busy report"
+    );
     for style in PageStyle::ALL {
         let mut sim = SimIpamd::new(style, 42, START);
         for _ in 0..40 {

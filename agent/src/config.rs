@@ -9,7 +9,11 @@ use cni_metrics_proto::flags::parse_switch;
 use cni_metrics_proto::telemetry::LogFormat;
 
 #[derive(Clone, Debug, Parser)]
-#[command(name = "cni-metrics-agent", version, about = "Reads ipamd's metrics on this node and streams deltas to the cni-metrics aggregator")]
+#[command(
+    name = "cni-metrics-agent",
+    version,
+    about = "Reads ipamd's metrics on this node and streams deltas to the cni-metrics aggregator"
+)]
 pub struct AgentConfig {
     /// ipamd's metrics page on this node.
     #[arg(long, env = "IPAMD_METRICS_URL", default_value = "http://127.0.0.1:61678/metrics")]
@@ -122,7 +126,9 @@ pub enum ConfigError {
     Tls(#[from] cni_metrics_proto::tls::ClientTlsError),
     #[error("invalid --http-listen address {0:?} (host:port, or empty to disable)")]
     HttpListen(String),
-    #[error("--http-listen port {0} is taken on EKS nodes (ipamd 61678/61679/50051, network-policy agent 8162/8163, upstream helper 61681)")]
+    #[error(
+        "--http-listen port {0} is taken on EKS nodes (ipamd 61678/61679/50051, network-policy agent 8162/8163, upstream helper 61681)"
+    )]
     ReservedPort(u16),
 }
 

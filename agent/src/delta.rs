@@ -425,12 +425,8 @@ impl DeltaEngine {
                 obs.invalid_samples += 1;
                 continue;
             }
-            let mut labels: Vec<(String, String)> = s
-                .labels
-                .iter()
-                .filter(|(n, _)| !drop.contains(n))
-                .map(|(n, v)| ((*n).to_owned(), v.as_ref().to_owned()))
-                .collect();
+            let mut labels: Vec<(String, String)> =
+                s.labels.iter().filter(|(n, _)| !drop.contains(n)).map(|(n, v)| ((*n).to_owned(), v.as_ref().to_owned())).collect();
             labels.sort_unstable();
             let key = SeriesKey { name: s.name.to_owned(), labels };
             match out.get_mut(&key) {
@@ -455,11 +451,7 @@ impl DeltaEngine {
 }
 
 /// Find a sample's family, its role in it, the family type to use and the node-level labels to drop.
-fn resolve_family<'p>(
-    page: &Page<'p>,
-    name: &'p str,
-    has_quantile: bool,
-) -> (&'p str, SampleRole, FamilyType, &'static [&'static str]) {
+fn resolve_family<'p>(page: &Page<'p>, name: &'p str, has_quantile: bool) -> (&'p str, SampleRole, FamilyType, &'static [&'static str]) {
     let known = |fam: &str| catalog::family(fam);
     // The sample is its family's own value when the family is known under that exact name.
     if let Some(spec) = known(name) {
@@ -519,7 +511,7 @@ mod tests {
     #[test]
     fn resume_counts_what_ipamd_added_while_no_agent_ran() {
         let now = START + 86_400.0; // an old ipamd: without a resume its values are a baseline
-        // (resume before the first scrape, resume after it, ipamd restarted since the resume, no resume)
+                                    // (resume before the first scrape, resume after it, ipamd restarted since the resume, no resume)
         let cases: [(Option<ResumePoints>, bool, f64, f64, bool); 5] = [
             (Some(resume(START, 40.0)), true, 100.0, 60.0, false),
             (Some(resume(START, 40.0)), false, 100.0, 60.0, false),
@@ -585,7 +577,12 @@ mod tests {
             want: f64,
         }
         let cases = [
-            Case { what: "old ipamd: first sight is the baseline", steps: &[(START, 100), (START, 130)], first_scrape_age: 3600.0, want: 30.0 },
+            Case {
+                what: "old ipamd: first sight is the baseline",
+                steps: &[(START, 100), (START, 130)],
+                first_scrape_age: 3600.0,
+                want: 30.0,
+            },
             Case { what: "new node: first sight counts", steps: &[(START, 100), (START, 130)], first_scrape_age: 60.0, want: 130.0 },
             Case { what: "decrease is a reset", steps: &[(START, 100), (START, 150), (START, 20)], first_scrape_age: 3600.0, want: 70.0 },
             Case {
@@ -622,7 +619,8 @@ mod tests {
     #[test]
     fn type_flipped_counter_is_still_a_counter() {
         // ipamd v1.16-v1.18 declared add_ip_req_count as a gauge.
-        let text = |v: u64| format!("process_start_time_seconds {START}\n# TYPE awscni_add_ip_req_count gauge\nawscni_add_ip_req_count {v}\n");
+        let text =
+            |v: u64| format!("process_start_time_seconds {START}\n# TYPE awscni_add_ip_req_count gauge\nawscni_add_ip_req_count {v}\n");
         let mut e = engine();
         e.observe(&parse(&text(10)), START + 9999.0);
         e.observe(&parse(&text(15)), START + 10029.0);

@@ -39,7 +39,11 @@ pub fn render(node: &str, s: &AgentStats) -> String {
         ("invalid_samples_total", "ipamd samples ignored: non-finite or negative counters, duplicates", &s.invalid_samples),
         ("dropped_series_total", "New series dropped at --max-series", &s.dropped_series),
         ("reports_sent_total", "Reports queued to the aggregator", &s.reports_sent),
-        ("reports_deferred_total", "Reports deferred because the stream was full or closed (their changes go in the next one)", &s.reports_deferred),
+        (
+            "reports_deferred_total",
+            "Reports deferred because the stream was full or closed (their changes go in the next one)",
+            &s.reports_deferred,
+        ),
         ("acks_total", "Reports acknowledged by the aggregator", &s.acks),
         ("commits_total", "Commits received: the aggregator's sinks delivered this node's increments up to a report", &s.commits),
         ("commit_log_overflow_total", "Uncommitted counter changes taken as committed at the commit log's bound", &s.commit_log_overflow),
@@ -57,7 +61,8 @@ pub fn render(node: &str, s: &AgentStats) -> String {
     }
     let _ = writeln!(out, "# HELP cni_metrics_agent_state_file_errors_total State file problems: not used, or not written\n# TYPE cni_metrics_agent_state_file_errors_total counter");
     for (reason, v) in crate::position::PositionError::REASONS.iter().zip(&s.state_file_errors) {
-        let _ = writeln!(out, "cni_metrics_agent_state_file_errors_total{{node=\"{node}\",reason=\"{reason}\"}} {}", v.load(Ordering::Relaxed));
+        let _ =
+            writeln!(out, "cni_metrics_agent_state_file_errors_total{{node=\"{node}\",reason=\"{reason}\"}} {}", v.load(Ordering::Relaxed));
     }
     let _ = writeln!(
         out,

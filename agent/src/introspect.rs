@@ -70,7 +70,8 @@ pub fn parse_enis(v: &Value) -> Result<Vec<SubnetUsage>, IntrospectError> {
                     1.0
                 };
                 entry.0 += size;
-                entry.1 += info.get("IPAddresses").and_then(Value::as_object).map_or(0, |a| a.values().filter(|x| assigned(x)).count()) as f64;
+                entry.1 +=
+                    info.get("IPAddresses").and_then(Value::as_object).map_or(0, |a| a.values().filter(|x| assigned(x)).count()) as f64;
             }
         }
     }
@@ -119,13 +120,21 @@ mod tests {
     fn shapes_table() {
         let usage = |s: &str, t: f64, a: f64| SubnetUsage { subnet_id: s.into(), total_ips: t, assigned_ips: a };
         let cases = [
-            ("by network card, secondary IPs", json!({"0": {"TotalIPs": 2, "AssignedIPs": 1, "ENIs": {"eni-1": eni(Some("subnet-a"), false)}}}), vec![usage("subnet-a", 2.0, 1.0)]),
+            (
+                "by network card, secondary IPs",
+                json!({"0": {"TotalIPs": 2, "AssignedIPs": 1, "ENIs": {"eni-1": eni(Some("subnet-a"), false)}}}),
+                vec![usage("subnet-a", 2.0, 1.0)],
+            ),
             (
                 "two cards, prefix delegation",
                 json!({"0": {"ENIs": {"eni-1": eni(Some("subnet-a"), true)}}, "1": {"ENIs": {"eni-2": eni(Some("subnet-b"), true)}}}),
                 vec![usage("subnet-a", 16.0, 1.0), usage("subnet-b", 16.0, 1.0)],
             ),
-            ("older: ENI set directly", json!({"TotalIPs": 2, "AssignedIPs": 1, "ENIs": {"eni-1": eni(Some("subnet-a"), false)}}), vec![usage("subnet-a", 2.0, 1.0)]),
+            (
+                "older: ENI set directly",
+                json!({"TotalIPs": 2, "AssignedIPs": 1, "ENIs": {"eni-1": eni(Some("subnet-a"), false)}}),
+                vec![usage("subnet-a", 2.0, 1.0)],
+            ),
             ("before v1.22: no subnet ids", json!({"ENIs": {"eni-1": eni(None, false)}}), vec![]),
             ("empty", json!({}), vec![]),
         ];

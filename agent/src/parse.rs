@@ -85,10 +85,7 @@ const MAX_REPORTED_ERRORS: usize = 5;
 
 /// Parse a page. Never fails as a whole: bad lines are counted in [`Page::bad_lines`].
 pub fn parse(text: &str) -> Page<'_> {
-    let mut page = Page {
-        samples: Vec::with_capacity(text.len() / 64),
-        ..Page::default()
-    };
+    let mut page = Page { samples: Vec::with_capacity(text.len() / 64), ..Page::default() };
     for (idx, raw) in text.split('\n').enumerate() {
         let line = raw.strip_suffix('\r').unwrap_or(raw).trim_matches(|c| c == ' ' || c == '\t');
         if line.is_empty() {
@@ -188,11 +185,7 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 }
 
 /// Parse `a="x",b="y"}` starting after the `{`; returns the index after the `}`.
-fn parse_labels<'a>(
-    line: &'a str,
-    mut i: usize,
-    labels: &mut Vec<(&'a str, Cow<'a, str>)>,
-) -> Result<usize, LineError> {
+fn parse_labels<'a>(line: &'a str, mut i: usize, labels: &mut Vec<(&'a str, Cow<'a, str>)>) -> Result<usize, LineError> {
     let b = line.as_bytes();
     loop {
         i = skip_ws(b, i);

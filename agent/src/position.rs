@@ -224,7 +224,8 @@ pub fn prepare_dir(dir: &Path, owner: &str) -> Result<(), String> {
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|e| format!("cannot give {} to {uid}:{gid}: {e}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))
 }
 
 #[cfg(test)]
@@ -286,7 +287,8 @@ mod tests {
             assert!(prepare_dir(&dir, bad).is_err_and(|e| e.contains("uid:gid")), "{bad:?}");
         }
         assert!(prepare_dir(Path::new(""), "1:1").is_err_and(|e| e.contains("--state-dir")));
-        let root = std::fs::metadata(std::env::temp_dir()).is_ok_and(|_| std::fs::write(std::env::temp_dir().join(".cni-uid"), b"").is_ok())
+        let root = std::fs::metadata(std::env::temp_dir())
+            .is_ok_and(|_| std::fs::write(std::env::temp_dir().join(".cni-uid"), b"").is_ok())
             && std::fs::metadata(std::env::temp_dir().join(".cni-uid")).is_ok_and(|m| m.uid() == 0);
         let r = prepare_dir(&dir.join("state"), "65534:65534");
         if root {
@@ -311,7 +313,9 @@ mod tests {
         p.points[0].1 = 43.0;
         assert!(f.store(&p).is_ok());
         assert_eq!(f.load(&p.node).ok().flatten(), Some(p.clone()));
-        let names: Vec<String> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
         assert_eq!(names, vec!["position.json".to_owned()], "no temporary file left");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -418,7 +418,12 @@ fn save_position(writer: &Option<PositionWriter>, engine: &DeltaEngine, commits:
     let points = engine
         .live_ids()
         .into_iter()
-        .filter_map(|id| Some((engine.info(id).filter(|i| i.kind == cni_metrics_proto::v1::MetricKind::Counter)?.key.clone(), commits.committed_raw(id)?)))
+        .filter_map(|id| {
+            Some((
+                engine.info(id).filter(|i| i.kind == cni_metrics_proto::v1::MetricKind::Counter)?.key.clone(),
+                commits.committed_raw(id)?,
+            ))
+        })
         .collect();
     w.save(Position { node: node.to_owned(), ipamd_start_time: start, written_unix_ms: now_ms(), points });
 }

@@ -196,12 +196,7 @@ impl SimIpamd {
                 cidrs.join(", ")
             ));
         }
-        format!(
-            "{{\"0\": {{\"TotalIPs\": {}, \"AssignedIPs\": {}, \"ENIs\": {{{}}}}}}}",
-            self.total_ips(),
-            self.assigned,
-            enis.join(", ")
-        )
+        format!("{{\"0\": {{\"TotalIPs\": {}, \"AssignedIPs\": {}, \"ENIs\": {{{}}}}}}}", self.total_ips(), self.assigned, enis.join(", "))
     }
 
     /// Render the page ipamd would serve.
@@ -245,14 +240,20 @@ impl SimIpamd {
         }
         family(w, "awscni_aws_api_error_count", "The number of times AWS API returns an error", flipped);
         if c.api_err_throttle > 0 {
-            line(w, "awscni_aws_api_error_count", "api=\"AssignPrivateIpAddresses\",error=\"RequestLimitExceeded\"", c.api_err_throttle as f64);
+            line(
+                w,
+                "awscni_aws_api_error_count",
+                "api=\"AssignPrivateIpAddresses\",error=\"RequestLimitExceeded\"",
+                c.api_err_throttle as f64,
+            );
         }
         family(w, "awscni_aws_api_latency_ms", "AWS API call latency in ms", "summary");
         let apis = [("DescribeInstances", 3u64), ("AssignPrivateIpAddresses", 1), ("GetMetadata", 5)];
         for (api, share) in apis {
             let count = c.api_latency_count * share / 9;
             let sum = c.api_latency_sum_ms * share / 9;
-            let labels = if legacy { format!("api=\"{api}\",error=\"false\"") } else { format!("api=\"{api}\",error=\"false\",status=\"200\"") };
+            let labels =
+                if legacy { format!("api=\"{api}\",error=\"false\"") } else { format!("api=\"{api}\",error=\"false\",status=\"200\"") };
             if legacy {
                 for (q, f) in [("0.5", 0.4), ("0.9", 0.8), ("0.99", 1.0)] {
                     line(w, "awscni_aws_api_latency_ms", &format!("{labels},quantile=\"{q}\""), (self.p99_ms * f).round());
@@ -271,7 +272,12 @@ impl SimIpamd {
             );
         }
         if !legacy {
-            family(w, "awscni_build_info", "A metric with a constant '1' value labeled by version, revision, and goversion from which amazon-vpc-cni-k8s was built.", "gauge");
+            family(
+                w,
+                "awscni_build_info",
+                "A metric with a constant '1' value labeled by version, revision, and goversion from which amazon-vpc-cni-k8s was built.",
+                "gauge",
+            );
             line(w, "awscni_build_info", "goversion=\"go1.24.6\",version=\"v1.23.1\"", 1.0);
         }
         family(w, "awscni_del_ip_req_count", "The number of delete IP address requests", "counter");
@@ -285,7 +291,12 @@ impl SimIpamd {
         }
         family(w, "awscni_eni_allocated", "The number of ENIs allocated", "gauge");
         line(w, "awscni_eni_allocated", "", self.enis as f64);
-        family(w, "awscni_eni_max", "The maximum number of ENIs that can be attached to the instance, accounting for unmanaged ENIs", "gauge");
+        family(
+            w,
+            "awscni_eni_max",
+            "The maximum number of ENIs that can be attached to the instance, accounting for unmanaged ENIs",
+            "gauge",
+        );
         line(w, "awscni_eni_max", "", self.eni_max as f64);
         family(w, "awscni_force_removed_enis", "The number of ENIs force removed while they had assigned pods", flipped);
         line(w, "awscni_force_removed_enis", "", 0.0);
@@ -303,7 +314,12 @@ impl SimIpamd {
             line(w, "awscni_ipamd_error_count", "fn=\"eniReconcileAdd\"", c.ipamd_err_reconcile as f64);
         }
         if !legacy {
-            family(w, "awscni_no_available_ip_addresses", "The number of pod IP assignments that fail due to no available IP addresses", flipped);
+            family(
+                w,
+                "awscni_no_available_ip_addresses",
+                "The number of pod IP assignments that fail due to no available IP addresses",
+                flipped,
+            );
             line(w, "awscni_no_available_ip_addresses", "", c.no_available_ip as f64);
             family(w, "awscni_total_ipv4_prefixes", "The total number of IPv4 prefixes", "gauge");
             line(w, "awscni_total_ipv4_prefixes", "", self.prefixes as f64);
@@ -311,7 +327,12 @@ impl SimIpamd {
         family(w, "awscni_total_ip_addresses", "The total number of IP addresses", "gauge");
         line(w, "awscni_total_ip_addresses", "", self.total_ips() as f64);
         if modern {
-            family(w, "awscni_ipamd_startup_duration_seconds", "The duration of IPAMD startup from process start to ready to serve CNI requests", "histogram");
+            family(
+                w,
+                "awscni_ipamd_startup_duration_seconds",
+                "The duration of IPAMD startup from process start to ready to serve CNI requests",
+                "histogram",
+            );
             let labels = "failure_reason=\"\",success=\"true\",with_api_server=\"true\"";
             for le in ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf"] {
                 let v = if le.parse::<f64>().map(|x| x >= 2.5).unwrap_or(true) { 1.0 } else { 0.0 };
@@ -339,7 +360,12 @@ fn line(w: &mut String, name: &str, labels: &str, v: f64) {
 
 /// The Go and process collector families every ipamd page carries (the agent ignores them).
 fn go_runtime(w: &mut String, start: f64, jitter: u64) {
-    family(w, "go_gc_duration_seconds", "A summary of the wall-time pause (stop-the-world) duration in garbage collection cycles.", "summary");
+    family(
+        w,
+        "go_gc_duration_seconds",
+        "A summary of the wall-time pause (stop-the-world) duration in garbage collection cycles.",
+        "summary",
+    );
     for q in ["0", "0.25", "0.5", "0.75", "1"] {
         line(w, "go_gc_duration_seconds", &format!("quantile=\"{q}\""), 4.1e-05);
     }

@@ -177,14 +177,22 @@ pub fn classify(status: Option<u16>, code: Option<&str>) -> (Retry, &'static str
         Some("Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequestsException" | "RequestThrottled") => {
             return (Retry::Retryable, "throttling")
         }
-        Some("InternalServiceError" | "InternalServiceFault" | "InternalFailure" | "ServiceUnavailable") => return (Retry::Retryable, "server"),
+        Some("InternalServiceError" | "InternalServiceFault" | "InternalFailure" | "ServiceUnavailable") => {
+            return (Retry::Retryable, "server")
+        }
         Some("RequestTimeout" | "RequestTimeoutException") => return (Retry::Retryable, "timeout"),
         Some("InvalidParameterValue" | "InvalidParameterCombination" | "MissingParameter" | "MissingRequiredParameter") => {
             return (Retry::Rejected, "invalid_parameter")
         }
         Some(
-            "AccessDenied" | "AccessDeniedException" | "UnrecognizedClientException" | "InvalidClientTokenId" | "NotAuthorized"
-            | "MissingAuthenticationToken" | "IncompleteSignature" | "OptInRequired",
+            "AccessDenied"
+            | "AccessDeniedException"
+            | "UnrecognizedClientException"
+            | "InvalidClientTokenId"
+            | "NotAuthorized"
+            | "MissingAuthenticationToken"
+            | "IncompleteSignature"
+            | "OptInRequired",
         ) => return (Retry::Heal, "access_denied"),
         Some("ExpiredToken" | "ExpiredTokenException" | "TokenRefreshRequired") => return (Retry::Heal, "expired_credentials"),
         Some("RequestExpired" | "SignatureDoesNotMatch" | "InvalidSignatureException" | "RequestTimeTooSkewed") => {
@@ -216,7 +224,9 @@ pub fn heal_hint(kind: &str) -> &'static str {
             "the aggregator's AWS credentials expired and were not refreshed: check the projected IRSA token or the Pod Identity \
              agent, and the role's trust policy"
         }
-        "clock_skew" => "CloudWatch says the request is expired or its signature does not match: check the node's clock (NTP) and the credentials",
+        "clock_skew" => {
+            "CloudWatch says the request is expired or its signature does not match: check the node's clock (NTP) and the credentials"
+        }
         _ => "CloudWatch refuses every request with an error that names no datum: see the error logged with it",
     }
 }
@@ -288,7 +298,13 @@ impl CloudWatchSink {
     /// Start the sink. The SDK client is built lazily at the first delivery so the region can come from
     /// the agents when neither the flag nor `AWS_REGION` gives it.
     pub fn start(cfg: CloudWatchConfig) -> Self {
-        let shared = Arc::new(Shared { cfg, region_hint: Mutex::default(), queue: Mutex::default(), stats: Mutex::default(), notify: Notify::new() });
+        let shared = Arc::new(Shared {
+            cfg,
+            region_hint: Mutex::default(),
+            queue: Mutex::default(),
+            stats: Mutex::default(),
+            notify: Notify::new(),
+        });
         let (close, close_rx) = watch::channel(None);
         let task = tokio::spawn(sender(shared.clone(), close_rx));
         Self { shared, close, task: Mutex::new(Some(task)) }
@@ -338,7 +354,11 @@ impl Sink for CloudWatchSink {
             }
             if dropped > 0 {
                 *st.datums.entry("dropped_backlog_full").or_default() += dropped as u64;
-                error!(datums = dropped, max_windows = self.shared.cfg.max_backlog_windows, "CloudWatch backlog full: oldest window dropped");
+                error!(
+                    datums = dropped,
+                    max_windows = self.shared.cfg.max_backlog_windows,
+                    "CloudWatch backlog full: oldest window dropped"
+                );
             }
             drop(st);
             self.shared.notify.notify_one();
@@ -395,11 +415,17 @@ impl Sink for CloudWatchSink {
         family("cni_metrics_cloudwatch_requests_total", "PutMetricData attempts by result", "counter", "result", &st.requests);
         family("cni_metrics_cloudwatch_datums_total", "Datums by outcome", "counter", "outcome", &st.datums);
         family("cni_metrics_cloudwatch_errors_total", "Failed PutMetricData attempts by error type", "counter", "error_type", &st.errors);
-        let _ = writeln!(out, "# HELP cni_metrics_cloudwatch_retries_total PutMetricData retries\n# TYPE cni_metrics_cloudwatch_retries_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP cni_metrics_cloudwatch_retries_total PutMetricData retries\n# TYPE cni_metrics_cloudwatch_retries_total counter"
+        );
         let _ = writeln!(out, "cni_metrics_cloudwatch_retries_total{{cluster_id=\"{c}\"}} {}", st.retries);
         let _ = writeln!(out, "# HELP cni_metrics_cloudwatch_backlog_windows Publish windows waiting for delivery\n# TYPE cni_metrics_cloudwatch_backlog_windows gauge");
         let _ = writeln!(out, "cni_metrics_cloudwatch_backlog_windows{{cluster_id=\"{c}\"}} {windows}");
-        let _ = writeln!(out, "# HELP cni_metrics_cloudwatch_backlog_datums Datums waiting for delivery\n# TYPE cni_metrics_cloudwatch_backlog_datums gauge");
+        let _ = writeln!(
+            out,
+            "# HELP cni_metrics_cloudwatch_backlog_datums Datums waiting for delivery\n# TYPE cni_metrics_cloudwatch_backlog_datums gauge"
+        );
         let _ = writeln!(out, "cni_metrics_cloudwatch_backlog_datums{{cluster_id=\"{c}\"}} {datums}");
         if let Some(ms) = st.last_success_ms {
             let _ = writeln!(out, "# HELP cni_metrics_cloudwatch_last_success_timestamp_seconds Time of the last accepted PutMetricData\n# TYPE cni_metrics_cloudwatch_last_success_timestamp_seconds gauge");
@@ -471,8 +497,16 @@ async fn sender(shared: Arc<Shared>, mut close: watch::Receiver<Option<tokio::ti
                 lock(&shared.queue).pop_front(batch.len());
                 if let Some(kind) = healing.take() {
                     lock(&shared.stats).healing = None;
-                    let (windows, datums) = { let q = lock(&shared.queue); (q.windows.len(), q.datums.len()) };
-                    info!(error_type = kind, backlog_windows = windows, backlog_datums = datums, "CloudWatch accepts requests again; delivering the held windows with their own timestamps");
+                    let (windows, datums) = {
+                        let q = lock(&shared.queue);
+                        (q.windows.len(), q.datums.len())
+                    };
+                    info!(
+                        error_type = kind,
+                        backlog_windows = windows,
+                        backlog_datums = datums,
+                        "CloudWatch accepts requests again; delivering the held windows with their own timestamps"
+                    );
                 }
             }
             // Credentials, permissions or the clock: hold everything, retry slowly, say what to fix once.
@@ -535,7 +569,13 @@ async fn deliver(client: &Client, shared: &Shared, batch: &[Queued], cluster_id:
                 } else {
                     let q = &part[0];
                     *lock(&shared.stats).datums.entry("rejected").or_default() += 1;
-                    error!(error_type = kind, metric = q.metric_name, value = q.value, timestamp_ms = q.window_end_ms, "CloudWatch rejected a datum; dropped");
+                    error!(
+                        error_type = kind,
+                        metric = q.metric_name,
+                        value = q.value,
+                        timestamp_ms = q.window_end_ms,
+                        "CloudWatch rejected a datum; dropped"
+                    );
                 }
             }
         }
@@ -548,12 +588,13 @@ async fn put(client: &Client, shared: &Shared, part: &[Queued], cluster_id: &str
     let data: Vec<MetricDatum> = part
         .iter()
         .map(|q| {
-            let mut b = MetricDatum::builder().metric_name(q.metric_name).dimensions(Dimension::builder().name(DIMENSION).value(cluster_id).build());
+            let mut b = MetricDatum::builder()
+                .metric_name(q.metric_name)
+                .dimensions(Dimension::builder().name(DIMENSION).value(cluster_id).build());
             if let Some((name, value)) = &q.dimension {
                 b = b.dimensions(Dimension::builder().name(*name).value(value.as_ref()).build());
             }
-            b
-                .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from_millis(q.window_end_ms))
+            b.timestamp(aws_sdk_cloudwatch::primitives::DateTime::from_millis(q.window_end_ms))
                 .value(q.value)
                 .unit(StandardUnit::from(q.unit))
                 .storage_resolution(cfg.storage_resolution)
@@ -606,9 +647,9 @@ async fn put(client: &Client, shared: &Shared, part: &[Queued], cluster_id: &str
 async fn build_client(region: Option<String>, cluster_id: &str, namespace: &str) -> Client {
     use aws_config::retry::RetryConfig;
     use aws_config::timeout::TimeoutConfig;
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(3)).operation_attempt_timeout(Duration::from_secs(10)).build());
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).retry_config(RetryConfig::disabled()).timeout_config(
+        TimeoutConfig::builder().connect_timeout(Duration::from_secs(3)).operation_attempt_timeout(Duration::from_secs(10)).build(),
+    );
     if let Some(r) = region {
         loader = loader.region(aws_config::Region::new(r));
     }
@@ -659,7 +700,12 @@ mod tests {
             commits: Vec::new(),
             seq: end as u64,
             datums: (0..n)
-                .map(|i| Datum { metric_name: if i % 2 == 0 { "addReqCount" } else { "assignIPAddresses" }, value: i as f64, unit: "Count", dimension: None })
+                .map(|i| Datum {
+                    metric_name: if i % 2 == 0 { "addReqCount" } else { "assignIPAddresses" },
+                    value: i as f64,
+                    unit: "Count",
+                    dimension: None,
+                })
                 .collect(),
         }
     }
@@ -685,7 +731,14 @@ mod tests {
         // Long names: the byte limit splits first.
         let long: &'static str = Box::leak("m".repeat(250).into_boxed_str());
         let big: Vec<Queued> = (0..3000)
-            .map(|i| Queued { window_end_ms: 0, cluster_id: Arc::from("c".repeat(1024)), metric_name: long, value: i as f64, unit: "Count", dimension: None })
+            .map(|i| Queued {
+                window_end_ms: 0,
+                cluster_id: Arc::from("c".repeat(1024)),
+                metric_name: long,
+                value: i as f64,
+                unit: "Count",
+                dimension: None,
+            })
             .collect();
         let b = batches(&big, "Kubernetes");
         assert!(b.len() > 3);

@@ -12,7 +12,11 @@ use cni_metrics_proto::telemetry::LogFormat;
 pub use cni_metrics_proto::flags::parse_switch;
 
 #[derive(Clone, Debug, Parser)]
-#[command(name = "cni-metrics-aggregator", version, about = "Sums per-node ipamd reports into exact cluster metrics, publishes and re-exposes them")]
+#[command(
+    name = "cni-metrics-aggregator",
+    version,
+    about = "Sums per-node ipamd reports into exact cluster metrics, publishes and re-exposes them"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

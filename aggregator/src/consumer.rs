@@ -170,11 +170,8 @@ impl Drop for NodeInterest {
 }
 
 fn to_update(b: &Broadcast, only: &[String], cluster_only: bool) -> ClusterUpdate {
-    let nodes = if cluster_only {
-        Vec::new()
-    } else {
-        b.nodes.iter().filter(|n| only.is_empty() || only.contains(&n.name)).cloned().collect()
-    };
+    let nodes =
+        if cluster_only { Vec::new() } else { b.nodes.iter().filter(|n| only.is_empty() || only.contains(&n.name)).cloned().collect() };
     ClusterUpdate { cluster: Some(b.cluster.clone()), nodes, version: b.version }
 }
 

@@ -162,7 +162,8 @@ pub fn render_view(st: &ClusterState, truth: &[NodeTruth], last_publish: &str, e
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(s, "{header}\n");
-    let _ = writeln!(s, "{:<8} {:<20} {:<9} {:>9} {:>6} {:>5} {:>8}", "NODE", "IPAMD PAGE", "SCRAPE", "ASSIGNED", "TOTAL", "MAX", "ADD REQ");
+    let _ =
+        writeln!(s, "{:<8} {:<20} {:<9} {:>9} {:>6} {:>5} {:>8}", "NODE", "IPAMD PAGE", "SCRAPE", "ASSIGNED", "TOTAL", "MAX", "ADD REQ");
     for t in truth {
         let status = st.node(&t.name).map_or("absent", |n| status_label(n.status));
         let _ = writeln!(
@@ -213,7 +214,8 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
         let sim = SimIpamd::new(style, cfg.seed + i as u64, start);
         fakes.push(FakeIpamd::start(sim, SocketAddr::from(([127, 0, 0, 1], 0))).await?);
     }
-    let baselines: Vec<u64> = fakes.iter().enumerate().map(|(i, f)| if i == 0 { f.with_sim(|s| s.lifetime.add_ip_req) } else { 0 }).collect();
+    let baselines: Vec<u64> =
+        fakes.iter().enumerate().map(|(i, f)| if i == 0 { f.with_sim(|s| s.lifetime.add_ip_req) } else { 0 }).collect();
 
     let mut agg_cfg = AggregatorConfig::for_test("demo");
     agg_cfg.publish_interval = cfg.publish_interval;
@@ -292,7 +294,7 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
         } else {
             println!("{view}");
         }
-            // Let the simulation move only once every agent has taken its first look.
+        // Let the simulation move only once every agent has taken its first look.
         if !started {
             let ready = lock(&handles.state).nodes().filter(|n| n.status == cni_metrics_proto::v1::ScrapeStatus::Ok).count() == n;
             if ready {

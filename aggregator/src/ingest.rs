@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cni_metrics_proto::v1::ingest_server::Ingest;
-use cni_metrics_proto::v1::{agent_message, aggregator_message, Ack, AgentMessage, AggregatorMessage, Commit, Label, Resume, ResumePoint, Welcome};
+use cni_metrics_proto::v1::{
+    agent_message, aggregator_message, Ack, AgentMessage, AggregatorMessage, Commit, Label, Resume, ResumePoint, Welcome,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -71,7 +73,14 @@ pub struct IngestService {
 
 impl IngestService {
     pub fn new(state: Shared, signals: StreamSignals, limits: IngestLimits) -> Self {
-        Self { state, signals, limits, open: Arc::default(), instance_id: fastrand::u64(1..), started_unix_ms: crate::publish::unix_ms_now() }
+        Self {
+            state,
+            signals,
+            limits,
+            open: Arc::default(),
+            instance_id: fastrand::u64(1..),
+            started_unix_ms: crate::publish::unix_ms_now(),
+        }
     }
 }
 

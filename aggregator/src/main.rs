@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use cni_metrics_aggregator::config::{Cli, Command};
 use cni_metrics_aggregator::cloudwatch::CloudWatchSink;
+use cni_metrics_aggregator::config::{Cli, Command};
 use cni_metrics_aggregator::publish::{Sink, StdoutSink};
 use cni_metrics_aggregator::{demo, server, watch};
 use cni_metrics_proto::telemetry;
@@ -23,8 +23,12 @@ async fn main() -> anyhow::Result<()> {
         None => {}
     }
     cfg.validate()?;
-    let grpc = tokio::net::TcpListener::bind(cfg.grpc_listen).await.with_context(|| format!("cannot listen on {} (--grpc-listen)", cfg.grpc_listen))?;
-    let http = tokio::net::TcpListener::bind(cfg.http_listen).await.with_context(|| format!("cannot listen on {} (--http-listen)", cfg.http_listen))?;
+    let grpc = tokio::net::TcpListener::bind(cfg.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--grpc-listen)", cfg.grpc_listen))?;
+    let http = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--http-listen)", cfg.http_listen))?;
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if cfg.stdout {
         sinks.push(Arc::new(StdoutSink::new()));

@@ -135,19 +135,32 @@ pub struct PublishStats {
 
 impl PublishStats {
     pub fn render(&self, out: &mut String, cluster_id: &str) {
-        let _ = writeln!(out, "# HELP cni_metrics_publish_windows_total Publish windows closed\n# TYPE cni_metrics_publish_windows_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP cni_metrics_publish_windows_total Publish windows closed\n# TYPE cni_metrics_publish_windows_total counter"
+        );
         let _ = writeln!(out, "cni_metrics_publish_windows_total{{cluster_id=\"{cluster_id}\"}} {}", self.windows);
-        let _ = writeln!(out, "# HELP cni_metrics_publishes_total Window publications by sink and result\n# TYPE cni_metrics_publishes_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP cni_metrics_publishes_total Window publications by sink and result\n# TYPE cni_metrics_publishes_total counter"
+        );
         for ((sink, result), v) in &self.publishes {
             let _ = writeln!(out, "cni_metrics_publishes_total{{cluster_id=\"{cluster_id}\",sink=\"{sink}\",result=\"{result}\"}} {v}");
         }
-        let _ = writeln!(out, "# HELP cni_metrics_published_datums_total Datums published by sink\n# TYPE cni_metrics_published_datums_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP cni_metrics_published_datums_total Datums published by sink\n# TYPE cni_metrics_published_datums_total counter"
+        );
         for (sink, v) in &self.datums {
             let _ = writeln!(out, "cni_metrics_published_datums_total{{cluster_id=\"{cluster_id}\",sink=\"{sink}\"}} {v}");
         }
         let _ = writeln!(out, "# HELP cni_metrics_last_publish_success_timestamp_seconds Time of the last successful publication by sink\n# TYPE cni_metrics_last_publish_success_timestamp_seconds gauge");
         for (sink, ms) in &self.last_success_unix_ms {
-            let _ = writeln!(out, "cni_metrics_last_publish_success_timestamp_seconds{{cluster_id=\"{cluster_id}\",sink=\"{sink}\"}} {}", *ms as f64 / 1000.0);
+            let _ = writeln!(
+                out,
+                "cni_metrics_last_publish_success_timestamp_seconds{{cluster_id=\"{cluster_id}\",sink=\"{sink}\"}} {}",
+                *ms as f64 / 1000.0
+            );
         }
     }
 }

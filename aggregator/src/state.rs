@@ -460,8 +460,12 @@ impl ClusterState {
                         Some(u) if d.keeps_position => u.raw_before,
                         _ => s.raw,
                     };
-                    let points: Vec<(Arc<ResumeKey>, f64)> =
-                        d.series.iter().filter_map(|(id, s)| Some((s.key.clone()?, raw_of(*id, s)))).filter(|(_, raw)| raw.is_finite()).collect();
+                    let points: Vec<(Arc<ResumeKey>, f64)> = d
+                        .series
+                        .iter()
+                        .filter_map(|(id, s)| Some((s.key.clone()?, raw_of(*id, s))))
+                        .filter(|(_, raw)| raw.is_finite())
+                        .collect();
                     if start > 0.0 {
                         resume = Some(Resume { ipamd_start_time: start, points });
                         self.stats.runs_resumed += 1;
@@ -757,11 +761,8 @@ impl ClusterState {
         let family = self.intern(&d.family);
         let family_type = spec.map_or_else(|| FamilyType::try_from(d.family_type).unwrap_or(FamilyType::Untyped), |s| s.family_type);
         self.families.entry(family.clone()).or_insert(family_type);
-        let fold = if key.1.iter().any(|(n, _)| n == "quantile") && family_type == FamilyType::Summary {
-            NodeFold::Max
-        } else {
-            NodeFold::Sum
-        };
+        let fold =
+            if key.1.iter().any(|(n, _)| n == "quantile") && family_type == FamilyType::Summary { NodeFold::Max } else { NodeFold::Sum };
         let i = self.slots.len() as u32;
         self.slots.push(Slot {
             family,
@@ -1075,8 +1076,15 @@ impl ClusterState {
                 }
             }
             for (subnet, t) in &self.breakdowns.subnets {
-                for (metric_name, v) in [("totalIPAddresses", t.total), ("assignIPAddresses", t.assigned), ("availableIPAddresses", t.available)] {
-                    datums.push(Datum { metric_name, value: v, unit: "Count", dimension: Some((Dim::Subnet.cloudwatch(), subnet.clone())) });
+                for (metric_name, v) in
+                    [("totalIPAddresses", t.total), ("assignIPAddresses", t.assigned), ("availableIPAddresses", t.available)]
+                {
+                    datums.push(Datum {
+                        metric_name,
+                        value: v,
+                        unit: "Count",
+                        dimension: Some((Dim::Subnet.cloudwatch(), subnet.clone())),
+                    });
                 }
             }
             for ((dim, value), g) in &self.breakdowns.groups {
@@ -1096,7 +1104,11 @@ impl ClusterState {
                 }
             }
         }
-        let cluster_id = if self.cfg.cluster_id.is_empty() { self.reported(|n| &n.cluster_name).unwrap_or_default() } else { self.cfg.cluster_id.clone() };
+        let cluster_id = if self.cfg.cluster_id.is_empty() {
+            self.reported(|n| &n.cluster_name).unwrap_or_default()
+        } else {
+            self.cfg.cluster_id.clone()
+        };
         Window { cluster_id, region_hint: self.reported(|n| &n.region), end_unix_ms, nodes: self.nodes.len(), datums, commits, seq: 0 }
     }
 
@@ -1196,12 +1208,25 @@ impl ClusterState {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{cluster_id=\"{cid}\"}} {}", fmt_value(v));
             }
         };
-        gauge(out, "cni_metrics_available_ip_addresses", "Sum over nodes of (total - assigned): warm IPs free for pods now", (c.with_available > 0).then_some(c.available));
-        gauge(out, "cni_metrics_ip_headroom", "Sum over nodes of (ip_max - assigned): IPs pods could still get as ENIs attach", (c.with_headroom > 0).then_some(c.headroom));
+        gauge(
+            out,
+            "cni_metrics_available_ip_addresses",
+            "Sum over nodes of (total - assigned): warm IPs free for pods now",
+            (c.with_available > 0).then_some(c.available),
+        );
+        gauge(
+            out,
+            "cni_metrics_ip_headroom",
+            "Sum over nodes of (ip_max - assigned): IPs pods could still get as ENIs attach",
+            (c.with_headroom > 0).then_some(c.headroom),
+        );
         let (u_total, u_max) = c.utilization();
         if u_total.is_some() || u_max.is_some() {
             let name = "cni_metrics_ip_utilization_ratio";
-            let _ = writeln!(out, "# HELP {name} Sum of assigned IPs over the sum of total (basis=total) or max (basis=max) IPs\n# TYPE {name} gauge");
+            let _ = writeln!(
+                out,
+                "# HELP {name} Sum of assigned IPs over the sum of total (basis=total) or max (basis=max) IPs\n# TYPE {name} gauge"
+            );
             for (basis, v) in [("total", u_total), ("max", u_max)] {
                 if let Some(v) = v {
                     let _ = writeln!(out, "{name}{{cluster_id=\"{cid}\",basis=\"{basis}\"}} {}", fmt_value(v));
@@ -1211,7 +1236,12 @@ impl ClusterState {
         gauge(out, "cni_metrics_nodes_low_on_ips", "Nodes whose IP headroom is below --low-ip-threshold", Some(f64::from(c.low_nodes)));
         let stale = self.nodes.values().filter(|n| Self::is_stale(n, now)).count();
         gauge(out, "cni_metrics_nodes_stale", "Nodes whose last scrape failed or that missed two reports", Some(stale as f64));
-        gauge(out, "cni_metrics_capacity_anomalies", "Nodes reporting impossible capacity (assigned > total or max, negative values)", Some(f64::from(c.anomalous_nodes)));
+        gauge(
+            out,
+            "cni_metrics_capacity_anomalies",
+            "Nodes reporting impossible capacity (assigned > total or max, negative values)",
+            Some(f64::from(c.anomalous_nodes)),
+        );
         self.render_breakdowns(out, cid);
         let _ = writeln!(
             out,
@@ -1228,7 +1258,9 @@ impl ClusterState {
             ("assigned_ip_addresses", "IPs assigned to pods", |g| Some(g.assigned)),
             ("total_ip_addresses", "IPs held by the nodes", |g| Some(g.total)),
             ("ip_max", "Most IPs the nodes can hold", |g| Some(g.max)),
-            ("available_ip_addresses", "Sum over nodes of (total - assigned)", |g| (g.capacity.with_available > 0).then_some(g.capacity.available)),
+            ("available_ip_addresses", "Sum over nodes of (total - assigned)", |g| {
+                (g.capacity.with_available > 0).then_some(g.capacity.available)
+            }),
             ("ip_headroom", "Sum over nodes of (ip_max - assigned)", |g| (g.capacity.with_headroom > 0).then_some(g.capacity.headroom)),
             ("nodes_low_on_ips", "Nodes whose IP headroom is below --low-ip-threshold", |g| Some(f64::from(g.capacity.low_nodes))),
         ];
@@ -1296,27 +1328,64 @@ impl ClusterState {
         gauge(out, "cni_metrics_nodes_reporting", "Nodes whose last ipamd scrape succeeded", ok as f64);
         labelled(out, "cni_metrics_nodes", "Known nodes by the status of their last ipamd scrape", "gauge", "scrape_status", &by_status);
         gauge(out, "cni_metrics_cluster_series", "Cluster series held by the aggregator", self.slots.len() as f64);
-        gauge(out, "cni_metrics_agent_dropped_series", "Series the agents dropped at their per-node limit in their latest scrape", dropped as f64);
+        gauge(
+            out,
+            "cni_metrics_agent_dropped_series",
+            "Series the agents dropped at their per-node limit in their latest scrape",
+            dropped as f64,
+        );
         counter(out, "cni_metrics_sessions_total", "Agent streams accepted", st.sessions);
         counter(out, "cni_metrics_reports_received_total", "Agent reports applied", st.reports);
-        counter(out, "cni_metrics_reports_stale_total", "Reports ignored because a newer one was already applied", st.reports_ignored_old_seq);
+        counter(
+            out,
+            "cni_metrics_reports_stale_total",
+            "Reports ignored because a newer one was already applied",
+            st.reports_ignored_old_seq,
+        );
         labelled(out, "cni_metrics_reports_rejected_total", "Agent messages refused, by reason", "counter", "reason", &st.rejected);
         labelled(out, "cni_metrics_series_rejected_total", "Series refused, by reason", "counter", "reason", &st.series_rejected);
-        labelled(out, "cni_metrics_scrape_errors_total", "Reports of a failed ipamd scrape, by status", "counter", "status", &st.scrape_errors);
+        labelled(
+            out,
+            "cni_metrics_scrape_errors_total",
+            "Reports of a failed ipamd scrape, by status",
+            "counter",
+            "status",
+            &st.scrape_errors,
+        );
         counter(out, "cni_metrics_bad_lines_total", "ipamd page lines the agents could not parse", st.bad_lines);
         counter(out, "cni_metrics_nonfinite_values_total", "NaN or infinite values ignored", st.nonfinite_values);
-        counter(out, "cni_metrics_counter_regressions_total", "Counter totals that went backwards within an agent run (ignored)", st.counter_regressions);
+        counter(
+            out,
+            "cni_metrics_counter_regressions_total",
+            "Counter totals that went backwards within an agent run (ignored)",
+            st.counter_regressions,
+        );
         counter(out, "cni_metrics_node_goodbyes_total", "Nodes that left with a goodbye", st.goodbyes);
         counter(out, "cni_metrics_nodes_expired_total", "Nodes dropped after their TTL", st.expired);
         counter(out, "cni_metrics_agent_restarts_total", "Agent runs replaced by a new run of the same node", st.agent_restarts);
-        counter(out, "cni_metrics_agent_runs_recovered_total", "Agent runs first seen mid-way (this aggregator restarted): counted from their committed totals", st.runs_recovered);
+        counter(
+            out,
+            "cni_metrics_agent_runs_recovered_total",
+            "Agent runs first seen mid-way (this aggregator restarted): counted from their committed totals",
+            st.runs_recovered,
+        );
         let _ = writeln!(
             out,
             "# HELP cni_metrics_recovered_increments_total Counter increments counted from agents' committed totals after an aggregator restart (delivered by no earlier aggregator, or in doubt)\n# TYPE cni_metrics_recovered_increments_total counter\ncni_metrics_recovered_increments_total{{cluster_id=\"{cid}\"}} {}",
             fmt_value(st.recovered_increments)
         );
-        counter(out, "cni_metrics_agent_runs_resumed_total", "New agent runs that resumed counting where the node's previous run stopped", st.runs_resumed);
-        counter(out, "cni_metrics_agent_runs_continued_total", "Agent runs that came back after leaving (partition, expiry) and continued from their kept totals", st.runs_continued);
+        counter(
+            out,
+            "cni_metrics_agent_runs_resumed_total",
+            "New agent runs that resumed counting where the node's previous run stopped",
+            st.runs_resumed,
+        );
+        counter(
+            out,
+            "cni_metrics_agent_runs_continued_total",
+            "Agent runs that came back after leaving (partition, expiry) and continued from their kept totals",
+            st.runs_continued,
+        );
         counter(
             out,
             "cni_metrics_agent_baseline_unknown_total",
@@ -1329,7 +1398,12 @@ impl ClusterState {
             "Agent runs that counted a young ipamd from its start without a resume point, on an aggregator younger than that ipamd: part may be counted twice",
             st.baseline_in_doubt_runs,
         );
-        counter(out, "cni_metrics_departed_evicted_total", "Departed-node records dropped at their bound (those nodes' next agent run cannot resume)", st.departed_evicted);
+        counter(
+            out,
+            "cni_metrics_departed_evicted_total",
+            "Departed-node records dropped at their bound (those nodes' next agent run cannot resume)",
+            st.departed_evicted,
+        );
         gauge(out, "cni_metrics_departed_nodes", "Departed-node records kept for continuation and resume", self.departed.len() as f64);
     }
 
@@ -1404,7 +1478,11 @@ fn fmt_value(v: f64) -> String {
     if v.is_nan() {
         "NaN".to_owned()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".to_owned() } else { "-Inf".to_owned() }
+        if v > 0.0 {
+            "+Inf".to_owned()
+        } else {
+            "-Inf".to_owned()
+        }
     } else {
         format!("{v}")
     }

@@ -73,7 +73,11 @@ pub fn render_table(c: &ClusterView, nodes: &[NodeView], top: usize) -> String {
     let mut by_headroom: Vec<&NodeView> = nodes.iter().filter(|n| n.ip_headroom >= 0.0).collect();
     by_headroom.sort_by(|a, b| a.ip_headroom.total_cmp(&b.ip_headroom).then_with(|| a.name.cmp(&b.name)));
     let _ = writeln!(s, "\nNODES BY IP HEADROOM (worst first)");
-    let _ = writeln!(s, "{:<28} {:<12} {:<12} {:>8} {:>6} {:>5} {:>9} {:<8} {:<4}", "NODE", "AZ", "TYPE", "ASSIGNED", "TOTAL", "MAX", "HEADROOM", "SCRAPE", "LOW");
+    let _ = writeln!(
+        s,
+        "{:<28} {:<12} {:<12} {:>8} {:>6} {:>5} {:>9} {:<8} {:<4}",
+        "NODE", "AZ", "TYPE", "ASSIGNED", "TOTAL", "MAX", "HEADROOM", "SCRAPE", "LOW"
+    );
     for n in by_headroom.iter().take(top) {
         let _ = writeln!(
             s,
@@ -93,7 +97,14 @@ pub fn render_table(c: &ClusterView, nodes: &[NodeView], top: usize) -> String {
     if !stale.is_empty() {
         let _ = writeln!(s, "\nSTALE NODES");
         for n in stale.iter().take(top) {
-            let _ = writeln!(s, "{:<28} {:<11} last report {:.1}s ago  {}", n.name, status_name(n.status), n.last_report_age_ms as f64 / 1000.0, n.status_detail);
+            let _ = writeln!(
+                s,
+                "{:<28} {:<11} last report {:.1}s ago  {}",
+                n.name,
+                status_name(n.status),
+                n.last_report_age_ms as f64 / 1000.0,
+                n.status_detail
+            );
         }
     }
     let errors: Vec<(&str, f64)> = ERROR_FAMILIES
@@ -261,7 +272,12 @@ mod tests {
             max_ips: 80.0,
             utilization_total: 30.0 / 42.0,
             utilization_max: -1.0,
-            aggregates: vec![Aggregate { name: "awscni_no_available_ip_addresses".into(), labels: vec![], kind: MetricKind::Counter as i32, value: 7.0 }],
+            aggregates: vec![Aggregate {
+                name: "awscni_no_available_ip_addresses".into(),
+                labels: vec![],
+                kind: MetricKind::Counter as i32,
+                value: 7.0,
+            }],
             ..ClusterView::default()
         }
     }

@@ -104,10 +104,12 @@ mod tests {
         assert_eq!(a.next_delay().as_millis(), 100);
         let j = Backoff::new(Duration::from_millis(1000), Duration::from_secs(10), 2.0, 0.2).unwrap_or_default();
         let mut a = j.start(Some(42));
-        let first: Vec<u128> = (0..50).map(|_| {
-            a.reset();
-            a.next_delay().as_millis()
-        }).collect();
+        let first: Vec<u128> = (0..50)
+            .map(|_| {
+                a.reset();
+                a.next_delay().as_millis()
+            })
+            .collect();
         assert!(first.iter().all(|d| (800..=1200).contains(d)), "{first:?}");
         assert!(first.iter().any(|d| *d != first[0]), "jitter spreads delays");
     }

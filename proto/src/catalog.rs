@@ -64,16 +64,7 @@ const fn fam(
         T::Summary => LatencyP99OrMean,
         _ => GaugeSum,
     };
-    FamilySpec {
-        name,
-        family_type,
-        node_drop_labels: &[],
-        cluster_drop_labels: &[],
-        help,
-        cloudwatch_name,
-        upstream,
-        cloudwatch_fold,
-    }
+    FamilySpec { name, family_type, node_drop_labels: &[], cluster_drop_labels: &[], help, cloudwatch_name, upstream, cloudwatch_fold }
 }
 
 const fn drop_node(mut f: FamilySpec, labels: &'static [&'static str]) -> FamilySpec {
@@ -90,9 +81,27 @@ const fn drop_cluster(mut f: FamilySpec, labels: &'static [&'static str]) -> Fam
 pub static FAMILIES: &[FamilySpec] = &[
     fam("awscni_ipamd_error_count", T::Counter, "The number of errors encountered in ipamd", Some("ipamdErr"), true),
     fam("awscni_ipamd_action_inprogress", T::Gauge, "The number of ipamd actions in progress", Some("ipamdActionInProgress"), true),
-    fam("awscni_eni_max", T::Gauge, "The maximum number of ENIs that can be attached to the instance, accounting for unmanaged ENIs", Some("eniMaxAvailable"), true),
-    fam("awscni_ip_max", T::Gauge, "The maximum number of IP addresses that can be allocated to the instance", Some("maxIPAddresses"), true),
-    fam("awscni_reconcile_count", T::Counter, "The number of times ipamd reconciles on ENIs and IP/Prefix addresses", Some("reconcileCount"), true),
+    fam(
+        "awscni_eni_max",
+        T::Gauge,
+        "The maximum number of ENIs that can be attached to the instance, accounting for unmanaged ENIs",
+        Some("eniMaxAvailable"),
+        true,
+    ),
+    fam(
+        "awscni_ip_max",
+        T::Gauge,
+        "The maximum number of IP addresses that can be allocated to the instance",
+        Some("maxIPAddresses"),
+        true,
+    ),
+    fam(
+        "awscni_reconcile_count",
+        T::Counter,
+        "The number of times ipamd reconciles on ENIs and IP/Prefix addresses",
+        Some("reconcileCount"),
+        true,
+    ),
     fam("awscni_add_ip_req_count", T::Counter, "The number of add IP address requests", Some("addReqCount"), true),
     fam("awscni_del_ip_req_count", T::Counter, "The number of delete IP address requests", Some("delReqCount"), true),
     fam("awscni_pod_eni_error_count", T::Counter, "The number of errors encountered for pod ENIs", Some("podENIErr"), true),
@@ -108,29 +117,72 @@ pub static FAMILIES: &[FamilySpec] = &[
     fam("awscni_eni_allocated", T::Gauge, "The number of ENIs allocated", Some("eniAllocated"), true),
     fam("awscni_total_ip_addresses", T::Gauge, "The total number of IP addresses", Some("totalIPAddresses"), true),
     fam("awscni_assigned_ip_addresses", T::Gauge, "The number of IP addresses assigned to pods", Some("assignIPAddresses"), true),
-    fam("awscni_force_removed_enis", T::Counter, "The number of ENIs force removed while they had assigned pods", Some("forceRemoveENI"), true),
-    fam("awscni_force_removed_ips", T::Counter, "The number of IPs force removed while they had assigned pods", Some("forceRemoveIPs"), true),
+    fam(
+        "awscni_force_removed_enis",
+        T::Counter,
+        "The number of ENIs force removed while they had assigned pods",
+        Some("forceRemoveENI"),
+        true,
+    ),
+    fam(
+        "awscni_force_removed_ips",
+        T::Counter,
+        "The number of IPs force removed while they had assigned pods",
+        Some("forceRemoveIPs"),
+        true,
+    ),
     fam("awscni_total_ipv4_prefixes", T::Gauge, "The total number of IPv4 prefixes", Some("totalIPv4Prefixes"), true),
     // One `/32` per pod in secondary-IP mode: summed away on the node.
     drop_node(
-        fam("awscni_assigned_ip_per_cidr", T::Gauge, "The total number of IP addresses assigned per cidr", Some("totalAssignedIPv4sPerCidr"), true),
+        fam(
+            "awscni_assigned_ip_per_cidr",
+            T::Gauge,
+            "The total number of IP addresses assigned per cidr",
+            Some("totalAssignedIPv4sPerCidr"),
+            true,
+        ),
         &["cidr"],
     ),
-    fam("awscni_no_available_ip_addresses", T::Counter, "The number of pod IP assignments that fail due to no available IP addresses", Some("noAvailableIPAddresses"), false),
+    fam(
+        "awscni_no_available_ip_addresses",
+        T::Counter,
+        "The number of pod IP assignments that fail due to no available IP addresses",
+        Some("noAvailableIPAddresses"),
+        false,
+    ),
     // ENI ids are unique per node: kept per node, summed away for the cluster.
     drop_cluster(
         fam("awscni_assigned_ip_per_eni", T::Gauge, "The number of allocated ips partitioned by eni", Some("assignedIPsPerENI"), false),
         &["eni"],
     ),
-    fam("awscni_ipamd_startup_duration_seconds", T::Histogram, "The duration of IPAMD startup from process start to ready to serve CNI requests", None, false),
-    fam("awscni_ipamd_node_initialization_duration_seconds", T::Histogram, "The duration of node initialization during IPAMD startup", None, false),
+    fam(
+        "awscni_ipamd_startup_duration_seconds",
+        T::Histogram,
+        "The duration of IPAMD startup from process start to ready to serve CNI requests",
+        None,
+        false,
+    ),
+    fam(
+        "awscni_ipamd_node_initialization_duration_seconds",
+        T::Histogram,
+        "The duration of node initialization during IPAMD startup",
+        None,
+        false,
+    ),
     fam("awscni_connmark_backend", T::Gauge, "The connmark backend in use; the active backend's series is set to 1", None, false),
     fam("awscni_connmark_reconcile_total", T::Counter, "The number of connmark Setup/Cleanup reconciliations by result", None, false),
-    fam("awscni_build_info", T::Gauge, "A metric with a constant '1' value labeled by version, revision, and goversion from which amazon-vpc-cni-k8s was built.", None, false),
+    fam(
+        "awscni_build_info",
+        T::Gauge,
+        "A metric with a constant '1' value labeled by version, revision, and goversion from which amazon-vpc-cni-k8s was built.",
+        None,
+        false,
+    ),
 ];
 
 /// CloudWatch names of the capacity metrics the aggregator derives (not ipamd families).
-pub const DERIVED_CLOUDWATCH_NAMES: &[&str] = &["availableIPAddresses", "ipHeadroom", "ipUtilization", "ipCapacityUtilization", "nodesLowOnIPs"];
+pub const DERIVED_CLOUDWATCH_NAMES: &[&str] =
+    &["availableIPAddresses", "ipHeadroom", "ipUtilization", "ipCapacityUtilization", "nodesLowOnIPs"];
 
 /// ipamd's process start time: read by the agent for reset detection, never forwarded.
 pub const PROCESS_START_TIME: &str = "process_start_time_seconds";

@@ -48,7 +48,8 @@ impl ClientTlsFlags {
             return Err(ClientTlsError::Incomplete);
         };
         let read = |p: &PathBuf| std::fs::read(p).map_err(|e| ClientTlsError::Read(p.clone(), e));
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)).identity(Identity::from_pem(read(cert)?, read(key)?));
+        let tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)).identity(Identity::from_pem(read(cert)?, read(key)?));
         Ok(endpoint.tls_config(tls)?)
     }
 }

@@ -68,7 +68,18 @@ impl Cluster {
             Some(_) => format!("{CONTROL_IP}:61690"),
             None => format!("127.0.0.1:{}", free_port()?),
         };
-        let mut c = Cluster { dir, lab, nodes: Vec::new(), aggregators: Vec::new(), agg_listen, agg_http: String::new(), agg_extra: Vec::new(), agg_env: Vec::new(), agent_extra: Vec::new(), keep_position: false };
+        let mut c = Cluster {
+            dir,
+            lab,
+            nodes: Vec::new(),
+            aggregators: Vec::new(),
+            agg_listen,
+            agg_http: String::new(),
+            agg_extra: Vec::new(),
+            agg_env: Vec::new(),
+            agent_extra: Vec::new(),
+            keep_position: false,
+        };
         for _ in 0..nodes {
             c.add_node()?;
         }

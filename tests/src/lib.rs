@@ -236,20 +236,19 @@ impl Aggregator {
     }
 
     /// [`Aggregator::start_env`] inside network namespace `ns`, when given.
-    pub fn start_in(ns: Option<&str>, dir: &Path, name: &str, grpc_listen: &str, extra: &[&str], env: &[(&str, Option<&str>)]) -> Result<Self> {
-        let mut args: Vec<String> = [
-            "--grpc-listen",
-            grpc_listen,
-            "--http-listen",
-            "127.0.0.1:0",
-            "--stdout",
-            "true",
-            "--log-format",
-            "json",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+    pub fn start_in(
+        ns: Option<&str>,
+        dir: &Path,
+        name: &str,
+        grpc_listen: &str,
+        extra: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> Result<Self> {
+        let mut args: Vec<String> =
+            ["--grpc-listen", grpc_listen, "--http-listen", "127.0.0.1:0", "--stdout", "true", "--log-format", "json"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
         // Counters reach /metrics when their window closes: short windows unless the test says otherwise.
         if !extra.contains(&"--publish-interval") {
             args.extend(["--publish-interval".to_owned(), "200ms".to_owned()]);
@@ -279,8 +278,10 @@ impl Aggregator {
 
 /// Start an agent process for `node` scraping `ipamd_url`.
 pub fn start_agent(dir: &Path, node: &str, ipamd_url: &str, aggregator_grpc: &str, extra: &[&str]) -> Result<Proc> {
-    let mut args: Vec<String> =
-        ["--ipamd-url", ipamd_url, "--node-name", node, "--imds", "false", "--log-format", "json"].iter().map(|s| (*s).to_owned()).collect();
+    let mut args: Vec<String> = ["--ipamd-url", ipamd_url, "--node-name", node, "--imds", "false", "--log-format", "json"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     let enis = ipamd_url.replace("/metrics", "/v1/enis");
     let aggregator = format!("http://{aggregator_grpc}");
     for (flag, default) in [
@@ -344,11 +345,7 @@ pub mod netns;
 /// Sum of the `value=` fields of the stdout sink's lines for `metric`.
 pub fn stdout_sum(stdout: &str, metric: &str) -> f64 {
     let needle = format!(" metric={metric} ");
-    stdout
-        .lines()
-        .filter(|l| l.contains(&needle))
-        .filter_map(|l| l.split(" value=").nth(1)?.split(' ').next()?.parse::<f64>().ok())
-        .sum()
+    stdout.lines().filter(|l| l.contains(&needle)).filter_map(|l| l.split(" value=").nth(1)?.split(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 /// The repository root (for test support files).
@@ -412,12 +409,7 @@ impl Emulator {
     }
 
     pub async fn control(&self, what: &str, body: serde_json::Value) -> Result<()> {
-        reqwest::Client::new()
-            .post(format!("{}/__control/{what}", self.url()))
-            .body(body.to_string())
-            .send()
-            .await?
-            .error_for_status()?;
+        reqwest::Client::new().post(format!("{}/__control/{what}", self.url())).body(body.to_string()).send().await?.error_for_status()?;
         Ok(())
     }
 
@@ -474,7 +466,13 @@ impl Emulator {
             .as_array()
             .map(|a| {
                 a.iter()
-                    .map(|d| (d["Timestamp"].as_f64().unwrap_or(0.0), d["Sum"].as_f64().unwrap_or(f64::NAN), d["Maximum"].as_f64().unwrap_or(f64::NAN)))
+                    .map(|d| {
+                        (
+                            d["Timestamp"].as_f64().unwrap_or(0.0),
+                            d["Sum"].as_f64().unwrap_or(f64::NAN),
+                            d["Maximum"].as_f64().unwrap_or(f64::NAN),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();

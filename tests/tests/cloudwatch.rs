@@ -100,10 +100,27 @@ async fn drop_in_names_dimension_and_exact_values_in_cloudwatch() -> Result<()> 
     let metrics = listed["Metrics"].as_array().cloned().unwrap_or_default();
     let names: std::collections::BTreeSet<String> = metrics.iter().filter_map(|m| m["MetricName"].as_str().map(str::to_owned)).collect();
     for name in [
-        "assignIPAddresses", "totalIPAddresses", "totalIPv4Prefixes", "totalAssignedIPv4sPerCidr", "eniAllocated", "eniMaxAvailable",
-        "maxIPAddresses", "awsAPILatency", "awsAPIErr", "ipamdActionInProgress", "addReqCount", "delReqCount", "ec2ApiReqCount",
-        "forceRemoveENI", "forceRemoveIPs", "noAvailableIPAddresses", "availableIPAddresses", "ipHeadroom", "ipUtilization",
-        "ipCapacityUtilization", "nodesLowOnIPs",
+        "assignIPAddresses",
+        "totalIPAddresses",
+        "totalIPv4Prefixes",
+        "totalAssignedIPv4sPerCidr",
+        "eniAllocated",
+        "eniMaxAvailable",
+        "maxIPAddresses",
+        "awsAPILatency",
+        "awsAPIErr",
+        "ipamdActionInProgress",
+        "addReqCount",
+        "delReqCount",
+        "ec2ApiReqCount",
+        "forceRemoveENI",
+        "forceRemoveIPs",
+        "noAvailableIPAddresses",
+        "availableIPAddresses",
+        "ipHeadroom",
+        "ipUtilization",
+        "ipCapacityUtilization",
+        "nodesLowOnIPs",
     ] {
         ensure!(names.contains(name), "{name} missing from ListMetrics: {names:?}");
     }
@@ -240,8 +257,14 @@ async fn credential_and_permission_errors_hold_every_window_until_fixed() -> Res
         ensure!(ready == 503 && body.contains(kind) && body.contains(readyz_says), "{code}: /readyz {ready} {body}");
         let page = agg.metrics().await?;
         ensure!(sample(&page, "cni_metrics_cloudwatch_backlog_windows", &[]).unwrap_or(0.0) >= 5.0, "{code}: windows held\n{page}");
-        ensure!(sample(&page, "cni_metrics_cloudwatch_datums_total", &[("outcome", "rejected")]).unwrap_or(0.0) == 0.0, "{code}: nothing dropped");
-        ensure!(sample(&page, "cni_metrics_cloudwatch_errors_total", &[("error_type", kind)]).unwrap_or(0.0) >= 2.0, "{code}: counted as {kind}");
+        ensure!(
+            sample(&page, "cni_metrics_cloudwatch_datums_total", &[("outcome", "rejected")]).unwrap_or(0.0) == 0.0,
+            "{code}: nothing dropped"
+        );
+        ensure!(
+            sample(&page, "cni_metrics_cloudwatch_errors_total", &[("error_type", kind)]).unwrap_or(0.0) >= 2.0,
+            "{code}: counted as {kind}"
+        );
         let outage_end = now();
         emu.control("outage", json!({})).await?;
         wait_backlog_empty(&agg).await?;
@@ -309,7 +332,10 @@ async fn irsa_web_identity_through_moto_sts() -> Result<()> {
     ensure!(line.contains("WebIdentityToken"), "credential source logged: {line}");
     let reqs = emu.requests().await?;
     ensure!(reqs.iter().any(|r| r["action"] == "AssumeRoleWithWebIdentity"), "STS call went through moto");
-    ensure!(!puts.is_empty() && puts.iter().all(|p| p["access_key"] != "testing" && p["access_key"] != ""), "signed with the assumed role's key");
+    ensure!(
+        !puts.is_empty() && puts.iter().all(|p| p["access_key"] != "testing" && p["access_key"] != ""),
+        "signed with the assumed role's key"
+    );
     Ok(())
 }
 
@@ -444,7 +470,8 @@ async fn eks_pod_identity_credentials_endpoint() -> Result<()> {
             if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("pod-identity-token") {
                 return (axum::http::StatusCode::UNAUTHORIZED, String::new());
             }
-            let body = r#"{"AccessKeyId":"ASIAPODIDENTITYTEST","SecretAccessKey":"secret","Token":"session","Expiration":"2099-01-01T00:00:00Z"}"#;
+            let body =
+                r#"{"AccessKeyId":"ASIAPODIDENTITYTEST","SecretAccessKey":"secret","Token":"session","Expiration":"2099-01-01T00:00:00Z"}"#;
             (axum::http::StatusCode::OK, body.to_owned())
         }),
     );
@@ -460,7 +487,10 @@ async fn eks_pod_identity_credentials_endpoint() -> Result<()> {
         &dir,
         &emu,
         1000,
-        &[("AWS_CONTAINER_CREDENTIALS_FULL_URI", Some(creds_url.as_str())), ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", Some(token.as_str()))],
+        &[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", Some(creds_url.as_str())),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", Some(token.as_str())),
+        ],
     )
     .await?;
     ensure!(line.contains("EcsContainer"), "credential source logged: {line}");

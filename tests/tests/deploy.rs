@@ -15,7 +15,8 @@ const RESERVED: &[u64] = &[50051, 61678, 61679, 8162, 8163, 61681];
 
 fn render(overlay: &str) -> Result<(String, Vec<Value>)> {
     let dir = repo_root().join("deploy/overlays").join(overlay);
-    let out = Command::new("kubectl").arg("kustomize").arg(&dir).output().context("kubectl (kustomize) is needed for the manifest tests")?;
+    let out =
+        Command::new("kubectl").arg("kustomize").arg(&dir).output().context("kubectl (kustomize) is needed for the manifest tests")?;
     ensure!(out.status.success(), "kubectl kustomize {overlay}: {}", String::from_utf8_lossy(&out.stderr));
     let yaml = String::from_utf8(out.stdout)?;
     let scratch = scratch_dir("deploy")?;
@@ -92,7 +93,13 @@ fn selectors_and_images(docs: &[Value]) -> Result<()> {
         }
     }
     for d in docs.iter().filter(|d| d["kind"] == "Service" || d["kind"] == "PodDisruptionBudget" || d["kind"] == "NetworkPolicy") {
-        let sel = if d["kind"] == "Service" { &d["spec"]["selector"] } else if d["kind"] == "NetworkPolicy" { &d["spec"]["podSelector"]["matchLabels"] } else { &d["spec"]["selector"]["matchLabels"] };
+        let sel = if d["kind"] == "Service" {
+            &d["spec"]["selector"]
+        } else if d["kind"] == "NetworkPolicy" {
+            &d["spec"]["podSelector"]["matchLabels"]
+        } else {
+            &d["spec"]["selector"]["matchLabels"]
+        };
         ensure!(sel["app.kubernetes.io/name"] == "cni-metrics-aggregator", "{} {} selects {sel}", d["kind"], d["metadata"]["name"]);
     }
     Ok(())
@@ -161,19 +168,32 @@ fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
         restricted(pod, "agent")?;
         let agent = &pod["containers"][0];
         ensure!(
-            agent["env"].as_array().is_some_and(|e| e.iter().any(|v| v["name"] == "NODE_NAME" && v["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName")),
+            agent["env"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|v| v["name"] == "NODE_NAME" && v["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName")),
             "NODE_NAME from the downward API"
         );
         env_known(agent, "cni-metrics-agent")?;
         // The counting position on the node: a hostPath, the agent's only writable path, prepared by an
         // init container whose one privilege is CAP_CHOWN.
         let state = pod["volumes"].as_array().and_then(|v| v.iter().find(|v| v["name"] == "state")).context("state volume")?;
-        ensure!(state["hostPath"]["path"] == "/var/lib/cni-metrics-agent" && state["hostPath"]["type"] == "DirectoryOrCreate", "state hostPath {state}");
-        let mounts = agent["volumeMounts"].as_array().cloned().unwrap_or_default();
-        ensure!(mounts.contains(&serde_json::json!({"name": "state", "mountPath": "/var/lib/cni-metrics-agent"})), "agent mounts its state dir");
-        ensure!(mounts.iter().all(|m| m["name"] == "state" || m["readOnly"] == true), "the state dir is the agent's only writable path: {mounts:?}");
         ensure!(
-            agent["env"].as_array().is_some_and(|e| e.iter().any(|v| v["name"] == "STATE_DIR" && v["value"] == "/var/lib/cni-metrics-agent")),
+            state["hostPath"]["path"] == "/var/lib/cni-metrics-agent" && state["hostPath"]["type"] == "DirectoryOrCreate",
+            "state hostPath {state}"
+        );
+        let mounts = agent["volumeMounts"].as_array().cloned().unwrap_or_default();
+        ensure!(
+            mounts.contains(&serde_json::json!({"name": "state", "mountPath": "/var/lib/cni-metrics-agent"})),
+            "agent mounts its state dir"
+        );
+        ensure!(
+            mounts.iter().all(|m| m["name"] == "state" || m["readOnly"] == true),
+            "the state dir is the agent's only writable path: {mounts:?}"
+        );
+        ensure!(
+            agent["env"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|v| v["name"] == "STATE_DIR" && v["value"] == "/var/lib/cni-metrics-agent")),
             "STATE_DIR set"
         );
         let init = &pod["initContainers"][0];
@@ -188,7 +208,10 @@ fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
         let pod = &dep["spec"]["template"]["spec"];
         restricted(pod, "aggregator")?;
         for taint in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
-            let t = pod["tolerations"].as_array().and_then(|t| t.iter().find(|t| t["key"] == taint)).with_context(|| format!("toleration {taint}"))?;
+            let t = pod["tolerations"]
+                .as_array()
+                .and_then(|t| t.iter().find(|t| t["key"] == taint))
+                .with_context(|| format!("toleration {taint}"))?;
             ensure!(t["effect"] == "NoExecute" && t["tolerationSeconds"] == 30, "{taint}: rescheduled after 30 s: {t}");
         }
         env_known(&pod["containers"][0], "cni-metrics-aggregator")?;
@@ -208,7 +231,10 @@ fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
             }
             "mtls" => {
                 let env = |c: &Value, name: &str| {
-                    c["env"].as_array().and_then(|e| e.iter().find(|v| v["name"] == name)).map(|v| v["value"].as_str().unwrap_or("").to_owned())
+                    c["env"]
+                        .as_array()
+                        .and_then(|e| e.iter().find(|v| v["name"] == name))
+                        .map(|v| v["value"].as_str().unwrap_or("").to_owned())
                 };
                 ensure!(env(agent, "AGGREGATOR_URL").is_some_and(|u| u.starts_with("https://")), "agents use https");
                 ensure!(env(agent, "AGENT_TLS_CERT").is_some() && env(&pod["containers"][0], "TLS_CLIENT_CA").is_some(), "TLS files wired");
@@ -240,7 +266,8 @@ async fn dashboards_and_alerts_use_real_metric_names() -> Result<()> {
     let root = repo_root();
     let read = |p: &str| std::fs::read_to_string(root.join(p));
     // CloudWatch.
-    let known_cw = |n: &str| catalog::FAMILIES.iter().any(|f| f.cloudwatch_name == Some(n)) || catalog::DERIVED_CLOUDWATCH_NAMES.contains(&n);
+    let known_cw =
+        |n: &str| catalog::FAMILIES.iter().any(|f| f.cloudwatch_name == Some(n)) || catalog::DERIVED_CLOUDWATCH_NAMES.contains(&n);
     let dash: Value = serde_json::from_str(&read("deploy/dashboards/cloudwatch-dashboard.json")?)?;
     let mut cw = Vec::new();
     for w in dash["widgets"].as_array().context("widgets")? {

@@ -23,9 +23,16 @@ async fn images_are_scratch_nonroot_and_run() -> Result<()> {
     }
     let root = repo_root();
     let out = Command::new("bash").arg(root.join("scripts/build-images.sh")).output()?;
-    ensure!(out.status.success(), "build-images.sh failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "build-images.sh failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dir = scratch_dir("image")?;
-    for (name, files) in [("agent", vec!["cni-metrics-agent"]), ("aggregator", vec!["cni-metrics-aggregator", "etc/ssl/certs/ca-certificates.crt"])] {
+    for (name, files) in
+        [("agent", vec!["cni-metrics-agent"]), ("aggregator", vec!["cni-metrics-aggregator", "etc/ssl/certs/ca-certificates.crt"])]
+    {
         let layout = dir.join(name);
         std::fs::create_dir_all(&layout)?;
         let archive = root.join(format!("target/images/cni-metrics-{name}.tar"));
@@ -81,7 +88,8 @@ async fn run_from_images(dir: &Path) -> Result<()> {
     let http = cni_metrics_e2e::free_port()?;
     let chroot = |name: &str, args: &[String]| -> Result<std::process::Child> {
         let log = std::fs::File::create(dir.join(format!("{name}.chroot.log")))?;
-        let chroot_bin = ["/usr/sbin/chroot", "/usr/bin/chroot", "/sbin/chroot"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("chroot");
+        let chroot_bin =
+            ["/usr/sbin/chroot", "/usr/bin/chroot", "/sbin/chroot"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("chroot");
         Ok(Command::new(chroot_bin)
             .arg("--userspec=65534:65534")
             .arg(dir.join(name).join("rootfs"))
@@ -100,8 +108,20 @@ async fn run_from_images(dir: &Path) -> Result<()> {
     let mut agent = chroot(
         "agent",
         &s(&[
-            "--ipamd-url", &fake.url(), "--aggregator", &format!("http://127.0.0.1:{grpc}"), "--node-name", "image-node", "--interval", "200ms",
-            "--imds", "false", "--http-listen", "", "--introspection-url", "",
+            "--ipamd-url",
+            &fake.url(),
+            "--aggregator",
+            &format!("http://127.0.0.1:{grpc}"),
+            "--node-name",
+            "image-node",
+            "--interval",
+            "200ms",
+            "--imds",
+            "false",
+            "--http-listen",
+            "",
+            "--introspection-url",
+            "",
         ]),
     )?;
     let result = cni_metrics_e2e::eventually(std::time::Duration::from_secs(20), || async {

@@ -69,7 +69,12 @@ fn truth(sims: &[FakeIpamd]) -> Truth {
 async fn derived_capacity_metrics_match_node_truth_and_watch_shows_them() -> Result<()> {
     let dir = scratch_dir("insight")?;
     let (sims, odd) = nodes().await?;
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "200ms", "--breakdown", "az,instance_type,subnet,node"])?;
+    let agg = Aggregator::start(
+        &dir,
+        "aggregator",
+        "127.0.0.1:0",
+        &["--subscribe-interval", "200ms", "--breakdown", "az,instance_type,subnet,node"],
+    )?;
     let mut all: Vec<&FakeIpamd> = sims.iter().collect();
     all.push(&odd);
     // Nodes 1 and 3 in eu-west-1a, nodes 2 and 4 in eu-west-1b.
@@ -77,7 +82,15 @@ async fn derived_capacity_metrics_match_node_truth_and_watch_shows_them() -> Res
     let _agents: Vec<Proc> = all
         .iter()
         .enumerate()
-        .map(|(i, f)| start_agent(&dir, &format!("node-{}", i + 1), &f.url(), &agg.grpc, &["--availability-zone", azs[i], "--instance-type", "m5.large"]))
+        .map(|(i, f)| {
+            start_agent(
+                &dir,
+                &format!("node-{}", i + 1),
+                &f.url(),
+                &agg.grpc,
+                &["--availability-zone", azs[i], "--instance-type", "m5.large"],
+            )
+        })
         .collect::<Result<_>>()?;
     let t = truth(&sims);
     eventually(Duration::from_secs(20), || async {
@@ -108,7 +121,10 @@ async fn derived_capacity_metrics_match_node_truth_and_watch_shows_them() -> Res
     let got = sample(&p, "cni_metrics_nodes_by_instance_type", &[("instance_type", "m5.large")]);
     ensure!(got == Some(4.0), "nodes by instance type {got:?}");
     let got = sample(&p, "cni_metrics_ip_headroom_by_node", &[("node", "node-3")]);
-    ensure!(got == Some(2.0) && sample(&p, "cni_metrics_nodes_low_on_ips_by_node", &[("node", "node-3")]) == Some(1.0), "node-3 by node {got:?}");
+    ensure!(
+        got == Some(2.0) && sample(&p, "cni_metrics_nodes_low_on_ips_by_node", &[("node", "node-3")]) == Some(1.0),
+        "node-3 by node {got:?}"
+    );
 
     // Standard gRPC health on the same port.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", agg.grpc))?.connect().await?;
@@ -209,7 +225,8 @@ impl SyntheticNode {
 async fn a_slow_subscriber_is_dropped_without_slowing_anyone() -> Result<()> {
     let dir = scratch_dir("subscribe")?;
     // The synthetic nodes share one connection: allow them more streams than an agent needs.
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "100ms", "--max-streams-per-connection", "1000"])?;
+    let agg =
+        Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "100ms", "--max-streams-per-connection", "1000"])?;
     let url = format!("http://{}", agg.grpc);
     // 200 nodes: every update with node details is tens of KB, so transport buffers fill quickly.
     let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await?;
@@ -282,7 +299,10 @@ async fn hostile_streams_are_refused_and_others_unaffected() -> Result<()> {
 
     // An oversized report (about 1 MB against a 64 KiB limit).
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(AgentMessage { body: Some(Body::Hello(Hello { node_name: "big".into(), run_id: 9, interval_ms: 60_000, ..Hello::default() })) }).await?;
+    tx.send(AgentMessage {
+        body: Some(Body::Hello(Hello { node_name: "big".into(), run_id: 9, interval_ms: 60_000, ..Hello::default() })),
+    })
+    .await?;
     let defs: Vec<SeriesDef> = (0..20_000)
         .map(|i| SeriesDef {
             id: i,

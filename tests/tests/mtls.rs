@@ -23,17 +23,65 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
 
 /// A CA and a certificate signed by it (`name.crt`, `name.key`).
 fn ca(dir: &Path, name: &str) -> Result<()> {
-    openssl(dir, &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.crt"), "-days", "2", "-subj", &format!("/CN={name}")])
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    )
 }
 
 fn leaf(dir: &Path, ca: &str, name: &str, ext: &str) -> Result<()> {
-    openssl(dir, &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")])?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    )?;
     std::fs::write(dir.join(format!("{name}.ext")), ext)?;
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key"), "-CAcreateserial", "-out",
-            &format!("{name}.crt"), "-days", "2", "-extfile", &format!("{name}.ext"),
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
         ],
     )
 }
@@ -43,7 +91,8 @@ async fn client(url: &str, dir: &Path, identity: Option<&str>, tls: bool) -> Res
     if tls {
         let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(dir.join("ca.crt"))?));
         if let Some(id) = identity {
-            cfg = cfg.identity(Identity::from_pem(std::fs::read(dir.join(format!("{id}.crt")))?, std::fs::read(dir.join(format!("{id}.key")))?));
+            cfg = cfg
+                .identity(Identity::from_pem(std::fs::read(dir.join(format!("{id}.crt")))?, std::fs::read(dir.join(format!("{id}.key")))?));
         }
         ep = ep.tls_config(cfg)?;
     }
@@ -64,12 +113,23 @@ async fn mutual_tls_admits_only_clients_of_the_ca() -> Result<()> {
     leaf(&dir, "ca", "agent", "subjectAltName=DNS:node-1\nextendedKeyUsage=clientAuth\n")?;
     leaf(&dir, "other-ca", "intruder", "subjectAltName=DNS:node-9\nextendedKeyUsage=clientAuth\n")?;
     let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--tls-cert", &p("server.crt"), "--tls-key", &p("server.key"), "--tls-client-ca", &p("ca.crt")])?;
+    let agg = Aggregator::start(
+        &dir,
+        "aggregator",
+        "127.0.0.1:0",
+        &["--tls-cert", &p("server.crt"), "--tls-key", &p("server.key"), "--tls-client-ca", &p("ca.crt")],
+    )?;
     let url = format!("https://{}", agg.grpc);
 
     // A mutually authenticated agent reports.
     let fake = FakeIpamd::start(SimIpamd::new(PageStyle::Modern, 1, 1.0), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    let _agent = start_agent(&dir, "node-1", &fake.url(), &agg.grpc, &["--aggregator", &url, "--tls-cert", &p("agent.crt"), "--tls-key", &p("agent.key"), "--tls-ca", &p("ca.crt")])?;
+    let _agent = start_agent(
+        &dir,
+        "node-1",
+        &fake.url(),
+        &agg.grpc,
+        &["--aggregator", &url, "--tls-cert", &p("agent.crt"), "--tls-key", &p("agent.key"), "--tls-ca", &p("ca.crt")],
+    )?;
     eventually(Duration::from_secs(20), || async {
         let n = sample(&agg.metrics().await?, "cni_metrics_nodes_reporting", &[]);
         Ok(if n == Some(1.0) { Ok(()) } else { Err(format!("nodes reporting {n:?}")) })

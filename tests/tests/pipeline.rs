@@ -31,8 +31,7 @@ async fn fakes(styles: &[PageStyle], seed: u64) -> Result<Vec<Node>> {
         for _ in 0..3 {
             sim.step(); // history before the agent starts
         }
-        let (baseline_add, baseline_del) =
-            if i == 0 { (sim.lifetime.add_ip_req, sim.lifetime.del_ip_req_pod_deleted) } else { (0, 0) };
+        let (baseline_add, baseline_del) = if i == 0 { (sim.lifetime.add_ip_req, sim.lifetime.del_ip_req_pod_deleted) } else { (0, 0) };
         let fake = FakeIpamd::start(sim, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         out.push(Node { name: format!("node-{}", i + 1), fake, baseline_add, baseline_del });
     }
@@ -102,8 +101,7 @@ async fn exact_cluster_sums_across_page_styles_and_an_ipamd_restart() -> Result<
     let dir = scratch_dir("exact")?;
     let nodes = fakes(&[PageStyle::Legacy2019, PageStyle::Modern, PageStyle::PrefixDelegation, PageStyle::GaugeTyped], 10).await?;
     let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--publish-interval", "500ms"])?;
-    let agents: Vec<Proc> =
-        nodes.iter().map(|n| start_agent(&dir, &n.name, &n.fake.url(), &agg.grpc, &[])).collect::<Result<_>>()?;
+    let agents: Vec<Proc> = nodes.iter().map(|n| start_agent(&dir, &n.name, &n.fake.url(), &agg.grpc, &[])).collect::<Result<_>>()?;
     wait_reporting(&agg, 4.0).await?;
     let all: Vec<&Node> = nodes.iter().collect();
     let t0 = truth(&all);
@@ -155,8 +153,7 @@ async fn goodbye_removes_at_once_and_ttl_expires_a_silent_node() -> Result<()> {
     let dir = scratch_dir("leave")?;
     let nodes = fakes(&[PageStyle::Modern, PageStyle::Modern, PageStyle::PrefixDelegation], 20).await?;
     let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--node-ttl", "4s"])?;
-    let mut agents: Vec<Proc> =
-        nodes.iter().map(|n| start_agent(&dir, &n.name, &n.fake.url(), &agg.grpc, &[])).collect::<Result<_>>()?;
+    let mut agents: Vec<Proc> = nodes.iter().map(|n| start_agent(&dir, &n.name, &n.fake.url(), &agg.grpc, &[])).collect::<Result<_>>()?;
     wait_reporting(&agg, 3.0).await?;
     let all: Vec<&Node> = nodes.iter().collect();
     step_all(&all, 3).await;
@@ -189,8 +186,7 @@ async fn garbage_page_on_one_node_while_the_others_stay_exact() -> Result<()> {
     let dir = scratch_dir("garbage")?;
     let nodes = fakes(&[PageStyle::Modern, PageStyle::Legacy2019, PageStyle::PrefixDelegation], 30).await?;
     let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &[])?;
-    let _agents: Vec<Proc> =
-        nodes.iter().map(|n| start_agent(&dir, &n.name, &n.fake.url(), &agg.grpc, &[])).collect::<Result<_>>()?;
+    let _agents: Vec<Proc> = nodes.iter().map(|n| start_agent(&dir, &n.name, &n.fake.url(), &agg.grpc, &[])).collect::<Result<_>>()?;
     wait_reporting(&agg, 3.0).await?;
     let all: Vec<&Node> = nodes.iter().collect();
 
@@ -223,7 +219,8 @@ async fn garbage_page_on_one_node_while_the_others_stay_exact() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_errors_are_clear() -> Result<()> {
     let dir = scratch_dir("startup")?;
-    let mut bad = Proc::start("cni-metrics-agent", "agent-bad-interval", &["--interval".into(), "0".into(), "--node-name".into(), "x".into()], &dir)?;
+    let mut bad =
+        Proc::start("cni-metrics-agent", "agent-bad-interval", &["--interval".into(), "0".into(), "--node-name".into(), "x".into()], &dir)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     bad.kill();
     assert!(bad.stderr().contains("must be positive"), "{}", bad.stderr());
@@ -244,10 +241,27 @@ async fn two_agents_claiming_one_node_do_not_double_it() -> Result<()> {
     let second = Proc::start(
         "cni-metrics-agent",
         "twin-2",
-        &["--ipamd-url", &nodes[1].fake.url(), "--aggregator", &format!("http://{}", agg.grpc), "--node-name", "twin", "--interval", "200ms", "--imds", "false", "--introspection-url", "", "--http-listen", "", "--log-format", "json"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect::<Vec<_>>(),
+        &[
+            "--ipamd-url",
+            &nodes[1].fake.url(),
+            "--aggregator",
+            &format!("http://{}", agg.grpc),
+            "--node-name",
+            "twin",
+            "--interval",
+            "200ms",
+            "--imds",
+            "false",
+            "--introspection-url",
+            "",
+            "--http-listen",
+            "",
+            "--log-format",
+            "json",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect::<Vec<_>>(),
         &dir,
     )?;
     second.wait_log("already reported by another live agent", Duration::from_secs(10))?;

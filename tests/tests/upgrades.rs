@@ -127,7 +127,11 @@ async fn aggregator_and_agents_restarting_together_stay_exact() -> Result<()> {
 
 /// An agent self-metric with one label, from its page.
 fn labelled(page: &str, name: &str, label: (&str, &str)) -> f64 {
-    cni_metrics_agent::parse::parse(page).samples.iter().find(|s| s.name == name && s.label(label.0) == Some(label.1)).map_or(0.0, |s| s.value)
+    cni_metrics_agent::parse::parse(page)
+        .samples
+        .iter()
+        .find(|s| s.name == name && s.label(label.0) == Some(label.1))
+        .map_or(0.0, |s| s.value)
 }
 
 fn minus(a: Totals, b: Totals) -> Totals {
@@ -199,7 +203,10 @@ async fn a_bad_state_file_is_counted_and_never_counts_twice() -> Result<()> {
     c.wait_published("damaged state files", lost, EXACT).await?;
     for (i, reason) in [(0, "corrupt"), (1, "foreign_node"), (2, "future_format")] {
         let page = c.agent_page(i).await?;
-        ensure!(labelled(&page, "cni_metrics_agent_state_file_errors_total", ("reason", reason)) == 1.0, "node {i}: {reason} counted:\n{page}");
+        ensure!(
+            labelled(&page, "cni_metrics_agent_state_file_errors_total", ("reason", reason)) == 1.0,
+            "node {i}: {reason} counted:\n{page}"
+        );
         c.agent(i)?.wait_log("state file ignored", Duration::from_secs(2))?;
     }
     ensure!(c.self_metric("cni_metrics_agent_baseline_unknown_total").await? == 4.0, "the four runs without a position are counted");

@@ -149,7 +149,22 @@ fn protocol_errors_table() {
         (report(1, false, vec![], &[], &[]), IngestError::SnapshotExpected),
         (Report { ids: vec![1], ..report(1, true, vec![], &[], &[]) }, IngestError::LengthMismatch { ids: 1, values: 0 }),
         (report(1, true, vec![def(1, "x", MetricKind::Unspecified, &[])], &[], &[]), IngestError::BadDef(1)),
-        (report(1, true, vec![def(1, "awscni_a", MetricKind::Gauge, &[])].into_iter().map(|mut d| { d.family = "other".into(); d }).collect(), &[], &[]), IngestError::BadDef(1)),
+        (
+            report(
+                1,
+                true,
+                vec![def(1, "awscni_a", MetricKind::Gauge, &[])]
+                    .into_iter()
+                    .map(|mut d| {
+                        d.family = "other".into();
+                        d
+                    })
+                    .collect(),
+                &[],
+                &[],
+            ),
+            IngestError::BadDef(1),
+        ),
     ];
     for (r, want) in cases {
         assert_eq!(st.report("n1", s, &r, t0), Err(want.clone()), "{want}");
@@ -307,7 +322,11 @@ fn a_new_run_of_a_node_gets_the_previous_runs_raw_values_as_resume_point() {
     let t0 = Instant::now();
     let mut st = ClusterState::new(StateConfig::default());
     let s = st.hello(&hello("n1", 1), t0).expect("hello").session;
-    let defs = vec![def(1, ASSIGNED, MetricKind::Gauge, &[]), def(2, ADD, MetricKind::Counter, &[]), def(3, "awscni_ipamd_error_count", MetricKind::Counter, &[("fn", "x")])];
+    let defs = vec![
+        def(1, ASSIGNED, MetricKind::Gauge, &[]),
+        def(2, ADD, MetricKind::Counter, &[]),
+        def(3, "awscni_ipamd_error_count", MetricKind::Counter, &[("fn", "x")]),
+    ];
     let mut r = report(1, true, defs, &[(1, 2.0), (2, 0.0), (3, 0.0)], &[]);
     r.counter_raws = vec![100.0, 7.0];
     r.ipamd_start_time_seconds = 1_700_000_000.0;
@@ -390,7 +409,8 @@ fn derived_capacity_per_node_then_summed() {
     // (node, assigned, total, max): a healthy node, a nearly full one, one with assigned > total.
     for (i, (node, a, t, m)) in [("a", 10.0, 18.0, 58.0), ("b", 55.0, 58.0, 58.0), ("c", 20.0, 12.0, 58.0)].into_iter().enumerate() {
         let s = st.hello(&hello(node, i as u64 + 1), t0).expect("hello").session;
-        let defs = vec![def(1, ASSIGNED, MetricKind::Gauge, &[]), def(2, TOTAL, MetricKind::Gauge, &[]), def(3, MAX, MetricKind::Gauge, &[])];
+        let defs =
+            vec![def(1, ASSIGNED, MetricKind::Gauge, &[]), def(2, TOTAL, MetricKind::Gauge, &[]), def(3, MAX, MetricKind::Gauge, &[])];
         st.report(node, s, &report(1, true, defs, &[(1, a), (2, t), (3, m)], &[]), t0).expect("snapshot");
     }
     let c = *st.capacity();
