@@ -1,6 +1,13 @@
 //! The per-node agent: scrape ipamd's page on the node ([`scrape`]), parse it ([`parse`]), turn it into
 //! deltas ([`delta`]), build reports ([`report`]) and stream them to the aggregator ([`run`]).
-//! [`sim`] simulates ipamd pages for the demo, benchmarks and tests.
+//!
+//! - Pure cores (no I/O, table-tested): [`parse`], [`delta`], [`report`], [`commit`] (what the aggregator
+//!   has published of this run), [`position`]'s encoding (the counting position kept on the node).
+//! - Edges: [`scrape`] (ipamd's page), [`introspect`] (per-subnet usage), [`imds`] (node facts), the
+//!   state file ([`position::PositionFile`]), [`http`] (the agent's `/metrics`, `/healthz`, `/readyz`,
+//!   rendering [`metrics`]), and [`run`], the event loop that wires them to the gRPC stream.
+//! - [`config`]: every flag with its environment variable. [`sim`] simulates ipamd pages for the demo,
+//!   benchmarks and tests.
 #![forbid(unsafe_code)]
 
 pub mod commit;
@@ -9,6 +16,7 @@ pub mod delta;
 pub mod http;
 pub mod imds;
 pub mod introspect;
+pub mod metrics;
 pub mod parse;
 pub mod position;
 pub mod report;
@@ -17,4 +25,5 @@ pub mod scrape;
 pub mod sim;
 
 pub use config::AgentConfig;
-pub use run::{run, AgentStats};
+pub use metrics::AgentStats;
+pub use run::run;

@@ -11,7 +11,7 @@
 //! and Commit advances the [`CommitLog`], whose committed totals travel in snapshots.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,43 +28,11 @@ use crate::commit::CommitLog;
 use crate::config::{AgentConfig, ConfigError};
 use crate::delta::{DeltaConfig, DeltaEngine, ResumePoints, SeriesKey};
 use crate::imds::NodeFacts;
+use crate::metrics::AgentStats;
 use crate::parse::parse;
-use crate::position::{Position, PositionError, PositionFile};
+use crate::position::{Position, PositionFile};
 use crate::report::{counter_totals, delta_report, snapshot_report, Pending, ScrapeFacts};
 use crate::scrape::Scraper;
-
-/// Counters of what the agent did, for logs and tests.
-#[derive(Debug, Default)]
-pub struct AgentStats {
-    pub scrapes: AtomicU64,
-    pub scrape_errors: AtomicU64,
-    pub bad_lines: AtomicU64,
-    pub invalid_samples: AtomicU64,
-    pub dropped_series: AtomicU64,
-    pub reports_sent: AtomicU64,
-    pub reports_deferred: AtomicU64,
-    pub acks: AtomicU64,
-    pub commits: AtomicU64,
-    /// Counter changes sent and not yet committed (published) by the aggregator.
-    pub commit_backlog: AtomicU64,
-    /// Commit-log entries folded in as committed at its bound.
-    pub commit_log_overflow: AtomicU64,
-    pub sessions: AtomicU64,
-    pub connect_failures: AtomicU64,
-    pub introspection_errors: AtomicU64,
-    /// Positions written to the state file, and state file problems by reason
-    /// ([`PositionError::REASONS`] order).
-    pub state_file_writes: AtomicU64,
-    pub state_file_errors: [AtomicU64; 6],
-}
-
-impl AgentStats {
-    fn state_file_error(&self, e: &PositionError) {
-        if let Some(i) = PositionError::REASONS.iter().position(|r| *r == e.reason()) {
-            self.state_file_errors[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

@@ -33,7 +33,9 @@ use cni_metrics_proto::backoff::Backoff;
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
-use crate::publish::{unix_ms_now, BoxFuture, Sink, SinkError};
+use cni_metrics_proto::clock::unix_ms_now;
+
+use crate::publish::{BoxFuture, Sink, SinkError};
 use crate::state::Window;
 
 /// CloudWatch's PutMetricData limits.

@@ -21,8 +21,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::ingest::{lock, Shared};
-use crate::publish::unix_ms_now;
+use cni_metrics_proto::clock::unix_ms_now;
+
+use crate::shared::{lock, Shared};
 use crate::state::{ClusterState, NodeState};
 
 /// Per-subscriber buffer of updates.

@@ -18,9 +18,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::{AggregatorConfig, DemoConfig};
-use crate::ingest::lock;
 use crate::publish::{encode_lines, BoxFuture, Sink, SinkError};
 use crate::server::{serve, Handles};
+use crate::shared::lock;
 use crate::state::{status_label, ClusterState, Window};
 
 /// How a fake ipamd answers.
@@ -204,7 +204,7 @@ pub fn render_view(st: &ClusterState, truth: &[NodeTruth], last_publish: &str, e
 
 /// Run the demo until `shutdown` (or `--duration`).
 pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
-    let now = crate::publish::unix_ms_now() as f64 / 1000.0;
+    let now = cni_metrics_proto::clock::unix_ms_now() as f64 / 1000.0;
     let n = cfg.nodes.clamp(1, 64);
     let mut fakes = Vec::with_capacity(n);
     for i in 0..n {
@@ -307,7 +307,7 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
                 f.with_sim(|s| s.step());
             }
             if step == 8 && n >= 2 {
-                let t = crate::publish::unix_ms_now() as f64 / 1000.0;
+                let t = cni_metrics_proto::clock::unix_ms_now() as f64 / 1000.0;
                 fakes[1].with_sim(|s| s.restart(t));
                 events.push(format!("step {step}: ipamd on node-2 restarted (its counters reset; the agent folds the reset in)"));
             }

@@ -10,8 +10,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::ingest::{lock, Shared};
 use crate::publish::{PublishStats, Sink};
+use crate::shared::{lock, Shared};
 
 #[derive(Clone)]
 pub struct HttpState {

@@ -10,7 +10,7 @@
 //! final commit and end with UNAVAILABLE.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cni_metrics_proto::v1::ingest_server::Ingest;
@@ -22,15 +22,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::state::{ClusterState, IngestError, Welcomed};
-
-/// The state shared by the service, the HTTP endpoints and the publisher.
-pub type Shared = Arc<Mutex<ClusterState>>;
-
-/// Lock the state; a poisoned lock (a panic elsewhere) still yields the data.
-pub fn lock(state: &Shared) -> MutexGuard<'_, ClusterState> {
-    state.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::shared::{lock, Shared};
+use crate::state::{IngestError, Welcomed};
 
 /// Outbound (ack) queue per stream; acks are cumulative, so a full queue just skips one.
 const ACK_QUEUE: usize = 8;
@@ -79,7 +72,7 @@ impl IngestService {
             limits,
             open: Arc::default(),
             instance_id: fastrand::u64(1..),
-            started_unix_ms: crate::publish::unix_ms_now(),
+            started_unix_ms: cni_metrics_proto::clock::unix_ms_now(),
         }
     }
 }

@@ -1,6 +1,9 @@
-//! The cluster aggregator: per-node state and exact cluster sums ([`state`]), the gRPC ingest service
-//! ([`ingest`]), the HTTP endpoints ([`http`]), publishing to sinks ([`publish`]), the wiring
-//! ([`server`]) and a self-contained [`demo`].
+//! The cluster aggregator: per-node state and exact cluster sums ([`state`], pure, behind the one mutex
+//! of [`shared`]), the gRPC ingest service for agents ([`ingest`]) and the consumer service for `watch`
+//! and other clients ([`consumer`]), the HTTP endpoints ([`http`]), publishing windows to sinks
+//! ([`publish`]: the publisher, the `Sink` trait and the stdout sink; [`cloudwatch`]: the CloudWatch
+//! sink), mutual TLS ([`tls`]), the wiring ([`server`]), typed flags ([`config`]), the terminal view
+//! ([`watch`]) and a self-contained [`demo`].
 #![forbid(unsafe_code)]
 
 pub mod cloudwatch;
@@ -11,6 +14,7 @@ pub mod http;
 pub mod ingest;
 pub mod publish;
 pub mod server;
+pub mod shared;
 pub mod state;
 pub mod tls;
 pub mod watch;

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::io::Write;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tracing::{info, warn};
 
@@ -24,7 +24,9 @@ use std::collections::VecDeque;
 
 use tokio::sync::watch;
 
-use crate::ingest::{lock, Shared};
+use cni_metrics_proto::clock::{rfc3339, unix_ms_now};
+
+use crate::shared::{lock, Shared};
 use crate::state::{CommitMark, Window};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -105,24 +107,6 @@ pub fn encode_lines(w: &Window) -> String {
     s
 }
 
-/// Format Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (civil-from-days, no time zone database).
-pub fn rfc3339(unix_ms: i64) -> String {
-    let secs = unix_ms.div_euclid(1000);
-    let ms = unix_ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", sod / 3600, sod % 3600 / 60, sod % 60)
-}
-
 /// Publish outcomes, for `/metrics` and `/readyz`.
 #[derive(Debug, Default)]
 pub struct PublishStats {
@@ -163,10 +147,6 @@ impl PublishStats {
             );
         }
     }
-}
-
-pub fn unix_ms_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Windows handed to the sinks and not yet resolved by all of them, with their commit marks.
@@ -277,18 +257,6 @@ pub async fn run_publisher(
 mod tests {
     use super::*;
     use crate::state::Datum;
-
-    #[test]
-    fn rfc3339_table() {
-        for (ms, want) in [
-            (0, "1970-01-01T00:00:00.000Z"),
-            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
-            (1_795_365_045_123, "2026-11-22T16:30:45.123Z"),
-            (4_102_444_799_999, "2099-12-31T23:59:59.999Z"),
-        ] {
-            assert_eq!(rfc3339(ms), want);
-        }
-    }
 
     #[test]
     fn stdout_lines() {

@@ -19,8 +19,9 @@ use tracing::{info, warn};
 use crate::config::AggregatorConfig;
 use crate::consumer::ConsumerService;
 use crate::http::{router, HttpState};
-use crate::ingest::{lock, IngestLimits, IngestService, Shared, StreamSignals};
+use crate::ingest::{IngestLimits, IngestService, StreamSignals};
 use crate::publish::{run_publisher, Commits, PublishStats, Sink};
+use crate::shared::{lock, Shared};
 use crate::state::{ClusterState, StateConfig};
 
 #[derive(Debug, thiserror::Error)]

@@ -10,8 +10,8 @@ use cni_metrics_proto::v1::consumer_client::ConsumerClient;
 use cni_metrics_proto::v1::{ClusterView, GetClusterRequest, ListNodesRequest, MetricKind, NodeView, ScrapeStatus, SubscribeRequest};
 
 use crate::config::WatchConfig;
-use crate::publish::rfc3339;
 use crate::state::status_label;
+use cni_metrics_proto::clock::rfc3339;
 
 /// Error counters shown in the view: (family, label).
 const ERROR_FAMILIES: &[(&str, &str)] = &[

@@ -1,12 +1,14 @@
 //! The contract shared by agent and aggregator: the generated gRPC types of `cni_metrics.v1`
 //! (see `proto/cni_metrics/v1/ingest.proto`) and the [`catalog`] of ipamd metric families, which says
 //! for every family how it is typed, how it folds across labels and nodes and what CloudWatch calls it.
-//! It also holds the few runtime pieces both binaries share: the retry [`backoff`], [`duration`] parsing
-//! of interval knobs and [`telemetry`] (logging) set-up.
+//! It also holds the few runtime pieces both binaries share: the retry [`backoff`], [`duration`] and
+//! switch ([`flags`]) parsing of knobs, the wall [`clock`], the TLS client flags ([`tls`]) and
+//! [`telemetry`] (logging) set-up.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod catalog;
+pub mod clock;
 pub mod duration;
 pub mod flags;
 pub mod telemetry;

@@ -1,0 +1,85 @@
+//! The agent's self-metrics: what it did (received, sent, errors, discarded), counted lock-free by the
+//! event loop and rendered as Prometheus text for its `/metrics` endpoint ([`crate::http`]). Declared
+//! once here, so the loop and the endpoint share one definition.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::position::PositionError;
+
+/// Counters of what the agent did, for logs and tests.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    pub scrapes: AtomicU64,
+    pub scrape_errors: AtomicU64,
+    pub bad_lines: AtomicU64,
+    pub invalid_samples: AtomicU64,
+    pub dropped_series: AtomicU64,
+    pub reports_sent: AtomicU64,
+    pub reports_deferred: AtomicU64,
+    pub acks: AtomicU64,
+    pub commits: AtomicU64,
+    /// Counter changes sent and not yet committed (published) by the aggregator.
+    pub commit_backlog: AtomicU64,
+    /// Commit-log entries folded in as committed at its bound.
+    pub commit_log_overflow: AtomicU64,
+    pub sessions: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub introspection_errors: AtomicU64,
+    /// Positions written to the state file, and state file problems by reason
+    /// ([`PositionError::REASONS`] order).
+    pub state_file_writes: AtomicU64,
+    pub state_file_errors: [AtomicU64; 6],
+}
+
+impl AgentStats {
+    pub(crate) fn state_file_error(&self, e: &PositionError) {
+        if let Some(i) = PositionError::REASONS.iter().position(|r| *r == e.reason()) {
+            self.state_file_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The self-metrics as Prometheus text.
+pub fn render(node: &str, s: &AgentStats) -> String {
+    let mut out = String::with_capacity(2048);
+    let node = node.replace('\\', "\\\\").replace('"', "\\\"");
+    let counters = [
+        ("scrapes_total", "ipamd scrapes attempted", &s.scrapes),
+        ("scrape_errors_total", "ipamd scrapes that failed or returned no usable metric", &s.scrape_errors),
+        ("bad_lines_total", "ipamd page lines that could not be parsed (skipped)", &s.bad_lines),
+        ("invalid_samples_total", "ipamd samples ignored: non-finite or negative counters, duplicates", &s.invalid_samples),
+        ("dropped_series_total", "New series dropped at --max-series", &s.dropped_series),
+        ("reports_sent_total", "Reports queued to the aggregator", &s.reports_sent),
+        (
+            "reports_deferred_total",
+            "Reports deferred because the stream was full or closed (their changes go in the next one)",
+            &s.reports_deferred,
+        ),
+        ("acks_total", "Reports acknowledged by the aggregator", &s.acks),
+        ("commits_total", "Commits received: the aggregator's sinks delivered this node's increments up to a report", &s.commits),
+        ("commit_log_overflow_total", "Uncommitted counter changes taken as committed at the commit log's bound", &s.commit_log_overflow),
+        ("sessions_total", "Streams opened to the aggregator", &s.sessions),
+        ("connect_failures_total", "Failed connection attempts to the aggregator", &s.connect_failures),
+        ("introspection_errors_total", "Failed reads of ipamd's introspection endpoint", &s.introspection_errors),
+        ("state_file_writes_total", "Committed positions written to the state file (--state-dir)", &s.state_file_writes),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP cni_metrics_agent_{name} {help}\n# TYPE cni_metrics_agent_{name} counter\ncni_metrics_agent_{name}{{node=\"{node}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP cni_metrics_agent_state_file_errors_total State file problems: not used, or not written\n# TYPE cni_metrics_agent_state_file_errors_total counter");
+    for (reason, v) in PositionError::REASONS.iter().zip(&s.state_file_errors) {
+        let _ =
+            writeln!(out, "cni_metrics_agent_state_file_errors_total{{node=\"{node}\",reason=\"{reason}\"}} {}", v.load(Ordering::Relaxed));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cni_metrics_agent_commit_backlog Counter changes sent and not yet published by the aggregator\n# TYPE cni_metrics_agent_commit_backlog gauge\ncni_metrics_agent_commit_backlog{{node=\"{node}\"}} {}",
+        s.commit_backlog.load(Ordering::Relaxed)
+    );
+    out
+}
