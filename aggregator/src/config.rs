@@ -266,15 +266,15 @@ impl AggregatorConfig {
     }
 
     /// The CloudWatch sink's configuration.
-    pub fn cloudwatch_config(&self) -> crate::cloudwatch::CloudWatchConfig {
-        crate::cloudwatch::CloudWatchConfig {
+    pub fn cloudwatch_config(&self) -> crate::sinks::cloudwatch::CloudWatchConfig {
+        crate::sinks::cloudwatch::CloudWatchConfig {
             namespace: self.cloudwatch_namespace.clone(),
             storage_resolution: self.storage_resolution,
             allow_list: (!self.metric_allow_list.is_empty()).then(|| self.metric_allow_list.iter().cloned().collect()),
             max_backlog_windows: self.max_backlog_windows,
             region: self.region.clone().filter(|r| !r.trim().is_empty()),
-            auth_backoff: crate::cloudwatch::default_auth_backoff(self.cloudwatch_auth_retry_max),
-            ..crate::cloudwatch::CloudWatchConfig::default()
+            auth_backoff: crate::sinks::cloudwatch::default_auth_backoff(self.cloudwatch_auth_retry_max),
+            ..crate::sinks::cloudwatch::CloudWatchConfig::default()
         }
     }
 

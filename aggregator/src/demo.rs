@@ -18,9 +18,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::{AggregatorConfig, DemoConfig};
-use crate::publish::{encode_lines, BoxFuture, Sink, SinkError};
 use crate::server::{serve, Handles};
 use crate::shared::lock;
+use crate::sinks::stdout::encode_lines;
+use crate::sinks::{BoxFuture, Sink, SinkError};
 use crate::state::{status_label, ClusterState, Window};
 
 /// How a fake ipamd answers.

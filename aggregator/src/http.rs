@@ -10,8 +10,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::publish::{PublishStats, Sink};
+use crate::publish::PublishStats;
 use crate::shared::{lock, Shared};
+use crate::sinks::Sink;
 
 #[derive(Clone)]
 pub struct HttpState {

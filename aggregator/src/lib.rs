@@ -1,12 +1,10 @@
 //! The cluster aggregator: per-node state and exact cluster sums ([`state`], pure, behind the one mutex
 //! of [`shared`]), the gRPC ingest service for agents ([`ingest`]) and the consumer service for `watch`
 //! and other clients ([`consumer`]), the HTTP endpoints ([`http`]), publishing windows to sinks
-//! ([`publish`]: the publisher, the `Sink` trait and the stdout sink; [`cloudwatch`]: the CloudWatch
-//! sink), mutual TLS ([`tls`]), the wiring ([`server`]), typed flags ([`config`]), the terminal view
+//! ([`publish`]: the publisher and commits; [`sinks`]: the `Sink` trait, stdout and CloudWatch), mutual TLS ([`tls`]), the wiring ([`server`]), typed flags ([`config`]), the terminal view
 //! ([`watch`]) and a self-contained [`demo`].
 #![forbid(unsafe_code)]
 
-pub mod cloudwatch;
 pub mod config;
 pub mod consumer;
 pub mod demo;
@@ -15,6 +13,7 @@ pub mod ingest;
 pub mod publish;
 pub mod server;
 pub mod shared;
+pub mod sinks;
 pub mod state;
 pub mod tls;
 pub mod watch;

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use cni_metrics_aggregator::cloudwatch::CloudWatchSink;
 use cni_metrics_aggregator::config::{Cli, Command};
-use cni_metrics_aggregator::publish::{Sink, StdoutSink};
+use cni_metrics_aggregator::sinks::cloudwatch::CloudWatchSink;
+use cni_metrics_aggregator::sinks::stdout::StdoutSink;
+use cni_metrics_aggregator::sinks::Sink;
 use cni_metrics_aggregator::{demo, server, watch};
 use cni_metrics_proto::telemetry;
 

@@ -1,111 +1,26 @@
 //! Publishing: every `--publish-interval` the publisher closes a window of the cluster state
 //! ([`ClusterState::take_window`]) and hands it to each sink outside the state lock.
 //!
-//! A sink is the seam the CloudWatch sink plugs into: a name, and an async `publish` of one window that
-//! says whether it succeeded. The `stdout` sink prints one line per datum, like upstream's log lines, for
-//! dry runs; its encoder is a pure function.
+//! The sinks themselves live in [`crate::sinks`].
 //!
 //! End-to-end acknowledgement: every window gets a sequence number and keeps its commit marks in
 //! [`Commits`] until every sink reports it resolved ([`Sink::delivered_through`]: delivered, or dropped
 //! and counted by the sink); then the marks go to [`ClusterState::commit`](crate::state::ClusterState::commit)
 //! and the commit watch wakes the streams, which tell their agents.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::future::Future;
-use std::io::Write;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cni_metrics_proto::clock::unix_ms_now;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
-use std::collections::VecDeque;
-
-use tokio::sync::watch;
-
-use cni_metrics_proto::clock::{rfc3339, unix_ms_now};
-
 use crate::shared::{lock, Shared};
-use crate::state::{CommitMark, Window};
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error("write failed: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// A destination of publish windows.
-pub trait Sink: Send + Sync {
-    fn name(&self) -> &'static str;
-    /// Take one window (deliver it, or queue it for a delivery task of the sink's own).
-    fn publish<'a>(&'a self, window: &'a Window) -> BoxFuture<'a, Result<(), SinkError>>;
-    /// The highest window `seq` up to which every window handed over is resolved: delivered, or dropped
-    /// and counted. Sinks that deliver inside `publish` resolve everything (`u64::MAX`).
-    fn delivered_through(&self) -> u64 {
-        u64::MAX
-    }
-    /// At shutdown: deliver what is still queued within `grace`.
-    fn close(&self, _grace: Duration) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-    /// For `/readyz`: why the sink is not healthy, if it is not.
-    fn readiness(&self) -> Result<(), String> {
-        Ok(())
-    }
-    /// Append the sink's self-metrics to `/metrics`.
-    fn render_metrics(&self, _out: &mut String, _cluster_id: &str) {}
-}
-
-/// Prints each datum as a line to a writer (stdout by default).
-pub struct StdoutSink {
-    out: Mutex<Box<dyn Write + Send>>,
-}
-
-impl StdoutSink {
-    pub fn new() -> Self {
-        Self { out: Mutex::new(Box::new(std::io::stdout())) }
-    }
-
-    pub fn with_writer(w: Box<dyn Write + Send>) -> Self {
-        Self { out: Mutex::new(w) }
-    }
-}
-
-impl Default for StdoutSink {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Sink for StdoutSink {
-    fn name(&self) -> &'static str {
-        "stdout"
-    }
-
-    fn publish<'a>(&'a self, window: &'a Window) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(async move {
-            let text = encode_lines(window);
-            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-            out.write_all(text.as_bytes())?;
-            out.flush()?;
-            Ok(())
-        })
-    }
-}
-
-/// One line per datum: `<RFC 3339 time> cluster_id=<id> metric=<CloudWatch name> value=<v> unit=<unit>`.
-pub fn encode_lines(w: &Window) -> String {
-    let mut s = String::with_capacity(w.datums.len() * 96);
-    let ts = rfc3339(w.end_unix_ms);
-    for d in &w.datums {
-        let dim = d.dimension.as_ref().map(|(n, v)| format!(" {n}={v}")).unwrap_or_default();
-        let _ = writeln!(s, "{ts} cluster_id={}{dim} metric={} value={} unit={}", w.cluster_id, d.metric_name, d.value, d.unit);
-    }
-    s
-}
+use crate::sinks::Sink;
+use crate::state::CommitMark;
 
 /// Publish outcomes, for `/metrics` and `/readyz`.
 #[derive(Debug, Default)]
@@ -250,34 +165,5 @@ pub async fn run_publisher(
     commits.settle(&state, &sinks);
     if commits.waiting() > 0 {
         warn!(windows = commits.waiting(), "windows not delivered at exit: agents will send their increments again to the next aggregator");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::Datum;
-
-    #[test]
-    fn stdout_lines() {
-        let w = Window {
-            cluster_id: "prod".into(),
-            region_hint: None,
-            end_unix_ms: 0,
-            nodes: 2,
-            seq: 0,
-            commits: Vec::new(),
-            datums: vec![
-                Datum { metric_name: "assignIPAddresses", value: 42.0, unit: "Count", dimension: None },
-                Datum { metric_name: "awsAPILatency", value: 12.5, unit: "Milliseconds", dimension: None },
-                Datum { metric_name: "ipHeadroom", value: 7.0, unit: "Count", dimension: Some(("AvailabilityZone", "eu-west-1a".into())) },
-            ],
-        };
-        assert_eq!(
-            encode_lines(&w),
-            "1970-01-01T00:00:00.000Z cluster_id=prod metric=assignIPAddresses value=42 unit=Count\n\
-             1970-01-01T00:00:00.000Z cluster_id=prod metric=awsAPILatency value=12.5 unit=Milliseconds\n\
-             1970-01-01T00:00:00.000Z cluster_id=prod AvailabilityZone=eu-west-1a metric=ipHeadroom value=7 unit=Count\n"
-        );
     }
 }

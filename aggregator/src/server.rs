@@ -20,8 +20,9 @@ use crate::config::AggregatorConfig;
 use crate::consumer::ConsumerService;
 use crate::http::{router, HttpState};
 use crate::ingest::{IngestLimits, IngestService, StreamSignals};
-use crate::publish::{run_publisher, Commits, PublishStats, Sink};
+use crate::publish::{run_publisher, Commits, PublishStats};
 use crate::shared::{lock, Shared};
+use crate::sinks::Sink;
 use crate::state::{ClusterState, StateConfig};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,14 +1,14 @@
 //! The CloudWatch sink, drop-in for upstream's publisher: namespace `Kubernetes`, dimension
 //! `CLUSTER_ID=<id>`, upstream's MetricNames (see the README's reference table).
 //!
-//! Built like a Vector sink:
-//! - **config** ([`CloudWatchConfig`]): namespace, storage resolution, allow-list, backlog bound;
-//! - a **pure encoder** ([`encode_window`], [`batches`]): every datum carries its window's timestamp;
+//! Built like a Vector sink, a file per section:
+//! - **config** ([`config`], [`CloudWatchConfig`]): namespace, storage resolution, allow-list, backlog bound;
+//! - a **pure encoder** ([`encode`]: [`encode_window`], [`batches`]): every datum carries its window's timestamp;
 //!   NaN/±Inf are skipped and counted; batches hold ≤ 1000 datums and ≤ 1 MB (estimated with a safety
 //!   margin; split when over);
-//! - the **service**: [`Sink::publish`] only queues the window (a bounded backlog, oldest window dropped
+//! - the **service** (this file) and its SDK [`client`]: [`Sink::publish`] only queues the window (a bounded backlog, oldest window dropped
 //!   first, counted and logged), and a sender task delivers the queue in order with PutMetricData;
-//! - an explicit **retry classification** ([`classify`]) in three classes:
+//! - an explicit **retry classification** ([`retry`]: [`classify`]) in three classes:
 //!   - *transient* (throttling, 5xx, timeouts, network): retried with the shared jittered backoff;
 //!   - *healing* (authentication, authorization, expired credentials, clock skew, request expiry, any
 //!     other error that names no datum): nothing is wrong with the data, someone has to fix IAM, IRSA,
@@ -21,7 +21,7 @@
 //!
 //! The SDK's own retries are off so every attempt is visible in the self-metrics.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,209 +29,22 @@ use std::time::Duration;
 use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use aws_sdk_cloudwatch::Client;
-use cni_metrics_proto::backoff::Backoff;
+use cni_metrics_proto::clock::unix_ms_now;
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
-use cni_metrics_proto::clock::unix_ms_now;
+mod client;
+pub mod config;
+pub mod encode;
+pub mod retry;
 
-use crate::publish::{BoxFuture, Sink, SinkError};
+pub use config::{default_auth_backoff, CloudWatchConfig, DIMENSION, MAX_DATUMS_PER_REQUEST, MAX_REQUEST_BYTES};
+pub use encode::{batches, datum_size, encode_window, next_batch_len, Queued};
+pub use retry::{classify, heal_hint, Retry};
+
+use super::{BoxFuture, Sink, SinkError};
 use crate::state::Window;
 
-/// CloudWatch's PutMetricData limits.
-pub const MAX_DATUMS_PER_REQUEST: usize = 1000;
-pub const MAX_REQUEST_BYTES: usize = 1_000_000;
-/// Bytes kept free under the request limit for the envelope and estimation error.
-const SIZE_MARGIN: usize = 16 * 1024;
-/// Conservative per-datum overhead beyond its strings (field names, value, timestamp, unit, framing).
-const DATUM_OVERHEAD: usize = 160;
-
-pub const DIMENSION: &str = "CLUSTER_ID";
-
-#[derive(Clone, Debug)]
-pub struct CloudWatchConfig {
-    pub namespace: String,
-    /// 60 (standard) or 1 (high resolution).
-    pub storage_resolution: i32,
-    /// Only these MetricNames are published, when set.
-    pub allow_list: Option<BTreeSet<String>>,
-    /// Windows kept while CloudWatch is unreachable.
-    pub max_backlog_windows: usize,
-    /// Region from the flag or `AWS_REGION`.
-    pub region: Option<String>,
-    /// Time limit of one PutMetricData attempt.
-    pub attempt_timeout: Duration,
-    /// Backoff after transient errors.
-    pub backoff: Backoff,
-    /// Backoff after errors that heal only when someone fixes credentials or permissions.
-    pub auth_backoff: Backoff,
-}
-
-/// The default backoff after healing errors: 2 s doubling to 5 min, ±20 %.
-pub fn default_auth_backoff(max: Duration) -> Backoff {
-    let min = Duration::from_secs(2).min(max);
-    Backoff::new(min, max, 2.0, 0.2).unwrap_or_default()
-}
-
-impl Default for CloudWatchConfig {
-    fn default() -> Self {
-        Self {
-            namespace: "Kubernetes".into(),
-            storage_resolution: 60,
-            allow_list: None,
-            max_backlog_windows: 1440,
-            region: None,
-            attempt_timeout: Duration::from_secs(10),
-            backoff: Backoff::default(),
-            auth_backoff: default_auth_backoff(Duration::from_secs(300)),
-        }
-    }
-}
-
-/// One datum waiting for delivery.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Queued {
-    pub window_end_ms: i64,
-    pub cluster_id: Arc<str>,
-    pub metric_name: &'static str,
-    pub value: f64,
-    pub unit: &'static str,
-    /// A breakdown dimension besides CLUSTER_ID.
-    pub dimension: Option<(&'static str, Arc<str>)>,
-}
-
-/// Turn a window into queued datums; returns them and the number skipped as non-finite.
-pub fn encode_window(w: &Window, cfg: &CloudWatchConfig) -> (Vec<Queued>, u64, u64) {
-    let cluster: Arc<str> = Arc::from(w.cluster_id.as_str());
-    let mut skipped = 0;
-    let mut filtered = 0;
-    let mut out = Vec::with_capacity(w.datums.len());
-    for d in &w.datums {
-        if cfg.allow_list.as_ref().is_some_and(|a| !a.contains(d.metric_name)) {
-            filtered += 1;
-            continue;
-        }
-        if !d.value.is_finite() {
-            skipped += 1;
-            continue;
-        }
-        out.push(Queued {
-            window_end_ms: w.end_unix_ms,
-            cluster_id: cluster.clone(),
-            metric_name: d.metric_name,
-            value: d.value,
-            unit: d.unit,
-            dimension: d.dimension.as_ref().map(|(n, v)| (*n, Arc::from(v.as_str()))),
-        });
-    }
-    (out, skipped, filtered)
-}
-
-/// Estimated encoded size of one datum.
-pub fn datum_size(q: &Queued) -> usize {
-    let extra = q.dimension.as_ref().map_or(0, |(n, v)| n.len() + v.len() + 32);
-    q.metric_name.len() + DIMENSION.len() + q.cluster_id.len() + q.unit.len() + DATUM_OVERHEAD + extra
-}
-
-/// How many datums from the front of `queue` make the next request (≥ 1 when the queue is not empty).
-pub fn next_batch_len<'a>(queue: impl IntoIterator<Item = &'a Queued>, namespace: &str) -> usize {
-    let mut bytes = namespace.len() + 64;
-    let mut n = 0;
-    for q in queue {
-        let s = datum_size(q);
-        if n == MAX_DATUMS_PER_REQUEST || (n > 0 && bytes + s > MAX_REQUEST_BYTES - SIZE_MARGIN) {
-            break;
-        }
-        bytes += s;
-        n += 1;
-    }
-    n
-}
-
-/// Split datums into request-sized batches (pure; used by tests and by the sender through
-/// [`next_batch_len`]).
-pub fn batches(datums: &[Queued], namespace: &str) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < datums.len() {
-        let n = next_batch_len(&datums[i..], namespace);
-        out.push(i..i + n);
-        i += n;
-    }
-    out
-}
-
-/// What to do after a failed attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Retry {
-    /// Transient: try again after the backoff.
-    Retryable,
-    /// Nothing is wrong with the datums; credentials, permissions or the clock must be fixed. Hold the
-    /// backlog, retry with the longer backoff, report not ready.
-    Heal,
-    /// Refuses particular datums: bisect and drop only what CloudWatch refuses.
-    Rejected,
-}
-
-/// Classify an error from its HTTP status and error code (bounded label in the second field).
-pub fn classify(status: Option<u16>, code: Option<&str>) -> (Retry, &'static str) {
-    match code {
-        Some("Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequestsException" | "RequestThrottled") => {
-            return (Retry::Retryable, "throttling")
-        }
-        Some("InternalServiceError" | "InternalServiceFault" | "InternalFailure" | "ServiceUnavailable") => {
-            return (Retry::Retryable, "server")
-        }
-        Some("RequestTimeout" | "RequestTimeoutException") => return (Retry::Retryable, "timeout"),
-        Some("InvalidParameterValue" | "InvalidParameterCombination" | "MissingParameter" | "MissingRequiredParameter") => {
-            return (Retry::Rejected, "invalid_parameter")
-        }
-        Some(
-            "AccessDenied"
-            | "AccessDeniedException"
-            | "UnrecognizedClientException"
-            | "InvalidClientTokenId"
-            | "NotAuthorized"
-            | "MissingAuthenticationToken"
-            | "IncompleteSignature"
-            | "OptInRequired",
-        ) => return (Retry::Heal, "access_denied"),
-        Some("ExpiredToken" | "ExpiredTokenException" | "TokenRefreshRequired") => return (Retry::Heal, "expired_credentials"),
-        Some("RequestExpired" | "SignatureDoesNotMatch" | "InvalidSignatureException" | "RequestTimeTooSkewed") => {
-            return (Retry::Heal, "clock_skew")
-        }
-        _ => {}
-    }
-    match status {
-        Some(429) => (Retry::Retryable, "throttling"),
-        Some(408) => (Retry::Retryable, "timeout"),
-        Some(s) if s >= 500 => (Retry::Retryable, "server"),
-        Some(401 | 403) => (Retry::Heal, "access_denied"),
-        // An error that names no datum is not the data's fault: hold it rather than drop it.
-        Some(_) => (Retry::Heal, "other"),
-        // No response at all: network, timeout, credentials not yet available.
-        None => (Retry::Retryable, "network"),
-    }
-}
-
-/// What an operator has to fix for a healing error (logged and shown by `/readyz`).
-pub fn heal_hint(kind: &str) -> &'static str {
-    match kind {
-        "access_denied" => {
-            "CloudWatch refuses the aggregator's credentials: grant cloudwatch:PutMetricData (deploy/iam-policy.json) to the role the \
-             aggregator runs as, and check the IRSA annotation (eks.amazonaws.com/role-arn) on its ServiceAccount or its EKS Pod \
-             Identity association"
-        }
-        "expired_credentials" => {
-            "the aggregator's AWS credentials expired and were not refreshed: check the projected IRSA token or the Pod Identity \
-             agent, and the role's trust policy"
-        }
-        "clock_skew" => {
-            "CloudWatch says the request is expired or its signature does not match: check the node's clock (NTP) and the credentials"
-        }
-        _ => "CloudWatch refuses every request with an error that names no datum: see the error logged with it",
-    }
-}
 #[derive(Debug, Default)]
 struct Stats {
     requests: BTreeMap<&'static str, u64>,
@@ -488,7 +301,7 @@ async fn sender(shared: Arc<Shared>, mut close: watch::Receiver<Option<tokio::ti
         if client.is_none() {
             // Region: the flag or AWS_REGION, else the agents' region, else the SDK chain.
             let region = shared.cfg.region.clone().or_else(|| lock(&shared.region_hint).clone());
-            client = Some(build_client(region, &id, &shared.cfg.namespace).await);
+            client = Some(client::build_client(region, &id, &shared.cfg.namespace).await);
         }
         let Some(c) = client.as_ref() else { continue };
         lock(&shared.stats).waiting_for = None;
@@ -644,143 +457,10 @@ async fn put(client: &Client, shared: &Shared, part: &[Queued], cluster_id: &str
     }
 }
 
-/// Build the client from the SDK's default chain (env, IRSA web identity, EKS Pod Identity, profile,
-/// IMDS) and log the start-up self-check: region, cluster id, credential source, endpoint.
-async fn build_client(region: Option<String>, cluster_id: &str, namespace: &str) -> Client {
-    use aws_config::retry::RetryConfig;
-    use aws_config::timeout::TimeoutConfig;
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).retry_config(RetryConfig::disabled()).timeout_config(
-        TimeoutConfig::builder().connect_timeout(Duration::from_secs(3)).operation_attempt_timeout(Duration::from_secs(10)).build(),
-    );
-    if let Some(r) = region {
-        loader = loader.region(aws_config::Region::new(r));
-    }
-    let sdk = loader.load().await;
-    let credentials = match sdk.credentials_provider() {
-        Some(p) => match aws_credential_source(&p).await {
-            Ok(source) => source,
-            Err(e) => {
-                error!(error = %e, "no AWS credentials yet (IRSA: AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE; Pod Identity: AWS_CONTAINER_CREDENTIALS_FULL_URI); will retry at each attempt");
-                "unresolved".to_owned()
-            }
-        },
-        None => "none".to_owned(),
-    };
-    info!(
-        region = sdk.region().map(|r| r.as_ref()).unwrap_or("unresolved"),
-        cluster_id,
-        namespace,
-        credentials = %credentials,
-        endpoint = std::env::var("AWS_ENDPOINT_URL").as_deref().unwrap_or("default"),
-        "CloudWatch sink ready"
-    );
-    if sdk.region().is_none() {
-        error!("no AWS region: set AWS_REGION (or --region); agents did not report one and the SDK chain found none");
-    }
-    Client::new(&sdk)
-}
-
-/// The name of the provider that supplied the credentials (from their redacted Debug form).
-async fn aws_credential_source(p: &aws_credential_types::provider::SharedCredentialsProvider) -> Result<String, String> {
-    use aws_credential_types::provider::ProvideCredentials;
-    let creds = p.provide_credentials().await.map_err(|e| format!("{}", aws_sdk_cloudwatch::error::DisplayErrorContext(&e)))?;
-    let dbg = format!("{creds:?}");
-    Ok(dbg.split("provider_name: \"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("unknown").to_owned())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::encode::tests::window;
     use super::*;
-    use crate::state::Datum;
-
-    fn window(n: usize, end: i64) -> Window {
-        Window {
-            cluster_id: "prod".into(),
-            region_hint: None,
-            end_unix_ms: end,
-            nodes: 1,
-            commits: Vec::new(),
-            seq: end as u64,
-            datums: (0..n)
-                .map(|i| Datum {
-                    metric_name: if i % 2 == 0 { "addReqCount" } else { "assignIPAddresses" },
-                    value: i as f64,
-                    unit: "Count",
-                    dimension: None,
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn encode_skips_nonfinite_and_filters() {
-        let mut w = window(4, 7);
-        w.datums[1].value = f64::NAN;
-        w.datums[2].value = f64::INFINITY;
-        let (q, skipped, filtered) = encode_window(&w, &CloudWatchConfig::default());
-        assert_eq!((q.len(), skipped, filtered), (2, 2, 0));
-        assert!(q.iter().all(|d| d.window_end_ms == 7 && &*d.cluster_id == "prod"));
-        let cfg = CloudWatchConfig { allow_list: Some(["addReqCount".to_owned()].into()), ..CloudWatchConfig::default() };
-        let (q, _, filtered) = encode_window(&window(4, 7), &cfg);
-        assert_eq!((q.len(), filtered), (2, 2));
-    }
-
-    #[test]
-    fn batches_respect_count_and_size() {
-        let (q, _, _) = encode_window(&window(2500, 1), &CloudWatchConfig::default());
-        let b = batches(&q, "Kubernetes");
-        assert_eq!(b.iter().map(|r| r.len()).collect::<Vec<_>>(), vec![1000, 1000, 500]);
-        // Long names: the byte limit splits first.
-        let long: &'static str = Box::leak("m".repeat(250).into_boxed_str());
-        let big: Vec<Queued> = (0..3000)
-            .map(|i| Queued {
-                window_end_ms: 0,
-                cluster_id: Arc::from("c".repeat(1024)),
-                metric_name: long,
-                value: i as f64,
-                unit: "Count",
-                dimension: None,
-            })
-            .collect();
-        let b = batches(&big, "Kubernetes");
-        assert!(b.len() > 3);
-        for r in &b {
-            let bytes: usize = big[r.clone()].iter().map(datum_size).sum();
-            assert!(bytes <= MAX_REQUEST_BYTES - SIZE_MARGIN && r.len() <= MAX_DATUMS_PER_REQUEST, "{r:?}: {bytes}");
-        }
-        assert_eq!(b.iter().map(|r| r.len()).sum::<usize>(), 3000);
-    }
-
-    #[test]
-    fn retry_classification_table() {
-        let cases = [
-            (Some(400), Some("Throttling"), Retry::Retryable, "throttling"),
-            (Some(400), Some("ThrottlingException"), Retry::Retryable, "throttling"),
-            (Some(500), Some("InternalServiceError"), Retry::Retryable, "server"),
-            (Some(503), None, Retry::Retryable, "server"),
-            (Some(429), None, Retry::Retryable, "throttling"),
-            (None, None, Retry::Retryable, "network"),
-            (Some(400), Some("InvalidParameterValue"), Retry::Rejected, "invalid_parameter"),
-            (Some(400), Some("MissingParameter"), Retry::Rejected, "invalid_parameter"),
-            (Some(400), Some("InvalidParameterCombination"), Retry::Rejected, "invalid_parameter"),
-            (Some(403), Some("AccessDenied"), Retry::Heal, "access_denied"),
-            (Some(400), Some("AccessDeniedException"), Retry::Heal, "access_denied"),
-            (Some(403), Some("InvalidClientTokenId"), Retry::Heal, "access_denied"),
-            (Some(403), None, Retry::Heal, "access_denied"),
-            (Some(401), None, Retry::Heal, "access_denied"),
-            (Some(403), Some("ExpiredToken"), Retry::Heal, "expired_credentials"),
-            (Some(400), Some("ExpiredTokenException"), Retry::Heal, "expired_credentials"),
-            (Some(400), Some("RequestExpired"), Retry::Heal, "clock_skew"),
-            (Some(403), Some("SignatureDoesNotMatch"), Retry::Heal, "clock_skew"),
-            (Some(400), Some("RequestTimeout"), Retry::Retryable, "timeout"),
-            (Some(408), None, Retry::Retryable, "timeout"),
-            (Some(404), None, Retry::Heal, "other"),
-            (Some(400), Some("SomethingNew"), Retry::Heal, "other"),
-        ];
-        for (status, code, retry, kind) in cases {
-            assert_eq!(classify(status, code), (retry, kind), "{status:?} {code:?}");
-        }
-    }
 
     #[test]
     fn queue_accounting_across_windows() {
