@@ -156,8 +156,9 @@ pub struct AggregatorConfig {
     pub breakdown: Vec<crate::state::Dim>,
 
     /// Most breakdown groups (label values over all dimensions); beyond it values go to `other` (counted).
-    #[arg(long, env = "MAX_BREAKDOWN_SERIES", default_value_t = 1_000)]
-    pub max_series: usize,
+    /// `--max-series`, its old name, still works.
+    #[arg(long, alias = "max-series", env = "MAX_BREAKDOWN_SERIES", default_value_t = 1_000)]
+    pub max_breakdown_groups: usize,
 
     /// Subscribers get an update at most this often (when something changed).
     #[arg(long, env = "SUBSCRIBE_INTERVAL", default_value = "1s", value_parser = parse_positive)]
@@ -305,7 +306,7 @@ impl AggregatorConfig {
             max_departed_nodes: 100_000,
             low_ip_threshold: 5,
             breakdown: Vec::new(),
-            max_series: 1_000,
+            max_breakdown_groups: 1_000,
             subscribe_interval: Duration::from_millis(200),
             tls_cert: None,
             tls_key: None,
@@ -328,6 +329,14 @@ mod tests {
         let err = parse(&["--prometheus", "maybe"]).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("maybe"), "{err}");
         assert_eq!(parse(&["--stdout", "YES"]).map(|c| c.aggregator.stdout).ok(), Some(true));
+    }
+
+    #[test]
+    fn breakdown_groups_under_the_new_and_the_old_name() {
+        for flag in ["--max-breakdown-groups", "--max-series"] {
+            assert_eq!(parse(&[flag, "7"]).map(|c| c.aggregator.max_breakdown_groups).ok(), Some(7), "{flag}");
+        }
+        assert_eq!(parse(&[]).map(|c| c.aggregator.max_breakdown_groups).ok(), Some(1_000));
     }
 
     #[test]

@@ -9,7 +9,6 @@
 //! will not be published), the publisher delivers the last window, and only then do streams send their
 //! final commit and end with UNAVAILABLE.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use cni_metrics_proto::v1::ingest_server::Ingest;
 use cni_metrics_proto::v1::{
     agent_message, aggregator_message, Ack, AgentMessage, AggregatorMessage, Commit, Label, Resume, ResumePoint, Welcome,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
@@ -57,7 +56,8 @@ pub struct IngestService {
     state: Shared,
     signals: StreamSignals,
     limits: IngestLimits,
-    open: Arc<AtomicUsize>,
+    /// One permit per open stream (`--max-streams`), held by the stream's task whichever way it ends.
+    open: Arc<Semaphore>,
     /// Random per process: agents tell a restarted aggregator from a reconnect.
     instance_id: u64,
     /// When this process started, for the agents (Unix ms).
@@ -66,29 +66,8 @@ pub struct IngestService {
 
 impl IngestService {
     pub fn new(state: Shared, signals: StreamSignals, limits: IngestLimits) -> Self {
-        Self {
-            state,
-            signals,
-            limits,
-            open: Arc::default(),
-            instance_id: fastrand::u64(1..),
-            started_unix_ms: cni_metrics_proto::clock::unix_ms_now(),
-        }
-    }
-}
-
-/// One open stream, released when its task ends (whichever way).
-struct StreamSlot(Arc<AtomicUsize>);
-
-impl StreamSlot {
-    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
-        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok().map(|_| Self(open.clone()))
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let open = Arc::new(Semaphore::new(limits.max_streams.min(Semaphore::MAX_PERMITS)));
+        Self { state, signals, limits, open, instance_id: fastrand::u64(1..), started_unix_ms: cni_metrics_proto::clock::unix_ms_now() }
     }
 }
 
@@ -147,7 +126,7 @@ impl Ingest for IngestService {
 
     async fn stream(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
         let peer = request.remote_addr();
-        let Some(slot) = StreamSlot::take(&self.open, self.limits.max_streams) else {
+        let Ok(slot) = self.open.clone().try_acquire_owned() else {
             *lock(&self.state).stats.rejected.entry("too_many_streams").or_default() += 1;
             warn!(?peer, max_streams = self.limits.max_streams, "stream refused: --max-streams reached");
             return Err(Status::resource_exhausted("too many agent streams (--max-streams)"));

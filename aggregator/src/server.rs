@@ -56,7 +56,7 @@ impl Handles {
             max_series_per_node: cfg.max_series_per_node,
             low_ip_threshold: cfg.low_ip_threshold as f64,
             breakdown: cfg.breakdown.clone(),
-            max_breakdown_groups: cfg.max_series,
+            max_breakdown_groups: cfg.max_breakdown_groups,
             max_departed: cfg.max_departed_nodes,
         });
         Self { state: Arc::new(Mutex::new(state)), publish: Arc::default(), tls_handshake_failures: Arc::default() }

@@ -1298,7 +1298,7 @@ impl ClusterState {
         if !self.breakdowns.dims.is_empty() {
             let _ = writeln!(
                 out,
-                "# HELP cni_metrics_breakdown_overflow_total Node placements put in the group \"other\" by --max-series\n# TYPE cni_metrics_breakdown_overflow_total counter\ncni_metrics_breakdown_overflow_total{{cluster_id=\"{cid}\"}} {}",
+                "# HELP cni_metrics_breakdown_overflow_total Node placements put in the group \"other\" by --max-breakdown-groups\n# TYPE cni_metrics_breakdown_overflow_total counter\ncni_metrics_breakdown_overflow_total{{cluster_id=\"{cid}\"}} {}",
                 self.breakdowns.overflow
             );
         }
