@@ -1,7 +1,7 @@
 //! The `Consumer` gRPC service for other consumers: `GetCluster`, `ListNodes` and `Subscribe`.
 //!
 //! Views are built by pure functions from the state ([`cluster_view`], [`node_view`]) under the state
-//! lock, then sent outside it. Subscriptions are fed by one notifier task ([`run_notifier`]) that builds
+//! lock, then sent outside it. Subscriptions are fed by one notifier task ([`ConsumerService::run_notifier`]) that builds
 //! an update only when the state changed, at most once per interval, and broadcasts it; every subscriber
 //! has a small bounded buffer, and one that falls behind is dropped with RESOURCE_EXHAUSTED, so a slow
 //! consumer never slows ingestion or the other subscribers.

@@ -1,10 +1,10 @@
 //! The gRPC `Ingest` service: one task per agent stream that validates the hello, applies reports to the
-//! shared [`ClusterState`] under a short lock (never held across an await) and answers with acks.
+//! shared [`ClusterState`](crate::state::ClusterState) under a short lock (never held across an await) and answers with acks.
 //!
 //! A stream that sends garbage gets a status and is closed; other nodes are unaffected.
 //!
 //! Besides acks, a stream carries commits: when the publisher records that every sink delivered a window
-//! ([`ClusterState::commit`]) it bumps a watch; each stream then sends its node's new committed seq. At
+//! ([`ClusterState::commit`](crate::state::ClusterState::commit)) it bumps a watch; each stream then sends its node's new committed seq. At
 //! shutdown the service first *freezes* (reports are no longer applied, so nothing enters a window that
 //! will not be published), the publisher delivers the last window, and only then do streams send their
 //! final commit and end with UNAVAILABLE.

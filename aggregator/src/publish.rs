@@ -1,5 +1,5 @@
 //! Publishing: every `--publish-interval` the publisher closes a window of the cluster state
-//! ([`ClusterState::take_window`]) and hands it to each sink outside the state lock.
+//! ([`ClusterState::take_window`](crate::state::ClusterState::take_window)) and hands it to each sink outside the state lock.
 //!
 //! The sinks themselves live in [`crate::sinks`].
 //!

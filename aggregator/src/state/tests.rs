@@ -1,7 +1,8 @@
 //! Table tests of the aggregation rules.
 
 use super::*;
-use cni_metrics_proto::v1::Label;
+use cni_metrics_proto::catalog;
+use cni_metrics_proto::v1::{Label, SeriesDef};
 
 fn hello(node: &str, run_id: u64) -> Hello {
     Hello { node_name: node.into(), run_id, interval_ms: 1000, ..Hello::default() }

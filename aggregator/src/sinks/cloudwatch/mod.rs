@@ -6,7 +6,7 @@
 //! - a **pure encoder** ([`encode`]: [`encode_window`], [`batches`]): every datum carries its window's timestamp;
 //!   NaN/±Inf are skipped and counted; batches hold ≤ 1000 datums and ≤ 1 MB (estimated with a safety
 //!   margin; split when over);
-//! - the **service** (this file) and its SDK [`client`]: [`Sink::publish`] only queues the window (a bounded backlog, oldest window dropped
+//! - the **service** (this file) and its SDK `client`: [`Sink::publish`] only queues the window (a bounded backlog, oldest window dropped
 //!   first, counted and logged), and a sender task delivers the queue in order with PutMetricData;
 //! - an explicit **retry classification** ([`retry`]: [`classify`]) in three classes:
 //!   - *transient* (throttling, 5xx, timeouts, network): retried with the shared jittered backoff;

@@ -1,0 +1,221 @@
+//! Cluster series ("slots") and how a node's values fold into them: definitions, gauge sums and maxima,
+//! counter increments into the open window, capacity gauges. A report costs O(series it changes).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cni_metrics_proto::catalog::{self, NodeFold};
+use cni_metrics_proto::v1::{FamilyType, MetricKind, SeriesDef};
+
+use super::node::{unpublished_entry, NodeSeries, ResumeKey};
+use super::{CapRole, ClusterState, IngestError};
+
+/// One cluster series.
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) family: Arc<str>,
+    pub(super) name: Arc<str>,
+    pub(super) labels: Vec<(String, String)>,
+    pub(super) kind: MetricKind,
+    pub(super) fold: NodeFold,
+    /// Gauge: sum of contributing nodes' finite values.
+    pub(super) sum: f64,
+    /// Gauge: number of contributing nodes.
+    pub(super) contributors: u32,
+    /// Gauge with max fold: value per contributing node.
+    pub(super) per_node: HashMap<Arc<str>, f64>,
+    /// Counter: increments since aggregator start.
+    pub(super) total: f64,
+    /// Counter: increments in the open publish window.
+    pub(super) window: f64,
+}
+
+impl Slot {
+    pub(super) fn gauge_value(&self) -> Option<f64> {
+        if self.contributors == 0 {
+            return None;
+        }
+        match self.fold {
+            NodeFold::Sum => Some(self.sum),
+            NodeFold::Max => self.per_node.values().copied().fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v)))),
+        }
+    }
+}
+
+impl ClusterState {
+    pub(super) fn define(&mut self, node_name: &Arc<str>, d: &SeriesDef) {
+        if self.nodes.get(node_name).is_some_and(|n| n.series.contains_key(&d.id)) {
+            return; // Known from an earlier stream of the same run: keep its last total.
+        }
+        let per_node = self.nodes.get(node_name).map_or(0, |n| n.series.len());
+        let kind = MetricKind::try_from(d.kind).unwrap_or(MetricKind::Gauge);
+        let slot = if per_node >= self.cfg.max_series_per_node {
+            *self.stats.series_rejected.entry("node_limit").or_default() += 1;
+            None
+        } else {
+            self.slot_for(d, kind)
+        };
+        if let Some(n) = self.nodes.get_mut(node_name) {
+            let role = CapRole::of(&d.name, d.labels.is_empty()).filter(|_| kind == MetricKind::Gauge);
+            let counter = kind == MetricKind::Counter;
+            // A counter starts from its committed total: only increments never published are counted.
+            let value = if counter && d.committed_total.is_finite() && d.committed_total >= 0.0 { d.committed_total } else { f64::NAN };
+            let key = counter.then(|| {
+                let mut labels: Vec<(String, String)> = d.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
+                labels.sort_unstable();
+                let key = ResumeKey { name: d.name.clone(), labels };
+                match self.resume_keys.get(&key) {
+                    Some(k) => k.clone(),
+                    None => {
+                        let k = Arc::new(key);
+                        self.resume_keys.insert(k.clone());
+                        k
+                    }
+                }
+            });
+            n.series.insert(d.id, NodeSeries { slot, kind, value, raw: f64::NAN, key, contributing: false, role });
+        }
+    }
+
+    /// Find or create the cluster slot of a definition; `None` when refused (counted).
+    pub(super) fn slot_for(&mut self, d: &SeriesDef, kind: MetricKind) -> Option<u32> {
+        let spec = catalog::family(&d.family);
+        let drop = spec.map_or(&[][..], |s| s.cluster_drop_labels);
+        let mut labels: Vec<(String, String)> =
+            d.labels.iter().filter(|l| !drop.contains(&l.name.as_str())).map(|l| (l.name.clone(), l.value.clone())).collect();
+        labels.sort_unstable();
+        let name = self.intern(&d.name);
+        let key = (name.clone(), labels);
+        if let Some(&i) = self.slot_index.get(&key) {
+            if self.slots[i as usize].kind != kind {
+                *self.stats.series_rejected.entry("kind_conflict").or_default() += 1;
+                return None;
+            }
+            return Some(i);
+        }
+        if self.slots.len() >= self.cfg.max_cluster_series {
+            *self.stats.series_rejected.entry("cluster_limit").or_default() += 1;
+            return None;
+        }
+        let family = self.intern(&d.family);
+        let family_type = spec.map_or_else(|| FamilyType::try_from(d.family_type).unwrap_or(FamilyType::Untyped), |s| s.family_type);
+        self.families.entry(family.clone()).or_insert(family_type);
+        let fold =
+            if key.1.iter().any(|(n, _)| n == "quantile") && family_type == FamilyType::Summary { NodeFold::Max } else { NodeFold::Sum };
+        let i = self.slots.len() as u32;
+        self.slots.push(Slot {
+            family,
+            name,
+            labels: key.1.clone(),
+            kind,
+            fold,
+            sum: 0.0,
+            contributors: 0,
+            per_node: HashMap::new(),
+            total: 0.0,
+            window: 0.0,
+        });
+        self.slot_index.insert(key, i);
+        Some(i)
+    }
+
+    pub(super) fn update(&mut self, node_name: &Arc<str>, id: u32, v: f64) {
+        if let Some(role) = self.apply_value(node_name, id, v) {
+            self.set_capacity(node_name, role, v.is_finite().then_some(v));
+        }
+    }
+
+    /// Apply one value; returns the capacity role of the series when it is a capacity gauge.
+    pub(super) fn apply_value(&mut self, node_name: &Arc<str>, id: u32, v: f64) -> Option<CapRole> {
+        let node = self.nodes.get_mut(node_name)?;
+        let Some(s) = node.series.get_mut(&id) else {
+            *self.stats.series_rejected.entry("unknown_id").or_default() += 1;
+            return None;
+        };
+        let slot_i = s.slot?;
+        let slot = &mut self.slots[slot_i as usize];
+        if !v.is_finite() {
+            self.stats.nonfinite_values += 1;
+            if s.kind == MetricKind::Gauge && s.contributing {
+                // The node has no meaningful value now: stop counting its old one.
+                withdraw(slot, node_name, s.value);
+                s.contributing = false;
+            }
+            return s.role;
+        }
+        match s.kind {
+            MetricKind::Counter => {
+                let last = if s.value.is_nan() { 0.0 } else { s.value };
+                if v < last {
+                    // Totals only grow within a run; take it as the new baseline, never as a negative.
+                    self.stats.counter_regressions += 1;
+                } else {
+                    // Into the open window; the Prometheus total follows when the window closes.
+                    slot.window += v - last;
+                    if node.keeps_position {
+                        unpublished_entry(&mut node.unpublished, id, s.raw).pending += v - last;
+                    }
+                }
+                s.value = v;
+            }
+            _ => {
+                if s.contributing {
+                    withdraw(slot, node_name, s.value);
+                }
+                slot.sum += v;
+                slot.contributors += 1;
+                if slot.fold == NodeFold::Max {
+                    slot.per_node.insert(node_name.clone(), v);
+                }
+                s.value = v;
+                s.contributing = true;
+            }
+        }
+        s.role
+    }
+
+    /// A capacity gauge of a node changed (`None`: withdrawn): update its derived numbers and the sums.
+    pub(super) fn set_capacity(&mut self, node_name: &Arc<str>, role: CapRole, v: Option<f64>) {
+        let Some(node) = self.nodes.get_mut(node_name) else { return };
+        self.breakdowns.apply(&node.groups, &node.capacity, &node.derived, false);
+        node.capacity.set(role, v);
+        let new = node.capacity.derive(self.cfg.low_ip_threshold);
+        let old = std::mem::replace(&mut node.derived, new);
+        self.breakdowns.apply(&node.groups, &node.capacity, &node.derived, true);
+        self.capacity.sub(&old);
+        self.capacity.add(&new);
+        if new.anomalous && !old.anomalous {
+            self.stats.capacity_anomalies += 1;
+        }
+    }
+
+    pub(super) fn remove_series(&mut self, node_name: &Arc<str>, id: u32) {
+        let Some(node) = self.nodes.get_mut(node_name) else { return };
+        let Some(s) = node.series.remove(&id) else { return };
+        if let (Some(i), true) = (s.slot, s.contributing) {
+            withdraw(&mut self.slots[i as usize], node_name, s.value);
+        }
+        if let Some(role) = s.role {
+            self.set_capacity(node_name, role, None);
+        }
+    }
+}
+
+pub(super) fn withdraw(slot: &mut Slot, node: &Arc<str>, v: f64) {
+    slot.sum -= v;
+    slot.contributors = slot.contributors.saturating_sub(1);
+    if slot.contributors == 0 {
+        slot.sum = 0.0; // no residue from float rounding once nobody contributes
+    }
+    if slot.fold == NodeFold::Max {
+        slot.per_node.remove(node);
+    }
+}
+
+pub(super) fn validate_def(d: &SeriesDef) -> Result<(), IngestError> {
+    let kind_ok = matches!(MetricKind::try_from(d.kind), Ok(MetricKind::Gauge | MetricKind::Counter));
+    if !kind_ok || d.name.is_empty() || d.family.is_empty() || !d.name.starts_with(d.family.as_str()) {
+        return Err(IngestError::BadDef(d.id));
+    }
+    Ok(())
+}
