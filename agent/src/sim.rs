@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 pub enum PageStyle {
     /// CNI ≤ v1.7 (2019): summaries with quantiles, no `status` label, no prefixes.
     Legacy2019,
-    /// CNI v1.16–v1.18: several counters typed as gauges (spec §1.5).
+    /// CNI v1.16–v1.18: several counters typed as gauges (their values stayed cumulative).
     GaugeTyped,
     /// CNI v1.23 in secondary-IP mode: no quantiles, `status` labels, per-IP `/32` cidrs.
     Modern,

@@ -1,5 +1,5 @@
 //! Differential test: on well-formed pages our parser must read exactly what `prometheus-parse` 0.2.5
-//! (the design card's original pick, kept as an oracle) reads. Pages come from the ipamd simulator in all
+//! (the first parser considered, kept as an oracle) reads. Pages come from the ipamd simulator in all
 //! generations and many states. Lines with label values holding `}` or `=` are left out: the oracle is
 //! known to drop them (our parser's own tests cover those).
 

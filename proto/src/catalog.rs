@@ -3,7 +3,7 @@
 //! combine across nodes, the exact ipamd HELP text and the upstream helper's CloudWatch MetricName.
 //!
 //! The catalogue, not the page's `# TYPE` line, decides a known family's kind: ipamd v1.16–v1.18 typed
-//! several counters as gauges by accident (spec §1.5) while their values stayed cumulative. Families not in
+//! several counters as gauges by accident (in their metrics registration) while their values stayed cumulative. Families not in
 //! the catalogue are forwarded with the kind their TYPE line gives (untyped → gauge).
 
 use crate::v1::{FamilyType, MetricKind};

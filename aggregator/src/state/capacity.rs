@@ -1,4 +1,4 @@
-//! Derived capacity per node, the numbers operators asked upstream for (user needs 6–7): IPs free for
+//! Derived capacity per node, the numbers operators asked upstream for (free IPs per node, headroom before ENIs run out): IPs free for
 //! pods now (`total − assigned`), headroom as ENIs attach (`max − assigned`), and whether the node is low
 //! on IPs. Computed per node first, then summed, so one node's surplus never hides another's shortage.
 //! Impossible values (assigned > total, assigned > max, negative totals; upstream #2041, #2085) are
