@@ -34,9 +34,7 @@ pub struct AgentStats {
 
 impl AgentStats {
     pub(crate) fn state_file_error(&self, e: &PositionError) {
-        if let Some(i) = PositionError::REASONS.iter().position(|r| *r == e.reason()) {
-            self.state_file_errors[i].fetch_add(1, Ordering::Relaxed);
-        }
+        self.state_file_errors[e.index()].fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -68,15 +68,20 @@ pub enum PositionError {
 }
 
 impl PositionError {
-    pub fn reason(&self) -> &'static str {
+    /// The reason's place in [`PositionError::REASONS`] (the agent's counter slot).
+    pub fn index(&self) -> usize {
         match self {
-            PositionError::Corrupt(_) => "corrupt",
-            PositionError::FutureFormat(_) => "future_format",
-            PositionError::ForeignNode { .. } => "foreign_node",
-            PositionError::TooLarge => "too_large",
-            PositionError::Unreadable(_) => "unreadable",
-            PositionError::Unwritable(_) => "unwritable",
+            PositionError::Corrupt(_) => 0,
+            PositionError::FutureFormat(_) => 1,
+            PositionError::ForeignNode { .. } => 2,
+            PositionError::TooLarge => 3,
+            PositionError::Unreadable(_) => 4,
+            PositionError::Unwritable(_) => 5,
         }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        Self::REASONS[self.index()]
     }
 
     /// Every reason, for exposition (zeros included).
@@ -287,9 +292,9 @@ mod tests {
             assert!(prepare_dir(&dir, bad).is_err_and(|e| e.contains("uid:gid")), "{bad:?}");
         }
         assert!(prepare_dir(Path::new(""), "1:1").is_err_and(|e| e.contains("--state-dir")));
-        let root = std::fs::metadata(std::env::temp_dir())
-            .is_ok_and(|_| std::fs::write(std::env::temp_dir().join(".cni-uid"), b"").is_ok())
-            && std::fs::metadata(std::env::temp_dir().join(".cni-uid")).is_ok_and(|m| m.uid() == 0);
+        assert!(std::fs::create_dir_all(&dir).is_ok());
+        // What we create is ours: owned by root exactly when the test runs as root.
+        let root = std::fs::metadata(&dir).is_ok_and(|m| m.uid() == 0);
         let r = prepare_dir(&dir.join("state"), "65534:65534");
         if root {
             assert_eq!(r, Ok(()));
