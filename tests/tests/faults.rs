@@ -323,7 +323,9 @@ async fn soak_of_random_faults_stays_exact() -> Result<()> {
     eprintln!("soak: seed {seed}, {secs} s (rerun with SOAK_SEED={seed})");
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut c = Cluster::new("soak", 3, true)?;
-    c.keep_position = true;
+    // SOAK_KEEP=0: agents without a state dir. Open bug: SOAK_SEED=526993 loses 4 delReqCount increments after
+    // "ipamd 0: restart" + "agent 1 SIGTERM, 4 steps, restart", with and without state dirs alike.
+    c.keep_position = std::env::var("SOAK_KEEP").map_or(true, |v| v != "0");
     c.agg_extra = vec!["--publish-interval".into(), "500ms".into()];
     c.start_aggregator()?;
     c.start_agents()?;
