@@ -364,6 +364,18 @@ impl DeltaEngine {
             }
         }
 
+        if restarted {
+            // The new process has not counted what this page does not show: zero, not the old process's
+            // raw value. Without this, a counter ipamd shows only once it is non-zero (a labelled
+            // `CounterVec` series) would, on reappearing, be counted from the old process's value and its
+            // first increments lost.
+            for st in self.series.values_mut().filter(|s| s.present && s.seen != epoch && s.info.kind == MetricKind::Counter) {
+                if !same(st.last_raw, 0.0) {
+                    st.last_raw = 0.0;
+                    obs.changed.push(st.info.id);
+                }
+            }
+        }
         // Removals only on a clean page, and only of series not seen in it.
         if page.bad_lines == 0 {
             self.remove_unseen(&mut obs);
@@ -647,6 +659,30 @@ mod tests {
         let o = e.observe(&parse(&page(START, 1, 3, "awscni_ipamd_error_count{fn=\"eniReconcileAdd\"} 3\n")), START + 10119.0);
         assert_eq!(o.added.len(), 1);
         assert_eq!(total(&e, "awscni_ipamd_error_count"), Some(1.0), "only the increment 2 -> 3 in the new definition");
+    }
+
+    #[test]
+    fn a_counter_missing_from_the_first_page_after_an_ipamd_restart_counts_from_zero() {
+        let del = |v: u64| format!("# TYPE awscni_del_ip_req_count counter\nawscni_del_ip_req_count{{reason=\"PodDeleted\"}} {v}\n");
+        // (page after the restart is clean or garbled, value when the series reappears): the soak's seed
+        // 526993 lost 4 deletes this way (reappearing at the old process's value, counted as no change).
+        for (garbled, back) in [(false, 4), (false, 9), (false, 2), (true, 4), (true, 9)] {
+            let mut e = engine();
+            e.observe(&parse(&page(START, 5, 3, &del(4))), START + 9999.0);
+            let before = total(&e, "awscni_del_ip_req_count").unwrap_or(f64::NAN);
+            assert_eq!(before, 0.0, "an old ipamd's first sight is a baseline");
+            let restart = if garbled { page(START + 100.0, 1, 3, "awscni_add_ip_req_count{ 1\n") } else { page(START + 100.0, 1, 3, "") };
+            let o = e.observe(&parse(&restart), START + 10029.0);
+            assert!(o.ipamd_restarted);
+            if garbled {
+                // Still present, its raw value now the new process's zero (sent with the next report).
+                let id = e.live_ids().into_iter().find(|id| e.info(*id).is_some_and(|i| i.key.name == "awscni_del_ip_req_count"));
+                assert_eq!(id.and_then(|id| e.raw(id)), Some(0.0));
+            }
+            e.observe(&parse(&page(START + 100.0, 2, 3, &del(back))), START + 10059.0);
+            let counted = e.series.values().filter(|s| s.info.key.name == "awscni_del_ip_req_count").map(|s| s.value).sum::<f64>();
+            assert_eq!(counted, back as f64, "garbled {garbled}, back at {back}");
+        }
     }
 
     #[test]

@@ -323,8 +323,8 @@ async fn soak_of_random_faults_stays_exact() -> Result<()> {
     eprintln!("soak: seed {seed}, {secs} s (rerun with SOAK_SEED={seed})");
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut c = Cluster::new("soak", 3, true)?;
-    // SOAK_KEEP=0: agents without a state dir. Open bug: SOAK_SEED=526993 loses 4 delReqCount increments after
-    // "ipamd 0: restart" + "agent 1 SIGTERM, 4 steps, restart", with and without state dirs alike.
+    // SOAK_KEEP=0: agents without a state dir. SOAK_SEED=526993 found a counter lost after an ipamd restart
+    // (regression test: delta::tests::a_counter_missing_from_the_first_page_after_an_ipamd_restart_counts_from_zero).
     c.keep_position = std::env::var("SOAK_KEEP").map_or(true, |v| v != "0");
     c.agg_extra = vec!["--publish-interval".into(), "500ms".into()];
     c.start_aggregator()?;
@@ -334,6 +334,9 @@ async fn soak_of_random_faults_stays_exact() -> Result<()> {
     let mut log = Vec::new();
     while std::time::Instant::now() < deadline {
         if let Err(e) = episode(&mut c, &mut rng, &mut log).await {
+            for i in 0..c.nodes.len() {
+                eprintln!("node {i}: truth (add, del, ec2) {:?}", c.node_truth(i)?);
+            }
             bail!("soak seed {seed} failed after {} episodes ({}): {e:#}", log.len(), log.join("; "));
         }
     }
