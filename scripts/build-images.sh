@@ -8,7 +8,10 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 target="${TARGET:-x86_64-unknown-linux-gnu}"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release --target "$target" -p cni-metrics-agent -p cni-metrics-aggregator
+# --no-default-features: the production aggregator has no `demo` (so it links neither the agent nor the
+# test fixtures).
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release --target "$target" --no-default-features \
+  -p cni-metrics-agent -p cni-metrics-aggregator
 ctx="target/image-context"
 rm -rf "$ctx" && mkdir -p "$ctx" target/images
 cp "target/$target/release/cni-metrics-agent" "target/$target/release/cni-metrics-aggregator" "$ctx/"

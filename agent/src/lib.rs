@@ -6,8 +6,8 @@
 //! - Edges: [`scrape`] (ipamd's page), [`introspect`] (per-subnet usage), [`imds`] (node facts), the
 //!   state file ([`position::PositionFile`]), [`http`] (the agent's `/metrics`, `/healthz`, `/readyz`,
 //!   rendering [`metrics`]), and [`run`], the event loop that wires them to the gRPC stream.
-//! - [`config`]: every flag with its environment variable. [`sim`] simulates ipamd pages for the demo,
-//!   benchmarks and tests.
+//! - [`config`]: every flag with its environment variable. (The ipamd simulator the demo, benchmarks
+//!   and tests use lives in the `cni-metrics-testkit` crate.)
 #![forbid(unsafe_code)]
 
 pub mod commit;
@@ -22,7 +22,6 @@ pub mod position;
 pub mod report;
 pub mod run;
 pub mod scrape;
-pub mod sim;
 
 pub use config::AgentConfig;
 pub use metrics::AgentStats;

@@ -166,8 +166,8 @@ mod tests {
     use super::*;
     use crate::delta::DeltaConfig;
     use crate::parse::parse;
-    use crate::sim::{PageStyle, SimIpamd};
     use cni_metrics_proto::v1::{agent_message, AgentMessage};
+    use cni_metrics_testkit::sim::{PageStyle, SimIpamd};
     use prost::Message;
 
     fn facts() -> ScrapeFacts {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use cni_metrics_agent::parse::parse;
-use cni_metrics_agent::sim::{PageStyle, SimIpamd};
+use cni_metrics_testkit::sim::{PageStyle, SimIpamd};
 
 type Triple = (String, Vec<(String, String)>, u64);
 

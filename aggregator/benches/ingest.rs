@@ -8,9 +8,9 @@ use std::time::Instant;
 use cni_metrics_agent::delta::{DeltaConfig, DeltaEngine};
 use cni_metrics_agent::parse::parse;
 use cni_metrics_agent::report::{delta_report, snapshot_report, Pending, ScrapeFacts};
-use cni_metrics_agent::sim::{PageStyle, SimIpamd};
 use cni_metrics_aggregator::state::{ClusterState, StateConfig};
 use cni_metrics_proto::v1::{Hello, Report};
+use cni_metrics_testkit::sim::{PageStyle, SimIpamd};
 
 const START: f64 = 1_763_700_000.0;
 

@@ -27,6 +27,7 @@ pub struct Cli {
 #[derive(Clone, Debug, Subcommand)]
 pub enum Command {
     /// Run an aggregator with simulated nodes (fake ipamd pages, real agents, real gRPC); no AWS, no cluster.
+    #[cfg(feature = "demo")]
     Demo(DemoConfig),
     /// A terminal view of a running aggregator (its Consumer gRPC service).
     Watch(WatchConfig),
@@ -345,7 +346,10 @@ mod tests {
         assert_eq!(c.as_ref().map(|c| c.grpc_listen.port()), Some(61690));
         assert_eq!(c.as_ref().map(|c| c.http_listen.port()), Some(61681));
         assert_eq!(c.as_ref().map(|c| c.publish_interval), Some(Duration::from_secs(60)));
+        #[cfg(feature = "demo")]
         assert!(matches!(parse(&["demo", "--nodes", "2"]).map(|c| c.command), Ok(Some(Command::Demo(DemoConfig { nodes: 2, .. })))));
+        #[cfg(not(feature = "demo"))]
+        assert!(parse(&["demo"]).is_err(), "a build without the demo feature has no demo");
         assert!(parse(&["--publish-interval", "0"]).is_err());
         // Upstream's manifest sets AWS_CLUSTER_ID="": blank means unset, never a cluster called "".
         let mut a = AggregatorConfig::for_test("x");

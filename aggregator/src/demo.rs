@@ -1,21 +1,15 @@
-//! The demo and the test fixtures it is made of: [`FakeIpamd`] is a real HTTP server serving a simulated
-//! ipamd page (with switchable failure modes), and [`run_demo`] starts N of them, one real agent per fake
-//! node and a real aggregator over loopback gRPC, then redraws a live view with the cluster totals next
-//! to the truth computed from the simulators. No AWS, no cluster.
+//! The demo: [`run_demo`] starts N fake ipamds (real HTTP servers over simulated nodes, from the
+//! `cni-metrics-testkit` crate), one real agent per fake node and a real aggregator over loopback gRPC,
+//! then redraws a live view with the cluster totals next to the truth computed from the simulators. No
+//! AWS, no cluster. Built only with the default `demo` feature.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
-use cni_metrics_agent::sim::{PageStyle, SimIpamd};
 use cni_metrics_agent::{AgentConfig, AgentStats};
+use cni_metrics_testkit::sim::{PageStyle, SimIpamd};
+use cni_metrics_testkit::{FakeIpamd, Mode};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 use crate::config::{AggregatorConfig, DemoConfig};
 use crate::server::{serve, Handles};
@@ -23,101 +17,6 @@ use crate::shared::lock;
 use crate::sinks::stdout::encode_lines;
 use crate::sinks::{BoxFuture, Sink, SinkError};
 use crate::state::{status_label, ClusterState, Window};
-
-/// How a fake ipamd answers.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Mode {
-    /// The simulated page.
-    Normal,
-    /// A binary/HTML garbage body with status 200.
-    Garbage,
-    /// An HTTP error status.
-    Status(u16),
-    /// Wait this long before answering.
-    Slow(Duration),
-    /// A body of this many bytes.
-    Huge(usize),
-    /// This exact page.
-    Page(String),
-}
-
-struct Fake {
-    sim: Mutex<SimIpamd>,
-    mode: Mutex<Mode>,
-}
-
-/// A real HTTP server on loopback serving one simulated ipamd's `/metrics`.
-pub struct FakeIpamd {
-    pub addr: SocketAddr,
-    inner: Arc<Fake>,
-    task: JoinHandle<()>,
-}
-
-impl FakeIpamd {
-    /// Serve `sim` on `addr` (use port 0 for a free one).
-    pub async fn start(sim: SimIpamd, addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let inner = Arc::new(Fake { sim: Mutex::new(sim), mode: Mutex::new(Mode::Normal) });
-        let app = Router::new().route("/metrics", get(page)).route("/v1/enis", get(enis)).with_state(inner.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Self { addr, inner, task })
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}/metrics", self.addr)
-    }
-
-    /// The introspection endpoint (`/v1/enis`).
-    pub fn enis_url(&self) -> String {
-        format!("http://{}/v1/enis", self.addr)
-    }
-
-    pub fn set_mode(&self, mode: Mode) {
-        *self.inner.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
-    }
-
-    /// Run `f` on the simulator (step it, restart it, read its truth).
-    pub fn with_sim<T>(&self, f: impl FnOnce(&mut SimIpamd) -> T) -> T {
-        f(&mut self.inner.sim.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Stop serving: further scrapes get "connection refused".
-    pub fn stop(&self) {
-        self.task.abort();
-    }
-}
-
-impl Drop for FakeIpamd {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn enis(State(f): State<Arc<Fake>>) -> Response {
-    let text = f.sim.lock().unwrap_or_else(|e| e.into_inner()).render_enis();
-    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
-}
-
-async fn page(State(f): State<Arc<Fake>>) -> Response {
-    let mode = f.mode.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    match mode {
-        Mode::Normal => {}
-        Mode::Garbage => {
-            let mut body = b"<html><body>502 Bad Gateway</body></html>\n\x00\x01\xff\xfe binary {{{ \"".to_vec();
-            body.extend((0u8..=255).cycle().take(4096));
-            return (StatusCode::OK, body).into_response();
-        }
-        Mode::Status(code) => return StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR).into_response(),
-        Mode::Slow(d) => tokio::time::sleep(d).await,
-        Mode::Huge(n) => return (StatusCode::OK, "# padding\n".repeat(n / 10 + 1)).into_response(),
-        Mode::Page(text) => return (StatusCode::OK, text).into_response(),
-    }
-    let text = f.sim.lock().unwrap_or_else(|e| e.into_inner()).render();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
-}
 
 /// Keeps the last published lines for the view.
 #[derive(Default)]
@@ -346,23 +245,5 @@ mod tests {
         assert!(v.contains("add IP requests since start"), "{v}");
         assert!(v.contains("  t cluster_id=demo metric=addReqCount value=5 unit=Count"), "{v}");
         assert!(v.contains("Events:\n  e1"), "{v}");
-    }
-
-    #[tokio::test]
-    async fn fake_ipamd_modes() {
-        let sim = SimIpamd::new(PageStyle::Modern, 1, 1.0);
-        let f = FakeIpamd::start(sim, SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("bind");
-        let scraper = cni_metrics_agent::scrape::Scraper::new(&f.url(), Duration::from_millis(300), 64 * 1024).expect("client");
-        let page = scraper.fetch().await.expect("page");
-        assert!(page.contains("awscni_assigned_ip_addresses"));
-        f.set_mode(Mode::Status(503));
-        assert!(matches!(scraper.fetch().await, Err(cni_metrics_agent::scrape::ScrapeError::HttpStatus(503))));
-        f.set_mode(Mode::Slow(Duration::from_secs(2)));
-        assert!(matches!(scraper.fetch().await, Err(cni_metrics_agent::scrape::ScrapeError::Timeout(_))));
-        f.set_mode(Mode::Huge(200_000));
-        assert!(matches!(scraper.fetch().await, Err(cni_metrics_agent::scrape::ScrapeError::TooLarge(_))));
-        f.stop();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(matches!(scraper.fetch().await, Err(cni_metrics_agent::scrape::ScrapeError::Refused)), "stopped server refuses");
     }
 }

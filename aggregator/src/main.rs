@@ -1,5 +1,6 @@
 //! `cni-metrics-aggregator`: parses the configuration, sets up logging and the shutdown signal, binds the
-//! listeners and hands them to [`server::serve`]; `demo` runs the self-contained demo instead.
+//! listeners and hands them to [`server::serve`]; `demo` (with the default `demo` feature) runs the
+//! self-contained demo instead.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use cni_metrics_aggregator::config::{Cli, Command};
 use cni_metrics_aggregator::sinks::cloudwatch::CloudWatchSink;
 use cni_metrics_aggregator::sinks::stdout::StdoutSink;
 use cni_metrics_aggregator::sinks::Sink;
-use cni_metrics_aggregator::{demo, server, watch};
+use cni_metrics_aggregator::{server, watch};
 use cni_metrics_proto::telemetry;
 
 #[tokio::main]
@@ -19,7 +20,8 @@ async fn main() -> anyhow::Result<()> {
     let cfg = cli.aggregator.normalized();
     telemetry::init(cfg.log_format);
     match cli.command {
-        Some(Command::Demo(demo_cfg)) => return demo::run_demo(demo_cfg, telemetry::shutdown_signal()).await,
+        #[cfg(feature = "demo")]
+        Some(Command::Demo(demo_cfg)) => return cni_metrics_aggregator::demo::run_demo(demo_cfg, telemetry::shutdown_signal()).await,
         Some(Command::Watch(w)) => return watch::run_watch(w, telemetry::shutdown_signal()).await,
         None => {}
     }

@@ -7,9 +7,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cni_metrics_agent::sim::{PageStyle, SimIpamd};
-use cni_metrics_aggregator::demo::FakeIpamd;
 use cni_metrics_e2e::{scratch_dir, start_agent, Aggregator};
+use cni_metrics_testkit::sim::{PageStyle, SimIpamd};
+use cni_metrics_testkit::FakeIpamd;
 
 fn proc_stat(pid: u32) -> (u64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

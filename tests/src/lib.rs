@@ -1,7 +1,7 @@
 //! Support for the end-to-end tests: build and start the real `cni-metrics-agent` and
 //! `cni-metrics-aggregator` binaries as child processes, find their addresses in their JSON logs, read the
 //! aggregator's `/metrics` and wait for conditions with a deadline. Fake ipamds are the real HTTP servers
-//! of `cni_metrics_aggregator::demo::FakeIpamd`, running in the test process.
+//! of `cni_metrics_testkit::FakeIpamd`, running in the test process.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,7 +20,7 @@ pub fn bin_dir() -> Result<&'static Path> {
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "cni-metrics-agent", "-p", "cni-metrics-aggregator", "-p", "cni-metrics-e2e", "--bins"]);
+        cmd.args(["build", "--quiet", "-p", "cni-metrics-agent", "-p", "cni-metrics-aggregator", "-p", "cni-metrics-testkit", "--bins"]);
         if release {
             cmd.arg("--release");
         }

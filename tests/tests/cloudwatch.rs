@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use cni_metrics_agent::sim::{PageStyle, SimIpamd};
-use cni_metrics_aggregator::demo::FakeIpamd;
 use cni_metrics_e2e::*;
+use cni_metrics_testkit::sim::{PageStyle, SimIpamd};
+use cni_metrics_testkit::FakeIpamd;
 use serde_json::json;
 
 fn now() -> f64 {

@@ -287,11 +287,11 @@ async fn dashboards_and_alerts_use_real_metric_names() -> Result<()> {
 
     // Prometheus: a live aggregator (with breakdowns and a CloudWatch sink) and agent.
     let dir = scratch_dir("dashboards")?;
-    let mut sim = cni_metrics_agent::sim::SimIpamd::new(cni_metrics_agent::sim::PageStyle::Modern, 5, 1.0);
+    let mut sim = cni_metrics_testkit::sim::SimIpamd::new(cni_metrics_testkit::sim::PageStyle::Modern, 5, 1.0);
     for _ in 0..10 {
         sim.step();
     }
-    let fake = cni_metrics_aggregator::demo::FakeIpamd::start(sim, std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let fake = cni_metrics_testkit::FakeIpamd::start(sim, std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let agg = cni_metrics_e2e::Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--breakdown", "az,subnet", "--cloudwatch", "true"])?;
     let agent = cni_metrics_e2e::start_agent(&dir, "node-1", &fake.url(), &agg.grpc, &["--availability-zone", "eu-west-1a"])?;
     let line = agent.wait_log("agent HTTP endpoint", std::time::Duration::from_secs(10))?;

@@ -71,6 +71,10 @@ async fn images_are_scratch_nonroot_and_run() -> Result<()> {
         let version = String::from_utf8_lossy(&run.stdout).into_owned();
         ensure!(run.status.success() && version.starts_with(&format!("cni-metrics-{name} ")), "{name}: --version printed {version:?}");
         println!("{name}: {} bytes compressed, {version}", std::fs::metadata(&archive)?.len());
+        if name == "aggregator" {
+            let demo = Command::new(rootfs.join("cni-metrics-aggregator")).arg("demo").output()?;
+            ensure!(!demo.status.success(), "the production aggregator is built without the demo");
+        }
     }
     run_from_images(&dir).await
 }
@@ -82,8 +86,8 @@ async fn run_from_images(dir: &Path) -> Result<()> {
         println!("SKIPPED run_from_images: chroot needs root");
         return Ok(());
     }
-    let sim = cni_metrics_agent::sim::SimIpamd::new(cni_metrics_agent::sim::PageStyle::Modern, 3, 1.0);
-    let fake = cni_metrics_aggregator::demo::FakeIpamd::start(sim, std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let sim = cni_metrics_testkit::sim::SimIpamd::new(cni_metrics_testkit::sim::PageStyle::Modern, 3, 1.0);
+    let fake = cni_metrics_testkit::FakeIpamd::start(sim, std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let grpc = cni_metrics_e2e::free_port()?;
     let http = cni_metrics_e2e::free_port()?;
     let chroot = |name: &str, args: &[String]| -> Result<std::process::Child> {

@@ -8,11 +8,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use cni_metrics_agent::sim::{PageStyle, SimIpamd};
-use cni_metrics_aggregator::demo::FakeIpamd;
 use cni_metrics_e2e::*;
 use cni_metrics_proto::v1::consumer_client::ConsumerClient;
 use cni_metrics_proto::v1::GetClusterRequest;
+use cni_metrics_testkit::sim::{PageStyle, SimIpamd};
+use cni_metrics_testkit::FakeIpamd;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Result;
-use cni_metrics_agent::sim::{PageStyle, SimIpamd};
-use cni_metrics_aggregator::demo::{FakeIpamd, Mode};
 use cni_metrics_e2e::*;
+use cni_metrics_testkit::sim::{PageStyle, SimIpamd};
+use cni_metrics_testkit::{FakeIpamd, Mode};
 
 fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)

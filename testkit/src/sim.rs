@@ -417,37 +417,6 @@ fn go_runtime(w: &mut String, start: f64, jitter: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parse::parse;
-
-    #[test]
-    fn every_style_renders_a_clean_realistic_page() {
-        for style in PageStyle::ALL {
-            let mut sim = SimIpamd::new(style, 7, 1_700_000_000.0);
-            for _ in 0..20 {
-                sim.step();
-            }
-            let text = sim.render();
-            let page = parse(&text);
-            assert_eq!(page.bad_lines, 0, "{style:?}: {:?}", page.first_errors);
-            assert!((6_000..20_000).contains(&text.len()), "{style:?}: {} bytes", text.len());
-            let assigned = page.samples.iter().find(|s| s.name == "awscni_assigned_ip_addresses").map(|s| s.value);
-            assert_eq!(assigned, Some(sim.assigned as f64));
-        }
-    }
-
-    #[test]
-    fn introspection_page_matches_the_node() {
-        for style in [PageStyle::Modern, PageStyle::PrefixDelegation] {
-            let mut sim = SimIpamd::new(style, 3, 1_700_000_000.0);
-            for _ in 0..10 {
-                sim.step();
-            }
-            let v: serde_json::Value = serde_json::from_str(&sim.render_enis()).unwrap_or_default();
-            let usage = crate::introspect::parse_enis(&v).unwrap_or_default();
-            assert_eq!(usage.len(), 1, "{style:?}");
-            assert_eq!((usage[0].total_ips, usage[0].assigned_ips), (sim.total_ips() as f64, sim.assigned as f64), "{style:?}");
-        }
-    }
 
     #[test]
     fn restart_resets_visible_counters_but_not_lifetime() {

@@ -18,8 +18,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use cni_metrics_agent::sim::{PageStyle, SimIpamd};
-use cni_metrics_aggregator::demo::{FakeIpamd, Mode};
+use cni_metrics_testkit::{FakeIpamd, Mode, PageStyle, SimIpamd};
 
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)

@@ -1,0 +1,14 @@
+//! Test fixtures shared by the demo, the benchmarks and the tests; never part of a production binary.
+//!
+//! - [`sim`]: an ipamd simulator (pods come and go, counters grow, ipamd restarts) rendering the pages
+//!   of four ipamd generations and the introspection JSON, with the lifetime truth tests compare to.
+//! - [`fake_ipamd`]: [`FakeIpamd`], a real HTTP server serving a simulator, with failure modes.
+//! - The `cni-metrics-fake-ipamd` binary: one fake ipamd as its own process, driven over stdin, so a
+//!   fault test can run it inside a node's network namespace.
+#![forbid(unsafe_code)]
+
+pub mod fake_ipamd;
+pub mod sim;
+
+pub use fake_ipamd::{FakeIpamd, Mode};
+pub use sim::{PageStyle, SimIpamd};
