@@ -22,7 +22,9 @@ pub mod position;
 pub mod report;
 pub mod run;
 pub mod scrape;
+mod session;
+mod state_dir;
 
 pub use config::AgentConfig;
 pub use metrics::AgentStats;
-pub use run::run;
+pub use run::{bind_http, run};

@@ -1,10 +1,12 @@
-//! `cni-metrics-agent`: wires configuration, logging and the shutdown signal to [`cni_metrics_agent::run`].
+//! `cni-metrics-agent`: wires configuration, logging, the HTTP listener and the shutdown signal to
+//! [`cni_metrics_agent::run`]; `--prepare-state-dir` (the DaemonSet's init container) instead makes
+//! the state directory the agent's and exits.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
 
 use clap::Parser;
-use cni_metrics_agent::{run, AgentConfig, AgentStats};
+use cni_metrics_agent::{bind_http, run, AgentConfig, AgentStats};
 use cni_metrics_proto::telemetry;
 
 #[tokio::main(flavor = "current_thread")]
@@ -17,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(dir = %dir.display(), owner = %owner, "state directory ready");
         return Ok(());
     }
-    run(cfg, Arc::new(AgentStats::default()), telemetry::shutdown_signal()).await?;
+    let http = bind_http(&cfg).await?;
+    run(cfg, Arc::new(AgentStats::default()), http, telemetry::shutdown_signal()).await?;
     Ok(())
 }

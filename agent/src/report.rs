@@ -58,6 +58,11 @@ pub struct ScrapeFacts {
 }
 
 impl ScrapeFacts {
+    /// Before the first scrape of a run.
+    pub fn pending(now_ms: i64) -> Self {
+        Self { status: ScrapeStatus::Pending, status_detail: "no scrape yet".to_owned(), ..Self::ok(now_ms, 0.0) }
+    }
+
     /// A successful clean scrape (benchmarks and tests).
     pub fn ok(scrape_time_ms: i64, ipamd_start_time: f64) -> Self {
         Self {

@@ -148,7 +148,7 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
         acfg.availability_zone = ["eu-west-1a", "eu-west-1b", "eu-west-1c"][i % 3].to_owned();
         acfg.instance_type = ["m5.large", "c5.xlarge", "m6i.2xlarge"][i % 3].to_owned();
         acfg.introspection_url = f.enis_url();
-        agents.push(tokio::spawn(cni_metrics_agent::run(acfg, Arc::new(AgentStats::default()), stopped())));
+        agents.push(tokio::spawn(cni_metrics_agent::run(acfg, Arc::new(AgentStats::default()), None, stopped())));
     }
 
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());

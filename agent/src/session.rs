@@ -1,0 +1,124 @@
+//! The stream to the aggregator, as the event loop sees it: [`spawn_connect`] dials (jittered backoff,
+//! TLS files re-read per attempt) and hands over a channel; [`Session::open`] sends the Hello and runs
+//! the bidirectional stream in its own task, turning the aggregator's Welcome, Ack and Commit messages
+//! into [`Event`]s. The loop owns every decision; this file only moves messages.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cni_metrics_proto::backoff::Attempts;
+use cni_metrics_proto::v1::ingest_client::IngestClient;
+use cni_metrics_proto::v1::{agent_message, aggregator_message, AgentMessage, Hello, Welcome};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tracing::warn;
+
+use crate::metrics::AgentStats;
+
+/// Largest message the agent accepts from or sends to the aggregator.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Outbound queue of one session: a stuck stream defers reports instead of growing memory.
+const SESSION_QUEUE: usize = 16;
+
+/// What the connection tasks tell the event loop.
+pub(crate) enum Event {
+    Connected(Channel, Attempts),
+    Welcome { session: u64, welcome: Welcome },
+    Ack { session: u64, seq: u64 },
+    Commit { session: u64, seq: u64 },
+    Ended { session: u64, error: Option<String> },
+}
+
+/// One stream to the aggregator.
+pub(crate) struct Session {
+    pub(crate) id: u64,
+    /// The snapshot went out (after the Welcome): deltas may follow.
+    pub(crate) welcomed: bool,
+    pub(crate) tx: mpsc::Sender<AgentMessage>,
+    pub(crate) task: JoinHandle<()>,
+}
+
+impl Session {
+    /// Start stream `id` on `channel` with `hello` as its first message.
+    pub(crate) fn open(id: u64, channel: Channel, hello: Hello, events: mpsc::Sender<Event>) -> Self {
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        // A fresh queue of SESSION_QUEUE slots always takes it.
+        let _ = tx.try_send(wrap(agent_message::Body::Hello(hello)));
+        let task = tokio::spawn(drive_session(id, channel, rx, events));
+        Self { id, welcomed: false, tx, task }
+    }
+}
+
+pub(crate) fn wrap(body: agent_message::Body) -> AgentMessage {
+    AgentMessage { body: Some(body) }
+}
+
+/// Connect (after `delay`, then with backoff) and hand the channel to the event loop. TLS files are
+/// re-read at every attempt, so rotated certificates apply at the next reconnect.
+pub(crate) fn spawn_connect(
+    endpoint: Endpoint,
+    tls: Arc<cni_metrics_proto::tls::ClientTlsFlags>,
+    delay: Duration,
+    mut attempts: Attempts,
+    ev: mpsc::Sender<Event>,
+    stats: Arc<AgentStats>,
+) {
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        loop {
+            let attempt = match tls.apply(endpoint.clone()) {
+                Ok(e) => e.connect().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match attempt {
+                Ok(channel) => {
+                    let _ = ev.send(Event::Connected(channel, attempts)).await;
+                    return;
+                }
+                Err(e) => {
+                    stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    let d = attempts.next_delay();
+                    if attempts.attempt() == 1 || attempts.attempt().is_multiple_of(10) {
+                        warn!(error = %e, attempt = attempts.attempt(), retry_in = ?d, "cannot reach aggregator");
+                    }
+                    if ev.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+    });
+}
+
+/// Run one stream: send the queued messages, forward the aggregator's answers as events.
+async fn drive_session(id: u64, channel: Channel, rx: mpsc::Receiver<AgentMessage>, ev: mpsc::Sender<Event>) {
+    let mut client = IngestClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let error = match client.stream(ReceiverStream::new(rx)).await {
+        Err(status) => Some(format!("{}: {}", status.code(), status.message())),
+        Ok(resp) => {
+            let mut inbound = resp.into_inner();
+            loop {
+                match inbound.message().await {
+                    Ok(Some(msg)) => {
+                        let event = match msg.body {
+                            Some(aggregator_message::Body::Welcome(w)) => Event::Welcome { session: id, welcome: w },
+                            Some(aggregator_message::Body::Ack(a)) => Event::Ack { session: id, seq: a.seq },
+                            Some(aggregator_message::Body::Commit(c)) => Event::Commit { session: id, seq: c.seq },
+                            None => continue,
+                        };
+                        if ev.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break None,
+                    Err(status) => break Some(format!("{}: {}", status.code(), status.message())),
+                }
+            }
+        }
+    };
+    let _ = ev.send(Event::Ended { session: id, error }).await;
+}
