@@ -1,5 +1,7 @@
-//! The gRPC `Ingest` service: one task per agent stream that validates the hello, applies reports to the
-//! shared [`ClusterState`](crate::state::ClusterState) under a short lock (never held across an await) and answers with acks.
+//! The gRPC `Ingest` service: [`IngestService::stream`] admits a stream (a `--max-streams` permit, a
+//! Hello in time, a valid node), then an [`AgentStream`] task runs it: reports are applied to the shared
+//! [`ClusterState`](crate::state::ClusterState) under a short lock (never held across an await) and
+//! answered with acks.
 //!
 //! A stream that sends garbage gets a status and is closed; other nodes are unaffected.
 //!
@@ -16,13 +18,13 @@ use cni_metrics_proto::v1::ingest_server::Ingest;
 use cni_metrics_proto::v1::{
     agent_message, aggregator_message, Ack, AgentMessage, AggregatorMessage, Commit, Label, Resume, ResumePoint, Welcome,
 };
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::shared::{lock, Shared};
-use crate::state::{IngestError, Welcomed};
+use crate::state::{IngestError, Refusal, Welcomed};
 
 /// Outbound (ack) queue per stream; acks are cumulative, so a full queue just skips one.
 const ACK_QUEUE: usize = 8;
@@ -102,14 +104,21 @@ fn commit_message(seq: u64) -> Result<AggregatorMessage, Status> {
     Ok(AggregatorMessage { body: Some(aggregator_message::Body::Commit(Commit { seq })) })
 }
 
+/// Count a refusal.
+fn refuse(state: &Shared, why: Refusal) {
+    lock(state).stats.rejected.inc(why);
+}
+
 /// Count a broken inbound stream under a bounded reason (oversized messages among them).
 fn count_stream_error(state: &Shared, status: &Status) {
-    let reason = match status.code() {
-        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => "oversized_message",
-        tonic::Code::Cancelled => "cancelled",
-        _ => "stream_error",
-    };
-    *lock(state).stats.rejected.entry(reason).or_default() += 1;
+    refuse(
+        state,
+        match status.code() {
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => Refusal::OversizedMessage,
+            tonic::Code::Cancelled => Refusal::Cancelled,
+            _ => Refusal::StreamError,
+        },
+    );
 }
 
 fn to_status(e: &IngestError) -> Status {
@@ -126,8 +135,8 @@ impl Ingest for IngestService {
 
     async fn stream(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
         let peer = request.remote_addr();
-        let Ok(slot) = self.open.clone().try_acquire_owned() else {
-            *lock(&self.state).stats.rejected.entry("too_many_streams").or_default() += 1;
+        let Ok(permit) = self.open.clone().try_acquire_owned() else {
+            refuse(&self.state, Refusal::TooManyStreams);
             warn!(?peer, max_streams = self.limits.max_streams, "stream refused: --max-streams reached");
             return Err(Status::resource_exhausted("too many agent streams (--max-streams)"));
         };
@@ -139,14 +148,14 @@ impl Ingest for IngestService {
                 return Err(status);
             }
             Err(_) => {
-                *lock(&self.state).stats.rejected.entry("no_hello").or_default() += 1;
+                refuse(&self.state, Refusal::NoHello);
                 return Err(Status::deadline_exceeded(format!("no hello within {:?}", self.limits.hello_timeout)));
             }
         };
         let hello = match first.and_then(|m| m.body) {
             Some(agent_message::Body::Hello(h)) => h,
             _ => {
-                *lock(&self.state).stats.rejected.entry("no_hello").or_default() += 1;
+                refuse(&self.state, Refusal::NoHello);
                 return Err(Status::invalid_argument("the first message of a stream must be a Hello"));
             }
         };
@@ -154,16 +163,13 @@ impl Ingest for IngestService {
             return Err(Status::unavailable("aggregator shutting down"));
         }
         let welcomed = lock(&self.state).hello(&hello, Instant::now()).map_err(|e| {
-            warn!(?peer, node = %hello.node_name, error = %e, "hello refused");
+            warn!(?peer, node = %hello.node_name, error = %e, reason = e.reason(), "hello refused");
             to_status(&e)
         })?;
-        let session = welcomed.session;
-        let run_id = hello.run_id;
-        let node = hello.node_name;
         info!(
             ?peer,
-            node = %node,
-            session,
+            node = %hello.node_name,
+            session = welcomed.session,
             run_id = hello.run_id,
             agent_version = %hello.agent_version,
             committed_seq = welcomed.committed_seq,
@@ -174,108 +180,164 @@ impl Ingest for IngestService {
         let (tx, rx) = mpsc::channel(ACK_QUEUE);
         let welcome = welcome_message(&welcomed, self.instance_id, self.started_unix_ms);
         let _ = tx.try_send(Ok(AggregatorMessage { body: Some(aggregator_message::Body::Welcome(welcome)) }));
-
-        let state = self.state.clone();
-        let StreamSignals { frozen, mut stop, mut commits } = self.signals.clone();
-        let mut sent_commit = welcomed.committed_seq;
-        tokio::spawn(async move {
-            let _slot = slot;
-            loop {
-                let next = tokio::select! {
-                    m = inbound.message() => m,
-                    Ok(()) = commits.changed() => {
-                        // Cumulative: should the queue be full, the next commit (or the last one at
-                        // shutdown) covers this one.
-                        if let Some(seq) = unsent_commit(&state, &node, session, sent_commit) {
-                            if tx.try_send(commit_message(seq)).is_ok() {
-                                sent_commit = seq;
-                            }
-                        }
-                        continue;
-                    }
-                    _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                        if let Some(seq) = unsent_commit(&state, &node, session, sent_commit) {
-                            let _ = tx.send(commit_message(seq)).await;
-                        }
-                        let _ = tx.send(Err(Status::unavailable("aggregator shutting down"))).await;
-                        lock(&state).disconnected(&node, session);
-                        return;
-                    }
-                };
-                let msg = match next {
-                    Ok(Some(m)) => m,
-                    Ok(None) => {
-                        lock(&state).disconnected(&node, session);
-                        debug!(node = %node, session, "agent stream closed without goodbye; node kept until its TTL");
-                        return;
-                    }
-                    Err(status) => {
-                        count_stream_error(&state, &status);
-                        lock(&state).disconnected(&node, session);
-                        warn!(node = %node, session, code = ?status.code(), error = %status.message(), "agent stream broken");
-                        return;
-                    }
-                };
-                match msg.body {
-                    Some(agent_message::Body::Report(r)) => {
-                        if *frozen.borrow() {
-                            // Shutting down: not applied, not acknowledged; the agent's next aggregator
-                            // counts it from the last commit.
-                            continue;
-                        }
-                        let applied = lock(&state).report(&node, session, &r, Instant::now());
-                        match applied {
-                            Ok(a) => {
-                                if let Some(recovered) = a.recovered {
-                                    info!(node = %node, session, seq = r.seq, recovered, "run first seen mid-way: counting its increments since its last commit");
-                                }
-                                let ack = AggregatorMessage { body: Some(aggregator_message::Body::Ack(Ack { seq: a.ack })) };
-                                let _ = tx.try_send(Ok(ack));
-                            }
-                            Err(e) => {
-                                warn!(node = %node, session, seq = r.seq, error = %e, reason = e.reason(), "report refused; closing stream");
-                                let _ = tx.send(Err(to_status(&e))).await;
-                                lock(&state).disconnected(&node, session);
-                                return;
-                            }
-                        }
-                    }
-                    Some(agent_message::Body::Goodbye(g)) => {
-                        let removed = lock(&state).goodbye(&node, session);
-                        info!(node = %node, session, reason = %g.reason, removed, "agent said goodbye");
-                        // A keeping agent writes its position from the commits of windows already closed:
-                        // send them before ending the stream.
-                        let deadline = tokio::time::Instant::now() + FAREWELL;
-                        let mut last = false;
-                        loop {
-                            let Some((committed, closed)) = lock(&state).departed_commits(&node, run_id) else { break };
-                            if committed > sent_commit {
-                                if tx.send(commit_message(committed)).await.is_err() {
-                                    break;
-                                }
-                                sent_commit = committed;
-                            }
-                            if committed >= closed || last {
-                                break;
-                            }
-                            // One more look after shutdown's final commit or the deadline, then end.
-                            tokio::select! {
-                                r = commits.changed() => if r.is_err() { break },
-                                _ = stop.wait_for(|s| *s) => last = true,
-                                _ = tokio::time::sleep_until(deadline) => last = true,
-                            }
-                        }
-                        return;
-                    }
-                    Some(agent_message::Body::Hello(_)) | None => {
-                        warn!(node = %node, session, "unexpected message on an open stream; closing it");
-                        let _ = tx.send(Err(Status::invalid_argument("only Report or Goodbye may follow the Hello"))).await;
-                        lock(&state).disconnected(&node, session);
-                        return;
-                    }
-                }
-            }
-        });
+        let stream = AgentStream {
+            state: self.state.clone(),
+            node: hello.node_name,
+            session: welcomed.session,
+            run_id: hello.run_id,
+            inbound,
+            tx,
+            signals: self.signals.clone(),
+            sent_commit: welcomed.committed_seq,
+            _permit: permit,
+        };
+        tokio::spawn(stream.run());
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// What the stream loop does after a message.
+enum Next {
+    Continue,
+    End,
+}
+
+/// One admitted agent stream, run by its own task until the agent leaves, breaks the stream or the
+/// aggregator stops. Holds its `--max-streams` permit whichever way it ends.
+pub struct AgentStream {
+    state: Shared,
+    node: String,
+    session: u64,
+    run_id: u64,
+    inbound: Streaming<AgentMessage>,
+    tx: mpsc::Sender<Result<AggregatorMessage, Status>>,
+    signals: StreamSignals,
+    /// The last commit sent to the agent.
+    sent_commit: u64,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AgentStream {
+    pub async fn run(mut self) {
+        loop {
+            let next = tokio::select! {
+                m = self.inbound.message() => m,
+                Ok(()) = self.signals.commits.changed() => {
+                    self.on_commits_changed();
+                    continue;
+                }
+                _ = async { let _ = self.signals.stop.wait_for(|s| *s).await; } => {
+                    self.on_stop().await;
+                    return;
+                }
+            };
+            let msg = match next {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    lock(&self.state).disconnected(&self.node, self.session);
+                    debug!(node = %self.node, session = self.session, "agent stream closed without goodbye; node kept until its TTL");
+                    return;
+                }
+                Err(status) => {
+                    count_stream_error(&self.state, &status);
+                    lock(&self.state).disconnected(&self.node, self.session);
+                    warn!(node = %self.node, session = self.session, code = ?status.code(), error = %status.message(), "agent stream broken");
+                    return;
+                }
+            };
+            let next = match msg.body {
+                Some(agent_message::Body::Report(r)) => self.on_report(&r).await,
+                Some(agent_message::Body::Goodbye(g)) => {
+                    self.on_goodbye(&g.reason).await;
+                    Next::End
+                }
+                Some(agent_message::Body::Hello(_)) | None => {
+                    warn!(node = %self.node, session = self.session, "unexpected message on an open stream; closing it");
+                    refuse(&self.state, Refusal::UnexpectedMessage);
+                    self.close(Status::invalid_argument("only Report or Goodbye may follow the Hello")).await;
+                    Next::End
+                }
+            };
+            if let Next::End = next {
+                return;
+            }
+        }
+    }
+
+    /// The publisher committed windows: send the node's new committed seq. Cumulative: should the
+    /// queue be full, the next commit (or the last one at shutdown) covers this one.
+    fn on_commits_changed(&mut self) {
+        if let Some(seq) = unsent_commit(&self.state, &self.node, self.session, self.sent_commit) {
+            if self.tx.try_send(commit_message(seq)).is_ok() {
+                self.sent_commit = seq;
+            }
+        }
+    }
+
+    /// The last window is delivered: send the last commit and end with UNAVAILABLE so the agent
+    /// reconnects elsewhere.
+    async fn on_stop(&mut self) {
+        if let Some(seq) = unsent_commit(&self.state, &self.node, self.session, self.sent_commit) {
+            let _ = self.tx.send(commit_message(seq)).await;
+        }
+        let _ = self.tx.send(Err(Status::unavailable("aggregator shutting down"))).await;
+        lock(&self.state).disconnected(&self.node, self.session);
+    }
+
+    async fn on_report(&mut self, r: &cni_metrics_proto::v1::Report) -> Next {
+        if *self.signals.frozen.borrow() {
+            // Shutting down: not applied, not acknowledged; the agent's next aggregator counts it from
+            // the last commit.
+            return Next::Continue;
+        }
+        let applied = lock(&self.state).report(&self.node, self.session, r, Instant::now());
+        match applied {
+            Ok(a) => {
+                if let Some(recovered) = a.recovered {
+                    info!(node = %self.node, session = self.session, seq = r.seq, recovered, "run first seen mid-way: counting its increments since its last commit");
+                }
+                let ack = AggregatorMessage { body: Some(aggregator_message::Body::Ack(Ack { seq: a.ack })) };
+                let _ = self.tx.try_send(Ok(ack));
+                Next::Continue
+            }
+            Err(e) => {
+                warn!(node = %self.node, session = self.session, seq = r.seq, error = %e, reason = e.reason(), "report refused; closing stream");
+                self.close(to_status(&e)).await;
+                Next::End
+            }
+        }
+    }
+
+    /// A goodbye: the node leaves. A keeping agent writes its position from the commits of windows
+    /// already closed, so those are sent (within [`FAREWELL`]) before the stream ends.
+    async fn on_goodbye(&mut self, reason: &str) {
+        let removed = lock(&self.state).goodbye(&self.node, self.session);
+        info!(node = %self.node, session = self.session, reason = %reason, removed, "agent said goodbye");
+        let deadline = tokio::time::Instant::now() + FAREWELL;
+        let mut last = false;
+        loop {
+            let Some((committed, closed)) = lock(&self.state).departed_commits(&self.node, self.run_id) else { break };
+            if committed > self.sent_commit {
+                if self.tx.send(commit_message(committed)).await.is_err() {
+                    break;
+                }
+                self.sent_commit = committed;
+            }
+            if committed >= closed || last {
+                break;
+            }
+            // One more look after shutdown's final commit or the deadline, then end.
+            tokio::select! {
+                r = self.signals.commits.changed() => if r.is_err() { break },
+                _ = self.signals.stop.wait_for(|s| *s) => last = true,
+                _ = tokio::time::sleep_until(deadline) => last = true,
+            }
+        }
+    }
+
+    /// End the stream with `status`.
+    async fn close(&mut self, status: Status) {
+        let _ = self.tx.send(Err(status)).await;
+        lock(&self.state).disconnected(&self.node, self.session);
     }
 }

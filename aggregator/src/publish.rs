@@ -22,11 +22,16 @@ use crate::shared::{lock, Shared};
 use crate::sinks::Sink;
 use crate::state::CommitMark;
 
+cni_metrics_proto::label_enum! {
+    /// The `result` of `cni_metrics_publishes_total`.
+    pub enum PublishResult { Ok => "ok", Error => "error" }
+}
+
 /// Publish outcomes, for `/metrics` and `/readyz`.
 #[derive(Debug, Default)]
 pub struct PublishStats {
-    /// (sink, "ok" | "error") → count.
-    pub publishes: BTreeMap<(&'static str, &'static str), u64>,
+    /// (sink, result) → count.
+    pub publishes: BTreeMap<(&'static str, PublishResult), u64>,
     pub datums: BTreeMap<&'static str, u64>,
     pub windows: u64,
     pub last_success_unix_ms: BTreeMap<&'static str, i64>,
@@ -112,12 +117,12 @@ pub async fn publish_once(state: &Shared, sinks: &[Arc<dyn Sink>], stats: &Mutex
         let mut st = stats.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(()) => {
-                *st.publishes.entry((sink.name(), "ok")).or_default() += 1;
+                *st.publishes.entry((sink.name(), PublishResult::Ok)).or_default() += 1;
                 *st.datums.entry(sink.name()).or_default() += window.datums.len() as u64;
                 st.last_success_unix_ms.insert(sink.name(), window.end_unix_ms);
             }
             Err(e) => {
-                *st.publishes.entry((sink.name(), "error")).or_default() += 1;
+                *st.publishes.entry((sink.name(), PublishResult::Error)).or_default() += 1;
                 warn!(sink = sink.name(), error = %e, datums = window.datums.len(), "publish failed");
             }
         }

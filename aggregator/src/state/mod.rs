@@ -38,10 +38,11 @@ mod stats;
 mod window;
 pub use breakdown::{Breakdowns, Dim, GroupTotals, NodeSubnet, SubnetTotals};
 pub use capacity::{CapRole, Capacity, CapacityTotals, NodeCapacity};
+pub use cni_metrics_proto::status::status_label;
 use node::{unpublished_entry, Departed, NodeSeries, ResumeKey};
 pub use node::{CommitMark, NodeState, Resume, Welcomed};
 use series::{validate_def, withdraw, Slot};
-pub use stats::{status_label, IngestError, IngestStats};
+pub use stats::{IngestError, IngestStats, Refusal, SeriesRefusal};
 pub use window::{Datum, Window};
 
 /// Limits and defaults of the state.
@@ -153,7 +154,16 @@ impl ClusterState {
     }
 
     /// A stream said hello: (re)register the node; returns its session id, TTL and commit/resume facts.
+    /// A refused hello is counted by its reason.
     pub fn hello(&mut self, h: &Hello, now: Instant) -> Result<Welcomed, IngestError> {
+        let result = self.admit(h, now);
+        if let Err(e) = &result {
+            self.stats.rejected.inc(e.refusal());
+        }
+        result
+    }
+
+    fn admit(&mut self, h: &Hello, now: Instant) -> Result<Welcomed, IngestError> {
         if h.node_name.is_empty() || h.node_name.len() > 253 {
             return Err(IngestError::BadNodeName);
         }
@@ -166,7 +176,6 @@ impl ClusterState {
         // (a restarted agent's old stream is closed by then). Refuse it; the live one keeps the node.
         if let Some(n) = self.nodes.get(h.node_name.as_str()) {
             if n.run_id != h.run_id && n.connected && now.saturating_duration_since(n.last_seen) <= n.interval * 2 {
-                *self.stats.rejected.entry("duplicate_node").or_default() += 1;
                 return Err(IngestError::DuplicateNode(h.node_name.clone()));
             }
         }
@@ -290,7 +299,7 @@ impl ClusterState {
         let result = self.apply(node, session, r, now);
         match &result {
             Ok(_) => self.stats.reports += 1,
-            Err(e) => *self.stats.rejected.entry(e.reason()).or_default() += 1,
+            Err(e) => self.stats.rejected.inc(e.refusal()),
         }
         result
     }

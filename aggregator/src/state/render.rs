@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use cni_metrics_proto::catalog;
+use cni_metrics_proto::labels::{Counts, Label};
 use cni_metrics_proto::v1::{FamilyType, MetricKind};
 
 use super::series::Slot;
@@ -187,8 +188,8 @@ impl ClusterState {
             "Reports ignored because a newer one was already applied",
             st.reports_ignored_old_seq,
         );
-        labelled(out, "cni_metrics_reports_rejected_total", "Agent messages refused, by reason", "counter", "reason", &st.rejected);
-        labelled(out, "cni_metrics_series_rejected_total", "Series refused, by reason", "counter", "reason", &st.series_rejected);
+        counts(out, cid, "cni_metrics_reports_rejected_total", "Agent streams and messages refused, by reason", "reason", &st.rejected);
+        counts(out, cid, "cni_metrics_series_rejected_total", "Series refused, by reason", "reason", &st.series_rejected);
         labelled(
             out,
             "cni_metrics_scrape_errors_total",
@@ -250,6 +251,14 @@ impl ClusterState {
             st.departed_evicted,
         );
         gauge(out, "cni_metrics_departed_nodes", "Departed-node records kept for continuation and resume", self.departed.len() as f64);
+    }
+}
+
+/// A counter family with one sample per value of label `L` (zeros included).
+fn counts<L: Label>(out: &mut String, cid: &str, name: &str, help: &str, label: &str, counts: &Counts<L>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (l, v) in counts.iter() {
+        let _ = writeln!(out, "{name}{{cluster_id=\"{cid}\",{label}=\"{}\"}} {v}", l.as_str());
     }
 }
 

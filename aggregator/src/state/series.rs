@@ -8,7 +8,7 @@ use cni_metrics_proto::catalog::{self, NodeFold};
 use cni_metrics_proto::v1::{FamilyType, MetricKind, SeriesDef};
 
 use super::node::{unpublished_entry, NodeSeries, ResumeKey};
-use super::{CapRole, ClusterState, IngestError};
+use super::{CapRole, ClusterState, IngestError, SeriesRefusal};
 
 /// One cluster series.
 #[derive(Debug)]
@@ -50,7 +50,7 @@ impl ClusterState {
         let per_node = self.nodes.get(node_name).map_or(0, |n| n.series.len());
         let kind = MetricKind::try_from(d.kind).unwrap_or(MetricKind::Gauge);
         let slot = if per_node >= self.cfg.max_series_per_node {
-            *self.stats.series_rejected.entry("node_limit").or_default() += 1;
+            self.stats.series_rejected.inc(SeriesRefusal::NodeLimit);
             None
         } else {
             self.slot_for(d, kind)
@@ -88,13 +88,13 @@ impl ClusterState {
         let key = (name.clone(), labels);
         if let Some(&i) = self.slot_index.get(&key) {
             if self.slots[i as usize].kind != kind {
-                *self.stats.series_rejected.entry("kind_conflict").or_default() += 1;
+                self.stats.series_rejected.inc(SeriesRefusal::KindConflict);
                 return None;
             }
             return Some(i);
         }
         if self.slots.len() >= self.cfg.max_cluster_series {
-            *self.stats.series_rejected.entry("cluster_limit").or_default() += 1;
+            self.stats.series_rejected.inc(SeriesRefusal::ClusterLimit);
             return None;
         }
         let family = self.intern(&d.family);
@@ -129,7 +129,7 @@ impl ClusterState {
     pub(super) fn apply_value(&mut self, node_name: &Arc<str>, id: u32, v: f64) -> Option<CapRole> {
         let node = self.nodes.get_mut(node_name)?;
         let Some(s) = node.series.get_mut(&id) else {
-            *self.stats.series_rejected.entry("unknown_id").or_default() += 1;
+            self.stats.series_rejected.inc(SeriesRefusal::UnknownId);
             return None;
         };
         let slot_i = s.slot?;

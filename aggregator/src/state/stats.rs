@@ -3,7 +3,37 @@
 
 use std::collections::BTreeMap;
 
-use cni_metrics_proto::v1::ScrapeStatus;
+use cni_metrics_proto::labels::Counts;
+
+cni_metrics_proto::label_enum! {
+    /// Why a stream or message was refused: the `reason` of `cni_metrics_reports_rejected_total`.
+    pub enum Refusal {
+        TooManyStreams => "too_many_streams",
+        NoHello => "no_hello",
+        OversizedMessage => "oversized_message",
+        Cancelled => "cancelled",
+        StreamError => "stream_error",
+        UnexpectedMessage => "unexpected_message",
+        BadNodeName => "bad_node_name",
+        BadInterval => "bad_interval",
+        StaleSession => "stale_session",
+        SnapshotExpected => "snapshot_expected",
+        LengthMismatch => "length_mismatch",
+        Redefined => "redefined",
+        BadDef => "bad_def",
+        DuplicateNode => "duplicate_node",
+    }
+}
+
+cni_metrics_proto::label_enum! {
+    /// Why a series was refused: the `reason` of `cni_metrics_series_rejected_total`.
+    pub enum SeriesRefusal {
+        NodeLimit => "node_limit",
+        ClusterLimit => "cluster_limit",
+        KindConflict => "kind_conflict",
+        UnknownId => "unknown_id",
+    }
+}
 
 /// Why a hello or report was refused. Bounded: used as a metric label.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -29,18 +59,22 @@ pub enum IngestError {
 }
 
 impl IngestError {
-    pub fn reason(&self) -> &'static str {
+    pub fn refusal(&self) -> Refusal {
         match self {
-            IngestError::BadNodeName => "bad_node_name",
-            IngestError::BadInterval => "bad_interval",
-            IngestError::StaleSession(_) => "stale_session",
-            IngestError::SnapshotExpected => "snapshot_expected",
-            IngestError::LengthMismatch { .. } => "length_mismatch",
-            IngestError::Redefined(_) => "redefined",
-            IngestError::BadDef(_) => "bad_def",
-            IngestError::DuplicateNode(_) => "duplicate_node",
-            IngestError::RawMismatch { .. } => "length_mismatch",
+            IngestError::BadNodeName => Refusal::BadNodeName,
+            IngestError::BadInterval => Refusal::BadInterval,
+            IngestError::StaleSession(_) => Refusal::StaleSession,
+            IngestError::SnapshotExpected => Refusal::SnapshotExpected,
+            IngestError::LengthMismatch { .. } | IngestError::RawMismatch { .. } => Refusal::LengthMismatch,
+            IngestError::Redefined(_) => Refusal::Redefined,
+            IngestError::BadDef(_) => Refusal::BadDef,
+            IngestError::DuplicateNode(_) => Refusal::DuplicateNode,
         }
+    }
+
+    /// The label value of [`IngestError::refusal`], for logs.
+    pub fn reason(&self) -> &'static str {
+        cni_metrics_proto::labels::Label::as_str(self.refusal())
     }
 }
 
@@ -50,8 +84,8 @@ pub struct IngestStats {
     pub sessions: u64,
     pub reports: u64,
     pub reports_ignored_old_seq: u64,
-    pub rejected: BTreeMap<&'static str, u64>,
-    pub series_rejected: BTreeMap<&'static str, u64>,
+    pub rejected: Counts<Refusal>,
+    pub series_rejected: Counts<SeriesRefusal>,
     pub scrape_errors: BTreeMap<&'static str, u64>,
     pub bad_lines: u64,
     pub nonfinite_values: u64,
@@ -76,17 +110,4 @@ pub struct IngestStats {
     pub departed_evicted: u64,
     /// Times a node started reporting impossible capacity values.
     pub capacity_anomalies: u64,
-}
-
-pub fn status_label(s: ScrapeStatus) -> &'static str {
-    match s {
-        ScrapeStatus::Ok => "ok",
-        ScrapeStatus::Refused => "refused",
-        ScrapeStatus::Timeout => "timeout",
-        ScrapeStatus::HttpError => "http_error",
-        ScrapeStatus::TooLarge => "too_large",
-        ScrapeStatus::Garbage => "garbage",
-        ScrapeStatus::Unreachable => "unreachable",
-        ScrapeStatus::Pending => "pending",
-    }
 }

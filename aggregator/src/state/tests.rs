@@ -145,6 +145,8 @@ fn protocol_errors_table() {
     let mut st = ClusterState::new(StateConfig::default());
     assert_eq!(st.hello(&hello("", 1), t0), Err(IngestError::BadNodeName));
     assert_eq!(st.hello(&Hello { interval_ms: 0, ..hello("x", 1) }, t0), Err(IngestError::BadInterval));
+    // Refused hellos are counted too.
+    assert_eq!((st.stats.rejected.get(Refusal::BadNodeName), st.stats.rejected.get(Refusal::BadInterval)), (1, 1));
     let s = st.hello(&hello("n1", 1), t0).expect("hello").session;
     let cases: Vec<(Report, IngestError)> = vec![
         (report(1, false, vec![], &[], &[]), IngestError::SnapshotExpected),
@@ -174,10 +176,10 @@ fn protocol_errors_table() {
     st.report("n1", s, &report(1, true, vec![def(1, ASSIGNED, MetricKind::Gauge, &[])], &[(1, 1.0)], &[]), t0).expect("ok");
     let redefine = report(2, false, vec![def(1, ADD, MetricKind::Gauge, &[])], &[], &[]);
     assert_eq!(st.report("n1", s, &redefine, t0), Err(IngestError::Redefined(1)));
-    assert_eq!(st.stats.rejected.values().sum::<u64>(), 6);
+    assert_eq!(st.stats.rejected.total(), 8, "6 reports and 2 hellos");
     // Unknown ids and non-finite values are counted, not applied.
     st.report("n1", s, &report(3, false, vec![], &[(42, 1.0), (1, f64::NAN)], &[]), t0).expect("ok");
-    assert_eq!(st.stats.series_rejected.get("unknown_id"), Some(&1));
+    assert_eq!(st.stats.series_rejected.get(SeriesRefusal::UnknownId), 1);
     assert_eq!(st.stats.nonfinite_values, 1);
     assert_eq!(st.value(ASSIGNED, &[]), None, "NaN withdraws the node's gauge");
 }
@@ -217,7 +219,7 @@ fn label_folds_kinds_and_latency() {
     let s = st.hello(&hello("c", 3), t0).expect("hello").session;
     st.report("c", s, &report(1, true, vec![def(1, ASSIGNED, MetricKind::Counter, &[])], &[(1, 1.0)], &[]), t0).expect("snap");
     st.report("b", sb, &report(3, false, vec![def(9, ASSIGNED, MetricKind::Gauge, &[])], &[(9, 1.0)], &[]), t0).expect("upd");
-    assert_eq!(st.stats.series_rejected.get("kind_conflict"), Some(&1));
+    assert_eq!(st.stats.series_rejected.get(SeriesRefusal::KindConflict), 1);
 }
 
 #[test]
@@ -455,7 +457,7 @@ fn a_second_agent_claiming_a_live_node_is_refused() {
     let mut st = ClusterState::new(StateConfig::default());
     let s1 = join(&mut st, "n1", 1, 5.0, 0.0, t0);
     assert_eq!(st.hello(&hello("n1", 2), t0), Err(IngestError::DuplicateNode("n1".into())));
-    assert_eq!(st.stats.rejected.get("duplicate_node"), Some(&1));
+    assert_eq!(st.stats.rejected.get(Refusal::DuplicateNode), 1);
     // The live agent is unaffected.
     st.report("n1", s1, &report(2, false, vec![], &[(1, 6.0)], &[]), t0).expect("still the node's stream");
     assert_eq!(st.value(ASSIGNED, &[]), Some(6.0));

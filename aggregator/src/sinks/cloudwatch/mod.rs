@@ -30,6 +30,7 @@ use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use aws_sdk_cloudwatch::Client;
 use cni_metrics_proto::clock::unix_ms_now;
+use cni_metrics_proto::labels::{Counts, Label};
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
@@ -45,10 +46,33 @@ pub use retry::{classify, heal_hint, Retry};
 use super::{BoxFuture, Sink, SinkError};
 use crate::state::Window;
 
+cni_metrics_proto::label_enum! {
+    /// The `result` of `cni_metrics_cloudwatch_requests_total`.
+    enum RequestResult {
+        Ok => "ok",
+        RetryableError => "retryable_error",
+        HeldError => "held_error",
+        Rejected => "rejected",
+    }
+}
+
+cni_metrics_proto::label_enum! {
+    /// The `outcome` of `cni_metrics_cloudwatch_datums_total`.
+    enum DatumOutcome {
+        Sent => "sent",
+        Rejected => "rejected",
+        SkippedNonfinite => "skipped_nonfinite",
+        Filtered => "filtered",
+        DroppedBacklogFull => "dropped_backlog_full",
+        DroppedShutdown => "dropped_shutdown",
+    }
+}
+
 #[derive(Debug, Default)]
 struct Stats {
-    requests: BTreeMap<&'static str, u64>,
-    datums: BTreeMap<&'static str, u64>,
+    requests: Counts<RequestResult>,
+    datums: Counts<DatumOutcome>,
+    /// By error type: bounded by [`classify`]'s codes.
     errors: BTreeMap<&'static str, u64>,
     retries: u64,
     last_success_ms: Option<i64>,
@@ -162,13 +186,13 @@ impl Sink for CloudWatchSink {
                 }
             }
             let mut st = lock(&self.shared.stats);
-            *st.datums.entry("skipped_nonfinite").or_default() += nonfinite;
-            *st.datums.entry("filtered").or_default() += filtered;
+            st.datums.add(DatumOutcome::SkippedNonfinite, nonfinite);
+            st.datums.add(DatumOutcome::Filtered, filtered);
             if nonfinite > 0 {
                 warn!(count = nonfinite, "NaN/Inf datums skipped: CloudWatch rejects them");
             }
             if dropped > 0 {
-                *st.datums.entry("dropped_backlog_full").or_default() += dropped as u64;
+                st.datums.add(DatumOutcome::DroppedBacklogFull, dropped as u64);
                 error!(
                     datums = dropped,
                     max_windows = self.shared.cfg.max_backlog_windows,
@@ -197,7 +221,7 @@ impl Sink for CloudWatchSink {
             }
             let (_, left) = self.backlog();
             if left > 0 {
-                *lock(&self.shared.stats).datums.entry("dropped_shutdown").or_default() += left as u64;
+                lock(&self.shared.stats).datums.add(DatumOutcome::DroppedShutdown, left as u64);
                 error!(datums = left, "CloudWatch datums not delivered before shutdown");
             }
         })
@@ -221,15 +245,25 @@ impl Sink for CloudWatchSink {
         let (windows, datums) = self.backlog();
         let st = lock(&self.shared.stats);
         let c = cluster_id;
-        let mut family = |name: &str, help: &str, kind: &str, label: &str, m: &BTreeMap<&'static str, u64>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        let mut family = |name: &str, help: &str, label: &str, m: &mut dyn Iterator<Item = (&'static str, u64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for (k, v) in m {
                 let _ = writeln!(out, "{name}{{cluster_id=\"{c}\",{label}=\"{k}\"}} {v}");
             }
         };
-        family("cni_metrics_cloudwatch_requests_total", "PutMetricData attempts by result", "counter", "result", &st.requests);
-        family("cni_metrics_cloudwatch_datums_total", "Datums by outcome", "counter", "outcome", &st.datums);
-        family("cni_metrics_cloudwatch_errors_total", "Failed PutMetricData attempts by error type", "counter", "error_type", &st.errors);
+        family(
+            "cni_metrics_cloudwatch_requests_total",
+            "PutMetricData attempts by result",
+            "result",
+            &mut st.requests.iter().map(|(l, v)| (l.as_str(), v)),
+        );
+        family("cni_metrics_cloudwatch_datums_total", "Datums by outcome", "outcome", &mut st.datums.iter().map(|(l, v)| (l.as_str(), v)));
+        family(
+            "cni_metrics_cloudwatch_errors_total",
+            "Failed PutMetricData attempts by error type",
+            "error_type",
+            &mut st.errors.iter().map(|(k, v)| (*k, *v)),
+        );
         let _ = writeln!(
             out,
             "# HELP cni_metrics_cloudwatch_retries_total PutMetricData retries\n# TYPE cni_metrics_cloudwatch_retries_total counter"
@@ -383,7 +417,7 @@ async fn deliver(client: &Client, shared: &Shared, batch: &[Queued], cluster_id:
                     stack.push(a);
                 } else {
                     let q = &part[0];
-                    *lock(&shared.stats).datums.entry("rejected").or_default() += 1;
+                    lock(&shared.stats).datums.inc(DatumOutcome::Rejected);
                     error!(
                         error_type = kind,
                         metric = q.metric_name,
@@ -435,19 +469,18 @@ async fn put(client: &Client, shared: &Shared, part: &[Queued], cluster_id: &str
     let mut st = lock(&shared.stats);
     match outcome {
         Ok(()) => {
-            *st.requests.entry("ok").or_default() += 1;
-            *st.datums.entry("sent").or_default() += part.len() as u64;
+            st.requests.inc(RequestResult::Ok);
+            st.datums.add(DatumOutcome::Sent, part.len() as u64);
             st.last_success_ms = Some(unix_ms_now());
             st.last_attempt_ok = Some(true);
             Ok(())
         }
         Err((retry, kind, msg)) => {
-            let result = match retry {
-                Retry::Retryable => "retryable_error",
-                Retry::Heal => "held_error",
-                Retry::Rejected => "rejected",
-            };
-            *st.requests.entry(result).or_default() += 1;
+            st.requests.inc(match retry {
+                Retry::Retryable => RequestResult::RetryableError,
+                Retry::Heal => RequestResult::HeldError,
+                Retry::Rejected => RequestResult::Rejected,
+            });
             *st.errors.entry(kind).or_default() += 1;
             st.last_attempt_ok = Some(false);
             drop(st);
