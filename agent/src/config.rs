@@ -133,32 +133,30 @@ pub enum ConfigError {
 }
 
 impl AgentConfig {
-    /// Defaults for an in-process agent (tests and the demo).
+    /// Every flag at its default, the environment ignored. The clap attributes above are the one
+    /// source of defaults: [`AgentConfig::for_test`] and the pure cores' `Default`s derive from them
+    /// or are tested against them.
+    pub fn defaults() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let cmd = Self::command().mut_args(|a| a.env(None::<&'static str>));
+        // Only the defaults are parsed here, so this fails only if an attribute above is broken
+        // (`defaults_parse_and_match_the_cores` proves it does not).
+        let m = cmd.try_get_matches_from(["cni-metrics-agent"]).expect("the agent's flag defaults parse");
+        Self::from_arg_matches(&m).expect("the agent's flag defaults parse")
+    }
+
+    /// Defaults for an in-process agent (tests and the demo): loopback only, no instance metadata, no
+    /// introspection, no HTTP endpoint.
     pub fn for_test(ipamd_url: &str, aggregator: &str, node_name: &str, interval: Duration) -> Self {
         Self {
             ipamd_url: ipamd_url.to_owned(),
             interval,
             node_name: Some(node_name.to_owned()),
             aggregator: aggregator.to_owned(),
-            initial_window: Duration::from_secs(300),
-            scrape_timeout: Duration::from_secs(2),
-            keepalive: Duration::from_secs(30),
-            max_page_bytes: 8 * 1024 * 1024,
-            max_series: 2000,
-            availability_zone: String::new(),
-            instance_type: String::new(),
-            instance_id: String::new(),
-            region: String::new(),
-            cluster_name: String::new(),
-            // Tests and the demo never leave loopback.
             imds: false,
-            imds_endpoint: String::new(),
             introspection_url: String::new(),
             http_listen: String::new(),
-            tls: cni_metrics_proto::tls::ClientTlsFlags::default(),
-            log_format: LogFormat::Text,
-            state_dir: String::new(),
-            prepare_state_dir: None,
+            ..Self::defaults()
         }
     }
 
@@ -218,6 +216,17 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<AgentConfig, clap::Error> {
         AgentConfig::try_parse_from(std::iter::once("cni-metrics-agent").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_parse_and_match_the_cores() {
+        let d = AgentConfig::defaults();
+        assert_eq!((d.interval, d.scrape_timeout, d.keepalive), (Duration::from_secs(30), Duration::from_secs(5), Duration::from_secs(30)));
+        assert!(d.imds && d.state_dir.is_empty() && d.http_listen == "0.0.0.0:61691", "{d:?}");
+        let core = crate::delta::DeltaConfig::default();
+        assert_eq!((d.initial_window, d.max_series), (core.initial_window, core.max_series), "DeltaConfig::default drifted from the flags");
+        let t = AgentConfig::for_test("http://i", "http://a", "n", Duration::from_secs(1));
+        assert_eq!((t.max_page_bytes, t.imds, t.http_listen.as_str()), (d.max_page_bytes, false, ""));
     }
 
     #[test]

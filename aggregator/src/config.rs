@@ -280,39 +280,44 @@ impl AggregatorConfig {
         }
     }
 
-    /// Defaults for an in-process aggregator on loopback (tests and the demo).
+    /// The cluster state's configuration.
+    pub fn state_config(&self) -> crate::state::StateConfig {
+        crate::state::StateConfig {
+            cluster_id: self.cluster_id.clone().unwrap_or_default(),
+            node_ttl: self.node_ttl,
+            max_cluster_series: self.max_cluster_series,
+            max_series_per_node: self.max_series_per_node,
+            low_ip_threshold: self.low_ip_threshold as f64,
+            breakdown: self.breakdown.clone(),
+            max_breakdown_groups: self.max_breakdown_groups,
+            max_departed: self.max_departed_nodes,
+        }
+    }
+
+    /// Every flag at its default, the environment ignored. The clap attributes above are the one
+    /// source of defaults: [`AggregatorConfig::for_test`] derives from them and the cores' `Default`s
+    /// are tested against them.
+    pub fn defaults() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let cmd = Cli::command().mut_args(|a| a.env(None::<&'static str>));
+        // Only the defaults are parsed here, so this fails only if an attribute above is broken
+        // (`defaults_and_demo` proves it does not).
+        let m = cmd.try_get_matches_from(["cni-metrics-aggregator"]).expect("the aggregator's flag defaults parse");
+        Cli::from_arg_matches(&m).expect("the aggregator's flag defaults parse").aggregator
+    }
+
+    /// Defaults for an in-process aggregator on loopback (tests and the demo): free ports, no sink.
     pub fn for_test(cluster_id: &str) -> Self {
         Self {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             cluster_id: Some(cluster_id.to_owned()),
-            publish_interval: Duration::from_secs(60),
-            node_ttl: None,
-            prometheus: true,
             cloudwatch: false,
-            region: None,
-            cloudwatch_namespace: "Kubernetes".into(),
-            storage_resolution: 60,
-            metric_allow_list: Vec::new(),
-            max_backlog_windows: 1440,
-            cloudwatch_auth_retry_max: Duration::from_secs(300),
-            shutdown_grace: Duration::from_secs(5),
             stdout: false,
-            max_message_bytes: 4 * 1024 * 1024,
-            max_streams_per_connection: 16,
-            max_streams: 20_000,
-            hello_timeout: Duration::from_secs(10),
-            max_cluster_series: 200_000,
-            max_series_per_node: 5_000,
-            max_departed_nodes: 100_000,
-            low_ip_threshold: 5,
-            breakdown: Vec::new(),
-            max_breakdown_groups: 1_000,
+            // Quicker than production: tests and the demo stop and redraw in fractions of a second.
+            shutdown_grace: Duration::from_secs(5),
             subscribe_interval: Duration::from_millis(200),
-            tls_cert: None,
-            tls_key: None,
-            tls_client_ca: None,
-            log_format: LogFormat::Text,
+            ..Self::defaults()
         }
     }
 }
@@ -338,6 +343,39 @@ mod tests {
             assert_eq!(parse(&[flag, "7"]).map(|c| c.aggregator.max_breakdown_groups).ok(), Some(7), "{flag}");
         }
         assert_eq!(parse(&[]).map(|c| c.aggregator.max_breakdown_groups).ok(), Some(1_000));
+    }
+
+    #[test]
+    fn defaults_match_the_cores() {
+        let d = AggregatorConfig::defaults();
+        let (state, core) = (d.state_config(), crate::state::StateConfig::default());
+        assert_eq!(
+            (
+                state.node_ttl,
+                state.max_cluster_series,
+                state.max_series_per_node,
+                state.low_ip_threshold,
+                state.max_breakdown_groups,
+                state.max_departed
+            ),
+            (
+                core.node_ttl,
+                core.max_cluster_series,
+                core.max_series_per_node,
+                core.low_ip_threshold,
+                core.max_breakdown_groups,
+                core.max_departed
+            ),
+            "StateConfig::default drifted from the flags"
+        );
+        let (cw, core) = (d.cloudwatch_config(), crate::sinks::cloudwatch::CloudWatchConfig::default());
+        assert_eq!(
+            (&cw.namespace, cw.storage_resolution, cw.max_backlog_windows, format!("{:?}", cw.auth_backoff)),
+            (&core.namespace, core.storage_resolution, core.max_backlog_windows, format!("{:?}", core.auth_backoff)),
+            "CloudWatchConfig::default drifted from the flags"
+        );
+        let t = AggregatorConfig::for_test("x");
+        assert_eq!((t.max_streams, t.publish_interval, t.cloudwatch), (d.max_streams, d.publish_interval, false));
     }
 
     #[test]

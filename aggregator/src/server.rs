@@ -23,7 +23,7 @@ use crate::ingest::{IngestLimits, IngestService, StreamSignals};
 use crate::publish::{run_publisher, Commits, PublishStats};
 use crate::shared::{lock, Shared};
 use crate::sinks::Sink;
-use crate::state::{ClusterState, StateConfig};
+use crate::state::ClusterState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -49,16 +49,7 @@ pub struct Handles {
 
 impl Handles {
     pub fn new(cfg: &AggregatorConfig) -> Self {
-        let state = ClusterState::new(StateConfig {
-            cluster_id: cfg.cluster_id.clone().unwrap_or_default(),
-            node_ttl: cfg.node_ttl,
-            max_cluster_series: cfg.max_cluster_series,
-            max_series_per_node: cfg.max_series_per_node,
-            low_ip_threshold: cfg.low_ip_threshold as f64,
-            breakdown: cfg.breakdown.clone(),
-            max_breakdown_groups: cfg.max_breakdown_groups,
-            max_departed: cfg.max_departed_nodes,
-        });
+        let state = ClusterState::new(cfg.state_config());
         Self { state: Arc::new(Mutex::new(state)), publish: Arc::default(), tls_handshake_failures: Arc::default() }
     }
 }

@@ -18,10 +18,11 @@
 //!   same run coming back (a healed partition) continues from the totals; a new run of the node gets the
 //!   raw values as its resume point ([`ClusterState::hello`]).
 //!
-//! Layout: this file holds the node lifecycle (hello, report, goodbye, expiry, withholding, commits) and
-//! the read helpers; `node` the per-node records, `series` the cluster series and how values fold
-//! into them, `window` the publish window, `render` the `/metrics` text, `stats` the bounded
-//! refusal reasons and counters, `capacity` and `breakdown` the derived capacity numbers.
+//! Layout: this file holds the node lifecycle (hello, report, goodbye, expiry); `node` the per-node
+//! records, `series` the cluster series and how values fold into them, `commits` what sinks delivered
+//! and the withheld increments of keeping runs, `window` the publish window, `views` the read helpers,
+//! `render` the `/metrics` text, `stats` the bounded refusal reasons and counters, `capacity` and
+//! `breakdown` the derived capacity numbers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -31,10 +32,12 @@ use cni_metrics_proto::v1::{FamilyType, Hello, MetricKind, Report, ScrapeStatus}
 
 mod breakdown;
 mod capacity;
+mod commits;
 mod node;
 mod render;
 mod series;
 mod stats;
+mod views;
 mod window;
 pub use breakdown::{Breakdowns, Dim, GroupTotals, NodeSubnet, SubnetTotals};
 pub use capacity::{CapRole, Capacity, CapacityTotals, NodeCapacity};
@@ -135,22 +138,6 @@ impl ClusterState {
             version: 0,
             stats: IngestStats::default(),
         }
-    }
-
-    pub fn cluster_id(&self) -> &str {
-        &self.cfg.cluster_id
-    }
-
-    pub fn node(&self, name: &str) -> Option<&NodeState> {
-        self.nodes.get(name)
-    }
-
-    pub fn nodes(&self) -> impl Iterator<Item = &NodeState> {
-        self.nodes.values()
-    }
-
-    pub fn node_count(&self) -> usize {
-        self.nodes.len()
     }
 
     /// A stream said hello: (re)register the node; returns its session id, TTL and commit/resume facts.
@@ -451,29 +438,6 @@ impl ClusterState {
         Ok(Applied { ack: node.last_seq, fresh: true, recovered: recovering.then_some(recovered) })
     }
 
-    /// A keeping run's stream is gone: take its increments out of the open window (see the proto's
-    /// `Hello.keeps_position`). They stay in its `unpublished` entries for a return of the same run.
-    fn withhold(&mut self, name: &Arc<str>) {
-        let Some(node) = self.nodes.get_mut(name).filter(|n| n.keeps_position && !n.withheld) else { return };
-        node.withheld = true;
-        for u in &node.unpublished {
-            if let Some(i) = node.series.get(&u.id).and_then(|s| s.slot) {
-                self.slots[i as usize].window -= u.pending;
-            }
-        }
-    }
-
-    /// The run's stream is live again: its withheld increments go back into the open window.
-    fn release(&mut self, name: &Arc<str>) {
-        let Some(node) = self.nodes.get_mut(name).filter(|n| n.withheld) else { return };
-        node.withheld = false;
-        for u in &node.unpublished {
-            if let Some(i) = node.series.get(&u.id).and_then(|s| s.slot) {
-                self.slots[i as usize].window += u.pending;
-            }
-        }
-    }
-
     fn remove_node(&mut self, name: &Arc<str>) {
         self.withhold(name);
         let Some(node) = self.nodes.remove(name) else { return };
@@ -515,46 +479,6 @@ impl ClusterState {
         }
     }
 
-    /// Record that every sink delivered windows with these marks; returns how many node runs advanced.
-    pub fn commit(&mut self, marks: &[CommitMark]) -> usize {
-        let mut advanced = 0;
-        for m in marks {
-            let committed = match (self.nodes.get_mut(&m.node), self.departed.get_mut(&m.node)) {
-                (Some(n), _) if n.run_id == m.run_id => &mut n.committed_seq,
-                (_, Some(d)) if d.run_id == m.run_id => &mut d.committed_seq,
-                _ => continue,
-            };
-            if m.seq > *committed {
-                *committed = m.seq;
-                advanced += 1;
-            }
-        }
-        if advanced > 0 {
-            self.commit_generation += 1;
-        }
-        advanced
-    }
-
-    /// Bumped whenever a commit advances (streams compare it to send their node's commit).
-    pub fn commit_generation(&self) -> u64 {
-        self.commit_generation
-    }
-
-    /// The committed seq of the node's current session, if it is still that session.
-    pub fn committed_seq(&self, node: &str, session: u64) -> Option<u64> {
-        self.nodes.get(node).filter(|n| n.session == session).map(|n| n.committed_seq)
-    }
-
-    /// A departed keeping run's (committed, closed) seqs: what it still waits for after its goodbye.
-    pub fn departed_commits(&self, node: &str, run_id: u64) -> Option<(u64, u64)> {
-        self.departed.get(node).filter(|d| d.run_id == run_id && d.keeps_position).map(|d| (d.committed_seq, d.closed_seq))
-    }
-
-    /// Departed-node records held.
-    pub fn departed_count(&self) -> usize {
-        self.departed.len()
-    }
-
     /// The node said goodbye: its gauges leave the sums at once.
     pub fn goodbye(&mut self, node: &str, session: u64) -> bool {
         let Some(name) = self.nodes.get(node).filter(|n| n.session == session).map(|n| n.name.clone()) else {
@@ -582,61 +506,6 @@ impl ClusterState {
             self.remove_node(name);
         }
         dead
-    }
-
-    /// Every cluster series with a value: (name, labels, kind, value).
-    pub fn aggregates(&self) -> impl Iterator<Item = (&str, &[(String, String)], MetricKind, f64)> {
-        self.slots.iter().filter_map(|s| {
-            let v = match s.kind {
-                MetricKind::Counter => Some(s.total),
-                _ => s.gauge_value(),
-            }?;
-            Some((&*s.name, s.labels.as_slice(), s.kind, v))
-        })
-    }
-
-    /// Cluster sums of the derived capacity numbers.
-    pub fn capacity(&self) -> &CapacityTotals {
-        &self.capacity
-    }
-
-    /// Changes since start; a consumer that saw this number has seen the current state.
-    pub fn version(&self) -> u64 {
-        self.version
-    }
-
-    /// A node is stale when its last scrape failed or it missed two reports (it is still within its TTL).
-    pub fn is_stale(n: &NodeState, now: Instant) -> bool {
-        n.status != ScrapeStatus::Ok || now.saturating_duration_since(n.last_seen) > n.interval * 2
-    }
-
-    /// The single non-empty value of a node fact agents report, if they agree on exactly one.
-    pub fn reported(&self, field: impl Fn(&NodeState) -> &String) -> Option<String> {
-        let mut found: Option<&String> = None;
-        for n in self.nodes.values() {
-            let v = field(n);
-            if v.is_empty() {
-                continue;
-            }
-            match found {
-                None => found = Some(v),
-                Some(f) if f == v => {}
-                Some(_) => return None,
-            }
-        }
-        found.cloned()
-    }
-
-    /// The cluster value of a series (gauge sum/max or counter total), for tests and views.
-    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let mut l: Vec<(String, String)> = labels.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
-        l.sort_unstable();
-        let i = *self.slot_index.get(&(Arc::from(name), l))?;
-        let s = &self.slots[i as usize];
-        match s.kind {
-            MetricKind::Counter => Some(s.total),
-            _ => s.gauge_value(),
-        }
     }
 
     fn intern(&mut self, s: &str) -> Arc<str> {

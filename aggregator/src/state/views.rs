@@ -1,0 +1,82 @@
+//! Read-only views of the cluster state for `/metrics`, the consumer API, `watch`, the demo and tests:
+//! nodes, cluster series, capacity totals, the change version.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cni_metrics_proto::v1::{MetricKind, ScrapeStatus};
+
+use super::{CapacityTotals, ClusterState, NodeState};
+
+impl ClusterState {
+    pub fn cluster_id(&self) -> &str {
+        &self.cfg.cluster_id
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeState> {
+        self.nodes.get(name)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeState> {
+        self.nodes.values()
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Every cluster series with a value: (name, labels, kind, value).
+    pub fn aggregates(&self) -> impl Iterator<Item = (&str, &[(String, String)], MetricKind, f64)> {
+        self.slots.iter().filter_map(|s| {
+            let v = match s.kind {
+                MetricKind::Counter => Some(s.total),
+                _ => s.gauge_value(),
+            }?;
+            Some((&*s.name, s.labels.as_slice(), s.kind, v))
+        })
+    }
+
+    /// Cluster sums of the derived capacity numbers.
+    pub fn capacity(&self) -> &CapacityTotals {
+        &self.capacity
+    }
+
+    /// Changes since start; a consumer that saw this number has seen the current state.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A node is stale when its last scrape failed or it missed two reports (it is still within its TTL).
+    pub fn is_stale(n: &NodeState, now: Instant) -> bool {
+        n.status != ScrapeStatus::Ok || now.saturating_duration_since(n.last_seen) > n.interval * 2
+    }
+
+    /// The single non-empty value of a node fact agents report, if they agree on exactly one.
+    pub fn reported(&self, field: impl Fn(&NodeState) -> &String) -> Option<String> {
+        let mut found: Option<&String> = None;
+        for n in self.nodes.values() {
+            let v = field(n);
+            if v.is_empty() {
+                continue;
+            }
+            match found {
+                None => found = Some(v),
+                Some(f) if f == v => {}
+                Some(_) => return None,
+            }
+        }
+        found.cloned()
+    }
+
+    /// The cluster value of a series (gauge sum/max or counter total), for tests and views.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut l: Vec<(String, String)> = labels.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
+        l.sort_unstable();
+        let i = *self.slot_index.get(&(Arc::from(name), l))?;
+        let s = &self.slots[i as usize];
+        match s.kind {
+            MetricKind::Counter => Some(s.total),
+            _ => s.gauge_value(),
+        }
+    }
+}
