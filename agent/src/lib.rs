@@ -1,13 +1,15 @@
 //! The per-node agent: scrape ipamd's page on the node ([`scrape`]), parse it ([`parse`]), turn it into
-//! deltas ([`delta`]), build reports ([`report`]) and stream them to the aggregator ([`run`]).
+//! deltas ([`delta`]), build reports ([`report`]) and stream them to the aggregator ([`run()`]).
 //!
 //! - Pure cores (no I/O, table-tested): [`parse`], [`delta`], [`report`], [`commit`] (what the aggregator
 //!   has published of this run), [`position`]'s encoding (the counting position kept on the node).
 //! - Edges: [`scrape`] (ipamd's page), [`introspect`] (per-subnet usage), [`imds`] (node facts), the
-//!   state file ([`position::PositionFile`]), [`http`] (the agent's `/metrics`, `/healthz`, `/readyz`,
-//!   rendering [`metrics`]), and [`run`], the event loop that wires them to the gRPC stream.
-//! - [`config`]: every flag with its environment variable. (The ipamd simulator the demo, benchmarks
-//!   and tests use lives in the `cni-metrics-testkit` crate.)
+//!   state directory (`state_dir`: read at start, written after commits off the loop), the stream to
+//!   the aggregator (`session`), [`http`] (the agent's `/metrics`, `/healthz`, `/readyz`, rendering
+//!   [`metrics`]).
+//! - [`mod@run`]: `struct Agent`, one method per event, and the loop that drives it.
+//! - [`config`]: every flag with its environment variable, the one source of defaults. (The ipamd
+//!   simulator the demo, benchmarks and tests use lives in the `cni-metrics-testkit` crate.)
 #![forbid(unsafe_code)]
 
 pub mod commit;

@@ -1,10 +1,15 @@
-//! The cluster aggregator: per-node state and exact cluster sums ([`state`], pure, behind the one mutex
-//! of [`shared`]), the gRPC ingest service for agents ([`ingest`]) and the consumer service for `watch`
-//! and other clients ([`consumer`]), the HTTP endpoints ([`http`]), publishing windows to sinks
-//! ([`publish`]: the publisher and commits; [`sinks`]: the `Sink` trait, stdout and CloudWatch), mutual TLS ([`tls`]), the wiring ([`server`]), typed flags ([`config`]), the terminal view
-//! ([`watch`]) and, with the default `demo` feature, a self-contained `demo` (real agents against
-//! simulated ipamds; the production image is built without it, so it links neither the agent nor the
-//! test fixtures).
+//! The cluster aggregator.
+//!
+//! - [`state`] (pure, behind the one mutex of [`shared`]): per-node records, exact cluster sums,
+//!   publish windows and commits, capacity and breakdowns, the `/metrics` text of the state.
+//! - [`ingest`]: the gRPC service agents stream to, one `AgentStream` task per stream;
+//!   [`consumer`]: the service `watch` and other clients subscribe to.
+//! - [`publish`]: the publisher loop closing windows and recording commits; [`sinks`]: the `Sink`
+//!   trait, stdout and CloudWatch (config, encoder, retry classification, client).
+//! - [`http`] (`/metrics`, `/healthz`, `/readyz`), [`tls`] (mutual TLS), [`server`] (the wiring),
+//!   [`config`] (typed flags, the one source of defaults), [`watch`] (the terminal view) and, with the
+//!   default `demo` feature, `demo` (real agents against simulated ipamds; the production image is
+//!   built without it, so it links neither the agent nor the test fixtures).
 #![forbid(unsafe_code)]
 
 pub mod config;

@@ -61,7 +61,7 @@ pub fn encode_lines(w: &Window) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Datum;
+    use crate::state::{Datum, Unit};
 
     #[test]
     fn stdout_lines() {
@@ -73,9 +73,14 @@ mod tests {
             seq: 0,
             commits: Vec::new(),
             datums: vec![
-                Datum { metric_name: "assignIPAddresses", value: 42.0, unit: "Count", dimension: None },
-                Datum { metric_name: "awsAPILatency", value: 12.5, unit: "Milliseconds", dimension: None },
-                Datum { metric_name: "ipHeadroom", value: 7.0, unit: "Count", dimension: Some(("AvailabilityZone", "eu-west-1a".into())) },
+                Datum { metric_name: "assignIPAddresses", value: 42.0, unit: Unit::Count, dimension: None },
+                Datum { metric_name: "awsAPILatency", value: 12.5, unit: Unit::Milliseconds, dimension: None },
+                Datum {
+                    metric_name: "ipHeadroom",
+                    value: 7.0,
+                    unit: Unit::Count,
+                    dimension: Some(("AvailabilityZone", "eu-west-1a".into())),
+                },
             ],
         };
         assert_eq!(

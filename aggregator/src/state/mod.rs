@@ -46,7 +46,7 @@ use node::{unpublished_entry, Departed, NodeSeries, ResumeKey};
 pub use node::{CommitMark, NodeState, Resume, Welcomed};
 use series::{validate_def, withdraw, Slot};
 pub use stats::{IngestError, IngestStats, Refusal, SeriesRefusal};
-pub use window::{Datum, Window};
+pub use window::{Datum, Unit, Window};
 
 /// Limits and defaults of the state.
 #[derive(Clone, Debug)]

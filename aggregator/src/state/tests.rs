@@ -206,7 +206,7 @@ fn label_folds_kinds_and_latency() {
     assert_eq!(st.value(per_eni, &[]), Some(14.0), "eni label summed away across the cluster");
     assert_eq!(st.value(lat, &[("api", "X"), ("quantile", "0.99")]), Some(300.0), "quantiles fold by max");
     let w = st.take_window(0);
-    let get = |n: &str| w.datums.iter().find(|d| d.metric_name == n).map(|d| (d.value, d.unit));
+    let get = |n: &str| w.datums.iter().find(|d| d.metric_name == n).map(|d| (d.value, d.unit.as_str()));
     assert_eq!(get("awsAPILatency"), Some((300.0, "Milliseconds")));
     assert_eq!(get("assignedIPsPerENI"), Some((14.0, "Count")));
     // Without quantiles: the mean of the window's increments.
@@ -422,7 +422,7 @@ fn derived_capacity_per_node_then_summed() {
     assert_eq!(c.utilization(), (Some(85.0 / 88.0), Some(85.0 / 174.0)));
     assert_eq!(st.stats.capacity_anomalies, 1);
     let w = st.take_window(0);
-    let get = |n: &str| w.datums.iter().find(|d| d.metric_name == n).map(|d| (d.value, d.unit));
+    let get = |n: &str| w.datums.iter().find(|d| d.metric_name == n).map(|d| (d.value, d.unit.as_str()));
     assert_eq!(get("availableIPAddresses"), Some((11.0, "Count")));
     assert_eq!(get("ipHeadroom"), Some((89.0, "Count")));
     assert_eq!(get("nodesLowOnIPs"), Some((1.0, "Count")));

@@ -8,12 +8,36 @@ use super::node::CommitMark;
 use super::series::Slot;
 use super::{ClusterState, Dim};
 
+/// The unit of a datum (CloudWatch's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Count,
+    Milliseconds,
+    Percent,
+}
+
+impl Unit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Count => "Count",
+            Unit::Milliseconds => "Milliseconds",
+            Unit::Percent => "Percent",
+        }
+    }
+}
+
+impl std::fmt::Display for Unit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One CloudWatch-style datum of a publish window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Datum {
     pub metric_name: &'static str,
     pub value: f64,
-    pub unit: &'static str,
+    pub unit: Unit,
     /// A breakdown dimension (name, value) besides CLUSTER_ID.
     pub dimension: Option<(&'static str, String)>,
 }
@@ -66,7 +90,7 @@ impl ClusterState {
                 CloudWatchFold::LatencyP99OrMean => latency(slots),
             };
             if let Some(value) = value {
-                let unit = if spec.cloudwatch_fold == CloudWatchFold::LatencyP99OrMean { "Milliseconds" } else { "Count" };
+                let unit = if spec.cloudwatch_fold == CloudWatchFold::LatencyP99OrMean { Unit::Milliseconds } else { Unit::Count };
                 datums.push(Datum { metric_name, value, unit, dimension: None });
             }
         }
@@ -106,11 +130,11 @@ impl ClusterState {
             let c = &self.capacity;
             let (u_total, u_max) = c.utilization();
             let derived = [
-                ("availableIPAddresses", (c.with_available > 0).then_some(c.available), "Count"),
-                ("ipHeadroom", (c.with_headroom > 0).then_some(c.headroom), "Count"),
-                ("ipUtilization", u_total.map(|r| r * 100.0), "Percent"),
-                ("ipCapacityUtilization", u_max.map(|r| r * 100.0), "Percent"),
-                ("nodesLowOnIPs", Some(f64::from(c.low_nodes)), "Count"),
+                ("availableIPAddresses", (c.with_available > 0).then_some(c.available), Unit::Count),
+                ("ipHeadroom", (c.with_headroom > 0).then_some(c.headroom), Unit::Count),
+                ("ipUtilization", u_total.map(|r| r * 100.0), Unit::Percent),
+                ("ipCapacityUtilization", u_max.map(|r| r * 100.0), Unit::Percent),
+                ("nodesLowOnIPs", Some(f64::from(c.low_nodes)), Unit::Count),
             ];
             for (metric_name, value, unit) in derived {
                 if let Some(value) = value {
@@ -124,7 +148,7 @@ impl ClusterState {
                     datums.push(Datum {
                         metric_name,
                         value: v,
-                        unit: "Count",
+                        unit: Unit::Count,
                         dimension: Some((Dim::Subnet.cloudwatch(), subnet.clone())),
                     });
                 }
@@ -141,7 +165,7 @@ impl ClusterState {
                 ];
                 for (metric_name, v) in per_group {
                     if let Some(v) = v {
-                        datums.push(Datum { metric_name, value: v, unit: "Count", dimension: Some((dim.cloudwatch(), value.clone())) });
+                        datums.push(Datum { metric_name, value: v, unit: Unit::Count, dimension: Some((dim.cloudwatch(), value.clone())) });
                     }
                 }
             }

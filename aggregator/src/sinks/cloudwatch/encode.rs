@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::config::{CloudWatchConfig, DIMENSION, MAX_DATUMS_PER_REQUEST, MAX_REQUEST_BYTES};
-use crate::state::Window;
+use crate::state::{Unit, Window};
 
 /// Bytes kept free under the request limit for the envelope and estimation error.
 const SIZE_MARGIN: usize = 16 * 1024;
@@ -19,7 +19,7 @@ pub struct Queued {
     pub cluster_id: Arc<str>,
     pub metric_name: &'static str,
     pub value: f64,
-    pub unit: &'static str,
+    pub unit: Unit,
     /// A breakdown dimension besides CLUSTER_ID.
     pub dimension: Option<(&'static str, Arc<str>)>,
 }
@@ -54,7 +54,7 @@ pub fn encode_window(w: &Window, cfg: &CloudWatchConfig) -> (Vec<Queued>, u64, u
 /// Estimated encoded size of one datum.
 pub fn datum_size(q: &Queued) -> usize {
     let extra = q.dimension.as_ref().map_or(0, |(n, v)| n.len() + v.len() + 32);
-    q.metric_name.len() + DIMENSION.len() + q.cluster_id.len() + q.unit.len() + DATUM_OVERHEAD + extra
+    q.metric_name.len() + DIMENSION.len() + q.cluster_id.len() + q.unit.as_str().len() + DATUM_OVERHEAD + extra
 }
 
 /// How many datums from the front of `queue` make the next request (≥ 1 when the queue is not empty).
@@ -102,7 +102,7 @@ pub(super) mod tests {
                 .map(|i| Datum {
                     metric_name: if i % 2 == 0 { "addReqCount" } else { "assignIPAddresses" },
                     value: i as f64,
-                    unit: "Count",
+                    unit: Unit::Count,
                     dimension: None,
                 })
                 .collect(),
@@ -135,7 +135,7 @@ pub(super) mod tests {
                 cluster_id: Arc::from("c".repeat(1024)),
                 metric_name: long,
                 value: i as f64,
-                unit: "Count",
+                unit: Unit::Count,
                 dimension: None,
             })
             .collect();

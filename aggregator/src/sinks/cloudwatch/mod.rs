@@ -445,7 +445,7 @@ async fn put(client: &Client, shared: &Shared, part: &[Queued], cluster_id: &str
             }
             b.timestamp(aws_sdk_cloudwatch::primitives::DateTime::from_millis(q.window_end_ms))
                 .value(q.value)
-                .unit(StandardUnit::from(q.unit))
+                .unit(StandardUnit::from(q.unit.as_str()))
                 .storage_resolution(cfg.storage_resolution)
                 .build()
         })
