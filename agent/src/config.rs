@@ -116,6 +116,10 @@ pub struct AgentConfig {
 pub enum ConfigError {
     #[error("no node name: set NODE_NAME (downward API spec.nodeName) or --node-name")]
     NoNodeName,
+    #[error("node name {0:?} is not a Kubernetes node name (lowercase letters, digits, '-' and '.', at most 253 characters)")]
+    BadNodeName(String),
+    #[error("{flag} {value:?} does not have the shape of an AWS {what} (lowercase letters, digits, '-', at most 32 characters; instance types also '.'; cluster names letters, digits, '-', '_', at most 100)")]
+    BadFact { flag: &'static str, value: String, what: &'static str },
     #[error("--max-series must be at least 1")]
     MaxSeries,
     #[error("--max-page-bytes must be at least 1024")]
@@ -192,7 +196,23 @@ impl AgentConfig {
                 return Err(ConfigError::ReservedPort(addr.port()));
             }
         }
-        self.resolved_node_name().map(|_| ())
+        use cni_metrics_proto::shapes::{fact_ok, Fact};
+        for (flag, fact, value, what) in [
+            ("--availability-zone", Fact::AvailabilityZone, &self.availability_zone, "availability zone"),
+            ("--region", Fact::Region, &self.region, "region"),
+            ("--instance-type", Fact::InstanceType, &self.instance_type, "instance type"),
+            ("--instance-id", Fact::InstanceId, &self.instance_id, "instance id"),
+            ("--cluster-name", Fact::ClusterName, &self.cluster_name, "EKS cluster name"),
+        ] {
+            if !fact_ok(fact, value.trim()) {
+                return Err(ConfigError::BadFact { flag, value: value.clone(), what });
+            }
+        }
+        let node = self.resolved_node_name()?;
+        if !cni_metrics_proto::shapes::is_dns1123_subdomain(&node) {
+            return Err(ConfigError::BadNodeName(node));
+        }
+        Ok(())
     }
 
     /// The agent's HTTP address, `None` when disabled.

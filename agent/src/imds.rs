@@ -32,6 +32,29 @@ impl NodeFacts {
         self
     }
 
+    /// Blank every fact without its AWS shape (an instance metadata answer the aggregator would refuse);
+    /// returns the blanked fields' names.
+    pub fn keep_in_shape(&mut self) -> Vec<&'static str> {
+        use cni_metrics_proto::shapes::{fact_ok, Fact};
+        let mut blanked = Vec::new();
+        for (fact, value) in [
+            (Fact::AvailabilityZone, &mut self.availability_zone),
+            (Fact::Region, &mut self.region),
+            (Fact::InstanceType, &mut self.instance_type),
+            (Fact::InstanceId, &mut self.instance_id),
+            (Fact::ClusterName, &mut self.cluster_name),
+        ] {
+            let trimmed = value.trim();
+            if fact_ok(fact, trimmed) {
+                *value = trimmed.to_owned();
+            } else {
+                value.clear();
+                blanked.push(fact.name());
+            }
+        }
+        blanked
+    }
+
     pub fn complete(&self) -> bool {
         ![&self.availability_zone, &self.region, &self.instance_type, &self.instance_id, &self.cluster_name].iter().any(|f| f.is_empty())
     }

@@ -63,6 +63,17 @@ pub struct BadLine {
     pub error: LineError,
 }
 
+impl std::fmt::Display for BadLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.error)
+    }
+}
+
+/// The first rejected lines in plain words ("line 4: invalid metric name; line 6: ...").
+pub fn describe(bad: &[BadLine]) -> String {
+    bad.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
 /// The result of parsing one page.
 #[derive(Debug, Default)]
 pub struct Page<'a> {

@@ -168,11 +168,15 @@ impl Agent {
             instance_id: cfg.instance_id.clone(),
             cluster_name: cfg.cluster_name.clone(),
         };
-        let node_facts = if cfg.imds_enabled() && !flags.complete() {
+        let mut node_facts = if cfg.imds_enabled() && !flags.complete() {
             flags.or(crate::imds::lookup(&cfg.imds_endpoint, IMDS_TIMEOUT).await)
         } else {
             flags
         };
+        let blanked = node_facts.keep_in_shape();
+        if !blanked.is_empty() {
+            warn!(node = %node, fields = %blanked.join(","), "instance metadata answered values without their AWS shape; left blank");
+        }
         info!(
             node = %node,
             availability_zone = %node_facts.availability_zone,
@@ -454,7 +458,7 @@ impl Agent {
                     facts.dropped_series = obs.dropped_series as u64;
                 }
                 if page.bad_lines > 0 {
-                    debug!(node, bad_lines = page.bad_lines, first = ?page.first_errors, "bad lines in ipamd page");
+                    debug!(node, bad_lines = page.bad_lines, first = %crate::parse::describe(&page.first_errors), "bad lines in ipamd page");
                 }
                 if obs.ipamd_restarted {
                     info!(node, start_time = engine.ipamd_start_time().unwrap_or(0.0), "ipamd restarted; counters reset folded in");
@@ -463,19 +467,23 @@ impl Agent {
                     pending.absorb(&obs);
                     obs.removed.iter().for_each(|id| commits.forget(*id));
                     let detail = if page.bad_lines > 0 {
-                        format!("{} bad lines, first: {:?}", page.bad_lines, page.first_errors.first())
+                        format!(
+                            "{} bad lines ({})",
+                            page.bad_lines,
+                            crate::parse::describe(&page.first_errors[..page.first_errors.len().min(1)])
+                        )
                     } else {
                         String::new()
                     };
                     (ScrapeStatus::Ok, detail)
                 } else {
                     stats.scrape_errors.fetch_add(1, Ordering::Relaxed);
-                    let detail = format!(
-                        "no usable awscni_ metric in {} bytes ({} bad lines, first: {:?})",
-                        text.len(),
-                        page.bad_lines,
-                        page.first_errors.first()
-                    );
+                    let first = crate::parse::describe(&page.first_errors[..page.first_errors.len().min(1)]);
+                    let detail = if first.is_empty() {
+                        format!("no usable awscni_ metric in {} bytes", text.len())
+                    } else {
+                        format!("no usable awscni_ metric in {} bytes ({} bad lines, first at {first})", text.len(), page.bad_lines)
+                    };
                     (ScrapeStatus::Garbage, detail)
                 }
             }
@@ -484,6 +492,7 @@ impl Agent {
                 (e.status(), e.to_string())
             }
         };
+        let detail = plain_detail(&detail);
         facts.scrape_time_ms = now;
         facts.ipamd_start_time = engine.ipamd_start_time().unwrap_or(0.0);
         let status_changed = status != facts.status;
@@ -521,5 +530,32 @@ fn note_commits(stats: &AgentStats, commits: &CommitLog) {
     let before = stats.commit_log_overflow.swap(commits.overflowed(), Ordering::Relaxed);
     if commits.overflowed() > before {
         warn!(entries = commits.overflowed() - before, "commit log full: oldest uncommitted counter changes taken as committed");
+    }
+}
+
+/// A status detail as the aggregator accepts it: control characters as spaces, at most 512 bytes.
+fn plain_detail(detail: &str) -> String {
+    let mut out: String = detail.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if out.len() > 512 {
+        let mut end = 509;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push_str("...");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_detail;
+
+    #[test]
+    fn status_details_are_plain_and_bounded() {
+        assert_eq!(plain_detail("a\nb\tc"), "a b c");
+        let long = "é".repeat(400);
+        let d = plain_detail(&long);
+        assert!(d.len() <= 512 && d.ends_with("..."), "{}", d.len());
     }
 }

@@ -134,10 +134,10 @@ impl Ingest for IngestService {
     type StreamStream = ReceiverStream<Result<AggregatorMessage, Status>>;
 
     async fn stream(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
-        let peer = request.remote_addr();
+        let peer = request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         let Ok(permit) = self.open.clone().try_acquire_owned() else {
             refuse(&self.state, Refusal::TooManyStreams);
-            warn!(?peer, max_streams = self.limits.max_streams, "stream refused: --max-streams reached");
+            warn!(peer = %peer, max_streams = self.limits.max_streams, "stream refused: --max-streams reached");
             return Err(Status::resource_exhausted("too many agent streams (--max-streams)"));
         };
         let mut inbound = request.into_inner();
@@ -163,11 +163,11 @@ impl Ingest for IngestService {
             return Err(Status::unavailable("aggregator shutting down"));
         }
         let welcomed = lock(&self.state).hello(&hello, Instant::now()).map_err(|e| {
-            warn!(?peer, node = %hello.node_name, error = %e, reason = e.reason(), "hello refused");
+            warn!(peer = %peer, node = %hello.node_name, error = %e, reason = e.reason(), "hello refused");
             to_status(&e)
         })?;
         info!(
-            ?peer,
+            peer = %peer,
             node = %hello.node_name,
             session = welcomed.session,
             run_id = hello.run_id,

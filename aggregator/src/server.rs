@@ -77,7 +77,7 @@ pub async fn serve(
         http = %http.local_addr()?,
         cluster_id = cfg.cluster_id.as_deref().unwrap_or(""),
         publish_interval = ?cfg.publish_interval,
-        sinks = ?sinks.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        sinks = %sinks.iter().map(|s| s.name()).collect::<Vec<_>>().join(","),
         "aggregator starting"
     );
     if cfg.cluster_id.is_none() {

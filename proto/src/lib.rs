@@ -2,7 +2,7 @@
 //! (see `proto/cni_metrics/v1/ingest.proto`) and the [`catalog`] of ipamd metric families, which says
 //! for every family how it is typed, how it folds across labels and nodes and what CloudWatch calls it.
 //! It also holds the few runtime pieces both binaries share: the retry [`backoff`], [`duration`] and
-//! switch ([`flags`]) parsing of knobs, bounded metric [`labels`] and the scrape [`status`] labels, the wall [`clock`], the TLS client flags ([`tls`]) and
+//! switch ([`flags`]) parsing of knobs, bounded metric [`labels`] and the scrape [`status`] labels, the [`shapes`] of wire strings, the wall [`clock`], the TLS client flags ([`tls`]) and
 //! [`telemetry`] (logging) set-up.
 #![forbid(unsafe_code)]
 
@@ -12,6 +12,7 @@ pub mod clock;
 pub mod duration;
 pub mod flags;
 pub mod labels;
+pub mod shapes;
 pub mod status;
 pub mod telemetry;
 pub mod tls;

@@ -487,3 +487,29 @@ impl Drop for Emulator {
         let _ = self.child.wait();
     }
 }
+
+/// Check a `/metrics` page with Prometheus' own `promtool check metrics` (Debian's `prometheus`
+/// package; `.ci/run` installs it). Lint findings (upstream's drop-in names without `_total`) are
+/// allowed; a page Prometheus cannot parse is an error. `Ok(false)` when promtool is not installed
+/// and the run is not CI (where its absence is an error).
+pub fn promtool_check(page: &str) -> Result<bool> {
+    use std::io::Write as _;
+    let child =
+        Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os("CI").is_none() => {
+            eprintln!("NOTE: promtool not installed (apt-get install prometheus); page checked by our own parser only");
+            return Ok(false);
+        }
+        Err(e) => bail!("cannot run promtool (Debian package prometheus): {e}"),
+    };
+    child.stdin.take().context("promtool stdin")?.write_all(page.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // promtool exits 1 on a parse error and 3 on lint findings only.
+    if !(out.status.success() || out.status.code() == Some(3)) || text.contains("error while linting") || text.contains("parsing error") {
+        bail!("promtool check metrics refused the page ({}): {text}\n--- page ---\n{page}", out.status);
+    }
+    Ok(true)
+}

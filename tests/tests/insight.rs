@@ -350,3 +350,123 @@ async fn hostile_streams_are_refused_and_others_unaffected() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// Send `msgs` on a new stream; the gRPC code it ends with (None: still open after 3 s, or ended cleanly).
+async fn stream_outcome(channel: tonic::transport::Channel, msgs: Vec<AgentMessage>) -> Result<Option<tonic::Code>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(msgs.len().max(1));
+    for m in msgs {
+        tx.send(m).await?;
+    }
+    let mut inbound = match IngestClient::new(channel).stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return Ok(Some(status.code())),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match tokio::time::timeout_at(deadline, inbound.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Err(status)) => return Ok(Some(status.code())),
+            Ok(Ok(None)) | Err(_) => return Ok(None),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_strings_are_refused_whole_and_metrics_still_parse() -> Result<()> {
+    use cni_metrics_proto::v1::{agent_message::Body, Hello, Label, Report, SeriesDef};
+    let dir = scratch_dir("hostile-strings")?;
+    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &[])?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", agg.grpc))?.connect().await?;
+    let mut good = synthetic_node(channel.clone(), "good".into(), 5.0).await?;
+    let hello = |name: &str| Hello { node_name: name.into(), run_id: 7, interval_ms: 60_000, ..Hello::default() };
+    let msg = |b: Body| AgentMessage { body: Some(b) };
+    let def = |family: &str, name: &str, label: (&str, &str)| SeriesDef {
+        id: 1,
+        family: family.into(),
+        name: name.into(),
+        kind: MetricKind::Gauge as i32,
+        family_type: FamilyType::Gauge as i32,
+        labels: vec![Label { name: label.0.into(), value: label.1.into() }],
+        committed_total: 0.0,
+    };
+    let snapshot = |d: SeriesDef, detail: &str| Report {
+        seq: 1,
+        snapshot: true,
+        defs: vec![d],
+        ids: vec![1],
+        values: vec![3.0],
+        status_detail: detail.into(),
+        ..Report::default()
+    };
+    let plain = def("awscni_assigned_ip_addresses", "awscni_assigned_ip_addresses", ("eni", "eni-1"));
+    // (what is tried, the messages, the refusal reason counted)
+    let cases: Vec<(&str, Vec<AgentMessage>, &str)> = vec![
+        ("a node name with a newline", vec![msg(Body::Hello(hello("evil\nnode")))], "bad_node_name"),
+        ("an upper-case node name", vec![msg(Body::Hello(hello("Evil")))], "bad_node_name"),
+        (
+            "a zone that closes the label",
+            vec![msg(Body::Hello(Hello { availability_zone: "eu-west-1a\"}".into(), ..hello("zone") }))],
+            "bad_hello_field",
+        ),
+        (
+            "the issue's series: a family with a newline and a brace, a label name with a quote",
+            vec![
+                msg(Body::Hello(hello("evil-series"))),
+                msg(Body::Report(snapshot(
+                    def("awscni_total_ip_addresses\nbroken{", "awscni_total_ip_addresses\nbroken{", ("a\"b\nc", "v")),
+                    "",
+                ))),
+            ],
+            "bad_def",
+        ),
+        (
+            "a family outside awscni_",
+            vec![msg(Body::Hello(hello("foreign"))), msg(Body::Report(snapshot(def("node_cpu", "node_cpu", ("a", "b")), "")))],
+            "bad_def",
+        ),
+        (
+            "the reserved cluster_id label",
+            vec![
+                msg(Body::Hello(hello("spoof"))),
+                msg(Body::Report(snapshot(def("awscni_ip_max", "awscni_ip_max", ("cluster_id", "other")), ""))),
+            ],
+            "bad_def",
+        ),
+        (
+            "terminal escapes in the status detail",
+            vec![msg(Body::Hello(hello("escape"))), msg(Body::Report(snapshot(plain.clone(), "ok\u{1b}[2J")))],
+            "bad_report_field",
+        ),
+    ];
+    for (what, msgs, _) in &cases {
+        let code = stream_outcome(channel.clone(), msgs.clone()).await?;
+        ensure!(code == Some(tonic::Code::InvalidArgument), "{what}: ended with {code:?}, want INVALID_ARGUMENT");
+    }
+    // Any UTF-8 in a label value is fine: escaped on output.
+    let odd = def("awscni_assigned_ip_addresses", "awscni_assigned_ip_addresses", ("eni", "eni-\"}\n\\x"));
+    let accepted =
+        stream_outcome(channel.clone(), vec![msg(Body::Hello(hello("odd-value"))), msg(Body::Report(snapshot(odd, "")))]).await?;
+    ensure!(accepted.is_none(), "a label value with quotes, braces and a newline is accepted: {accepted:?}");
+
+    good.set(7.0).await?;
+    eventually(Duration::from_secs(10), || async {
+        let assigned = sample(&agg.metrics().await?, "awscni_assigned_ip_addresses", &[]);
+        Ok(if assigned == Some(7.0) { Ok(()) } else { Err(format!("good node's assigned {assigned:?}")) })
+    })
+    .await?;
+    let page = agg.metrics().await?;
+    for reason in ["bad_node_name", "bad_hello_field", "bad_def", "bad_report_field"] {
+        let want = cases.iter().filter(|c| c.2 == reason).count() as f64;
+        let got = sample(&page, "cni_metrics_reports_rejected_total", &[("reason", reason)]);
+        ensure!(got == Some(want), "{reason}: counted {got:?}, want {want}");
+    }
+    ensure!(!page.contains("broken{") && !page.contains("node=\"Evil\""), "nothing refused reached the page");
+    ensure!(page.contains(r#"eni="eni-\"}\n\\x"} 3"#), "the label value is escaped on output: {page}");
+    let checked = promtool_check(&page)?;
+    eprintln!(
+        "hostile strings: {} cases refused and counted; /metrics parses ({})",
+        cases.len(),
+        if checked { "promtool" } else { "own parser" }
+    );
+    Ok(())
+}

@@ -118,6 +118,9 @@ async fn exact_cluster_sums_across_page_styles_and_an_ipamd_restart() -> Result<
     let m = reqwest::get(format!("http://{http}/metrics")).await?.text().await?;
     let scrapes = cni_metrics_agent::parse::parse(&m).samples.iter().find(|s| s.name == "cni_metrics_agent_scrapes_total").map(|s| s.value);
     assert!(scrapes.unwrap_or(0.0) >= 1.0, "{m}");
+    // Both pages parse in Prometheus itself, four ipamd generations' series included.
+    promtool_check(&m)?;
+    promtool_check(&agg.metrics().await?)?;
 
     step_all(&all, 4).await;
     // ipamd on node-2 restarts: its page's counters drop to zero and grow again.

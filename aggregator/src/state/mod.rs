@@ -37,6 +37,7 @@ mod node;
 mod render;
 mod series;
 mod stats;
+pub mod validate;
 mod views;
 mod window;
 pub use breakdown::{Breakdowns, Dim, GroupTotals, NodeSubnet, SubnetTotals};
@@ -44,7 +45,7 @@ pub use capacity::{CapRole, Capacity, CapacityTotals, NodeCapacity};
 pub use cni_metrics_proto::status::status_label;
 use node::{unpublished_entry, Departed, NodeSeries, ResumeKey};
 pub use node::{CommitMark, NodeState, Resume, Welcomed};
-use series::{validate_def, withdraw, Slot};
+use series::{withdraw, Slot};
 pub use stats::{IngestError, IngestStats, Refusal, SeriesRefusal};
 pub use window::{Datum, Unit, Window};
 
@@ -151,9 +152,7 @@ impl ClusterState {
     }
 
     fn admit(&mut self, h: &Hello, now: Instant) -> Result<Welcomed, IngestError> {
-        if h.node_name.is_empty() || h.node_name.len() > 253 {
-            return Err(IngestError::BadNodeName);
-        }
+        validate::hello(h)?;
         if h.interval_ms == 0 {
             return Err(IngestError::BadInterval);
         }
@@ -324,9 +323,9 @@ impl ClusterState {
             }
             return Ok(Applied { ack, fresh: false, recovered: None });
         }
-        // Validate definitions before changing anything.
+        // Validate every string and definition before changing anything.
+        validate::report(r)?;
         for d in &r.defs {
-            validate_def(d)?;
             if let Some(existing) = node.series.get(&d.id) {
                 if existing.kind as i32 != d.kind {
                     return Err(IngestError::Redefined(d.id));

@@ -8,7 +8,7 @@ use cni_metrics_proto::catalog::{self, NodeFold};
 use cni_metrics_proto::v1::{FamilyType, MetricKind, SeriesDef};
 
 use super::node::{unpublished_entry, NodeSeries, ResumeKey};
-use super::{CapRole, ClusterState, IngestError, SeriesRefusal};
+use super::{CapRole, ClusterState, SeriesRefusal};
 
 /// One cluster series.
 #[derive(Debug)]
@@ -210,12 +210,4 @@ pub(super) fn withdraw(slot: &mut Slot, node: &Arc<str>, v: f64) {
     if slot.fold == NodeFold::Max {
         slot.per_node.remove(node);
     }
-}
-
-pub(super) fn validate_def(d: &SeriesDef) -> Result<(), IngestError> {
-    let kind_ok = matches!(MetricKind::try_from(d.kind), Ok(MetricKind::Gauge | MetricKind::Counter));
-    if !kind_ok || d.name.is_empty() || d.family.is_empty() || !d.name.starts_with(d.family.as_str()) {
-        return Err(IngestError::BadDef(d.id));
-    }
-    Ok(())
 }

@@ -15,6 +15,8 @@ cni_metrics_proto::label_enum! {
         StreamError => "stream_error",
         UnexpectedMessage => "unexpected_message",
         BadNodeName => "bad_node_name",
+        BadHelloField => "bad_hello_field",
+        BadReportField => "bad_report_field",
         BadInterval => "bad_interval",
         StaleSession => "stale_session",
         SnapshotExpected => "snapshot_expected",
@@ -38,8 +40,12 @@ cni_metrics_proto::label_enum! {
 /// Why a hello or report was refused. Bounded: used as a metric label.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IngestError {
-    #[error("node name is empty or longer than 253 bytes")]
+    #[error("the node name is not a Kubernetes node name (lowercase DNS subdomain, at most 253 characters)")]
     BadNodeName,
+    #[error("the hello's {0} is too long or has characters its AWS shape does not allow")]
+    BadHelloField(&'static str),
+    #[error("the report's {0} is too long or has characters it may not contain")]
+    BadReportField(&'static str),
     #[error("hello announces a zero interval")]
     BadInterval,
     #[error("session {0} is no longer the node's current stream")]
@@ -50,8 +56,8 @@ pub enum IngestError {
     LengthMismatch { ids: usize, values: usize },
     #[error("series id {0} redefined with another identity")]
     Redefined(u32),
-    #[error("series definition {0} is invalid")]
-    BadDef(u32),
+    #[error("series definition {id} is refused: {why}")]
+    BadDef { id: u32, why: &'static str },
     #[error("node {0:?} is already reported by another live agent (two agents claim one node name)")]
     DuplicateNode(String),
     #[error("report has {counters} counter values but {raws} counter raw values")]
@@ -67,7 +73,9 @@ impl IngestError {
             IngestError::SnapshotExpected => Refusal::SnapshotExpected,
             IngestError::LengthMismatch { .. } | IngestError::RawMismatch { .. } => Refusal::LengthMismatch,
             IngestError::Redefined(_) => Refusal::Redefined,
-            IngestError::BadDef(_) => Refusal::BadDef,
+            IngestError::BadDef { .. } => Refusal::BadDef,
+            IngestError::BadHelloField(_) => Refusal::BadHelloField,
+            IngestError::BadReportField(_) => Refusal::BadReportField,
             IngestError::DuplicateNode(_) => Refusal::DuplicateNode,
         }
     }

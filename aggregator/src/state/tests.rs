@@ -19,7 +19,8 @@ fn def(id: u32, name: &str, kind: MetricKind, labels: &[(&str, &str)]) -> Series
         family: family.into(),
         name: name.into(),
         kind: kind as i32,
-        family_type: FamilyType::Untyped as i32,
+        // As an agent sends it: the catalogue's type for a known family.
+        family_type: catalog::family(family).map_or(FamilyType::Untyped, |f| f.family_type) as i32,
         labels: labels.iter().map(|(n, v)| Label { name: (*n).into(), value: (*v).into() }).collect(),
         committed_total: 0.0,
     }
@@ -151,7 +152,7 @@ fn protocol_errors_table() {
     let cases: Vec<(Report, IngestError)> = vec![
         (report(1, false, vec![], &[], &[]), IngestError::SnapshotExpected),
         (Report { ids: vec![1], ..report(1, true, vec![], &[], &[]) }, IngestError::LengthMismatch { ids: 1, values: 0 }),
-        (report(1, true, vec![def(1, "x", MetricKind::Unspecified, &[])], &[], &[]), IngestError::BadDef(1)),
+        (report(1, true, vec![def(1, "x", MetricKind::Unspecified, &[])], &[], &[]), IngestError::BadDef { id: 1, why: "unknown kind" }),
         (
             report(
                 1,
@@ -166,7 +167,7 @@ fn protocol_errors_table() {
                 &[],
                 &[],
             ),
-            IngestError::BadDef(1),
+            IngestError::BadDef { id: 1, why: "the family is not an awscni_ metric name" },
         ),
     ];
     for (r, want) in cases {
