@@ -181,6 +181,10 @@ pub struct AggregatorConfig {
     #[arg(long, env = "TLS_CLIENT_CA")]
     pub tls_client_ca: Option<std::path::PathBuf>,
 
+    /// Most TLS handshakes in progress at once; further connections wait (in the listen backlog).
+    #[arg(long, env = "MAX_TLS_HANDSHAKES", default_value_t = 256)]
+    pub max_tls_handshakes: usize,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -226,6 +230,8 @@ pub enum ConfigError {
     UnknownMetric(String),
     #[error("--max-backlog-windows must be at least 1")]
     Backlog,
+    #[error("--max-tls-handshakes must be at least 1")]
+    Handshakes,
     #[error("mutual TLS needs all of --tls-cert, --tls-key and --tls-client-ca (or none)")]
     TlsIncomplete,
 }
@@ -240,6 +246,9 @@ impl AggregatorConfig {
         }
         if self.max_backlog_windows == 0 {
             return Err(ConfigError::Backlog);
+        }
+        if self.max_tls_handshakes == 0 {
+            return Err(ConfigError::Handshakes);
         }
         let set = [self.tls_cert.is_some(), self.tls_key.is_some(), self.tls_client_ca.is_some()];
         if set.iter().any(|s| *s) && !set.iter().all(|s| *s) {

@@ -113,7 +113,7 @@ pub async fn serve(
         Some(files) => {
             let initial = crate::tls::server_config(&files)?;
             info!(cert = %files.cert.display(), client_ca = %files.client_ca.display(), "gRPC requires mutual TLS");
-            let incoming = crate::tls::incoming(grpc, files, initial, handles.tls_handshake_failures.clone());
+            let incoming = crate::tls::incoming(grpc, files, initial, handles.tls_handshake_failures.clone(), cfg.max_tls_handshakes);
             tokio::spawn(grpc_router.serve_with_incoming_shutdown(incoming, stopped()))
         }
         None => tokio::spawn(grpc_router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped())),

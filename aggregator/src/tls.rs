@@ -4,13 +4,17 @@
 //! layout (`tls.crt`, `tls.key`, `ca.crt`) and are re-read when they change (checked every
 //! `RELOAD_EVERY`), so rotated certificates apply to new connections without a restart; a broken new set
 //! is logged and the previous one kept.
+//!
+//! At most `--max-tls-handshakes` handshakes run at once: beyond that the accept loop waits, so a connect
+//! flood queues in the kernel's backlog instead of costing a task and a buffer each. Both loops stop
+//! when the gRPC server drops the stream (shutdown).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
@@ -86,16 +90,22 @@ pub fn incoming(
     files: TlsFiles,
     initial: Arc<ServerConfig>,
     failures: Arc<std::sync::atomic::AtomicU64>,
+    max_handshakes: usize,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let current = Arc::new(RwLock::new(initial));
-    // Reload when the files change.
+    let (tx, rx) = mpsc::channel(64);
+    // Reload when the files change, until the server stops.
     {
         let current = current.clone();
         let files = files.clone();
+        let tx = tx.clone();
         tokio::spawn(async move {
             let mut seen = mtimes(&files);
             loop {
-                tokio::time::sleep(RELOAD_EVERY).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(RELOAD_EVERY) => {}
+                    _ = tx.closed() => return,
+                }
                 let now = mtimes(&files);
                 if now == seen {
                     continue;
@@ -111,10 +121,19 @@ pub fn incoming(
             }
         });
     }
-    let (tx, rx) = mpsc::channel(64);
+    let handshakes = Arc::new(Semaphore::new(max_handshakes.clamp(1, Semaphore::MAX_PERMITS)));
     tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            // A permit first: with every handshake slot busy, connections wait in the backlog.
+            let permit = tokio::select! {
+                p = handshakes.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = tx.closed() => return,
+            };
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = tx.closed() => return,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     debug!(error = %e, "accept failed");
@@ -123,13 +142,11 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            if tx.is_closed() {
-                return;
-            }
             let acceptor = TlsAcceptor::from(current.read().unwrap_or_else(|e| e.into_inner()).clone());
             let tx = tx.clone();
             let failures = failures.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;

@@ -150,3 +150,26 @@ async fn mutual_tls_admits_only_clients_of_the_ca() -> Result<()> {
     ensure!(get_cluster(&url, &dir, Some("agent"), true).await? == 1, "served with the rotated certificate");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_in_progress_are_bounded() -> Result<()> {
+    let dir = scratch_dir("mtls-bound")?;
+    ca(&dir, "ca")?;
+    leaf(&dir, "ca", "server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")?;
+    leaf(&dir, "ca", "agent", "subjectAltName=DNS:node-1\nextendedKeyUsage=clientAuth\n")?;
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let tls = ["--tls-cert", &p("server.crt"), "--tls-key", &p("server.key"), "--tls-client-ca", &p("ca.crt")];
+    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &[&tls[..], &["--max-tls-handshakes", "2"]].concat())?;
+    let url = format!("https://{}", agg.grpc);
+    ensure!(get_cluster(&url, &dir, Some("agent"), true).await? == 0, "served while no handshake is stuck");
+    // Two connections that never send a ClientHello hold both handshake slots.
+    let idle = [tokio::net::TcpStream::connect(&agg.grpc).await?, tokio::net::TcpStream::connect(&agg.grpc).await?];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = tokio::time::timeout(Duration::from_secs(3), get_cluster(&url, &dir, Some("agent"), true)).await;
+    ensure!(!matches!(waiting, Ok(Ok(_))), "a third handshake waits while both slots are held");
+    // Closing them frees the slots at once (not only at the handshake timeout).
+    drop(idle);
+    let served = tokio::time::timeout(Duration::from_secs(5), get_cluster(&url, &dir, Some("agent"), true)).await;
+    ensure!(matches!(served, Ok(Ok(0))), "served once the slots are free: {served:?}");
+    Ok(())
+}
