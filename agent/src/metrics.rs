@@ -2,8 +2,9 @@
 //! event loop and rendered as Prometheus text for its `/metrics` endpoint ([`crate::http`]). Declared
 //! once here, so the loop and the endpoint share one definition.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use cni_metrics_proto::exposition::{Kind, Page};
 
 use crate::position::PositionError;
 
@@ -38,10 +39,10 @@ impl AgentStats {
     }
 }
 
-/// The self-metrics as Prometheus text.
+/// The self-metrics as Prometheus text (the shared writer; every sample labelled with the node).
 pub fn render(node: &str, s: &AgentStats) -> String {
     let mut out = String::with_capacity(2048);
-    let node = node.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut page = Page::new(&mut out, &[("node", node)]);
     let counters = [
         ("scrapes_total", "ipamd scrapes attempted", &s.scrapes),
         ("scrape_errors_total", "ipamd scrapes that failed or returned no usable metric", &s.scrape_errors),
@@ -63,21 +64,17 @@ pub fn render(node: &str, s: &AgentStats) -> String {
         ("state_file_writes_total", "Committed positions written to the state file (--state-dir)", &s.state_file_writes),
     ];
     for (name, help, v) in counters {
-        let _ = writeln!(
-            out,
-            "# HELP cni_metrics_agent_{name} {help}\n# TYPE cni_metrics_agent_{name} counter\ncni_metrics_agent_{name}{{node=\"{node}\"}} {}",
-            v.load(Ordering::Relaxed)
-        );
+        page.counter(&format!("cni_metrics_agent_{name}"), help, v.load(Ordering::Relaxed));
     }
-    let _ = writeln!(out, "# HELP cni_metrics_agent_state_file_errors_total State file problems: not used, or not written\n# TYPE cni_metrics_agent_state_file_errors_total counter");
+    let name = "cni_metrics_agent_state_file_errors_total";
+    page.family(name, Kind::Counter, "State file problems: not used, or not written");
     for (reason, v) in PositionError::REASONS.iter().zip(&s.state_file_errors) {
-        let _ =
-            writeln!(out, "cni_metrics_agent_state_file_errors_total{{node=\"{node}\",reason=\"{reason}\"}} {}", v.load(Ordering::Relaxed));
+        page.sample(name, &[("reason", reason)], v.load(Ordering::Relaxed) as f64);
     }
-    let _ = writeln!(
-        out,
-        "# HELP cni_metrics_agent_commit_backlog Counter changes sent and not yet published by the aggregator\n# TYPE cni_metrics_agent_commit_backlog gauge\ncni_metrics_agent_commit_backlog{{node=\"{node}\"}} {}",
-        s.commit_backlog.load(Ordering::Relaxed)
+    page.gauge(
+        "cni_metrics_agent_commit_backlog",
+        "Counter changes sent and not yet published by the aggregator",
+        s.commit_backlog.load(Ordering::Relaxed) as f64,
     );
     out
 }

@@ -9,6 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use cni_metrics_proto::exposition::Page;
 
 use crate::publish::PublishStats;
 use crate::shared::{lock, Shared};
@@ -40,18 +41,18 @@ async fn metrics(State(st): State<HttpState>) -> impl IntoResponse {
         if st.prometheus {
             cluster.render_prometheus(&mut out, std::time::Instant::now());
         }
-        cluster.cluster_id().replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+        cluster.cluster_id().to_owned()
     };
-    st.publish.lock().unwrap_or_else(|e| e.into_inner()).render(&mut out, &cluster_id);
+    let mut page = Page::new(&mut out, &[("cluster_id", &cluster_id)]);
+    st.publish.lock().unwrap_or_else(|e| e.into_inner()).render(&mut page);
     for sink in &st.sinks {
-        sink.render_metrics(&mut out, &cluster_id);
+        sink.render_metrics(&mut page);
     }
     if let Some(f) = &st.tls_handshake_failures {
-        use std::fmt::Write as _;
-        let _ = writeln!(
-            out,
-            "# HELP cni_metrics_tls_handshake_failures_total gRPC connections refused by mutual TLS (plaintext, no or foreign certificate)\n# TYPE cni_metrics_tls_handshake_failures_total counter\ncni_metrics_tls_handshake_failures_total{{cluster_id=\"{cluster_id}\"}} {}",
-            f.load(std::sync::atomic::Ordering::Relaxed)
+        page.counter(
+            "cni_metrics_tls_handshake_failures_total",
+            "gRPC connections refused by mutual TLS (plaintext, no or foreign certificate)",
+            f.load(std::sync::atomic::Ordering::Relaxed),
         );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)

@@ -9,12 +9,13 @@
 //! and the commit watch wakes the streams, which tell their agents.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cni_metrics_proto::clock::unix_ms_now;
+use cni_metrics_proto::exposition::{Kind, Page};
+use cni_metrics_proto::labels::Label;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -38,33 +39,22 @@ pub struct PublishStats {
 }
 
 impl PublishStats {
-    pub fn render(&self, out: &mut String, cluster_id: &str) {
-        let _ = writeln!(
-            out,
-            "# HELP cni_metrics_publish_windows_total Publish windows closed\n# TYPE cni_metrics_publish_windows_total counter"
-        );
-        let _ = writeln!(out, "cni_metrics_publish_windows_total{{cluster_id=\"{cluster_id}\"}} {}", self.windows);
-        let _ = writeln!(
-            out,
-            "# HELP cni_metrics_publishes_total Window publications by sink and result\n# TYPE cni_metrics_publishes_total counter"
-        );
+    pub fn render(&self, page: &mut Page<'_>) {
+        page.counter("cni_metrics_publish_windows_total", "Publish windows closed", self.windows);
+        let name = "cni_metrics_publishes_total";
+        page.family(name, Kind::Counter, "Window publications by sink and result");
         for ((sink, result), v) in &self.publishes {
-            let _ = writeln!(out, "cni_metrics_publishes_total{{cluster_id=\"{cluster_id}\",sink=\"{sink}\",result=\"{result}\"}} {v}");
+            page.sample(name, &[("sink", sink), ("result", result.as_str())], *v as f64);
         }
-        let _ = writeln!(
-            out,
-            "# HELP cni_metrics_published_datums_total Datums published by sink\n# TYPE cni_metrics_published_datums_total counter"
-        );
+        let name = "cni_metrics_published_datums_total";
+        page.family(name, Kind::Counter, "Datums published by sink");
         for (sink, v) in &self.datums {
-            let _ = writeln!(out, "cni_metrics_published_datums_total{{cluster_id=\"{cluster_id}\",sink=\"{sink}\"}} {v}");
+            page.sample(name, &[("sink", sink)], *v as f64);
         }
-        let _ = writeln!(out, "# HELP cni_metrics_last_publish_success_timestamp_seconds Time of the last successful publication by sink\n# TYPE cni_metrics_last_publish_success_timestamp_seconds gauge");
+        let name = "cni_metrics_last_publish_success_timestamp_seconds";
+        page.family(name, Kind::Gauge, "Time of the last successful publication by sink");
         for (sink, ms) in &self.last_success_unix_ms {
-            let _ = writeln!(
-                out,
-                "cni_metrics_last_publish_success_timestamp_seconds{{cluster_id=\"{cluster_id}\",sink=\"{sink}\"}} {}",
-                *ms as f64 / 1000.0
-            );
+            page.sample(name, &[("sink", sink)], *ms as f64 / 1000.0);
         }
     }
 }

@@ -216,17 +216,6 @@ pub fn sample_kind(family_type: FamilyType, role: SampleRole) -> (MetricKind, No
     }
 }
 
-/// The Prometheus TYPE keyword of a family type.
-pub fn type_keyword(t: FamilyType) -> &'static str {
-    match t {
-        T::Counter => "counter",
-        T::Gauge => "gauge",
-        T::Summary => "summary",
-        T::Histogram => "histogram",
-        T::Untyped => "untyped",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

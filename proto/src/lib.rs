@@ -1,7 +1,8 @@
 //! The contract shared by agent and aggregator: the generated gRPC types of `cni_metrics.v1`
 //! (see `proto/cni_metrics/v1/ingest.proto`) and the [`catalog`] of ipamd metric families, which says
 //! for every family how it is typed, how it folds across labels and nodes and what CloudWatch calls it.
-//! It also holds the few runtime pieces both binaries share: the retry [`backoff`], [`duration`] and
+//! It also holds the few runtime pieces both binaries share: the one Prometheus text writer
+//! ([`exposition`]), the retry [`backoff`], [`duration`] and
 //! switch ([`flags`]) parsing of knobs, bounded metric [`labels`] and the scrape [`status`] labels, the [`shapes`] of wire strings, the wall [`clock`], the TLS client flags ([`tls`]) and
 //! [`telemetry`] (logging) set-up.
 #![forbid(unsafe_code)]
@@ -10,6 +11,7 @@ pub mod backoff;
 pub mod catalog;
 pub mod clock;
 pub mod duration;
+pub mod exposition;
 pub mod flags;
 pub mod labels;
 pub mod shapes;

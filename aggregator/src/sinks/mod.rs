@@ -39,5 +39,5 @@ pub trait Sink: Send + Sync {
         Ok(())
     }
     /// Append the sink's self-metrics to `/metrics`.
-    fn render_metrics(&self, _out: &mut String, _cluster_id: &str) {}
+    fn render_metrics(&self, _page: &mut cni_metrics_proto::exposition::Page<'_>) {}
 }

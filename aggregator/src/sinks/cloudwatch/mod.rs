@@ -22,7 +22,6 @@
 //! The SDK's own retries are off so every attempt is visible in the self-metrics.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,7 +29,8 @@ use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use aws_sdk_cloudwatch::Client;
 use cni_metrics_proto::clock::unix_ms_now;
-use cni_metrics_proto::labels::{Counts, Label};
+use cni_metrics_proto::exposition::{Kind, Page};
+use cni_metrics_proto::labels::Counts;
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
@@ -241,44 +241,25 @@ impl Sink for CloudWatchSink {
         }
     }
 
-    fn render_metrics(&self, out: &mut String, cluster_id: &str) {
+    fn render_metrics(&self, page: &mut Page<'_>) {
         let (windows, datums) = self.backlog();
         let st = lock(&self.shared.stats);
-        let c = cluster_id;
-        let mut family = |name: &str, help: &str, label: &str, m: &mut dyn Iterator<Item = (&'static str, u64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (k, v) in m {
-                let _ = writeln!(out, "{name}{{cluster_id=\"{c}\",{label}=\"{k}\"}} {v}");
-            }
-        };
-        family(
-            "cni_metrics_cloudwatch_requests_total",
-            "PutMetricData attempts by result",
-            "result",
-            &mut st.requests.iter().map(|(l, v)| (l.as_str(), v)),
-        );
-        family("cni_metrics_cloudwatch_datums_total", "Datums by outcome", "outcome", &mut st.datums.iter().map(|(l, v)| (l.as_str(), v)));
-        family(
-            "cni_metrics_cloudwatch_errors_total",
-            "Failed PutMetricData attempts by error type",
-            "error_type",
-            &mut st.errors.iter().map(|(k, v)| (*k, *v)),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP cni_metrics_cloudwatch_retries_total PutMetricData retries\n# TYPE cni_metrics_cloudwatch_retries_total counter"
-        );
-        let _ = writeln!(out, "cni_metrics_cloudwatch_retries_total{{cluster_id=\"{c}\"}} {}", st.retries);
-        let _ = writeln!(out, "# HELP cni_metrics_cloudwatch_backlog_windows Publish windows waiting for delivery\n# TYPE cni_metrics_cloudwatch_backlog_windows gauge");
-        let _ = writeln!(out, "cni_metrics_cloudwatch_backlog_windows{{cluster_id=\"{c}\"}} {windows}");
-        let _ = writeln!(
-            out,
-            "# HELP cni_metrics_cloudwatch_backlog_datums Datums waiting for delivery\n# TYPE cni_metrics_cloudwatch_backlog_datums gauge"
-        );
-        let _ = writeln!(out, "cni_metrics_cloudwatch_backlog_datums{{cluster_id=\"{c}\"}} {datums}");
+        page.counts("cni_metrics_cloudwatch_requests_total", "PutMetricData attempts by result", "result", &st.requests);
+        page.counts("cni_metrics_cloudwatch_datums_total", "Datums by outcome", "outcome", &st.datums);
+        let name = "cni_metrics_cloudwatch_errors_total";
+        page.family(name, Kind::Counter, "Failed PutMetricData attempts by error type");
+        for (kind, v) in &st.errors {
+            page.sample(name, &[("error_type", kind)], *v as f64);
+        }
+        page.counter("cni_metrics_cloudwatch_retries_total", "PutMetricData retries", st.retries);
+        page.gauge("cni_metrics_cloudwatch_backlog_windows", "Publish windows waiting for delivery", windows as f64);
+        page.gauge("cni_metrics_cloudwatch_backlog_datums", "Datums waiting for delivery", datums as f64);
         if let Some(ms) = st.last_success_ms {
-            let _ = writeln!(out, "# HELP cni_metrics_cloudwatch_last_success_timestamp_seconds Time of the last accepted PutMetricData\n# TYPE cni_metrics_cloudwatch_last_success_timestamp_seconds gauge");
-            let _ = writeln!(out, "cni_metrics_cloudwatch_last_success_timestamp_seconds{{cluster_id=\"{c}\"}} {}", ms as f64 / 1000.0);
+            page.gauge(
+                "cni_metrics_cloudwatch_last_success_timestamp_seconds",
+                "Time of the last accepted PutMetricData",
+                ms as f64 / 1000.0,
+            );
         }
     }
 }
