@@ -340,6 +340,7 @@ pub fn free_port() -> Result<u16> {
 }
 
 pub mod cluster;
+pub mod invariants;
 pub mod netns;
 
 /// Sum of the `value=` fields of the stdout sink's lines for `metric`.

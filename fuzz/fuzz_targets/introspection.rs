@@ -1,0 +1,4 @@
+//! Fuzz target `introspection`: see `cni_metrics_e2e::invariants::introspection` for the invariants it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cni_metrics_e2e::invariants::introspection(data));
