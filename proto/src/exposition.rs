@@ -50,13 +50,21 @@ impl From<FamilyType> for Kind {
 /// A page being written into `out`.
 pub struct Page<'a> {
     out: &'a mut String,
-    base: Vec<(&'static str, String)>,
+    /// The base labels, rendered once: `k="v",k2="v2"` (escaped).
+    base: String,
 }
 
 impl<'a> Page<'a> {
     /// Append to `out`; every sample gets the `base` labels (values escaped here).
     pub fn new(out: &'a mut String, base: &[(&'static str, &str)]) -> Self {
-        Self { out, base: base.iter().map(|(n, v)| (*n, escape_label_value(v).into_owned())).collect() }
+        let mut rendered = String::new();
+        for (i, (n, v)) in base.iter().enumerate() {
+            if i > 0 {
+                rendered.push(',');
+            }
+            push_label(&mut rendered, n, v);
+        }
+        Self { out, base: rendered }
     }
 
     /// `# HELP` and `# TYPE` of a family.
@@ -67,16 +75,23 @@ impl<'a> Page<'a> {
 
     /// One sample: `name{base…,labels…} value`.
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        self.sample_iter(name, labels.iter().copied(), value)
+    }
+
+    /// [`Page::sample`] with the labels from an iterator (no intermediate list).
+    pub fn sample_iter<'l>(&mut self, name: &str, labels: impl IntoIterator<Item = (&'l str, &'l str)>, value: f64) -> &mut Self {
         self.out.push_str(name);
-        let mut first = true;
-        let all =
-            self.base.iter().map(|(n, v)| (*n, Cow::Borrowed(v.as_str()))).chain(labels.iter().map(|(n, v)| (*n, escape_label_value(v))));
-        for (n, v) in all {
-            self.out.push(if first { '{' } else { ',' });
-            first = false;
-            let _ = write!(self.out, "{n}=\"{v}\"");
+        let mut open = !self.base.is_empty();
+        if open {
+            self.out.push('{');
+            self.out.push_str(&self.base);
         }
-        if !first {
+        for (n, v) in labels {
+            self.out.push(if open { ',' } else { '{' });
+            open = true;
+            push_label(self.out, n, v);
+        }
+        if open {
             self.out.push('}');
         }
         self.out.push(' ');
@@ -106,6 +121,13 @@ impl<'a> Page<'a> {
         }
         self
     }
+}
+
+fn push_label(out: &mut String, name: &str, value: &str) {
+    out.push_str(name);
+    out.push_str("=\"");
+    out.push_str(&escape_label_value(value));
+    out.push('"');
 }
 
 /// A label value as the text format needs it: `\\`, `"` and newline escaped.

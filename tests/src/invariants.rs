@@ -220,7 +220,8 @@ fn report(b: &mut Bytes<'_>) -> Report {
     let n = usize::from(b.u8() % 5);
     let ids: Vec<u32> = (0..n).map(|_| u32::from(b.u8() % 8)).collect();
     let values: Vec<f64> = (0..n).map(|_| b.f64()).collect();
-    let counter_raws: Vec<f64> = if b.u8().is_multiple_of(2) { Vec::new() } else { (0..usize::from(b.u8() % 5)).map(|_| b.f64()).collect() };
+    let counter_raws: Vec<f64> =
+        if b.u8().is_multiple_of(2) { Vec::new() } else { (0..usize::from(b.u8() % 5)).map(|_| b.f64()).collect() };
     let subnets = if b.u8().is_multiple_of(4) {
         vec![SubnetUsage { subnet_id: b.text(&["subnet-0abc", "subnet-1"]), total_ips: b.f64(), assigned_ips: b.f64() }]
     } else {

@@ -36,8 +36,7 @@ impl ClusterState {
             let help = catalog::family(family).map_or("ipamd metric summed across the cluster's nodes", |f| f.help);
             page.family(family, Kind::from(t), help);
             for (s, v) in lines {
-                let labels: Vec<(&str, &str)> = s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                page.sample(&s.name, &labels, v);
+                page.sample_iter(&s.name, s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())), v);
             }
         }
         self.render_capacity(&mut page, now);
