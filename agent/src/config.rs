@@ -91,6 +91,12 @@ pub struct AgentConfig {
     #[command(flatten)]
     pub tls: cni_metrics_proto::tls::ClientTlsFlags,
 
+    /// The projected ServiceAccount token (audience `cni-metrics-aggregator`) sent with every stream,
+    /// so an aggregator in `--agent-auth token` mode knows this agent speaks for its own node. Re-read at
+    /// every connection (kubelet rotates it). Empty: no token.
+    #[arg(long, env = "TOKEN_FILE", default_value = "")]
+    pub token_file: String,
+
     /// ipamd's introspection endpoint for per-subnet usage; empty disables it.
     #[arg(long, env = "INTROSPECTION_URL", default_value = "http://127.0.0.1:61679/v1/enis")]
     pub introspection_url: String,

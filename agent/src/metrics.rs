@@ -27,6 +27,8 @@ pub struct AgentStats {
     pub sessions: AtomicU64,
     pub connect_failures: AtomicU64,
     pub introspection_errors: AtomicU64,
+    /// Connections made without a token because `--token-file` could not be read.
+    pub token_read_failures: AtomicU64,
     /// Positions written to the state file, and state file problems by reason
     /// ([`PositionError::REASONS`] order).
     pub state_file_writes: AtomicU64,
@@ -61,6 +63,7 @@ pub fn render(node: &str, s: &AgentStats) -> String {
         ("sessions_total", "Streams opened to the aggregator", &s.sessions),
         ("connect_failures_total", "Failed connection attempts to the aggregator", &s.connect_failures),
         ("introspection_errors_total", "Failed reads of ipamd's introspection endpoint", &s.introspection_errors),
+        ("token_read_failures_total", "Streams opened without a token because --token-file could not be read", &s.token_read_failures),
         ("state_file_writes_total", "Committed positions written to the state file (--state-dir)", &s.state_file_writes),
     ];
     for (name, help, v) in counters {

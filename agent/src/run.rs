@@ -266,7 +266,17 @@ impl Agent {
             keeps_position: self.position_writer.is_some(),
         };
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-        self.session = Some(Session::open(self.next_session_id, channel, hello, self.events.clone()));
+        let token = (!self.cfg.token_file.is_empty())
+            .then(|| {
+                crate::session::read_token(std::path::Path::new(&self.cfg.token_file))
+                    .inspect_err(|e| {
+                        self.stats.token_read_failures.fetch_add(1, Ordering::Relaxed);
+                        warn!(node = %self.node, error = %e, "connecting without a ServiceAccount token; an aggregator that requires one will refuse the stream");
+                    })
+                    .ok()
+            })
+            .flatten();
+        self.session = Some(Session::open(self.next_session_id, channel, hello, token, self.events.clone()));
         self.attempts = Some(attempts);
     }
 

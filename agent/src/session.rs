@@ -1,7 +1,8 @@
 //! The stream to the aggregator, as the event loop sees it: [`spawn_connect`] dials (jittered backoff,
 //! TLS files re-read per attempt) and hands over a channel; [`Session::open`] sends the Hello and runs
 //! the bidirectional stream in its own task, turning the aggregator's Welcome, Ack and Commit messages
-//! into [`Event`]s. The loop owns every decision; this file only moves messages.
+//! into [`Event`]s. The loop owns every decision; this file only moves messages. [`read_token`] reads the
+//! ServiceAccount token a stream is opened with.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use cni_metrics_proto::v1::{agent_message, aggregator_message, AgentMessage, Hel
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tracing::warn;
 
@@ -43,11 +45,11 @@ pub(crate) struct Session {
 
 impl Session {
     /// Start stream `id` on `channel` with `hello` as its first message.
-    pub(crate) fn open(id: u64, channel: Channel, hello: Hello, events: mpsc::Sender<Event>) -> Self {
+    pub(crate) fn open(id: u64, channel: Channel, hello: Hello, token: Option<MetadataValue<Ascii>>, events: mpsc::Sender<Event>) -> Self {
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         // A fresh queue of SESSION_QUEUE slots always takes it.
         let _ = tx.try_send(wrap(agent_message::Body::Hello(hello)));
-        let task = tokio::spawn(drive_session(id, channel, rx, events));
+        let task = tokio::spawn(drive_session(id, channel, rx, token, events));
         Self { id, welcomed: false, tx, task }
     }
 }
@@ -95,9 +97,19 @@ pub(crate) fn spawn_connect(
 }
 
 /// Run one stream: send the queued messages, forward the aggregator's answers as events.
-async fn drive_session(id: u64, channel: Channel, rx: mpsc::Receiver<AgentMessage>, ev: mpsc::Sender<Event>) {
+async fn drive_session(
+    id: u64,
+    channel: Channel,
+    rx: mpsc::Receiver<AgentMessage>,
+    token: Option<MetadataValue<Ascii>>,
+    ev: mpsc::Sender<Event>,
+) {
     let mut client = IngestClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let error = match client.stream(ReceiverStream::new(rx)).await {
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(t) = token {
+        request.metadata_mut().insert("authorization", t);
+    }
+    let error = match client.stream(request).await {
         Err(status) => Some(format!("{}: {}", status.code(), status.message())),
         Ok(resp) => {
             let mut inbound = resp.into_inner();
@@ -121,4 +133,24 @@ async fn drive_session(id: u64, channel: Channel, rx: mpsc::Receiver<AgentMessag
         }
     };
     let _ = ev.send(Event::Ended { session: id, error }).await;
+}
+
+/// Largest token file read (Kubernetes tokens are about 1 KiB).
+const MAX_TOKEN_BYTES: u64 = 16 * 1024;
+
+/// The `authorization` value for the token in `path`: `Bearer <token>`.
+pub(crate) fn read_token(path: &std::path::Path) -> Result<MetadataValue<Ascii>, String> {
+    use std::io::Read;
+    let mut token = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TOKEN_BYTES + 1).read_to_string(&mut token))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let token = token.trim();
+    if token.is_empty() || token.len() as u64 > MAX_TOKEN_BYTES {
+        return Err(format!("{} is empty or longer than {MAX_TOKEN_BYTES} bytes", path.display()));
+    }
+    if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b)) {
+        return Err(format!("{} does not hold a JWT (base64url parts separated by dots)", path.display()));
+    }
+    MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -185,9 +185,60 @@ pub struct AggregatorConfig {
     #[arg(long, env = "MAX_TLS_HANDSHAKES", default_value_t = 256)]
     pub max_tls_handshakes: usize,
 
+    /// How an agent proves which node it speaks for. `token`: its projected ServiceAccount token
+    /// (audience --token-audience) must be signed by the cluster and name the node of its Hello; others
+    /// are refused (UNAUTHENTICATED / PERMISSION_DENIED) and counted. `none`: any client that reaches
+    /// the gRPC port may speak for any node (only behind mutual TLS or a tight NetworkPolicy).
+    #[arg(long, env = "AGENT_AUTH", value_enum, default_value = "none")]
+    pub agent_auth: AgentAuthMode,
+
+    /// Audience the agents' tokens are projected for.
+    #[arg(long, env = "TOKEN_AUDIENCE", default_value = "cni-metrics-aggregator")]
+    pub token_audience: String,
+
+    /// ServiceAccount the agents run as (the token's `sub`).
+    #[arg(long, env = "TOKEN_SUBJECT", default_value = "system:serviceaccount:kube-system:cni-metrics-agent")]
+    pub token_subject: String,
+
+    /// Issuer the agents' tokens must name; by default the API server's (its
+    /// `/.well-known/openid-configuration`).
+    #[arg(long, env = "TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
+
+    /// The Kubernetes API server, for the token signing keys (`/openid/v1/jwks`).
+    #[arg(long = "kubernetes-api-url", env = "KUBERNETES_API_URL", default_value = "https://kubernetes.default.svc")]
+    pub api_server: String,
+
+    /// CA bundle of the API server's certificate.
+    #[arg(long = "kubernetes-ca-file", env = "KUBERNETES_CA_FILE", default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")]
+    pub api_ca_file: std::path::PathBuf,
+
+    /// The aggregator's own token for the API server (re-read at every fetch; a missing file: anonymous).
+    #[arg(
+        long = "kubernetes-token-file",
+        env = "KUBERNETES_TOKEN_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub api_token_file: std::path::PathBuf,
+
+    /// Refresh the token signing keys this often (also when a token names an unknown key).
+    #[arg(long, env = "TOKEN_KEYS_REFRESH", default_value = "5m", value_parser = parse_positive)]
+    pub token_keys_refresh: Duration,
+
+    /// Least time between two key fetches caused by unknown key ids.
+    #[arg(long, env = "TOKEN_KEYS_MIN_REFETCH", default_value = "10s", value_parser = parse_positive)]
+    pub token_keys_min_refetch: Duration,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// `--agent-auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentAuthMode {
+    None,
+    Token,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -287,6 +338,22 @@ impl AggregatorConfig {
             auth_backoff: crate::sinks::cloudwatch::default_auth_backoff(self.cloudwatch_auth_retry_max),
             ..crate::sinks::cloudwatch::CloudWatchConfig::default()
         }
+    }
+
+    /// The token verifier's configuration, in `--agent-auth token` mode.
+    pub fn token_auth_config(&self) -> Option<crate::auth::TokenAuthConfig> {
+        (self.agent_auth == AgentAuthMode::Token).then(|| crate::auth::TokenAuthConfig {
+            source: crate::auth::KeySourceConfig {
+                api_server: self.api_server.clone(),
+                ca_file: Some(self.api_ca_file.clone()),
+                token_file: Some(self.api_token_file.clone()),
+            },
+            issuer: self.token_issuer.clone().filter(|i| !i.trim().is_empty()),
+            audience: self.token_audience.clone(),
+            subject: self.token_subject.clone(),
+            refresh: self.token_keys_refresh,
+            min_refetch: self.token_keys_min_refetch,
+        })
     }
 
     /// The cluster state's configuration.

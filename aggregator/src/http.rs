@@ -24,6 +24,8 @@ pub struct HttpState {
     pub sinks: Vec<Arc<dyn Sink>>,
     /// Refused TLS handshakes on the gRPC port, when mutual TLS is on.
     pub tls_handshake_failures: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The agent token verifier, in `--agent-auth token` mode.
+    pub auth: Option<Arc<crate::auth::TokenAuth>>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -55,6 +57,9 @@ async fn metrics(State(st): State<HttpState>) -> impl IntoResponse {
             f.load(std::sync::atomic::Ordering::Relaxed),
         );
     }
+    if let Some(auth) = &st.auth {
+        auth.render(&mut page);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }
 
@@ -79,7 +84,14 @@ mod tests {
 
     fn app() -> Router {
         let cluster = Arc::new(Mutex::new(ClusterState::new(StateConfig { cluster_id: "c1".into(), ..StateConfig::default() })));
-        router(HttpState { cluster, publish: Arc::default(), prometheus: true, sinks: Vec::new(), tls_handshake_failures: None })
+        router(HttpState {
+            cluster,
+            publish: Arc::default(),
+            prometheus: true,
+            sinks: Vec::new(),
+            tls_handshake_failures: None,
+            auth: None,
+        })
     }
 
     async fn get_text(path: &str) -> (StatusCode, String, Option<String>) {

@@ -5,6 +5,10 @@
 //!
 //! A stream that sends garbage gets a status and is closed; other nodes are unaffected.
 //!
+//! With `--agent-auth token` the stream's `authorization` metadata must carry a token that names the
+//! Hello's node ([`TokenAuth::admit`]); the stream then lives until that token expires, when it ends
+//! with UNAUTHENTICATED and the agent reconnects with the token kubelet has refreshed meanwhile.
+//!
 //! Besides acks, a stream carries commits: when the publisher records that every sink delivered a window
 //! ([`ClusterState::commit`](crate::state::ClusterState::commit)) it bumps a watch; each stream then sends its node's new committed seq. At
 //! shutdown the service first *freezes* (reports are no longer applied, so nothing enters a window that
@@ -23,6 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::auth::TokenAuth;
 use crate::shared::{lock, Shared};
 use crate::state::{IngestError, Refusal, Welcomed};
 
@@ -64,14 +69,47 @@ pub struct IngestService {
     instance_id: u64,
     /// When this process started, for the agents (Unix ms).
     started_unix_ms: i64,
+    /// `--agent-auth token`: the verifier of the agents' tokens.
+    auth: Option<Arc<TokenAuth>>,
 }
 
 impl IngestService {
-    pub fn new(state: Shared, signals: StreamSignals, limits: IngestLimits) -> Self {
+    pub fn new(state: Shared, signals: StreamSignals, limits: IngestLimits, auth: Option<Arc<TokenAuth>>) -> Self {
         let open = Arc::new(Semaphore::new(limits.max_streams.min(Semaphore::MAX_PERMITS)));
-        Self { state, signals, limits, open, instance_id: fastrand::u64(1..), started_unix_ms: cni_metrics_proto::clock::unix_ms_now() }
+        Self {
+            state,
+            signals,
+            limits,
+            open,
+            instance_id: fastrand::u64(1..),
+            started_unix_ms: cni_metrics_proto::clock::unix_ms_now(),
+            auth,
+        }
+    }
+
+    /// In token mode, admit the stream for `node`; returns when its token stops holding.
+    async fn authenticate(&self, authorization: Option<&str>, node: &str, peer: &str) -> Result<Option<tokio::time::Instant>, Status> {
+        let Some(auth) = &self.auth else { return Ok(None) };
+        match auth.admit(authorization, node).await {
+            Ok(id) => {
+                let now_s = cni_metrics_proto::clock::unix_ms_now().max(0) as u64 / 1000;
+                let left = Duration::from_secs(id.valid_until_unix.saturating_sub(now_s)).min(MAX_TOKEN_LIFETIME);
+                debug!(peer = %peer, node = %node, pod = %id.pod, valid_for = ?left, "agent token verified");
+                Ok(Some(tokio::time::Instant::now() + left))
+            }
+            Err(e) => {
+                refuse(&self.state, e.refusal());
+                // `node` is not validated yet: quote it only bounded and printable.
+                let shown: String = node.chars().take(253).map(|c| if c.is_control() { '?' } else { c }).collect();
+                warn!(peer = %peer, node = %shown, reason = e.reason(), error = %e, "agent refused: its token does not prove this node");
+                Err(e.status())
+            }
+        }
     }
 }
+
+/// Longest a stream may live on one token (Kubernetes caps projected tokens at 48 h by default).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(48 * 3600);
 
 fn welcome_message(w: &Welcomed, instance_id: u64, started_unix_ms: i64) -> Welcome {
     Welcome {
@@ -140,6 +178,8 @@ impl Ingest for IngestService {
             warn!(peer = %peer, max_streams = self.limits.max_streams, "stream refused: --max-streams reached");
             return Err(Status::resource_exhausted("too many agent streams (--max-streams)"));
         };
+        // Only read here; checked against the Hello's node below.
+        let authorization = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or("").to_owned());
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(self.limits.hello_timeout, inbound.message()).await {
             Ok(Ok(m)) => m,
@@ -162,6 +202,7 @@ impl Ingest for IngestService {
         if *self.signals.frozen.borrow() {
             return Err(Status::unavailable("aggregator shutting down"));
         }
+        let token_deadline = self.authenticate(authorization.as_deref(), &hello.node_name, &peer).await?;
         let welcomed = lock(&self.state).hello(&hello, Instant::now()).map_err(|e| {
             warn!(peer = %peer, node = %hello.node_name, error = %e, reason = e.reason(), "hello refused");
             to_status(&e)
@@ -189,6 +230,7 @@ impl Ingest for IngestService {
             tx,
             signals: self.signals.clone(),
             sent_commit: welcomed.committed_seq,
+            token_deadline,
             _permit: permit,
         };
         tokio::spawn(stream.run());
@@ -214,7 +256,17 @@ pub struct AgentStream {
     signals: StreamSignals,
     /// The last commit sent to the agent.
     sent_commit: u64,
+    /// When the agent's token stops holding (token mode).
+    token_deadline: Option<tokio::time::Instant>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// Until `deadline`, or forever.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl AgentStream {
@@ -228,6 +280,10 @@ impl AgentStream {
                 }
                 _ = async { let _ = self.signals.stop.wait_for(|s| *s).await; } => {
                     self.on_stop().await;
+                    return;
+                }
+                () = until(self.token_deadline) => {
+                    self.on_token_expired().await;
                     return;
                 }
             };
@@ -333,6 +389,14 @@ impl AgentStream {
                 _ = tokio::time::sleep_until(deadline) => last = true,
             }
         }
+    }
+
+    /// The agent's token expired: end the stream; the agent reconnects with its refreshed token and
+    /// resumes from its last commit, nothing lost.
+    async fn on_token_expired(&mut self) {
+        info!(node = %self.node, session = self.session, "agent token expired; ending the stream so the agent reconnects with a fresh one");
+        lock(&self.state).stats.token_expiries += 1;
+        self.close(Status::unauthenticated("the agent's token expired: reconnect with the refreshed token")).await;
     }
 
     /// End the stream with `status`.

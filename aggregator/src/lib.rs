@@ -6,12 +6,14 @@
 //!   [`consumer`]: the service `watch` and other clients subscribe to.
 //! - [`publish`]: the publisher loop closing windows and recording commits; [`sinks`]: the `Sink`
 //!   trait, stdout and CloudWatch (config, encoder, retry classification, client).
+//! - [`auth`]: agent tokens (`--agent-auth token`): an agent speaks only for its own node.
 //! - [`http`] (`/metrics`, `/healthz`, `/readyz`), [`tls`] (mutual TLS), [`server`] (the wiring),
 //!   [`config`] (typed flags, the one source of defaults), [`watch`] (the terminal view) and, with the
 //!   default `demo` feature, `demo` (real agents against simulated ipamds; the production image is
 //!   built without it, so it links neither the agent nor the test fixtures).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod consumer;
 #[cfg(feature = "demo")]

@@ -37,6 +37,8 @@ pub enum ServeError {
     Reflection(String),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("agent authentication: {0}")]
+    Auth(#[from] crate::auth::SetupError),
 }
 
 /// Handles shared with whoever embeds the aggregator (tests, demo view).
@@ -86,7 +88,23 @@ pub async fn serve(
 
     let signals = StreamSignals { frozen: freeze_rx.clone(), stop: stop_tx.subscribe(), commits: commit_rx };
     let limits = IngestLimits { max_streams: cfg.max_streams, hello_timeout: cfg.hello_timeout };
-    let svc = IngestServer::new(IngestService::new(handles.state.clone(), signals, limits))
+    let auth = match cfg.token_auth_config() {
+        Some(c) => {
+            info!(audience = %c.audience, subject = %c.subject, api_server = %c.source.api_server, "agents must prove their node with a ServiceAccount token");
+            let auth = Arc::new(crate::auth::TokenAuth::new(c)?);
+            tokio::spawn(auth.clone().run_refresher(stopped()));
+            Some(auth)
+        }
+        None if cfg.tls_files().is_some() => {
+            info!("agents are authenticated by mutual TLS only (--agent-auth none): any client with a certificate can speak for any node");
+            None
+        }
+        None => {
+            warn!("agents are not authenticated (--agent-auth none): any client that reaches the gRPC port can speak for any node");
+            None
+        }
+    };
+    let svc = IngestServer::new(IngestService::new(handles.state.clone(), signals, limits, auth.clone()))
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
     let consumer = ConsumerService::new(handles.state.clone());
@@ -125,6 +143,7 @@ pub async fn serve(
         prometheus: cfg.prometheus,
         sinks: sinks.clone(),
         tls_handshake_failures: cfg.tls_files().map(|_| handles.tls_handshake_failures.clone()),
+        auth,
     });
     let http_stop = stopped();
     let http_task = tokio::spawn(async move { axum::serve(http, app).with_graceful_shutdown(http_stop).await });

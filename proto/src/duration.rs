@@ -1,6 +1,7 @@
 //! Parsing of the duration knobs: plain seconds as upstream's `METRIC_UPDATE_INTERVAL` takes them (`30`),
 //! or a unit suffix (`500ms`, `2s`, `5m`, `1h`, `1m30s`). Zero, negative and malformed values are errors
-//! that name the value, never a silent default.
+//! that name the value, never a silent default. So are durations above [`MAX`] (365 days): no knob needs
+//! more, and a larger one would overflow the clock arithmetic that uses it (found by fuzzing `flags`).
 
 use std::time::Duration;
 
@@ -12,7 +13,12 @@ pub enum DurationError {
     NotPositive(String),
     #[error("invalid duration {0:?}: use seconds (30) or a unit: 500ms, 2s, 5m, 1h, 1m30s")]
     Invalid(String),
+    #[error("duration {0:?} is too long: at most 365 days (8760h)")]
+    TooLong(String),
 }
+
+/// The longest duration any knob accepts.
+pub const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parse a strictly positive duration.
 pub fn parse_positive(s: &str) -> Result<Duration, DurationError> {
@@ -24,11 +30,12 @@ pub fn parse_positive(s: &str) -> Result<Duration, DurationError> {
         return Err(DurationError::NotPositive(t.to_owned()));
     }
     let invalid = || DurationError::Invalid(t.to_owned());
+    let too_long = || DurationError::TooLong(t.to_owned());
     let total = if let Ok(secs) = t.parse::<f64>() {
         if !secs.is_finite() {
             return Err(invalid());
         }
-        Duration::try_from_secs_f64(secs).map_err(|_| invalid())?
+        Duration::try_from_secs_f64(secs).map_err(|_| too_long())?
     } else {
         let mut total = Duration::ZERO;
         let mut rest = t;
@@ -47,13 +54,17 @@ pub fn parse_positive(s: &str) -> Result<Duration, DurationError> {
                 "h" => 3600.0,
                 _ => return Err(invalid()),
             };
-            total += Duration::try_from_secs_f64(n * scale).map_err(|_| invalid())?;
+            let part = Duration::try_from_secs_f64(n * scale).map_err(|_| too_long())?;
+            total = total.checked_add(part).filter(|d| *d <= MAX).ok_or_else(too_long)?;
             rest = &after[unit_end..];
         }
         total
     };
     if total.is_zero() {
         return Err(DurationError::NotPositive(t.to_owned()));
+    }
+    if total > MAX {
+        return Err(too_long());
     }
     Ok(total)
 }
@@ -73,6 +84,7 @@ mod tests {
             ("5m", 300_000),
             ("1h", 3_600_000),
             ("1m30s", 90_000),
+            ("8760h", 31_536_000_000),
         ];
         for (s, ms) in ok {
             assert_eq!(parse_positive(s).map(|d| d.as_millis()), Ok(ms), "{s}");
@@ -86,6 +98,10 @@ mod tests {
             ("s", DurationError::Invalid("s".into())),
             ("inf", DurationError::Invalid("inf".into())),
             ("NaN", DurationError::Invalid("NaN".into())),
+            ("8761h", DurationError::TooLong("8761h".into())),
+            ("1e300", DurationError::TooLong("1e300".into())),
+            // Found by fuzzing: the sum of two parts overflowed `Duration` and panicked.
+            ("18446744073709551615s18446744073709551615s", DurationError::TooLong("18446744073709551615s18446744073709551615s".into())),
         ];
         for (s, e) in bad {
             assert_eq!(parse_positive(s), Err(e), "{s}");

@@ -102,6 +102,7 @@ pub fn flags(data: &[u8]) {
     let s = String::from_utf8_lossy(data);
     if let Ok(d) = cni_metrics_proto::duration::parse_positive(&s) {
         assert!(!d.is_zero(), "a positive duration parsed as zero from {s:?}");
+        assert!(d <= cni_metrics_proto::duration::MAX, "a duration above the maximum accepted from {s:?}");
     }
     let _ = cni_metrics_proto::flags::parse_switch(&s);
 }

@@ -109,8 +109,8 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> {
     docs.iter().find(|d| d["kind"] == kind && d["metadata"]["name"] == name).with_context(|| format!("{kind}/{name} missing"))
 }
 
-fn restricted(pod: &Value, what: &str) -> Result<()> {
-    ensure!(pod["automountServiceAccountToken"] == false, "{what}: no service account token");
+fn restricted(pod: &Value, what: &str, api_token: bool) -> Result<()> {
+    ensure!(pod["automountServiceAccountToken"] == api_token, "{what}: API token mounted: {api_token}");
     ensure!(pod["securityContext"]["runAsNonRoot"] == true && pod["securityContext"]["runAsUser"] == 65534, "{what}: non-root");
     ensure!(pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", "{what}: seccomp");
     for c in pod["containers"].as_array().context("containers")? {
@@ -165,8 +165,28 @@ fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
             ensure!(terms.contains(want), "affinity lacks {want}: {terms}");
         }
         ensure!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "10%", "rollout");
-        restricted(pod, "agent")?;
+        restricted(pod, "agent", false)?;
         let agent = &pod["containers"][0];
+        // Its one token: projected for the aggregator's audience, short-lived, read-only, at TOKEN_FILE.
+        let token = pod["volumes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == "aggregator-token"))
+            .context("aggregator-token volume")?;
+        let sat = &token["projected"]["sources"][0]["serviceAccountToken"];
+        ensure!(sat["audience"] == "cni-metrics-aggregator" && sat["path"] == "token", "token for the aggregator: {sat}");
+        ensure!(sat["expirationSeconds"].as_u64().is_some_and(|s| (600..=3600).contains(&s)), "short-lived token: {sat}");
+        ensure!(
+            agent["volumeMounts"].as_array().is_some_and(|m| m.contains(&serde_json::json!(
+                {"name": "aggregator-token", "mountPath": "/var/run/secrets/cni-metrics", "readOnly": true}
+            ))),
+            "token mounted read-only"
+        );
+        ensure!(
+            agent["env"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|v| v["name"] == "TOKEN_FILE" && v["value"] == "/var/run/secrets/cni-metrics/token")),
+            "TOKEN_FILE set"
+        );
         ensure!(
             agent["env"]
                 .as_array()
@@ -206,7 +226,8 @@ fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
         let dep = find(&docs, "Deployment", "cni-metrics-aggregator")?;
         ensure!(dep["spec"]["replicas"] == 1 && dep["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0, "one publisher at a time");
         let pod = &dep["spec"]["template"]["spec"];
-        restricted(pod, "aggregator")?;
+        // Its API token reads only the public signing keys (no RBAC of its own, checked above).
+        restricted(pod, "aggregator", true)?;
         for taint in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
             let t = pod["tolerations"]
                 .as_array()
@@ -222,6 +243,7 @@ fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
         ensure!(names == ["grpc", "http-metrics"], "service ports {names:?}");
 
         let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").context("config map")?;
+        ensure!(cm["data"]["AGENT_AUTH"] == "token", "{overlay}: agents prove their node with a token");
         let sa = find(&docs, "ServiceAccount", "cni-metrics-aggregator")?;
         let role = &sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"];
         match overlay {
@@ -238,7 +260,9 @@ fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
                 };
                 ensure!(env(agent, "AGGREGATOR_URL").is_some_and(|u| u.starts_with("https://")), "agents use https");
                 ensure!(env(agent, "AGENT_TLS_CERT").is_some() && env(&pod["containers"][0], "TLS_CLIENT_CA").is_some(), "TLS files wired");
-                let secret = |p: &Value| p["volumes"][0]["secret"]["secretName"].as_str().unwrap_or("").to_owned();
+                let secret = |p: &Value| {
+                    p["volumes"].as_array().into_iter().flatten().find_map(|v| v["secret"]["secretName"].as_str()).unwrap_or("").to_owned()
+                };
                 ensure!(secret(pod) == "cni-metrics-aggregator-tls", "aggregator secret");
                 ensure!(secret(&ds["spec"]["template"]["spec"]) == "cni-metrics-agent-tls", "agent secret");
                 for name in ["cni-metrics-aggregator-tls", "cni-metrics-agent-tls"] {

@@ -189,6 +189,12 @@ impl ClusterState {
             st.reports_ignored_old_seq,
         );
         page.counts("cni_metrics_reports_rejected_total", "Agent streams and messages refused, by reason", "reason", &st.rejected);
+        counter(
+            page,
+            "cni_metrics_streams_token_expired_total",
+            "Agent streams ended when the agent's token expired (it reconnects with the one kubelet refreshed)",
+            st.token_expiries,
+        );
         page.counts("cni_metrics_series_rejected_total", "Series refused, by reason", "reason", &st.series_rejected);
         labelled(
             page,

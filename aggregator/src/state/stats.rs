@@ -24,6 +24,17 @@ cni_metrics_proto::label_enum! {
         Redefined => "redefined",
         BadDef => "bad_def",
         DuplicateNode => "duplicate_node",
+        TokenMissing => "token_missing",
+        TokenMalformed => "token_malformed",
+        TokenUnknownKey => "token_unknown_key",
+        TokenBadSignature => "token_bad_signature",
+        TokenWrongIssuer => "token_wrong_issuer",
+        TokenWrongAudience => "token_wrong_audience",
+        TokenExpired => "token_expired",
+        TokenWrongSubject => "token_wrong_subject",
+        TokenNoNode => "token_no_node",
+        TokenWrongNode => "token_wrong_node",
+        TokenKeysUnavailable => "token_keys_unavailable",
     }
 }
 
@@ -118,4 +129,6 @@ pub struct IngestStats {
     pub departed_evicted: u64,
     /// Times a node started reporting impossible capacity values.
     pub capacity_anomalies: u64,
+    /// Streams ended because the agent's token expired (the agent reconnects with its refreshed one).
+    pub token_expiries: u64,
 }
