@@ -354,3 +354,41 @@ async fn dashboards_and_alerts_use_real_metric_names() -> Result<()> {
     }
     Ok(())
 }
+
+/// The PrometheusRule's rules pass `promtool check rules`, and every alert passes its unit tests
+/// (`tests/support/prometheus/alerts.test.yaml`: fires when it should, silent when it should not).
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() -> Result<()> {
+    let (_, docs) = render("prometheus")?;
+    let rule = docs.iter().find(|d| d["kind"] == "PrometheusRule").context("PrometheusRule in the prometheus overlay")?;
+    let groups = &rule["spec"]["groups"];
+    let alerts: Vec<&str> = groups
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    let tests = std::fs::read_to_string(repo_root().join("tests/support/prometheus/alerts.test.yaml"))?;
+    for alert in &alerts {
+        ensure!(tests.contains(&format!("alertname: {alert}\n")), "alert {alert} has no promtool unit test");
+    }
+    let dir = scratch_dir("promtool-rules")?;
+    std::fs::write(dir.join("rules.json"), serde_json::to_string_pretty(&serde_json::json!({ "groups": groups }))?)?;
+    std::fs::write(dir.join("alerts.test.yaml"), &tests)?;
+    for args in [&["check", "rules", "rules.json"][..], &["test", "rules", "alerts.test.yaml"][..]] {
+        let out = match Command::new("promtool").args(args).current_dir(&dir).output() {
+            Ok(o) => o,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os("CI").is_none() => {
+                eprintln!("NOTE: promtool not installed (apt-get install prometheus); alert rules not checked");
+                return Ok(());
+            }
+            Err(e) => bail!("cannot run promtool (Debian package prometheus): {e}"),
+        };
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        ensure!(out.status.success(), "promtool {}: {text}", args.join(" "));
+        eprintln!("promtool {}: {}", args.join(" "), text.lines().last().unwrap_or_default());
+    }
+    ensure!(alerts.len() >= 7, "alerts found: {alerts:?}");
+    Ok(())
+}
