@@ -245,10 +245,10 @@ impl Aggregator {
         env: &[(&str, Option<&str>)],
     ) -> Result<Self> {
         let mut args: Vec<String> =
-            ["--grpc-listen", grpc_listen, "--http-listen", "127.0.0.1:0", "--stdout", "true", "--log-format", "json"]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect();
+            ["--grpc-listen", grpc_listen, "--stdout", "true", "--log-format", "json"].iter().map(|s| (*s).to_owned()).collect();
+        if !extra.contains(&"--http-listen") {
+            args.extend(["--http-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
         // Counters reach /metrics when their window closes: short windows unless the test says otherwise.
         if !extra.contains(&"--publish-interval") {
             args.extend(["--publish-interval".to_owned(), "200ms".to_owned()]);
@@ -334,6 +334,17 @@ where
 }
 
 /// A free loopback port (for an aggregator that must come back on the same address).
+/// A fake ipamd on a free loopback port serving a new simulated node of `style` (ipamd started a second
+/// ago, so its counters count from zero) after `steps` simulation steps.
+pub async fn fake_ipamd(style: cni_metrics_testkit::PageStyle, seed: u64, steps: usize) -> Result<cni_metrics_testkit::FakeIpamd> {
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0) - 1.0;
+    let mut sim = cni_metrics_testkit::SimIpamd::new(style, seed, started);
+    for _ in 0..steps {
+        sim.step();
+    }
+    Ok(cni_metrics_testkit::FakeIpamd::start(sim, std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?)
+}
+
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
@@ -487,6 +498,26 @@ impl Drop for Emulator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Render `deploy/overlays/<overlay>` with `kubectl kustomize`: the YAML, its documents as JSON, and the
+/// file it was written to (in a scratch directory).
+pub fn render_overlay(overlay: &str) -> Result<(String, Vec<serde_json::Value>, PathBuf)> {
+    let dir = repo_root().join("deploy/overlays").join(overlay);
+    let out =
+        Command::new("kubectl").arg("kustomize").arg(&dir).output().context("kubectl (kustomize) is needed for the manifest tests")?;
+    anyhow::ensure!(out.status.success(), "kubectl kustomize {overlay}: {}", String::from_utf8_lossy(&out.stderr));
+    let yaml = String::from_utf8(out.stdout)?;
+    let scratch = scratch_dir(&format!("render-{overlay}"))?;
+    let file = scratch.join(format!("{overlay}.yaml"));
+    std::fs::write(&file, &yaml)?;
+    let json = Command::new(test_python()?)
+        .args(["-c", "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))"])
+        .arg(&file)
+        .output()?;
+    anyhow::ensure!(json.status.success(), "yaml to json: {}", String::from_utf8_lossy(&json.stderr));
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout)?;
+    Ok((yaml, docs, file))
 }
 
 /// Check a `/metrics` page with Prometheus' own `promtool check metrics` (Debian's `prometheus`

@@ -5,29 +5,19 @@
 //! refused, counted by reason, and their ipamds' numbers never reach the cluster sums. A stream ends when
 //! its token expires and the agent comes back with the rotated token and key, losing nothing.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 use cni_metrics_e2e::*;
 use cni_metrics_testkit::issuer::{jwks, Issuer, JwksServer};
-use cni_metrics_testkit::sim::{PageStyle, SimIpamd};
-use cni_metrics_testkit::FakeIpamd;
+use cni_metrics_testkit::sim::PageStyle;
 use serde_json::json;
 
 const ISS: &str = "https://oidc.eks.eu-west-1.amazonaws.com/id/E2E0000000000000000000000000TEST";
 
-fn now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
-
-async fn ipamd(seed: u64) -> Result<FakeIpamd> {
-    let mut sim = SimIpamd::new(PageStyle::Modern, seed, now() - 1.0);
-    for _ in 0..3 {
-        sim.step();
-    }
-    Ok(FakeIpamd::start(sim, SocketAddr::from(([127, 0, 0, 1], 0))).await?)
+async fn ipamd(seed: u64) -> Result<cni_metrics_testkit::FakeIpamd> {
+    fake_ipamd(PageStyle::Modern, seed, 3).await
 }
 
 fn write_token(dir: &Path, name: &str, token: &str) -> Result<String> {

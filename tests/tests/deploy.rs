@@ -7,28 +7,14 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
-use cni_metrics_e2e::{bin_dir, repo_root, scratch_dir, test_python};
+use cni_metrics_e2e::{bin_dir, render_overlay, repo_root, scratch_dir, test_python};
 use serde_json::Value;
 
 /// Ports taken on an EKS node: ipamd, the network-policy agent, upstream's helper.
 const RESERVED: &[u64] = &[50051, 61678, 61679, 8162, 8163, 61681];
 
 fn render(overlay: &str) -> Result<(String, Vec<Value>)> {
-    let dir = repo_root().join("deploy/overlays").join(overlay);
-    let out =
-        Command::new("kubectl").arg("kustomize").arg(&dir).output().context("kubectl (kustomize) is needed for the manifest tests")?;
-    ensure!(out.status.success(), "kubectl kustomize {overlay}: {}", String::from_utf8_lossy(&out.stderr));
-    let yaml = String::from_utf8(out.stdout)?;
-    let scratch = scratch_dir("deploy")?;
-    let file = scratch.join(format!("{overlay}.yaml"));
-    std::fs::write(&file, &yaml)?;
-    let py = test_python()?;
-    let json = Command::new(py)
-        .args(["-c", "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))"])
-        .arg(&file)
-        .output()?;
-    ensure!(json.status.success(), "yaml to json: {}", String::from_utf8_lossy(&json.stderr));
-    let docs: Vec<Value> = serde_json::from_slice(&json.stdout)?;
+    let (yaml, docs, file) = render_overlay(overlay)?;
     validate(&file)?;
     Ok((yaml, docs))
 }

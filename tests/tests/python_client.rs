@@ -2,18 +2,12 @@
 //! grpcio-tools here, never committed) subscribes to a live aggregator fed by real agents and fake
 //! ipamds; what it prints must equal the aggregator's `/metrics` and the simulators' truth.
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use cni_metrics_e2e::*;
-use cni_metrics_testkit::sim::{PageStyle, SimIpamd};
-use cni_metrics_testkit::FakeIpamd;
-
-fn now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
+use cni_metrics_testkit::sim::PageStyle;
 
 /// Generate the stubs with grpcio-tools into a fresh directory.
 fn generate_stubs(python: &std::path::Path, out: &std::path::Path) -> Result<()> {
@@ -43,11 +37,7 @@ async fn the_python_example_prints_what_the_aggregator_exposes() -> Result<()> {
     let mut ipamds = Vec::new();
     let mut agents = Vec::new();
     for (i, style) in [PageStyle::Modern, PageStyle::PrefixDelegation, PageStyle::Legacy2019].into_iter().enumerate() {
-        let mut sim = SimIpamd::new(style, 40 + i as u64, now() - 1.0);
-        for _ in 0..4 {
-            sim.step();
-        }
-        let f = FakeIpamd::start(sim, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let f = fake_ipamd(style, 40 + i as u64, 4).await?;
         agents.push(start_agent(&dir, &format!("node-{i}"), &f.url(), &agg.grpc, &[])?);
         ipamds.push(f);
     }
