@@ -261,6 +261,13 @@ pub struct DemoConfig {
     /// Seed of the simulation.
     #[arg(long, default_value_t = 2026)]
     pub seed: u64,
+    /// Append every published datum to this file (the live view shows a summary of the last window).
+    #[arg(long)]
+    pub datums_log: Option<std::path::PathBuf>,
+    /// Write the logs here (default on a terminal: cni-metrics-demo.log in the temporary directory;
+    /// otherwise stderr).
+    #[arg(long)]
+    pub log_file: Option<std::path::PathBuf>,
 }
 
 fn parse_resolution(s: &str) -> Result<i32, String> {

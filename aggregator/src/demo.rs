@@ -17,11 +17,35 @@ use crate::shared::lock;
 use crate::sinks::stdout::encode_lines;
 use crate::sinks::{BoxFuture, Sink, SinkError};
 use crate::state::{status_label, ClusterState, Window};
+use cni_metrics_proto::clock::rfc3339;
 
-/// Keeps the last published lines for the view.
-#[derive(Default)]
+/// The last published window, in short, for the view.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PublishSummary {
+    pub end_unix_ms: i64,
+    pub datums: usize,
+    /// A few cluster-wide datums (no dimension): CloudWatch name and value.
+    pub key: Vec<(String, f64)>,
+}
+
+/// The CloudWatch names the summary line shows.
+const KEY_DATUMS: &[&str] = &["assignIPAddresses", "totalIPAddresses", "maxIPAddresses", "addReqCount"];
+
+impl PublishSummary {
+    fn of(w: &Window) -> Self {
+        let key = KEY_DATUMS
+            .iter()
+            .filter_map(|k| w.datums.iter().find(|d| d.metric_name == *k && d.dimension.is_none()).map(|d| ((*k).to_owned(), d.value)))
+            .collect();
+        Self { end_unix_ms: w.end_unix_ms, datums: w.datums.len(), key }
+    }
+}
+
+/// Keeps a summary of the last published window for the view; with `--datums-log`, appends every
+/// datum as the stdout sink prints it.
 struct ViewSink {
-    last: Mutex<String>,
+    last: Mutex<Option<PublishSummary>>,
+    log: Option<std::path::PathBuf>,
 }
 
 impl Sink for ViewSink {
@@ -31,7 +55,18 @@ impl Sink for ViewSink {
 
     fn publish<'a>(&'a self, window: &'a Window) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            *self.last.lock().unwrap_or_else(|e| e.into_inner()) = encode_lines(window);
+            *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(PublishSummary::of(window));
+            if let Some(path) = &self.log {
+                use std::io::Write as _;
+                let written = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .and_then(|mut f| f.write_all(encode_lines(window).as_bytes()));
+                if let Err(e) = written {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the datums log");
+                }
+            }
             Ok(())
         })
     }
@@ -46,7 +81,8 @@ fn style_name(s: PageStyle) -> &'static str {
     }
 }
 
-/// Per-node facts the view shows next to the aggregator's numbers.
+/// One node as the view shows it: its ipamd's truth as of the last page it served the agent (a node
+/// serving garbage keeps its last good state, as the aggregator does).
 pub struct NodeTruth {
     pub name: String,
     pub style: PageStyle,
@@ -57,49 +93,111 @@ pub struct NodeTruth {
     pub add_requests: u64,
 }
 
-/// The live view as text (pure, so it is unit-tested).
-pub fn render_view(st: &ClusterState, truth: &[NodeTruth], last_publish: &str, events: &[String], header: &str) -> String {
+/// The view fits a terminal of this many columns and rows.
+pub const VIEW_COLUMNS: usize = 100;
+pub const VIEW_ROWS: usize = 30;
+/// Node rows shown; the rest are summed but not listed.
+const NODE_ROWS: usize = 6;
+/// Events shown (the latest).
+const EVENT_ROWS: usize = 4;
+
+/// What the live view shows.
+pub struct ViewInput<'a> {
+    pub header: &'a [String],
+    pub truth: &'a [NodeTruth],
+    pub publish: Option<&'a PublishSummary>,
+    pub events: &'a [String],
+}
+
+/// The live view as text (pure, so it is unit-tested): at most [`VIEW_ROWS`] lines of at most
+/// [`VIEW_COLUMNS`] characters.
+pub fn render_view(st: &ClusterState, v: &ViewInput<'_>) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(s, "{header}\n");
+    for h in v.header {
+        let _ = writeln!(s, "{h}");
+    }
     let _ =
-        writeln!(s, "{:<8} {:<20} {:<9} {:>9} {:>6} {:>5} {:>8}", "NODE", "IPAMD PAGE", "SCRAPE", "ASSIGNED", "TOTAL", "MAX", "ADD REQ");
-    for t in truth {
-        let status = st.node(&t.name).map_or("absent", |n| status_label(n.status));
+        writeln!(s, "\n{:<8} {:<20} {:<10} {:>9} {:>6} {:>5} {:>8}", "NODE", "IPAMD PAGE", "SCRAPE", "ASSIGNED", "TOTAL", "MAX", "ADD REQ");
+    let status = |t: &NodeTruth| st.node(&t.name).map_or("absent", |n| status_label(n.status));
+    for t in v.truth.iter().take(NODE_ROWS) {
         let _ = writeln!(
             s,
-            "{:<8} {:<20} {:<9} {:>9} {:>6} {:>5} {:>8}",
+            "{:<8} {:<20} {:<10} {:>9} {:>6} {:>5} {:>8}",
             t.name,
             style_name(t.style),
-            status,
+            status(t),
             t.assigned,
             t.total,
             t.max,
             t.add_requests
         );
     }
-    let v = |n: &str| st.value(n, &[]).map_or_else(|| "-".to_owned(), |v| format!("{v}"));
-    let sum = |f: fn(&NodeTruth) -> u64| truth.iter().map(f).sum::<u64>();
-    let _ = writeln!(s, "\n{:<34} {:>12} {:>12}", "CLUSTER (aggregator vs truth)", "AGGREGATOR", "TRUTH");
-    for (label, name, t) in [
+    if v.truth.len() > NODE_ROWS {
+        let _ = writeln!(s, "... and {} more nodes (the sums below cover all)", v.truth.len() - NODE_ROWS);
+    }
+    let sum = |f: fn(&NodeTruth) -> u64| v.truth.iter().map(f).sum::<u64>() as f64;
+    let absent: Vec<&str> = v.truth.iter().filter(|t| st.node(&t.name).is_none()).map(|t| t.name.as_str()).collect();
+    let why = if absent.is_empty() {
+        "differs: a scrape was in flight; settles at the next interval".to_owned()
+    } else {
+        format!("differs: {} not reporting yet", absent.join(", "))
+    };
+    let _ = writeln!(s, "\n{:<34} {:>10} {:>10}", "CLUSTER (aggregator vs truth)", "AGGREGATOR", "TRUTH");
+    for (label, name, truth) in [
         ("IPs assigned", "awscni_assigned_ip_addresses", sum(|t| t.assigned)),
-        ("IPs total", "awscni_total_ip_addresses", sum(|t| t.total)),
+        ("IPs allocated (total)", "awscni_total_ip_addresses", sum(|t| t.total)),
         ("IPs max", "awscni_ip_max", sum(|t| t.max)),
         ("add IP requests since start", "awscni_add_ip_req_count", sum(|t| t.add_requests)),
     ] {
-        let _ = writeln!(s, "{label:<34} {:>12} {t:>12}", v(name));
+        let got = st.live_value(name, &[]);
+        let shown = got.map_or_else(|| "-".to_owned(), |g| format!("{g}"));
+        let verdict = if got == Some(truth) { "same" } else { why.as_str() };
+        let _ = writeln!(s, "{label:<34} {shown:>10} {truth:>10}  {verdict}");
     }
-    let _ = writeln!(s, "\nLast publish (stdout sink):");
-    for line in last_publish.lines() {
-        let _ = writeln!(s, "  {line}");
-    }
-    if !events.is_empty() {
-        let _ = writeln!(s, "\nEvents:");
-        for e in events.iter().rev().take(6).rev() {
-            let _ = writeln!(s, "  {e}");
+    let published = st.value("awscni_add_ip_req_count", &[]).map_or_else(|| "-".to_owned(), |p| format!("{p}"));
+    let _ = writeln!(s, "  truth: what each ipamd last served its agent; a node serving garbage keeps its last good state");
+    let _ = writeln!(s, "  counters: reports applied so far; published to the sinks at window close: {published}");
+    match v.publish {
+        Some(p) => {
+            let key: Vec<String> = p.key.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let time = rfc3339(p.end_unix_ms);
+            let _ = writeln!(
+                s,
+                "\nLAST PUBLISH: window ending {} UTC, {} datums, values as of its end:",
+                time.get(11..19).unwrap_or(&time),
+                p.datums
+            );
+            let _ = writeln!(s, "  {}", key.join("  "));
+        }
+        None => {
+            let _ = writeln!(s, "\nLAST PUBLISH: none yet (the first window closes soon)");
         }
     }
-    s
+    let _ = writeln!(s, "\nEVENTS");
+    let shown = v.events.len().min(EVENT_ROWS);
+    for e in &v.events[v.events.len() - shown..] {
+        let _ = writeln!(s, "  {e}");
+    }
+    if v.events.is_empty() {
+        let _ = writeln!(s, "  waiting for every agent's first scrape");
+    }
+    fit(&s)
+}
+
+/// Cut every line to [`VIEW_COLUMNS`] characters (`...` marks a cut).
+fn fit(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for line in s.lines() {
+        if line.chars().count() > VIEW_COLUMNS {
+            out.extend(line.chars().take(VIEW_COLUMNS - 3));
+            out.push_str("...");
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Run the demo until `shutdown` (or `--duration`).
@@ -132,7 +230,7 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
     let grpc_addr = grpc.local_addr()?;
     let http_addr = http.local_addr()?;
     let handles = Handles::new(&agg_cfg);
-    let view_sink = Arc::new(ViewSink::default());
+    let view_sink = Arc::new(ViewSink { last: Mutex::new(None), log: cfg.datums_log.clone() });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -152,12 +250,25 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
     }
 
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let header = format!(
-        "cni-metrics demo: {n} simulated nodes -> agents -> aggregator (gRPC {grpc_addr})\n\
-         Prometheus: http://{http_addr}/metrics   live view: cni-metrics-aggregator watch --aggregator http://{grpc_addr}\n\
-         interval {:?}, publish window {:?}   Ctrl-C to stop",
-        cfg.interval, cfg.publish_interval
-    );
+    let watch = if grpc_addr.port() == 61690 {
+        "cni-metrics-aggregator watch".to_owned()
+    } else {
+        format!("cni-metrics-aggregator watch --aggregator http://{grpc_addr}")
+    };
+    let header = [
+        format!(
+            "cni-metrics demo: {n} simulated nodes -> {n} agents -> aggregator; scrape every {}, publish every {}",
+            cni_metrics_proto::duration::format(cfg.interval),
+            cni_metrics_proto::duration::format(cfg.publish_interval)
+        ),
+        format!("Prometheus: http://{http_addr}/metrics   gRPC: {grpc_addr}   Ctrl-C stops"),
+        format!("another view of it: {watch}"),
+        format!(
+            "logs: {}   every datum: {}",
+            cfg.log_file.as_ref().map_or_else(|| "stderr".to_owned(), |p| p.display().to_string()),
+            cfg.datums_log.as_ref().map_or_else(|| "--datums-log FILE".to_owned(), |p| p.display().to_string()),
+        ),
+    ];
     let mut events: Vec<String> = Vec::new();
     // Half an interval out of phase with the agents' scrapes, so every step is scraped before the view.
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.interval / 2, cfg.interval);
@@ -177,18 +288,21 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                f.with_sim(|s| NodeTruth {
+                let truth = |s: &SimIpamd| NodeTruth {
                     name: format!("node-{}", i + 1),
                     style: s.style,
                     assigned: s.assigned,
                     total: s.total_ips(),
                     max: s.ip_max(),
-                    add_requests: s.lifetime.add_ip_req - baselines[i],
-                })
+                    add_requests: s.lifetime.add_ip_req.saturating_sub(baselines[i]),
+                };
+                // As the agent last read it; before its first scrape, the simulator as it is.
+                f.last_served(truth).unwrap_or_else(|| f.with_sim(|s| truth(s)))
             })
             .collect();
         let last = view_sink.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let view = render_view(&lock(&handles.state), &truth, &last, &events, &header);
+        let input = ViewInput { header: &header, truth: &truth, publish: last.as_ref(), events: &events };
+        let view = render_view(&lock(&handles.state), &input);
         if tty {
             print!("\x1b[2J\x1b[H{view}");
         } else {
@@ -234,16 +348,46 @@ mod tests {
     use super::*;
     use crate::state::StateConfig;
 
+    fn truth(n: usize) -> Vec<NodeTruth> {
+        (0..n)
+            .map(|i| NodeTruth {
+                name: format!("node-{}", i + 1),
+                style: PageStyle::Modern,
+                assigned: 3,
+                total: 9,
+                max: 27,
+                add_requests: 5,
+            })
+            .collect()
+    }
+
+    fn check_fits(v: &str) {
+        assert!(v.lines().count() <= VIEW_ROWS, "{} lines:\n{v}", v.lines().count());
+        assert!(v.lines().all(|l| l.chars().count() <= VIEW_COLUMNS), "a line is wider than {VIEW_COLUMNS}:\n{v}");
+    }
+
     #[test]
-    fn view_shows_nodes_cluster_and_publish() {
+    fn view_shows_nodes_cluster_and_publish_and_fits_100_by_30() {
         let st = ClusterState::new(StateConfig::default());
-        let truth = vec![NodeTruth { name: "node-1".into(), style: PageStyle::Modern, assigned: 3, total: 9, max: 27, add_requests: 5 }];
-        let v = render_view(&st, &truth, "t cluster_id=demo metric=addReqCount value=5 unit=Count\n", &["e1".into()], "HEADER");
+        let header = ["HEADER".to_owned(), "second".to_owned(), "third".to_owned(), "x".repeat(150)];
+        let publish = PublishSummary { end_unix_ms: 0, datums: 18, key: vec![("assignIPAddresses".into(), 113.0)] };
+        let events: Vec<String> = (1..=9).map(|i| format!("event {i} {}", "x".repeat(200))).collect();
+        let t = truth(1);
+        let v = render_view(&st, &ViewInput { header: &header, truth: &t, publish: Some(&publish), events: &events });
         assert!(v.starts_with("HEADER\n"));
         assert!(v.contains("node-1   v1.23"), "{v}");
         assert!(v.contains("absent"), "{v}");
         assert!(v.contains("add IP requests since start"), "{v}");
-        assert!(v.contains("  t cluster_id=demo metric=addReqCount value=5 unit=Count"), "{v}");
-        assert!(v.contains("Events:\n  e1"), "{v}");
+        assert!(v.contains("differs: node-1 not reporting yet"), "{v}");
+        assert!(v.contains("LAST PUBLISH: window ending 00:00:00 UTC, 18 datums"), "{v}");
+        assert!(v.contains("\n  assignIPAddresses=113\n"), "{v}");
+        assert!(v.contains("  event 9 x") && !v.contains("event 5 "), "the latest four events: {v}");
+        check_fits(&v);
+        // 64 nodes: 6 rows listed, the rest summed.
+        let t = truth(64);
+        let v = render_view(&st, &ViewInput { header: &header, truth: &t, publish: Some(&publish), events: &events });
+        assert!(v.contains("... and 58 more nodes"), "{v}");
+        assert!(v.contains(&format!("{:>10}", 64 * 3)), "sums cover every node: {v}");
+        check_fits(&v);
     }
 }

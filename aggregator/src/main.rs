@@ -18,12 +18,25 @@ use cni_metrics_proto::telemetry;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = cli.aggregator.normalized();
-    telemetry::init(cfg.log_format);
     match cli.command {
         #[cfg(feature = "demo")]
-        Some(Command::Demo(demo_cfg)) => return cni_metrics_aggregator::demo::run_demo(demo_cfg, telemetry::shutdown_signal()).await,
-        Some(Command::Watch(w)) => return watch::run_watch(w, telemetry::shutdown_signal()).await,
-        None => {}
+        Some(Command::Demo(mut demo_cfg)) => {
+            // On a terminal the live view owns the screen: logs go to a file it names.
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) || demo_cfg.log_file.is_some() {
+                let path = demo_cfg.log_file.clone().unwrap_or_else(|| std::env::temp_dir().join("cni-metrics-demo.log"));
+                let file = std::fs::File::create(&path).with_context(|| format!("cannot write the demo log {}", path.display()))?;
+                telemetry::init_file(cfg.log_format, file);
+                demo_cfg.log_file = Some(path);
+            } else {
+                telemetry::init(cfg.log_format);
+            }
+            return cni_metrics_aggregator::demo::run_demo(demo_cfg, telemetry::shutdown_signal()).await;
+        }
+        Some(Command::Watch(w)) => {
+            telemetry::init(cfg.log_format);
+            return watch::run_watch(w, telemetry::shutdown_signal()).await;
+        }
+        None => telemetry::init(cfg.log_format),
     }
     cfg.validate()?;
     let grpc = tokio::net::TcpListener::bind(cfg.grpc_listen)

@@ -69,9 +69,40 @@ pub fn parse_positive(s: &str) -> Result<Duration, DurationError> {
     Ok(total)
 }
 
+/// A duration in the flags' own notation, for people: `500ms`, `2s`, `5m`, `1h`, `1m30s`, `1.5s`.
+pub fn format(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    if !ms.is_multiple_of(1000) {
+        return format!("{}s", d.as_secs_f64());
+    }
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    for (v, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if v > 0 {
+            out.push_str(&format!("{v}{unit}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formatted_as_the_flags_take_them() {
+        for (ms, text) in
+            [(500, "500ms"), (1000, "1s"), (1500, "1.5s"), (300_000, "5m"), (90_000, "1m30s"), (3_600_000, "1h"), (3_661_000, "1h1m1s")]
+        {
+            let d = Duration::from_millis(ms);
+            assert_eq!(format(d), text);
+            assert_eq!(parse_positive(text), Ok(d), "{text} parses back");
+        }
+    }
 
     #[test]
     fn table() {

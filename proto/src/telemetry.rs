@@ -23,6 +23,16 @@ pub fn init(format: LogFormat) {
     };
 }
 
+/// Logging as [`init`], into `file` instead of stderr (the demo's live view owns the terminal).
+pub fn init_file(format: LogFormat, file: std::fs::File) {
+    let filter = std::env::var("RUST_LOG").ok().and_then(|f| EnvFilter::try_new(f).ok()).unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::sync::Mutex::new(file));
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
 /// Completes on SIGTERM (Kubernetes) or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -36,6 +36,8 @@ pub enum Mode {
 struct Fake {
     sim: Mutex<SimIpamd>,
     mode: Mutex<Mode>,
+    /// The simulator as of the last page served in [`Mode::Normal`]: what the agent last read.
+    served: Mutex<Option<SimIpamd>>,
 }
 
 /// A real HTTP server on loopback serving one simulated ipamd's `/metrics`.
@@ -50,7 +52,7 @@ impl FakeIpamd {
     pub async fn start(sim: SimIpamd, addr: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let inner = Arc::new(Fake { sim: Mutex::new(sim), mode: Mutex::new(Mode::Normal) });
+        let inner = Arc::new(Fake { sim: Mutex::new(sim), mode: Mutex::new(Mode::Normal), served: Mutex::new(None) });
         let app = Router::new().route("/metrics", get(page)).route("/v1/enis", get(enis)).with_state(inner.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -74,6 +76,12 @@ impl FakeIpamd {
     /// Run `f` on the simulator (step it, restart it, read its truth).
     pub fn with_sim<T>(&self, f: impl FnOnce(&mut SimIpamd) -> T) -> T {
         f(&mut self.inner.sim.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Read the simulator as of the last simulated page served (the truth the agent last saw; `None`
+    /// before the first).
+    pub fn last_served<T>(&self, f: impl FnOnce(&SimIpamd) -> T) -> Option<T> {
+        self.inner.served.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(f)
     }
 
     /// Stop serving: further scrapes get "connection refused".
@@ -107,6 +115,10 @@ async fn page(State(f): State<Arc<Fake>>) -> Response {
         Mode::Huge(n) => return (StatusCode::OK, "# padding\n".repeat(n / 10 + 1)).into_response(),
         Mode::Page(text) => return (StatusCode::OK, text).into_response(),
     }
-    let text = f.sim.lock().unwrap_or_else(|e| e.into_inner()).render();
+    let text = {
+        let sim = f.sim.lock().unwrap_or_else(|e| e.into_inner());
+        *f.served.lock().unwrap_or_else(|e| e.into_inner()) = Some(sim.clone());
+        sim.render()
+    };
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }

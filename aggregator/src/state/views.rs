@@ -68,15 +68,30 @@ impl ClusterState {
         found.cloned()
     }
 
-    /// The cluster value of a series (gauge sum/max or counter total), for tests and views.
+    /// A counter's cluster total including the open window (reports applied, not yet published); a
+    /// gauge's value as [`ClusterState::value`].
+    pub fn live_value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let s = self.slot(name, labels)?;
+        match s.kind {
+            MetricKind::Counter => Some(s.total + s.window),
+            _ => s.gauge_value(),
+        }
+    }
+
+    /// The cluster value of a series (gauge sum/max or counter total to the last closed window), for
+    /// tests and views.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let mut l: Vec<(String, String)> = labels.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
-        l.sort_unstable();
-        let i = *self.slot_index.get(&(Arc::from(name), l))?;
-        let s = &self.slots[i as usize];
+        let s = self.slot(name, labels)?;
         match s.kind {
             MetricKind::Counter => Some(s.total),
             _ => s.gauge_value(),
         }
+    }
+
+    fn slot(&self, name: &str, labels: &[(&str, &str)]) -> Option<&super::series::Slot> {
+        let mut l: Vec<(String, String)> = labels.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
+        l.sort_unstable();
+        let i = *self.slot_index.get(&(Arc::from(name), l))?;
+        self.slots.get(i as usize)
     }
 }
