@@ -55,12 +55,13 @@ fn assigned(addr: &Value) -> bool {
 
 /// Sum the page's ENIs per subnet, sorted by subnet id.
 pub fn parse_enis(v: &Value) -> Result<Vec<SubnetUsage>, IntrospectError> {
-    let mut by_subnet: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut by_subnet: BTreeMap<String, (f64, f64, u32)> = BTreeMap::new();
     for enis in eni_sets(v)? {
         for eni in enis.values() {
             let Some(subnet) = eni.get("SubnetID").and_then(Value::as_str).filter(|s| !s.is_empty()) else { continue };
             let Some(cidrs) = eni.get("AvailableIPv4Cidrs").and_then(Value::as_object) else { continue };
             let entry = by_subnet.entry(subnet.to_owned()).or_default();
+            entry.2 += 1;
             for (cidr, info) in cidrs {
                 let is_prefix = info.get("IsPrefix").and_then(Value::as_bool).unwrap_or(false);
                 let size = if is_prefix {
@@ -75,7 +76,10 @@ pub fn parse_enis(v: &Value) -> Result<Vec<SubnetUsage>, IntrospectError> {
             }
         }
     }
-    Ok(by_subnet.into_iter().map(|(subnet_id, (total_ips, assigned_ips))| SubnetUsage { subnet_id, total_ips, assigned_ips }).collect())
+    Ok(by_subnet
+        .into_iter()
+        .map(|(subnet_id, (total_ips, assigned_ips, enis))| SubnetUsage { subnet_id, total_ips, assigned_ips, enis })
+        .collect())
 }
 
 /// Fetch and parse the endpoint.
@@ -118,7 +122,7 @@ mod tests {
 
     #[test]
     fn shapes_table() {
-        let usage = |s: &str, t: f64, a: f64| SubnetUsage { subnet_id: s.into(), total_ips: t, assigned_ips: a };
+        let usage = |s: &str, t: f64, a: f64| SubnetUsage { subnet_id: s.into(), total_ips: t, assigned_ips: a, enis: 1 };
         let cases = [
             (
                 "by network card, secondary IPs",

@@ -185,6 +185,24 @@ pub struct AggregatorConfig {
     #[arg(long, env = "MAX_TLS_HANDSHAKES", default_value_t = 256)]
     pub max_tls_handshakes: usize,
 
+    /// Subnet capacity from EC2 (`DescribeSubnets`; needs ec2:DescribeSubnets, see
+    /// deploy/iam-policy-subnets.json): per subnet, AZ and cluster, joined with the cluster's own use.
+    #[arg(long, env = "SUBNET_METRICS", default_value = "false", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub subnet_metrics: bool,
+
+    /// Also the subnets tagged for the VPC CNI's subnet discovery (`kubernetes.io/role/cni`,
+    /// `cni.networking.k8s.aws/cluster/<cluster>`) in the cluster's VPCs, used by a node or not.
+    #[arg(long, env = "SUBNET_DISCOVERY", default_value = "false", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub subnet_discovery: bool,
+
+    /// How often the subnets are described (one paginated DescribeSubnets per refresh).
+    #[arg(long, env = "SUBNET_REFRESH", default_value = "60s", value_parser = parse_positive)]
+    pub subnet_refresh: Duration,
+
+    /// A subnet is low on addresses below this: a share of its usable addresses (`10%`) or a count (`50`).
+    #[arg(long, env = "SUBNET_LOW_THRESHOLD", default_value = "10%", value_parser = crate::subnets::model::LowThreshold::parse)]
+    pub subnet_low_threshold: crate::subnets::model::LowThreshold,
+
     /// How an agent proves which node it speaks for. `token`: its projected ServiceAccount token
     /// (audience --token-audience) must be signed by the cluster and name the node of its Hello; others
     /// are refused (UNAUTHENTICATED / PERMISSION_DENIED) and counted. `none`: any client that reaches

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use cni_metrics_proto::v1::consumer_server::Consumer;
 use cni_metrics_proto::v1::{
     Aggregate, ClusterUpdate, ClusterView, GetClusterRequest, Label, ListNodesRequest, ListNodesResponse, NodeView, ScrapeStatus,
-    SubscribeRequest,
+    SubnetView, SubscribeRequest,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -54,7 +54,30 @@ pub fn cluster_view(st: &ClusterState, now: Instant, with_aggregates: bool) -> C
         enis_allocated: sum("awscni_eni_allocated"),
         enis_max: sum("awscni_eni_max"),
         aggregates: Vec::new(),
+        subnets: Vec::new(),
+        subnet_available_ips: 0.0,
+        subnets_low_on_ips: 0,
     };
+    if let Some(r) = st.subnet_report() {
+        view.subnet_available_ips = r.available;
+        view.subnets_low_on_ips = r.low;
+        view.subnets = r
+            .rows
+            .iter()
+            .map(|row| SubnetView {
+                subnet_id: row.subnet_id.clone(),
+                availability_zone: row.availability_zone.clone(),
+                usable_ips: row.usable,
+                available_ips: row.available,
+                held_by_cluster: row.held_by_cluster,
+                assigned_to_pods: row.assigned_to_pods,
+                held_by_others: row.held_by_others,
+                low_on_ips: row.low,
+                stale: st.subnets.stale,
+                refreshed_unix_ms: st.subnets.refreshed_unix_ms,
+            })
+            .collect();
+    }
     if with_aggregates {
         view.aggregates = st
             .aggregates()

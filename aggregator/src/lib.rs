@@ -6,6 +6,7 @@
 //!   [`consumer`]: the service `watch` and other clients subscribe to.
 //! - [`publish`]: the publisher loop closing windows and recording commits; [`sinks`]: the `Sink`
 //!   trait, stdout and CloudWatch (config, encoder, retry classification, client).
+//! - [`subnets`]: subnet capacity from EC2 (`--subnet-metrics`), joined with the cluster's use.
 //! - [`auth`]: agent tokens (`--agent-auth token`): an agent speaks only for its own node.
 //! - [`http`] (`/metrics`, `/healthz`, `/readyz`), [`tls`] (mutual TLS), [`server`] (the wiring),
 //!   [`config`] (typed flags, the one source of defaults), [`watch`] (the terminal view) and, with the
@@ -25,5 +26,6 @@ pub mod server;
 pub mod shared;
 pub mod sinks;
 pub mod state;
+pub mod subnets;
 pub mod tls;
 pub mod watch;

@@ -86,6 +86,16 @@ pub async fn serve(
         warn!("no cluster id: set AWS_CLUSTER_ID or --cluster-id; the cluster_id label is empty");
     }
 
+    if cfg.subnet_metrics {
+        lock(&handles.state).enable_subnets(cfg.subnet_low_threshold);
+        let sub = crate::subnets::SubnetConfig {
+            refresh: cfg.subnet_refresh,
+            discovery: cfg.subnet_discovery,
+            cluster_name: None,
+            region: cfg.region.clone(),
+        };
+        tokio::spawn(crate::subnets::run_refresher(handles.state.clone(), sub, stopped()));
+    }
     let signals = StreamSignals { frozen: freeze_rx.clone(), stop: stop_tx.subscribe(), commits: commit_rx };
     let limits = IngestLimits { max_streams: cfg.max_streams, hello_timeout: cfg.hello_timeout };
     let auth = match cfg.token_auth_config() {

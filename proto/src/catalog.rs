@@ -181,8 +181,19 @@ pub static FAMILIES: &[FamilySpec] = &[
 ];
 
 /// CloudWatch names of the capacity metrics the aggregator derives (not ipamd families).
-pub const DERIVED_CLOUDWATCH_NAMES: &[&str] =
-    &["availableIPAddresses", "ipHeadroom", "ipUtilization", "ipCapacityUtilization", "nodesLowOnIPs"];
+pub const DERIVED_CLOUDWATCH_NAMES: &[&str] = &[
+    "availableIPAddresses",
+    "ipHeadroom",
+    "ipUtilization",
+    "ipCapacityUtilization",
+    "nodesLowOnIPs",
+    // --subnet-metrics (EC2's DescribeSubnets)
+    "subnetAvailableIPAddresses",
+    "subnetsLowOnIPs",
+    "subnetUsableIPAddresses",
+    "subnetClusterIPAddresses",
+    "subnetOtherIPAddresses",
+];
 
 /// ipamd's process start time: read by the agent for reset detection, never forwarded.
 pub const PROCESS_START_TIME: &str = "process_start_time_seconds";

@@ -71,6 +71,8 @@ pub struct SimIpamd {
     pub lifetime: Counters,
     at_restart: Counters,
     p99_ms: f64,
+    /// The subnet of its ENIs; by default one derived from its shape.
+    pub subnet: Option<String>,
 }
 
 impl SimIpamd {
@@ -90,6 +92,7 @@ impl SimIpamd {
             lifetime: Counters::default(),
             at_restart: Counters::default(),
             p99_ms: 120.0,
+            subnet: None,
         };
         sim.assigned = sim.rng.u64(0..=ips_per_eni);
         sim.fit_capacity();
@@ -162,9 +165,9 @@ impl SimIpamd {
         self.lifetime.minus(&self.at_restart)
     }
 
-    /// The subnet of the node's ENIs (one subnet per simulated node).
+    /// The subnet of the node's ENIs (one subnet per simulated node): `subnet` when set.
     pub fn subnet_id(&self) -> String {
-        format!("subnet-0{:016x}", self.eni_max * 1_000 + self.ips_per_eni)
+        self.subnet.clone().unwrap_or_else(|| format!("subnet-0{:016x}", self.eni_max * 1_000 + self.ips_per_eni))
     }
 
     /// Render ipamd's introspection page (`/v1/enis`, keyed by network card as in current ipamd).

@@ -224,7 +224,12 @@ fn report(b: &mut Bytes<'_>) -> Report {
     let counter_raws: Vec<f64> =
         if b.u8().is_multiple_of(2) { Vec::new() } else { (0..usize::from(b.u8() % 5)).map(|_| b.f64()).collect() };
     let subnets = if b.u8().is_multiple_of(4) {
-        vec![SubnetUsage { subnet_id: b.text(&["subnet-0abc", "subnet-1"]), total_ips: b.f64(), assigned_ips: b.f64() }]
+        vec![SubnetUsage {
+            subnet_id: b.text(&["subnet-0abc", "subnet-1"]),
+            total_ips: b.f64(),
+            assigned_ips: b.f64(),
+            enis: u32::from(b.u8() % 4),
+        }]
     } else {
         Vec::new()
     };

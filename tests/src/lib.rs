@@ -438,27 +438,53 @@ impl Emulator {
 
     /// Call a CloudWatch operation on moto directly (JSON protocol).
     pub async fn moto(&self, op: &str, body: serde_json::Value) -> Result<serde_json::Value> {
-        let resp = reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{}/", self.moto_port))
-            .header("X-Amz-Target", format!("GraniteServiceVersion20100801.{op}"))
-            .header("Content-Type", "application/x-amz-json-1.0")
-            .header(
-                "Authorization",
-                "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/monitoring/aws4_request, SignedHeaders=host, Signature=0",
-            )
-            .body(body.to_string())
-            .send()
+        let target = format!("GraniteServiceVersion20100801.{op}");
+        let text = self
+            .moto_post("monitoring", &[("X-Amz-Target", &target), ("Content-Type", "application/x-amz-json-1.0")], body.to_string())
             .await?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// POST `body` to moto directly, signed (in form) for `service` in us-east-1; the answer's text.
+    async fn moto_post(&self, service: &str, headers: &[(&str, &str)], body: String) -> Result<String> {
+        let mut req = reqwest::Client::new().post(format!("http://127.0.0.1:{}/", self.moto_port)).header(
+            "Authorization",
+            format!("AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"),
+        );
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.body(body.clone()).send().await?;
         let status = resp.status();
         let text = resp.text().await?;
         if !status.is_success() {
-            bail!("moto {op}: {status}: {text}");
+            bail!("moto {service} {body}: {status}: {text}");
         }
-        Ok(serde_json::from_str(&text)?)
+        Ok(text)
     }
 
     /// Datapoints of one metric of dimension CLUSTER_ID=`cluster` over the last hour, by timestamp.
     pub async fn datapoints(&self, metric: &str, cluster: &str) -> Result<Vec<(f64, f64, f64)>> {
+        self.datapoints_with(metric, &[("CLUSTER_ID", cluster)]).await
+    }
+
+    /// Call an EC2 action on moto directly (EC2's query protocol, as the SDK speaks it); the XML answer.
+    pub async fn ec2(&self, params: &[(&str, &str)]) -> Result<String> {
+        let enc = |s: &str| -> String {
+            s.bytes()
+                .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+                .collect()
+        };
+        let mut body = String::from("Version=2016-11-15");
+        for (k, v) in params {
+            body.push_str(&format!("&{}={}", enc(k), enc(v)));
+        }
+        self.moto_post("ec2", &[("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")], body).await
+    }
+
+    /// Datapoints of one metric with exactly these dimensions over the last hour, by timestamp.
+    pub async fn datapoints_with(&self, metric: &str, dimensions: &[(&str, &str)]) -> Result<Vec<(f64, f64, f64)>> {
+        let dims: Vec<serde_json::Value> = dimensions.iter().map(|(n, v)| serde_json::json!({"Name": n, "Value": v})).collect();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
         let v = self
             .moto(
@@ -466,7 +492,7 @@ impl Emulator {
                 serde_json::json!({
                     "Namespace": "Kubernetes",
                     "MetricName": metric,
-                    "Dimensions": [{"Name": "CLUSTER_ID", "Value": cluster}],
+                    "Dimensions": dims,
                     "StartTime": now - 3600.0,
                     "EndTime": now + 600.0,
                     "Period": 1,
@@ -518,6 +544,14 @@ pub fn render_overlay(overlay: &str) -> Result<(String, Vec<serde_json::Value>, 
     anyhow::ensure!(json.status.success(), "yaml to json: {}", String::from_utf8_lossy(&json.stderr));
     let docs: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout)?;
     Ok((yaml, docs, file))
+}
+
+/// The text of the first `<tag>…</tag>` in an XML answer.
+pub fn xml_field<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(&xml[start..end])
 }
 
 /// Check a `/metrics` page with Prometheus' own `promtool check metrics` (Debian's `prometheus`

@@ -16,6 +16,9 @@ Control API (JSON):
   POST /__control/reject   {"metric": "name"} reject (InvalidParameterValue) every request holding it; {} ends
   GET  /__control/requests the recorded requests
   GET  /__control/moto     {"port": moto's port} (read data back from moto directly)
+  POST /__control/ec2_faults {"faults": [{"status": 503, "code": "RequestLimitExceeded"}]} queued faults,
+                            one per EC2 DescribeSubnets call (EC2's XML error body)
+  POST /__control/ec2_outage {"status": 403, "code": "UnauthorizedOperation"} every DescribeSubnets; {} ends
 
 Usage: cw_emulator.py  -> prints "READY <translator port> <moto port>" on stdout.
 """
@@ -39,7 +42,7 @@ TIMESTAMP_KEYS = {"Timestamp", "Timestamps", "StartTime", "EndTime", "StateUpdat
                   "AlarmConfigurationUpdatedTimestamp", "StateTransitionedTimestamp", "LastModified"}
 
 lock = threading.Lock()
-state = {"faults": [], "outage": None, "reject": None, "requests": []}
+state = {"faults": [], "outage": None, "reject": None, "requests": [], "ec2_faults": [], "ec2_outage": None}
 moto_port = 0
 
 
@@ -117,12 +120,23 @@ class Handler(BaseHTTPRequestHandler):
             return self.control(json.loads(raw or b"{}"))
         if self.headers.get("smithy-protocol") == "rpc-v2-cbor":
             return self.cbor(raw)
+        fault = None
         with lock:
             action = ""
             if raw.startswith(b"Action=") or b"&Action=" in raw:
                 action = raw.split(b"Action=", 1)[1].split(b"&", 1)[0].decode(errors="replace")
+            if action == "DescribeSubnets":
+                if state["ec2_outage"]:
+                    fault = state["ec2_outage"]
+                elif state["ec2_faults"]:
+                    fault = state["ec2_faults"].pop(0)
             state["requests"].append({"op": "passthrough", "path": self.path, "action": action,
-                                      "access_key": access_key(self.headers)})
+                                      "access_key": access_key(self.headers), "fault": fault["code"] if fault else None})
+        if fault:
+            body = ('<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>%s</Code><Message>%s</Message>'
+                    '</Error></Errors><RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>'
+                    % (fault["code"], fault.get("message", "injected fault"))).encode()
+            return self.reply(int(fault["status"]), body, {"Content-Type": "text/xml;charset=UTF-8"})
         self.passthrough(raw)
 
     def control(self, body):
@@ -133,6 +147,10 @@ class Handler(BaseHTTPRequestHandler):
                 state["outage"] = body or None
             elif self.path == "/__control/reject":
                 state["reject"] = body.get("metric")
+            elif self.path == "/__control/ec2_faults":
+                state["ec2_faults"].extend(body.get("faults", []))
+            elif self.path == "/__control/ec2_outage":
+                state["ec2_outage"] = body or None
             else:
                 return self.reply_json(404, {"error": "unknown control"})
         self.reply_json(200, {"ok": True})

@@ -129,7 +129,7 @@ fn env_known(container: &Value, bin: &str) -> Result<()> {
 
 #[test]
 fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
-    for overlay in ["cloudwatch", "prometheus", "mtls"] {
+    for overlay in ["cloudwatch", "prometheus", "mtls", "subnets"] {
         let (yaml, docs) = render(overlay)?;
         ensure!(!yaml.contains("pods/proxy"), "{overlay}: pods/proxy");
         let typed_count = docs.iter().map(typed).collect::<Result<Vec<bool>>>()?.into_iter().filter(|t| *t).count();
@@ -236,6 +236,21 @@ fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
             "cloudwatch" => {
                 ensure!(cm["data"]["USE_CLOUDWATCH"] == "true" && cm["data"]["AWS_CLUSTER_ID"] != "", "cloudwatch settings");
                 ensure!(role.is_string(), "IRSA annotation");
+            }
+            "subnets" => {
+                ensure!(cm["data"]["USE_CLOUDWATCH"] == "true" && cm["data"]["SUBNET_METRICS"] == "true", "subnet settings");
+                ensure!(cm["data"]["SUBNET_DISCOVERY"] == "true", "discovery on");
+                ensure!(role.is_string(), "IRSA annotation");
+                // Every key the overlay sets is a flag the aggregator reads.
+                let help = Command::new(bin_dir()?.join("cni-metrics-aggregator")).arg("--help").output()?;
+                let help = String::from_utf8_lossy(&help.stdout);
+                for key in cm["data"].as_object().into_iter().flatten().map(|(k, _)| k) {
+                    ensure!(help.contains(&format!("env: {key}=")), "the aggregator does not read {key}");
+                }
+                let policy: Value = serde_json::from_str(&std::fs::read_to_string(repo_root().join("deploy/iam-policy-subnets.json"))?)?;
+                let actions: Vec<&str> =
+                    policy["Statement"].as_array().into_iter().flatten().filter_map(|s| s["Action"].as_str()).collect();
+                ensure!(actions == ["cloudwatch:PutMetricData", "ec2:DescribeSubnets"], "subnet policy actions {actions:?}");
             }
             "mtls" => {
                 let env = |c: &Value, name: &str| {

@@ -22,7 +22,7 @@
 //! records, `series` the cluster series and how values fold into them, `commits` what sinks delivered
 //! and the withheld increments of keeping runs, `window` the publish window, `views` the read helpers,
 //! `render` the `/metrics` text, `stats` the bounded refusal reasons and counters, `capacity` and
-//! `breakdown` the derived capacity numbers.
+//! `breakdown` the derived capacity numbers, `subnets` EC2's subnet facts (`--subnet-metrics`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -37,6 +37,7 @@ mod node;
 mod render;
 mod series;
 mod stats;
+mod subnets;
 pub mod validate;
 mod views;
 mod window;
@@ -47,6 +48,7 @@ use node::{unpublished_entry, Departed, NodeSeries, ResumeKey};
 pub use node::{CommitMark, NodeState, Resume, Welcomed};
 use series::{withdraw, Slot};
 pub use stats::{IngestError, IngestStats, Refusal, SeriesRefusal};
+pub use subnets::{RefreshResult, SubnetState};
 pub use window::{Datum, Unit, Window};
 
 /// Limits and defaults of the state.
@@ -118,6 +120,8 @@ pub struct ClusterState {
     /// Bumped by every change; subscribers poll it.
     version: u64,
     pub stats: IngestStats,
+    /// `--subnet-metrics`: EC2's facts about the cluster's subnets.
+    pub subnets: SubnetState,
 }
 
 impl ClusterState {
@@ -138,6 +142,7 @@ impl ClusterState {
             breakdowns,
             version: 0,
             stats: IngestStats::default(),
+            subnets: SubnetState::default(),
         }
     }
 

@@ -40,6 +40,7 @@ impl ClusterState {
             }
         }
         self.render_capacity(&mut page, now);
+        self.render_subnets(&mut page);
         self.render_self_metrics(&mut page);
     }
 

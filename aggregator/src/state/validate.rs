@@ -193,7 +193,7 @@ mod tests {
         let detail = Report { status_detail: "a\u{1b}[2Jb".into(), ..Report::default() };
         assert_eq!(report(&detail), Err(IngestError::BadReportField("status_detail")));
         let subnet = |id: &str, total: f64| Report {
-            subnets: vec![SubnetUsage { subnet_id: id.into(), total_ips: total, assigned_ips: 1.0 }],
+            subnets: vec![SubnetUsage { subnet_id: id.into(), total_ips: total, assigned_ips: 1.0, enis: 1 }],
             ..Report::default()
         };
         assert_eq!(report(&subnet("subnet-0abc1234def567890", 14.0)), Ok(()));

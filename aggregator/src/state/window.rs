@@ -170,6 +170,28 @@ impl ClusterState {
                 }
             }
         }
+        // --subnet-metrics: EC2's numbers per subnet, per AZ and for the cluster.
+        if let Some(r) = self.subnet_report() {
+            let count = |metric_name: &'static str, value: f64, dimension: Option<(&'static str, String)>| Datum {
+                metric_name,
+                value,
+                unit: Unit::Count,
+                dimension,
+            };
+            datums.push(count("subnetAvailableIPAddresses", r.available, None));
+            datums.push(count("subnetsLowOnIPs", f64::from(r.low), None));
+            for (az, (available, low)) in &r.by_az {
+                datums.push(count("subnetAvailableIPAddresses", *available, Some((Dim::Az.cloudwatch(), az.clone()))));
+                datums.push(count("subnetsLowOnIPs", f64::from(*low), Some((Dim::Az.cloudwatch(), az.clone()))));
+            }
+            for row in &r.rows {
+                let dim = || Some((Dim::Subnet.cloudwatch(), row.subnet_id.clone()));
+                datums.push(count("subnetAvailableIPAddresses", row.available, dim()));
+                datums.push(count("subnetUsableIPAddresses", row.usable, dim()));
+                datums.push(count("subnetClusterIPAddresses", row.held_by_cluster, dim()));
+                datums.push(count("subnetOtherIPAddresses", row.held_by_others, dim()));
+            }
+        }
         let cluster_id = if self.cfg.cluster_id.is_empty() {
             self.reported(|n| &n.cluster_name).unwrap_or_default()
         } else {

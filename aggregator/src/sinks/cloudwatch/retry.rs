@@ -1,4 +1,4 @@
-//! Retry classification of PutMetricData errors: transient (retry), healing (hold and retry slowly until
+//! Retry classification of AWS errors (PutMetricData; DescribeSubnets uses the same table): transient (retry), healing (hold and retry slowly until
 //! credentials, permissions or the clock are fixed) or rejected (bisect, drop only the refused datums).
 
 /// What to do after a failed attempt.
@@ -34,7 +34,10 @@ pub fn classify(status: Option<u16>, code: Option<&str>) -> (Retry, &'static str
             | "NotAuthorized"
             | "MissingAuthenticationToken"
             | "IncompleteSignature"
-            | "OptInRequired",
+            | "OptInRequired"
+            // EC2's (DescribeSubnets, --subnet-metrics)
+            | "UnauthorizedOperation"
+            | "AuthFailure",
         ) => return (Retry::Heal, "access_denied"),
         Some("ExpiredToken" | "ExpiredTokenException" | "TokenRefreshRequired") => return (Retry::Heal, "expired_credentials"),
         Some("RequestExpired" | "SignatureDoesNotMatch" | "InvalidSignatureException" | "RequestTimeTooSkewed") => {

@@ -1,0 +1,144 @@
+//! Subnet capacity in the state (`--subnet-metrics`): the EC2 facts the refresher last fetched, when, and
+//! whether the last refresh failed (then the values are kept and marked stale); the cluster's use of each
+//! subnet is summed from the nodes' reported introspection when asked, so it is never out of step with
+//! them. [`ClusterState::subnet_report`] joins both ([`crate::subnets::model::join`]).
+
+use std::collections::BTreeMap;
+
+use cni_metrics_proto::labels::Counts;
+
+use super::ClusterState;
+use crate::subnets::model::{join, ClusterUse, LowThreshold, SubnetFacts, SubnetReport};
+
+cni_metrics_proto::label_enum! {
+    /// How a subnet refresh ended: the `result` of `cni_metrics_subnet_refreshes_total`.
+    pub enum RefreshResult {
+        Ok => "ok",
+        Throttled => "throttled",
+        Denied => "denied",
+        Error => "error",
+    }
+}
+
+/// The subnet part of the state.
+#[derive(Debug, Default)]
+pub struct SubnetState {
+    /// `Some` when `--subnet-metrics` is on.
+    pub threshold: Option<LowThreshold>,
+    pub facts: BTreeMap<String, SubnetFacts>,
+    /// Unix ms of the facts; 0 before the first refresh.
+    pub refreshed_unix_ms: i64,
+    /// The last refresh failed.
+    pub stale: bool,
+    pub refreshes: Counts<RefreshResult>,
+    /// Refreshes in which some subnet's usable − available − held came out negative.
+    pub inconsistent: u64,
+}
+
+impl ClusterState {
+    /// Turn subnet metrics on with this low-on-addresses threshold.
+    pub fn enable_subnets(&mut self, threshold: LowThreshold) {
+        self.subnets.threshold = Some(threshold);
+    }
+
+    /// The subnets the cluster's nodes report ENIs in, and the VPCs of the subnets known from EC2.
+    pub fn subnets_in_use(&self) -> (Vec<String>, Vec<String>) {
+        let ids: std::collections::BTreeSet<&str> =
+            self.nodes.values().flat_map(|n| n.subnets.iter().map(|s| s.subnet_id.as_str())).collect();
+        let vpcs: std::collections::BTreeSet<&str> =
+            self.subnets.facts.values().map(|f| f.vpc_id.as_str()).filter(|v| !v.is_empty()).collect();
+        (ids.into_iter().map(str::to_owned).collect(), vpcs.into_iter().map(str::to_owned).collect())
+    }
+
+    /// What the live nodes hold per subnet.
+    pub fn cluster_subnet_use(&self) -> BTreeMap<String, ClusterUse> {
+        let mut out: BTreeMap<String, ClusterUse> = BTreeMap::new();
+        for n in self.nodes.values() {
+            for s in &n.subnets {
+                let u = out.entry(s.subnet_id.clone()).or_default();
+                u.nodes += 1;
+                u.pod_addresses += s.total_ips;
+                u.assigned += s.assigned_ips;
+                u.enis += s.enis;
+            }
+        }
+        out
+    }
+
+    /// A refresh succeeded: these are the subnets EC2 described.
+    pub fn set_subnet_facts(&mut self, facts: Vec<SubnetFacts>, now_unix_ms: i64) {
+        self.subnets.facts = facts.into_iter().map(|f| (f.subnet_id.clone(), f)).collect();
+        self.subnets.refreshed_unix_ms = now_unix_ms;
+        self.subnets.stale = false;
+        self.subnets.refreshes.inc(RefreshResult::Ok);
+        if self.subnet_report().is_some_and(|r| r.negative_others > 0) {
+            self.subnets.inconsistent += 1;
+        }
+        self.version += 1;
+    }
+
+    /// A refresh failed: the last values stay, marked stale.
+    pub fn subnet_refresh_failed(&mut self, result: RefreshResult) {
+        self.subnets.stale = true;
+        self.subnets.refreshes.inc(result);
+        self.version += 1;
+    }
+
+    /// The joined subnet numbers; `None` unless subnet metrics are on and EC2 answered once.
+    pub fn subnet_report(&self) -> Option<SubnetReport> {
+        let threshold = self.subnets.threshold?;
+        if self.subnets.refreshed_unix_ms == 0 {
+            return None;
+        }
+        Some(join(&self.subnets.facts, &self.cluster_subnet_use(), threshold))
+    }
+}
+
+impl ClusterState {
+    /// The `cni_metrics_subnet*` families (only with `--subnet-metrics`).
+    pub(super) fn render_subnets(&self, page: &mut cni_metrics_proto::exposition::Page<'_>) {
+        use cni_metrics_proto::exposition::Kind;
+        if self.subnets.threshold.is_none() {
+            return;
+        }
+        if let Some(r) = self.subnet_report() {
+            type Get = fn(&crate::subnets::model::SubnetRow) -> f64;
+            let per_subnet: [(&str, &str, Get); 6] = [
+                ("usable_ip_addresses", "Addresses of the subnet instances may use (CIDR size - 5 AWS reserves)", |r| r.usable),
+                ("available_ip_addresses", "Free addresses of the subnet (EC2 AvailableIpAddressCount)", |r| r.available),
+                ("cluster_ip_addresses", "Addresses this cluster's nodes hold in the subnet (ENI primaries and pod addresses)", |r| {
+                    r.held_by_cluster
+                }),
+                ("assigned_ip_addresses", "Addresses of the subnet assigned to this cluster's pods", |r| r.assigned_to_pods),
+                ("other_ip_addresses", "Addresses held by anything else (usable - available - this cluster's, clamped at 0)", |r| {
+                    r.held_by_others
+                }),
+                ("low_on_ips", "1 when the subnet's available addresses are below --subnet-low-threshold", |r| f64::from(u8::from(r.low))),
+            ];
+            for (metric, help, get) in per_subnet {
+                let name = format!("cni_metrics_subnet_{metric}");
+                page.family(&name, Kind::Gauge, help);
+                for row in &r.rows {
+                    page.sample(&name, &[("subnet_id", &row.subnet_id), ("availability_zone", &row.availability_zone)], get(row));
+                }
+            }
+            page.gauge("cni_metrics_subnets_low_on_ips", "Subnets of the cluster below --subnet-low-threshold", f64::from(r.low));
+        }
+        page.gauge(
+            "cni_metrics_subnet_stale",
+            "1 when the last DescribeSubnets failed (the subnet values are older)",
+            f64::from(u8::from(self.subnets.stale)),
+        );
+        page.gauge(
+            "cni_metrics_subnet_refresh_timestamp_seconds",
+            "When EC2 last described the subnets (Unix seconds; 0: not yet)",
+            self.subnets.refreshed_unix_ms as f64 / 1000.0,
+        );
+        page.counts("cni_metrics_subnet_describe_calls_total", "DescribeSubnets attempts, by result", "result", &self.subnets.refreshes);
+        page.counter(
+            "cni_metrics_subnet_inconsistent_total",
+            "Refreshes in which a subnet's usable - available - this cluster's came out negative (read at different moments)",
+            self.subnets.inconsistent,
+        );
+    }
+}

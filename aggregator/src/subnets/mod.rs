@@ -1,0 +1,128 @@
+//! Subnet capacity (`--subnet-metrics`, opt-in): how many addresses are left where the pods will land.
+//!
+//! ipamd knows the addresses its node holds, not what its subnet has left. The refresher asks EC2
+//! ([`ec2`]: `DescribeSubnets`, the one call, paginated) every `--subnet-refresh` about every subnet the
+//! agents report ENIs in (custom networking's ENIConfig subnets included) and, with `--subnet-discovery`,
+//! about the subnets tagged for the VPC CNI's subnet discovery in the same VPCs; the state joins EC2's
+//! numbers with the cluster's own use ([`model`]). Throttling and network errors are retried with the
+//! shared backoff within the refresh; on failure the last values stay, marked stale, counted. Access
+//! denied is logged once with the policy to add; subnet metrics are extra, so nothing else stops and
+//! readiness is unaffected.
+
+pub mod ec2;
+pub mod model;
+
+use std::time::Duration;
+
+use cni_metrics_proto::backoff::Backoff;
+use tracing::{error, info, warn};
+
+use crate::shared::{lock, Shared};
+use crate::sinks::cloudwatch::retry::Retry;
+use crate::state::RefreshResult;
+use ec2::{Ec2, Ec2Error};
+use model::SubnetFacts;
+
+/// The IAM statement `--subnet-metrics` needs, as logged when it is missing.
+pub const POLICY_HINT: &str = r#"{"Effect": "Allow", "Action": "ec2:DescribeSubnets", "Resource": "*"} (deploy/iam-policy-subnets.json)"#;
+
+/// Throttled or failed attempts retried within one refresh.
+const ATTEMPTS: u32 = 4;
+
+#[derive(Clone, Debug)]
+pub struct SubnetConfig {
+    pub refresh: Duration,
+    pub discovery: bool,
+    /// The cluster name for the discovery tag; else the one the agents report, else the cluster id.
+    pub cluster_name: Option<String>,
+    pub region: Option<String>,
+}
+
+/// One refresh: the reported subnets by id, then (discovery) the tagged ones in their VPCs.
+async fn fetch(ec2: &Ec2, ids: &[String], discovery: Option<&str>) -> Result<Vec<SubnetFacts>, Ec2Error> {
+    let mut facts = if ids.is_empty() { Vec::new() } else { ec2.by_id(ids).await? };
+    if let Some(cluster) = discovery {
+        let mut vpcs: Vec<String> = facts.iter().map(|f| f.vpc_id.clone()).filter(|v| !v.is_empty()).collect();
+        vpcs.sort();
+        vpcs.dedup();
+        for f in ec2.discovered(&vpcs, cluster).await? {
+            if !facts.iter().any(|k| k.subnet_id == f.subnet_id) {
+                facts.push(f);
+            }
+        }
+    }
+    Ok(facts)
+}
+
+/// Refresh every `cfg.refresh` until `shutdown`.
+pub async fn run_refresher(state: Shared, cfg: SubnetConfig, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let ec2 = Ec2::new(cfg.region.clone()).await;
+    let retry = match Backoff::new(Duration::from_secs(1), Duration::from_secs(20), 2.0, 0.2) {
+        Ok(b) => b,
+        Err(e) => {
+            error!(error = %e, "subnet refresher: invalid backoff; subnet metrics are off");
+            return;
+        }
+    };
+    info!(refresh = %cni_metrics_proto::duration::format(cfg.refresh), discovery = cfg.discovery, "subnet metrics on: DescribeSubnets once per refresh");
+    let mut tick = tokio::time::interval(cfg.refresh);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut denied = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut shutdown => return,
+        }
+        let (ids, cluster) = {
+            let st = lock(&state);
+            let (ids, _) = st.subnets_in_use();
+            let cluster =
+                cfg.cluster_name.clone().or_else(|| st.reported(|n| &n.cluster_name)).unwrap_or_else(|| st.cluster_id().to_owned());
+            (ids, cluster)
+        };
+        if ids.is_empty() {
+            continue; // no agent has reported a subnet yet
+        }
+        let mut attempts = retry.start(None);
+        let result = loop {
+            match fetch(&ec2, &ids, cfg.discovery.then_some(cluster.as_str())).await {
+                Err(e) if e.retry == Retry::Retryable && attempts.attempt() + 1 < ATTEMPTS => {
+                    lock(&state).subnets.refreshes.inc(if e.kind == "throttling" {
+                        RefreshResult::Throttled
+                    } else {
+                        RefreshResult::Error
+                    });
+                    let d = attempts.next_delay();
+                    warn!(error = %e, retry_in = %cni_metrics_proto::duration::format(d), "DescribeSubnets failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        () = &mut shutdown => return,
+                    }
+                }
+                other => break other,
+            }
+        };
+        match result {
+            Ok(facts) => {
+                let n = facts.len();
+                lock(&state).set_subnet_facts(facts, cni_metrics_proto::clock::unix_ms_now());
+                if denied {
+                    info!(subnets = n, "DescribeSubnets is allowed again; subnet metrics are current");
+                    denied = false;
+                }
+            }
+            Err(e) if e.retry == Retry::Heal => {
+                lock(&state).subnet_refresh_failed(RefreshResult::Denied);
+                if !denied {
+                    error!(error = %e, policy = POLICY_HINT, "subnet metrics: EC2 refuses DescribeSubnets; add this to the aggregator's role (the rest keeps working)");
+                    denied = true;
+                }
+            }
+            Err(e) => {
+                lock(&state).subnet_refresh_failed(if e.kind == "throttling" { RefreshResult::Throttled } else { RefreshResult::Error });
+                warn!(error = %e, "subnet metrics: DescribeSubnets failed; the last values stay, marked stale");
+            }
+        }
+    }
+}
