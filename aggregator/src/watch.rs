@@ -93,6 +93,30 @@ pub fn render_table(c: &ClusterView, nodes: &[NodeView], top: usize) -> String {
             if n.low_on_ips { "yes" } else { "" }
         );
     }
+    if !c.subnets.is_empty() {
+        let stale = if c.subnets.iter().any(|x| x.stale) { "  (EC2 not reachable: last known values)" } else { "" };
+        let _ = writeln!(
+            s,
+            "\nSUBNETS (worst first): {} addresses available, {} low{stale}",
+            num(c.subnet_available_ips),
+            c.subnets_low_on_ips
+        );
+        let _ = writeln!(s, "{:<26} {:<12} {:>8} {:>9} {:>8} {:>8} {:>7} {:>4}", "SUBNET", "AZ", "USABLE", "AVAILABLE", "CLUSTER", "PODS", "OTHERS", "LOW");
+        for x in c.subnets.iter().take(top) {
+            let _ = writeln!(
+                s,
+                "{:<26} {:<12} {:>8} {:>9} {:>8} {:>8} {:>7} {:>4}",
+                x.subnet_id,
+                x.availability_zone,
+                num(x.usable_ips),
+                num(x.available_ips),
+                num(x.held_by_cluster),
+                num(x.assigned_to_pods),
+                num(x.held_by_others),
+                if x.low_on_ips { "yes" } else { "" }
+            );
+        }
+    }
     let stale: Vec<&NodeView> = nodes.iter().filter(|n| n.stale).collect();
     if !stale.is_empty() {
         let _ = writeln!(s, "\nSTALE NODES");
@@ -142,7 +166,23 @@ struct JsonView<'a> {
     utilization_max: f64,
     enis_allocated: f64,
     enis_max: f64,
+    subnet_available_ips: f64,
+    subnets_low_on_ips: u64,
+    subnets: Vec<JsonSubnet<'a>>,
     nodes: Vec<JsonNode<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct JsonSubnet<'a> {
+    subnet_id: &'a str,
+    availability_zone: &'a str,
+    usable_ips: f64,
+    available_ips: f64,
+    held_by_cluster: f64,
+    assigned_to_pods: f64,
+    held_by_others: f64,
+    low_on_ips: bool,
+    stale: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -181,6 +221,23 @@ pub fn render_json(c: &ClusterView, nodes: &[NodeView]) -> String {
         utilization_max: c.utilization_max,
         enis_allocated: c.enis_allocated,
         enis_max: c.enis_max,
+        subnet_available_ips: c.subnet_available_ips,
+        subnets_low_on_ips: c.subnets_low_on_ips.into(),
+        subnets: c
+            .subnets
+            .iter()
+            .map(|x| JsonSubnet {
+                subnet_id: &x.subnet_id,
+                availability_zone: &x.availability_zone,
+                usable_ips: x.usable_ips,
+                available_ips: x.available_ips,
+                held_by_cluster: x.held_by_cluster,
+                assigned_to_pods: x.assigned_to_pods,
+                held_by_others: x.held_by_others,
+                low_on_ips: x.low_on_ips,
+                stale: x.stale,
+            })
+            .collect(),
         nodes: nodes
             .iter()
             .map(|n| JsonNode {
@@ -296,6 +353,35 @@ mod tests {
         assert!(t.contains("pod IP assignments failed: no available IP") && t.contains(" 7\n"), "{t}");
         let t = render_table(&cluster(), &nodes, 1);
         assert!(!t.contains("\nb "), "top limits the rows");
+    }
+
+    #[test]
+    fn subnets_section_when_subnet_metrics_are_on() {
+        let mut c = cluster();
+        assert!(!render_table(&c, &[], 10).contains("SUBNETS"), "no section without subnet metrics");
+        let subnet = |id: &str, available: f64, low: bool| cni_metrics_proto::v1::SubnetView {
+            subnet_id: id.into(),
+            availability_zone: "eu-west-1a".into(),
+            usable_ips: 251.0,
+            available_ips: available,
+            held_by_cluster: 40.0,
+            assigned_to_pods: 30.0,
+            held_by_others: 251.0 - available - 40.0,
+            low_on_ips: low,
+            stale: true,
+            refreshed_unix_ms: 0,
+        };
+        c.subnets = vec![subnet("subnet-low", 12.0, true), subnet("subnet-ok", 200.0, false)];
+        c.subnet_available_ips = 212.0;
+        c.subnets_low_on_ips = 1;
+        let t = render_table(&c, &[], 10);
+        assert!(t.contains("SUBNETS (worst first): 212 addresses available, 1 low  (EC2 not reachable: last known values)"), "{t}");
+        let low = t.find("\nsubnet-low ").unwrap_or(usize::MAX);
+        assert!(low < t.find("\nsubnet-ok ").unwrap_or(0), "{t}");
+        assert!(t.contains(" yes\n"), "{t}");
+        let v: serde_json::Value = serde_json::from_str(&render_json(&c, &[])).unwrap_or_default();
+        assert_eq!(v["subnets"][0]["subnet_id"], "subnet-low");
+        assert_eq!(v["subnets_low_on_ips"], 1);
     }
 
     #[test]

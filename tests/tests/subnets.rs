@@ -140,6 +140,13 @@ async fn subnet_capacity_from_ec2_joined_with_the_cluster() -> Result<()> {
     })
     .await?;
 
+    // `watch` shows them, worst first.
+    let out = std::process::Command::new(bin_dir()?.join("cni-metrics-aggregator"))
+        .args(["watch", "--once", "--aggregator", &format!("http://{}", agg.grpc)])
+        .output()?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("SUBNETS (worst first): ") && table.contains(&a) && table.contains(&tagged), "{table}");
+
     // Throttling: two throttled calls, retried within the refresh; the values stay current.
     emu.control(
         "ec2_faults",

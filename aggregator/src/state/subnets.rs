@@ -101,7 +101,9 @@ impl ClusterState {
         if self.subnets.threshold.is_none() {
             return;
         }
-        if let Some(r) = self.subnet_report() {
+        // The families are declared as soon as subnet metrics are on (empty until EC2 first answers).
+        let report = self.subnet_report();
+        {
             type Get = fn(&crate::subnets::model::SubnetRow) -> f64;
             let per_subnet: [(&str, &str, Get); 6] = [
                 ("usable_ip_addresses", "Addresses of the subnet instances may use (CIDR size - 5 AWS reserves)", |r| r.usable),
@@ -118,11 +120,14 @@ impl ClusterState {
             for (metric, help, get) in per_subnet {
                 let name = format!("cni_metrics_subnet_{metric}");
                 page.family(&name, Kind::Gauge, help);
-                for row in &r.rows {
+                for row in report.iter().flat_map(|r| &r.rows) {
                     page.sample(&name, &[("subnet_id", &row.subnet_id), ("availability_zone", &row.availability_zone)], get(row));
                 }
             }
-            page.gauge("cni_metrics_subnets_low_on_ips", "Subnets of the cluster below --subnet-low-threshold", f64::from(r.low));
+        }
+        page.family("cni_metrics_subnets_low_on_ips", Kind::Gauge, "Subnets of the cluster below --subnet-low-threshold");
+        if let Some(r) = &report {
+            page.sample("cni_metrics_subnets_low_on_ips", &[], f64::from(r.low));
         }
         page.gauge(
             "cni_metrics_subnet_stale",
