@@ -101,7 +101,11 @@ pub fn render_table(c: &ClusterView, nodes: &[NodeView], top: usize) -> String {
             num(c.subnet_available_ips),
             c.subnets_low_on_ips
         );
-        let _ = writeln!(s, "{:<26} {:<12} {:>8} {:>9} {:>8} {:>8} {:>7} {:>4}", "SUBNET", "AZ", "USABLE", "AVAILABLE", "CLUSTER", "PODS", "OTHERS", "LOW");
+        let _ = writeln!(
+            s,
+            "{:<26} {:<12} {:>8} {:>9} {:>8} {:>8} {:>7} {:>4}",
+            "SUBNET", "AZ", "USABLE", "AVAILABLE", "CLUSTER", "PODS", "OTHERS", "LOW"
+        );
         for x in c.subnets.iter().take(top) {
             let _ = writeln!(
                 s,
