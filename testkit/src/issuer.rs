@@ -134,6 +134,31 @@ struct Published {
     issuer: String,
     jwks: Mutex<String>,
     requests: Mutex<Vec<Option<String>>>,
+    tls: bool,
+}
+
+/// Accepts TLS connections for axum; a failed handshake (a client that does not trust us) is skipped.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, peer)) = self.tcp.accept().await else { continue };
+            if let Ok(tls) = self.acceptor.accept(stream).await {
+                return (tls, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
 }
 
 /// A real HTTP server publishing an issuer's discovery document and key set, like the API server's
@@ -152,22 +177,62 @@ impl JwksServer {
 
     /// Serve on `addr`.
     pub async fn start_at(addr: SocketAddr, issuer: &str, jwks: String) -> std::io::Result<Self> {
+        Self::serve(addr, issuer, jwks, None).await
+    }
+
+    /// Serve HTTPS on a free loopback port with this certificate chain and key (PEM files), as the API
+    /// server does.
+    pub async fn start_tls(issuer: &str, jwks: String, cert: &std::path::Path, key: &std::path::Path) -> std::io::Result<Self> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let chain = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| bad(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(e.to_string()))?;
+        let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| bad(e.to_string()))?;
+        Self::serve(
+            "127.0.0.1:0".parse().map_err(std::io::Error::other)?,
+            issuer,
+            jwks,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await
+    }
+
+    async fn serve(addr: SocketAddr, issuer: &str, jwks: String, tls: Option<tokio_rustls::TlsAcceptor>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let inner = Arc::new(Published { issuer: issuer.to_owned(), jwks: Mutex::new(jwks), requests: Mutex::default() });
+        let inner =
+            Arc::new(Published { issuer: issuer.to_owned(), jwks: Mutex::new(jwks), requests: Mutex::default(), tls: tls.is_some() });
         let app = Router::new()
             .route("/openid/v1/jwks", get(serve_jwks))
             .route("/.well-known/openid-configuration", get(serve_discovery))
             .with_state(inner.clone());
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = match tls {
+                Some(acceptor) => axum::serve(TlsListener { tcp: listener, acceptor }, app).await,
+                None => axum::serve(listener, app).await,
+            };
         });
         Ok(Self { addr, inner, task })
     }
 
-    /// `http://127.0.0.1:port`, the `--api-server` of an aggregator using it.
+    /// `http://127.0.0.1:port` (`https://localhost:port` with TLS), the `--kubernetes-api-url` of an
+    /// aggregator using it.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.inner.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     /// Publish another key set (key rotation).

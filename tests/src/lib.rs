@@ -579,3 +579,84 @@ pub fn promtool_check(page: &str) -> Result<bool> {
     }
     Ok(true)
 }
+
+/// Certificates for the TLS tests, made by the `openssl` command line (EC P-256, valid 2 days).
+pub mod pki {
+    use std::path::Path;
+    use std::process::Command;
+
+    use anyhow::{ensure, Context, Result};
+
+    fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().context("openssl is needed for the TLS tests")?;
+        ensure!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+
+    /// A self-signed CA (`name.crt`, `name.key`) in `dir`.
+    pub fn ca(dir: &Path, name: &str) -> Result<()> {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        )
+    }
+
+    /// A certificate `name.crt` / `name.key` signed by CA `ca`, with X.509v3 extensions `ext`
+    /// (e.g. `subjectAltName=DNS:localhost`).
+    pub fn leaf(dir: &Path, ca: &str, name: &str, ext: &str) -> Result<()> {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        )?;
+        std::fs::write(dir.join(format!("{name}.ext")), ext)?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{ca}.crt"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        )
+    }
+}

@@ -159,3 +159,52 @@ async fn an_agent_speaks_only_for_its_own_node() -> Result<()> {
     assert!(!b.exited(), "node-b's agent keeps running through the reconnect");
     Ok(())
 }
+
+/// The keys are read over HTTPS trusting only the cluster CA (`--kubernetes-ca-file`): an API server
+/// with a certificate of that CA serves them; the same server under another CA is refused, and agents
+/// get UNAVAILABLE (counted) until the keys can be fetched.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_are_read_over_https_trusting_only_the_cluster_ca() -> Result<()> {
+    use cni_metrics_e2e::pki::{ca, leaf};
+    let dir = scratch_dir("auth-https")?;
+    ca(&dir, "cluster-ca")?;
+    ca(&dir, "other-ca")?;
+    leaf(&dir, "cluster-ca", "apiserver", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")?;
+    let k1 = Issuer::rsa("https-k1", ISS)?;
+    let api = JwksServer::start_tls(ISS, jwks(&[&k1]), &dir.join("apiserver.crt"), &dir.join("apiserver.key")).await?;
+    let start = |name: &str, ca_file: &str| {
+        let ca_path = dir.join(ca_file).display().to_string();
+        let url = api.url();
+        Aggregator::start(
+            &dir,
+            name,
+            "127.0.0.1:0",
+            &["--agent-auth", "token", "--kubernetes-api-url", &url, "--kubernetes-ca-file", &ca_path],
+        )
+    };
+    let trusted = start("aggregator-trusted", "cluster-ca.crt")?;
+    let misled = start("aggregator-other-ca", "other-ca.crt")?;
+    let f = ipamd(40).await?;
+    let token = write_token(&dir, "node-a", &k1.agent_token("node-a")?)?;
+    let _a = start_agent(&dir, "node-a", &f.url(), &trusted.grpc, &["--token-file", &token])?;
+    let _b = start_agent(&dir, "node-a", &f.url(), &misled.grpc, &["--token-file", &token])?;
+    eventually(Duration::from_secs(20), || async {
+        let (t, m) = (trusted.metrics().await?, misled.metrics().await?);
+        let got = (
+            sample(&t, "cni_metrics_nodes_reporting", &[]),
+            sample(&t, "cni_metrics_token_keys", &[]),
+            sample(&m, "cni_metrics_nodes_reporting", &[]),
+            rejected(&m, "token_keys_unavailable") >= 1.0,
+            sample(&m, "cni_metrics_token_key_fetches_total", &[("result", "error")]).is_some_and(|e| e >= 1.0),
+        );
+        Ok(if got == (Some(1.0), Some(1.0), Some(0.0), true, true) {
+            Ok(())
+        } else {
+            Err(format!("(trusted nodes, keys; other-CA nodes, refused, fetch errors) = {got:?}"))
+        })
+    })
+    .await?;
+    let log = misled.proc.stderr() + &misled.proc.stdout();
+    assert!(log.contains("cannot fetch the cluster's token signing keys") && log.contains("TLS"), "{log}");
+    Ok(())
+}

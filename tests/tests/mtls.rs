@@ -4,87 +4,16 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
+use cni_metrics_e2e::pki::{ca, leaf};
 use cni_metrics_e2e::*;
 use cni_metrics_proto::v1::consumer_client::ConsumerClient;
 use cni_metrics_proto::v1::GetClusterRequest;
 use cni_metrics_testkit::sim::{PageStyle, SimIpamd};
 use cni_metrics_testkit::FakeIpamd;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().context("openssl is needed for the mTLS tests")?;
-    ensure!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(())
-}
-
-/// A CA and a certificate signed by it (`name.crt`, `name.key`).
-fn ca(dir: &Path, name: &str) -> Result<()> {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    )
-}
-
-fn leaf(dir: &Path, ca: &str, name: &str, ext: &str) -> Result<()> {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    )?;
-    std::fs::write(dir.join(format!("{name}.ext")), ext)?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-        ],
-    )
-}
 
 async fn client(url: &str, dir: &Path, identity: Option<&str>, tls: bool) -> Result<ConsumerClient<tonic::transport::Channel>> {
     let mut ep = Endpoint::from_shared(url.to_owned())?.connect_timeout(Duration::from_secs(3));
