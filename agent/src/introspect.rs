@@ -2,7 +2,9 @@
 //! breakdown asked for since 2019 (upstream #757, #3619). ipamd's JSON changed shape over time, so the
 //! reader is tolerant: a map keyed by network card index (`{"0": {"TotalIPs", "AssignedIPs", "ENIs":
 //! {...}}}`, from mid-2025) or the ENI set directly (older); `SubnetID` per ENI exists from v1.22
-//! (2026-02). ENIs without a subnet id are skipped. Parsing is pure; the fetch is bounded in time and size.
+//! (2026-02). ENIs without a subnet id are skipped. Each card's totals are read too: since VPC CNI v1.20
+//! every card's datastore sets the page's global gauges, so on multi-card instances only introspection
+//! has the node's totals ([`crate::multicard`]). Parsing is pure; the fetch is bounded in time and size.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -53,6 +55,47 @@ fn assigned(addr: &Value) -> bool {
         .is_some_and(|c| !c.is_empty())
 }
 
+/// One network card's datastore: pod addresses, assigned, ENIs.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CardTotals {
+    pub total_ips: f64,
+    pub assigned_ips: f64,
+    pub enis: u32,
+}
+
+/// What the introspection page says: per network card (one entry on pages without cards) and per
+/// subnet.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Introspection {
+    pub cards: Vec<CardTotals>,
+    pub subnets: Vec<SubnetUsage>,
+}
+
+/// Read the page: each card's `TotalIPs` / `AssignedIPs` (else summed from its ENIs) and ENI count, and
+/// the per-subnet usage.
+pub fn parse(v: &Value) -> Result<Introspection, IntrospectError> {
+    let subnets = parse_enis(v)?;
+    let obj = v.as_object().ok_or_else(|| IntrospectError::Shape("not an object".into()))?;
+    let card = |c: &serde_json::Map<String, Value>| {
+        let enis = c.get("ENIs").and_then(Value::as_object);
+        let n = |k: &str| c.get(k).and_then(Value::as_f64).filter(|x| x.is_finite() && *x >= 0.0);
+        CardTotals {
+            total_ips: n("TotalIPs").unwrap_or(0.0),
+            assigned_ips: n("AssignedIPs").unwrap_or(0.0),
+            enis: enis.map_or(0, |e| u32::try_from(e.len()).unwrap_or(u32::MAX)),
+        }
+    };
+    let cards = if obj.contains_key("ENIs") {
+        vec![card(obj)]
+    } else {
+        let mut by_index: Vec<(u32, CardTotals)> =
+            obj.iter().filter_map(|(k, c)| Some((k.parse::<u32>().ok()?, card(c.as_object()?)))).collect();
+        by_index.sort_by_key(|(i, _)| *i);
+        by_index.into_iter().map(|(_, c)| c).collect()
+    };
+    Ok(Introspection { cards, subnets })
+}
+
 /// Sum the page's ENIs per subnet, sorted by subnet id.
 pub fn parse_enis(v: &Value) -> Result<Vec<SubnetUsage>, IntrospectError> {
     let mut by_subnet: BTreeMap<String, (f64, f64, u32)> = BTreeMap::new();
@@ -83,7 +126,7 @@ pub fn parse_enis(v: &Value) -> Result<Vec<SubnetUsage>, IntrospectError> {
 }
 
 /// Fetch and parse the endpoint.
-pub async fn fetch(client: &reqwest::Client, url: &str, max_bytes: usize, timeout: Duration) -> Result<Vec<SubnetUsage>, IntrospectError> {
+pub async fn fetch(client: &reqwest::Client, url: &str, max_bytes: usize, timeout: Duration) -> Result<Introspection, IntrospectError> {
     let unavailable = |e: reqwest::Error| IntrospectError::Unavailable(e.to_string());
     let mut resp = client.get(url).timeout(timeout).send().await.map_err(unavailable)?;
     if !resp.status().is_success() {
@@ -97,7 +140,7 @@ pub async fn fetch(client: &reqwest::Client, url: &str, max_bytes: usize, timeou
         body.extend_from_slice(&chunk);
     }
     let v: Value = serde_json::from_slice(&body).map_err(|e| IntrospectError::Shape(e.to_string()))?;
-    parse_enis(&v)
+    parse(&v)
 }
 
 #[cfg(test)]
@@ -146,6 +189,14 @@ mod tests {
             assert_eq!(parse_enis(&page), Ok(want), "{what}");
         }
         assert!(parse_enis(&json!([1, 2])).is_err());
+        // Cards: their own totals, in index order; a page without cards is one.
+        let two = json!({"1": {"TotalIPs": 4, "AssignedIPs": 3, "ENIs": {"eni-2": eni(Some("subnet-b"), false), "eni-3": eni(Some("subnet-b"), false)}},
+                         "0": {"TotalIPs": 2, "AssignedIPs": 1, "ENIs": {"eni-1": eni(Some("subnet-a"), false)}}});
+        let cards = parse(&two).map(|i| i.cards);
+        let card = |t: f64, a: f64, e: u32| CardTotals { total_ips: t, assigned_ips: a, enis: e };
+        assert_eq!(cards, Ok(vec![card(2.0, 1.0, 1), card(4.0, 3.0, 2)]));
+        let old = json!({"TotalIPs": 2, "AssignedIPs": 1, "ENIs": {"eni-1": eni(Some("subnet-a"), false)}});
+        assert_eq!(parse(&old).map(|i| i.cards), Ok(vec![card(2.0, 1.0, 1)]));
         assert!(parse_enis(&json!({"weird": true})).is_err());
     }
 }

@@ -19,6 +19,7 @@ pub mod http;
 pub mod imds;
 pub mod introspect;
 pub mod metrics;
+pub mod multicard;
 pub mod parse;
 pub mod position;
 pub mod report;

@@ -29,6 +29,10 @@ pub struct AgentStats {
     pub introspection_errors: AtomicU64,
     /// Connections made without a token because `--token-file` could not be read.
     pub token_read_failures: AtomicU64,
+    /// Scrapes whose totals came from introspection's per-card sums (multi-card instances).
+    pub multi_card_scrapes: AtomicU64,
+    /// The last scrape's network cards and what their sums replaced on the page.
+    pub multi_card: std::sync::Mutex<(usize, Vec<crate::multicard::Corrected>)>,
     /// Positions written to the state file, and state file problems by reason
     /// ([`PositionError::REASONS`] order).
     pub state_file_writes: AtomicU64,
@@ -64,6 +68,7 @@ pub fn render(node: &str, s: &AgentStats) -> String {
         ("connect_failures_total", "Failed connection attempts to the aggregator", &s.connect_failures),
         ("introspection_errors_total", "Failed reads of ipamd's introspection endpoint", &s.introspection_errors),
         ("token_read_failures_total", "Streams opened without a token because --token-file could not be read", &s.token_read_failures),
+        ("multi_card_scrapes_total", "Scrapes whose IP and ENI totals came from introspection's per-card sums", &s.multi_card_scrapes),
         ("state_file_writes_total", "Committed positions written to the state file (--state-dir)", &s.state_file_writes),
     ];
     for (name, help, v) in counters {
@@ -73,6 +78,21 @@ pub fn render(node: &str, s: &AgentStats) -> String {
     page.family(name, Kind::Counter, "State file problems: not used, or not written");
     for (reason, v) in PositionError::REASONS.iter().zip(&s.state_file_errors) {
         page.sample(name, &[("reason", reason)], v.load(Ordering::Relaxed) as f64);
+    }
+    let (cards, corrected) = s.multi_card.lock().map(|m| m.clone()).unwrap_or_else(|e| e.into_inner().clone());
+    page.gauge("cni_metrics_agent_network_cards", "Network cards in the last introspection read (0: not read)", cards as f64);
+    type Get = fn(&crate::multicard::Corrected) -> f64;
+    let per_metric: [(&str, &str, Get); 2] = [
+        ("cni_metrics_agent_ipamd_page_value", "What the page said for a total the cards' sums replaced", |c| c.page),
+        ("cni_metrics_agent_multi_card_correction", "Cards' sum minus the page's value (one card's datastore set the page)", |c| {
+            c.cards - c.page
+        }),
+    ];
+    for (name, help, value) in per_metric {
+        page.family(name, Kind::Gauge, help);
+        for c in &corrected {
+            page.sample(name, &[("metric", c.name)], value(c));
+        }
     }
     page.gauge(
         "cni_metrics_agent_commit_backlog",

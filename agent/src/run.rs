@@ -223,12 +223,13 @@ impl Agent {
 
     /// A tick: fold the scrape into the engine, refresh per-subnet usage, send a delta when welcomed.
     async fn on_tick(&mut self, fetched: Result<String, ScrapeError>) {
-        self.fold_scrape(fetched);
+        // Introspection first: on a multi-card instance its per-card sums correct this page's totals.
+        let cards = self.refresh_subnets().await;
+        self.fold_scrape(fetched, &cards);
         if !self.doubt_warned && self.engine.baseline_in_doubt() {
             self.doubt_warned = true;
             warn!(node = %self.node, "counting a young ipamd from its start with no resume point from an aggregator younger than it: if an earlier agent run of this node was counted, part is counted twice (reported as baseline_in_doubt)");
         }
-        self.refresh_subnets().await;
         self.send_delta();
     }
 
@@ -418,12 +419,13 @@ impl Agent {
         }
     }
 
-    /// Per-subnet usage from ipamd's introspection; on error the last known stays.
-    async fn refresh_subnets(&mut self) {
-        let Some(client) = &self.introspection else { return };
+    /// Per-subnet usage from ipamd's introspection (on error the last known stays); returns this read's
+    /// network cards (none on error: the page is then taken as it is).
+    async fn refresh_subnets(&mut self) -> Vec<crate::introspect::CardTotals> {
+        let Some(client) = &self.introspection else { return Vec::new() };
         let timeout = self.cfg.effective_scrape_timeout();
         match crate::introspect::fetch(client, &self.cfg.introspection_url, self.cfg.max_page_bytes, timeout).await {
-            Ok(subnets) => {
+            Ok(crate::introspect::Introspection { cards, subnets }) => {
                 if self.introspection_error.take().is_some() {
                     info!(node = %self.node, subnets = subnets.len(), "ipamd introspection ok");
                 }
@@ -431,6 +433,7 @@ impl Agent {
                     self.scrape.subnets = subnets;
                     self.pending.subnets_changed = true;
                 }
+                cards
             }
             Err(e) => {
                 self.stats.introspection_errors.fetch_add(1, Ordering::Relaxed);
@@ -439,19 +442,25 @@ impl Agent {
                     warn!(node = %self.node, error = %msg, "no per-subnet usage (introspection); keeping the last known");
                     self.introspection_error = Some(msg);
                 }
+                Vec::new()
             }
         }
     }
 
     /// Fold one scrape result into the engine and the pending report; log status changes once.
-    fn fold_scrape(&mut self, fetched: Result<String, ScrapeError>) {
+    fn fold_scrape(&mut self, fetched: Result<String, ScrapeError>, cards: &[crate::introspect::CardTotals]) {
         let Self { engine, pending, commits, scrape: facts, stats, node, .. } = self;
         let node = node.as_str();
         stats.scrapes.fetch_add(1, Ordering::Relaxed);
         let now = unix_ms_now();
         let (status, detail) = match fetched {
             Ok(text) => {
-                let page = parse(&text);
+                let mut page = parse(&text);
+                let corrected = crate::multicard::correct(&mut page, cards);
+                if !corrected.is_empty() {
+                    stats.multi_card_scrapes.fetch_add(1, Ordering::Relaxed);
+                }
+                *stats.multi_card.lock().unwrap_or_else(|e| e.into_inner()) = (cards.len(), corrected);
                 let obs = engine.observe(&page, now as f64 / 1000.0);
                 stats.bad_lines.fetch_add(page.bad_lines as u64, Ordering::Relaxed);
                 stats.invalid_samples.fetch_add(obs.invalid_samples as u64, Ordering::Relaxed);

@@ -73,6 +73,8 @@ pub struct SimIpamd {
     p99_ms: f64,
     /// The subnet of its ENIs; by default one derived from its shape.
     pub subnet: Option<String>,
+    /// Network cards the ENIs are spread over (1: a single datastore, as before VPC CNI v1.20).
+    pub network_cards: u64,
 }
 
 impl SimIpamd {
@@ -93,6 +95,7 @@ impl SimIpamd {
             at_restart: Counters::default(),
             p99_ms: 120.0,
             subnet: None,
+            network_cards: 1,
         };
         sim.assigned = sim.rng.u64(0..=ips_per_eni);
         sim.fit_capacity();
@@ -170,14 +173,15 @@ impl SimIpamd {
         self.subnet.clone().unwrap_or_else(|| format!("subnet-0{:016x}", self.eni_max * 1_000 + self.ips_per_eni))
     }
 
-    /// Render ipamd's introspection page (`/v1/enis`, keyed by network card as in current ipamd).
-    pub fn render_enis(&self) -> String {
-        let mut enis = Vec::new();
+    /// The node's ENIs: each one's introspection JSON, pod addresses and assigned addresses.
+    fn eni_layout(&self) -> Vec<(String, u64, u64)> {
+        let mut out = Vec::new();
         let mut left = self.assigned;
         let pd = self.style == PageStyle::PrefixDelegation;
         let mut prefix = 0;
         for e in 0..self.enis {
             let mut cidrs = Vec::new();
+            let (mut total, mut assigned) = (0, 0);
             let slots = if pd { self.prefixes.div_ceil(self.enis).max(1) } else { self.ips_per_eni - 1 };
             for k in 0..slots {
                 if pd && prefix >= self.prefixes {
@@ -186,6 +190,8 @@ impl SimIpamd {
                 let cap = if pd { 16 } else { 1 };
                 let used = left.min(cap);
                 left -= used;
+                total += cap;
+                assigned += used;
                 let addrs: Vec<String> = (0..used)
                     .map(|i| format!("\"10.{e}.{k}.{i}\": {{\"Address\": \"10.{e}.{k}.{i}\", \"IPAMKey\": {{\"networkName\": \"aws-cni\", \"containerID\": \"c{e}{k}{i}\", \"ifName\": \"eth0\"}}}}"))
                     .collect();
@@ -193,13 +199,57 @@ impl SimIpamd {
                 cidrs.push(format!("\"{cidr}\": {{\"IsPrefix\": {pd}, \"IPAddresses\": {{{}}}}}", addrs.join(", ")));
                 prefix += 1;
             }
-            enis.push(format!(
+            let json = format!(
                 "\"eni-0a1b2c3d4e5f{e:05}\": {{\"ID\": \"eni-0a1b2c3d4e5f{e:05}\", \"SubnetID\": \"{}\", \"AvailableIPv4Cidrs\": {{{}}}}}",
                 self.subnet_id(),
                 cidrs.join(", ")
-            ));
+            );
+            out.push((json, total, assigned));
         }
-        format!("{{\"0\": {{\"TotalIPs\": {}, \"AssignedIPs\": {}, \"ENIs\": {{{}}}}}}}", self.total_ips(), self.assigned, enis.join(", "))
+        out
+    }
+
+    /// Per network card (ENI `e` on card `e % network_cards`): pod addresses, assigned, ENIs.
+    pub fn card_totals(&self) -> Vec<(u64, u64, u64)> {
+        let cards = self.network_cards.max(1);
+        let mut out = vec![(0, 0, 0); cards as usize];
+        for (e, (_, total, assigned)) in self.eni_layout().into_iter().enumerate() {
+            if let Some(c) = out.get_mut(e % cards as usize) {
+                c.0 += total;
+                c.1 += assigned;
+                c.2 += 1;
+            }
+        }
+        out
+    }
+
+    /// Render ipamd's introspection page (`/v1/enis`, keyed by network card as in current ipamd).
+    pub fn render_enis(&self) -> String {
+        let cards = self.network_cards.max(1) as usize;
+        let mut per_card: Vec<Vec<String>> = vec![Vec::new(); cards];
+        for (e, (json, _, _)) in self.eni_layout().into_iter().enumerate() {
+            per_card[e % cards].push(json);
+        }
+        let totals = self.card_totals();
+        let body: Vec<String> = per_card
+            .iter()
+            .zip(&totals)
+            .enumerate()
+            .map(|(i, (enis, (total, assigned, _)))| {
+                format!("\"{i}\": {{\"TotalIPs\": {total}, \"AssignedIPs\": {assigned}, \"ENIs\": {{{}}}}}", enis.join(", "))
+            })
+            .collect();
+        format!("{{{}}}", body.join(", "))
+    }
+
+    /// What the page's global gauges show (total, assigned, ENIs): since VPC CNI v1.20 each network card's
+    /// datastore sets them, so with several cards the page shows the last card's values.
+    pub fn page_totals(&self) -> (u64, u64, u64) {
+        if self.network_cards > 1 {
+            self.card_totals().last().copied().unwrap_or_default()
+        } else {
+            (self.total_ips(), self.assigned, self.enis)
+        }
     }
 
     /// Render the page ipamd would serve.
@@ -215,7 +265,8 @@ impl SimIpamd {
         family(w, "awscni_add_ip_req_count", "The number of add IP address requests", flipped);
         line(w, "awscni_add_ip_req_count", "", c.add_ip_req as f64);
         family(w, "awscni_assigned_ip_addresses", "The number of IP addresses assigned to pods", "gauge");
-        line(w, "awscni_assigned_ip_addresses", "", self.assigned as f64);
+        let (page_total, page_assigned, page_enis) = self.page_totals();
+        line(w, "awscni_assigned_ip_addresses", "", page_assigned as f64);
         if !legacy {
             family(w, "awscni_assigned_ip_per_cidr", "The total number of IP addresses assigned per cidr", "gauge");
             if style == PageStyle::PrefixDelegation {
@@ -293,7 +344,7 @@ impl SimIpamd {
             line(w, "awscni_ec2api_req_count", "fn=\"AssignPrivateIpAddresses\"", c.ec2_req_assign as f64);
         }
         family(w, "awscni_eni_allocated", "The number of ENIs allocated", "gauge");
-        line(w, "awscni_eni_allocated", "", self.enis as f64);
+        line(w, "awscni_eni_allocated", "", page_enis as f64);
         family(
             w,
             "awscni_eni_max",
@@ -328,7 +379,7 @@ impl SimIpamd {
             line(w, "awscni_total_ipv4_prefixes", "", self.prefixes as f64);
         }
         family(w, "awscni_total_ip_addresses", "The total number of IP addresses", "gauge");
-        line(w, "awscni_total_ip_addresses", "", self.total_ips() as f64);
+        line(w, "awscni_total_ip_addresses", "", page_total as f64);
         if modern {
             family(
                 w,

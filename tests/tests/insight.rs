@@ -470,3 +470,50 @@ async fn hostile_strings_are_refused_whole_and_metrics_still_parse() -> Result<(
     );
     Ok(())
 }
+
+/// A node with two network cards (VPC CNI ≥ v1.20: each card's datastore sets the page's global
+/// gauges, so the page shows one card): its totals come from introspection's per-card sums, and the agent
+/// shows what the page said and the correction.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_multi_card_node_reports_its_totals_from_introspection() -> Result<()> {
+    let dir = scratch_dir("multi-card")?;
+    let f = fake_ipamd(PageStyle::Modern, 77, 2).await?;
+    f.with_sim(|s| {
+        s.network_cards = 2;
+        s.enis = 3;
+    });
+    let (truth_total, truth_assigned, page) = f.with_sim(|s| (s.total_ips() as f64, s.assigned as f64, s.page_totals()));
+    ensure!(page.0 as f64 != truth_total && page.2 == 1, "the page shows one card: {page:?}, node total {truth_total}");
+    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &[])?;
+    let agent = start_agent(&dir, "node-1", &f.url(), &agg.grpc, &[])?;
+    let line = agent.wait_log("agent HTTP endpoint", Duration::from_secs(10))?;
+    let agent_http = json_field(&line, "http").context("agent http")?;
+    eventually(Duration::from_secs(20), || async {
+        let p = agg.metrics().await?;
+        let got = (
+            sample(&p, "awscni_total_ip_addresses", &[]),
+            sample(&p, "awscni_assigned_ip_addresses", &[]),
+            sample(&p, "awscni_eni_allocated", &[]),
+        );
+        let want = (Some(truth_total), Some(truth_assigned), Some(3.0));
+        Ok(if got == want { Ok(()) } else { Err(format!("(total, assigned, ENIs) = {got:?}, node {want:?}")) })
+    })
+    .await?;
+    let own = reqwest::get(format!("http://{agent_http}/metrics")).await?.text().await?;
+    let agent_sample = |name: &str, labels: &[(&str, &str)]| {
+        let parsed = cni_metrics_agent::parse::parse(&own);
+        parsed
+            .samples
+            .iter()
+            .find(|s| s.name == name && s.labels.len() == labels.len() + 1 && labels.iter().all(|(k, v)| s.label(k) == Some(*v)))
+            .map(|s| s.value)
+    };
+    assert_eq!(agent_sample("cni_metrics_agent_network_cards", &[]), Some(2.0), "{own}");
+    assert_eq!(agent_sample("cni_metrics_agent_ipamd_page_value", &[("metric", "awscni_total_ip_addresses")]), Some(page.0 as f64));
+    assert_eq!(
+        agent_sample("cni_metrics_agent_multi_card_correction", &[("metric", "awscni_total_ip_addresses")]),
+        Some(truth_total - page.0 as f64)
+    );
+    assert!(promtool_check(&own)?, "the agent's page parses");
+    Ok(())
+}
