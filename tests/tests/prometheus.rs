@@ -226,10 +226,21 @@ async fn promql_over_a_real_prometheus_gives_the_truth() -> Result<()> {
     let cluster = CLUSTER;
     let add0 = truth(|s| s.lifetime.add_ip_req);
     eventually(Duration::from_secs(30), || settled(&prom, add0, truth(|s| s.assigned))).await?;
-    // Both monitors' targets are up, with the operator's labels.
-    ensure!(prom.one(r#"up{job="cni-metrics-aggregator",namespace="kube-system",endpoint="http-metrics"}"#).await? == 1.0, "aggregator up");
-    ensure!(prom.one(r#"up{job="kube-system/cni-metrics-agent"}"#).await? == 1.0, "agent up");
-    ensure!(prom.one(r#"cni_metrics_agent_scrapes_total{node="node-0"}"#).await? > 0.0, "the agent's own metrics are stored");
+    // Both monitors' targets are up, with the operator's labels (the agent's job scrapes less often: its
+    // first scrape may still be due).
+    eventually(Duration::from_secs(20), || async {
+        let agg_up = prom.query(r#"up{job="cni-metrics-aggregator",namespace="kube-system",endpoint="http-metrics"}"#).await?;
+        let agent_up = prom.query(r#"up{job="kube-system/cni-metrics-agent"}"#).await?;
+        let scrapes = prom.query(r#"cni_metrics_agent_scrapes_total{node="node-0"}"#).await?;
+        let v = |r: &[(Value, f64)]| r.first().map(|x| x.1);
+        let got = (v(&agg_up), v(&agent_up), v(&scrapes).is_some_and(|s| s > 0.0));
+        Ok(if got == (Some(1.0), Some(1.0), true) {
+            Ok(())
+        } else {
+            Err(format!("(aggregator up, agent up, agent metrics stored) = {got:?}"))
+        })
+    })
+    .await?;
 
     // Pods come and go on every node; counters grow.
     tokio::time::sleep(Duration::from_secs(3)).await;
