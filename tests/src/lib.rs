@@ -593,50 +593,38 @@ pub mod pki {
         Ok(())
     }
 
+    /// `openssl req` making a new EC P-256 key `name.key` and writing `out` (`-x509`: self-signed).
+    fn request(dir: &Path, name: &str, x509: bool, out: &str) -> Result<()> {
+        let (key, subject) = (format!("{name}.key"), format!("/CN={name}"));
+        let mut args = vec!["req"];
+        if x509 {
+            args.extend(["-x509", "-days", "2"]);
+        }
+        args.extend([
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            out,
+            "-subj",
+            &subject,
+        ]);
+        openssl(dir, &args)
+    }
+
     /// A self-signed CA (`name.crt`, `name.key`) in `dir`.
     pub fn ca(dir: &Path, name: &str) -> Result<()> {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.crt"),
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        )
+        request(dir, name, true, &format!("{name}.crt"))
     }
 
     /// A certificate `name.crt` / `name.key` signed by CA `ca`, with X.509v3 extensions `ext`
     /// (e.g. `subjectAltName=DNS:localhost`).
     pub fn leaf(dir: &Path, ca: &str, name: &str, ext: &str) -> Result<()> {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        )?;
+        request(dir, name, false, &format!("{name}.csr"))?;
         std::fs::write(dir.join(format!("{name}.ext")), ext)?;
         openssl(
             dir,
