@@ -100,8 +100,7 @@ impl IngestService {
             Err(e) => {
                 refuse(&self.state, e.refusal());
                 // `node` is not validated yet: quote it only bounded and printable.
-                let shown: String = node.chars().take(253).map(|c| if c.is_control() { '?' } else { c }).collect();
-                warn!(peer = %peer, node = %shown, reason = e.reason(), error = %e, "agent refused: its token does not prove this node");
+                warn!(peer = %peer, node = %crate::auth::token::quote(node), reason = e.reason(), error = %e, "agent refused: its token does not prove this node");
                 Err(e.status())
             }
         }

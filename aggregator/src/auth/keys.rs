@@ -106,7 +106,7 @@ impl KeySource {
             Ok(r) => r,
             Err(_) => Err(FetchError::Http {
                 url: url.to_owned(),
-                error: format!("no answer within {}", crate::auth::keys::seconds(FETCH_TIMEOUT)),
+                error: format!("no answer within {}", cni_metrics_proto::duration::format(FETCH_TIMEOUT)),
             }),
         }
     }
@@ -177,8 +177,4 @@ where
         let _ = conn.await;
     });
     sender.send_request(req).await.map_err(|e| e.to_string())
-}
-
-fn seconds(d: Duration) -> String {
-    cni_metrics_proto::duration::format(d)
 }

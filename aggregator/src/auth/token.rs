@@ -82,7 +82,8 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Longest value of a claim quoted in an error or a log line.
 const QUOTE_MAX: usize = 128;
 
-fn quote(s: &str) -> String {
+/// A string from a peer, bounded and printable, for errors and logs.
+pub fn quote(s: &str) -> String {
     s.chars().take(QUOTE_MAX).map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 

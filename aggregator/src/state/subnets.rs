@@ -41,13 +41,11 @@ impl ClusterState {
         self.subnets.threshold = Some(threshold);
     }
 
-    /// The subnets the cluster's nodes report ENIs in, and the VPCs of the subnets known from EC2.
-    pub fn subnets_in_use(&self) -> (Vec<String>, Vec<String>) {
+    /// The subnets the cluster's nodes report ENIs in.
+    pub fn subnets_in_use(&self) -> Vec<String> {
         let ids: std::collections::BTreeSet<&str> =
             self.nodes.values().flat_map(|n| n.subnets.iter().map(|s| s.subnet_id.as_str())).collect();
-        let vpcs: std::collections::BTreeSet<&str> =
-            self.subnets.facts.values().map(|f| f.vpc_id.as_str()).filter(|v| !v.is_empty()).collect();
-        (ids.into_iter().map(str::to_owned).collect(), vpcs.into_iter().map(str::to_owned).collect())
+        ids.into_iter().map(str::to_owned).collect()
     }
 
     /// What the live nodes hold per subnet.

@@ -76,7 +76,7 @@ pub async fn run_refresher(state: Shared, cfg: SubnetConfig, shutdown: impl std:
         }
         let (ids, cluster) = {
             let st = lock(&state);
-            let (ids, _) = st.subnets_in_use();
+            let ids = st.subnets_in_use();
             let cluster =
                 cfg.cluster_name.clone().or_else(|| st.reported(|n| &n.cluster_name)).unwrap_or_else(|| st.cluster_id().to_owned());
             (ids, cluster)
