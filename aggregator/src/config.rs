@@ -127,8 +127,10 @@ pub struct AggregatorConfig {
 
     /// Most agent streams open at once (one per node); more are refused with RESOURCE_EXHAUSTED and
     /// counted, so a flood of connections cannot exhaust memory. Open streams are never dropped for it.
-    #[arg(long, env = "MAX_STREAMS", default_value_t = 20_000)]
-    pub max_streams: usize,
+    /// Unset: the open-file limit (raised to its hard limit at start) less 1,024; the effective value is
+    /// logged at start.
+    #[arg(long, env = "MAX_STREAMS")]
+    pub max_streams: Option<usize>,
 
     /// Time a new agent stream has to send its Hello.
     #[arg(long, env = "HELLO_TIMEOUT", default_value = "10s", value_parser = parse_positive)]

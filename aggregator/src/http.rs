@@ -39,10 +39,14 @@ pub fn router(state: HttpState) -> Router {
 async fn metrics(State(st): State<HttpState>) -> impl IntoResponse {
     let mut out = String::with_capacity(16 * 1024);
     let cluster_id = {
-        let cluster = lock(&st.cluster);
+        let mut cluster = lock(&st.cluster);
+        let held = std::time::Instant::now();
         if st.prometheus {
-            cluster.render_prometheus(&mut out, std::time::Instant::now());
+            cluster.render_prometheus(&mut out, held);
         }
+        // What the page just showed starts over; the next page shows this render's hold.
+        cluster.stats.longest_lock_wait = std::time::Duration::ZERO;
+        cluster.stats.last_render_hold = held.elapsed();
         cluster.cluster_id().to_owned()
     };
     let mut page = Page::new(&mut out, &[("cluster_id", &cluster_id)]);

@@ -23,7 +23,8 @@ use cni_metrics_proto::v1::{
     agent_message, aggregator_message, Ack, AgentMessage, AggregatorMessage, Commit, Label, Resume, ResumePoint, Welcome,
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
@@ -33,6 +34,39 @@ use crate::state::{IngestError, Refusal, Welcomed};
 
 /// Outbound (ack) queue per stream; acks are cumulative, so a full queue just skips one.
 const ACK_QUEUE: usize = 8;
+
+/// What a stream task queues for its agent, made a message only as the transport takes it. Kept small
+/// (an ack is a number): a tokio channel allocates 32 slots at a time whatever its bound, one channel per
+/// connected node.
+enum Outbound {
+    Welcome(Box<Welcome>),
+    Ack(u64),
+    Commit(u64),
+    End(Box<Status>),
+}
+
+impl Outbound {
+    fn into_message(self) -> Result<AggregatorMessage, Status> {
+        let body = match self {
+            Outbound::Welcome(w) => aggregator_message::Body::Welcome(*w),
+            Outbound::Ack(seq) => aggregator_message::Body::Ack(Ack { seq }),
+            Outbound::Commit(seq) => aggregator_message::Body::Commit(Commit { seq }),
+            Outbound::End(status) => return Err(*status),
+        };
+        Ok(AggregatorMessage { body: Some(body) })
+    }
+}
+
+/// The response stream of one agent stream: its [`Outbound`] queue, as messages.
+pub struct OutboundStream(mpsc::Receiver<Outbound>);
+
+impl tokio_stream::Stream for OutboundStream {
+    type Item = Result<AggregatorMessage, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|o| o.map(Outbound::into_message))
+    }
+}
 /// After a keeping agent's goodbye, how long its stream stays open for the commits of windows that hold
 /// its increments (they are normally delivered within a second).
 const FAREWELL: Duration = Duration::from_secs(10);
@@ -137,8 +171,8 @@ fn unsent_commit(state: &Shared, node: &str, session: u64, sent: u64) -> Option<
     lock(state).committed_seq(node, session).filter(|s| *s > sent)
 }
 
-fn commit_message(seq: u64) -> Result<AggregatorMessage, Status> {
-    Ok(AggregatorMessage { body: Some(aggregator_message::Body::Commit(Commit { seq })) })
+fn commit_message(seq: u64) -> Outbound {
+    Outbound::Commit(seq)
 }
 
 /// Count a refusal.
@@ -168,7 +202,7 @@ fn to_status(e: &IngestError) -> Status {
 
 #[tonic::async_trait]
 impl Ingest for IngestService {
-    type StreamStream = ReceiverStream<Result<AggregatorMessage, Status>>;
+    type StreamStream = OutboundStream;
 
     async fn stream(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
         let peer = request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.to_string());
@@ -219,7 +253,7 @@ impl Ingest for IngestService {
         );
         let (tx, rx) = mpsc::channel(ACK_QUEUE);
         let welcome = welcome_message(&welcomed, self.instance_id, self.started_unix_ms);
-        let _ = tx.try_send(Ok(AggregatorMessage { body: Some(aggregator_message::Body::Welcome(welcome)) }));
+        let _ = tx.try_send(Outbound::Welcome(Box::new(welcome)));
         let stream = AgentStream {
             state: self.state.clone(),
             node: hello.node_name,
@@ -233,7 +267,7 @@ impl Ingest for IngestService {
             _permit: permit,
         };
         tokio::spawn(stream.run());
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(OutboundStream(rx)))
     }
 }
 
@@ -251,7 +285,7 @@ pub struct AgentStream {
     session: u64,
     run_id: u64,
     inbound: Streaming<AgentMessage>,
-    tx: mpsc::Sender<Result<AggregatorMessage, Status>>,
+    tx: mpsc::Sender<Outbound>,
     signals: StreamSignals,
     /// The last commit sent to the agent.
     sent_commit: u64,
@@ -335,7 +369,7 @@ impl AgentStream {
         if let Some(seq) = unsent_commit(&self.state, &self.node, self.session, self.sent_commit) {
             let _ = self.tx.send(commit_message(seq)).await;
         }
-        let _ = self.tx.send(Err(Status::unavailable("aggregator shutting down"))).await;
+        let _ = self.tx.send(Outbound::End(Box::new(Status::unavailable("aggregator shutting down")))).await;
         lock(&self.state).disconnected(&self.node, self.session);
     }
 
@@ -351,8 +385,7 @@ impl AgentStream {
                 if let Some(recovered) = a.recovered {
                     info!(node = %self.node, session = self.session, seq = r.seq, recovered, "run first seen mid-way: counting its increments since its last commit");
                 }
-                let ack = AggregatorMessage { body: Some(aggregator_message::Body::Ack(Ack { seq: a.ack })) };
-                let _ = self.tx.try_send(Ok(ack));
+                let _ = self.tx.try_send(Outbound::Ack(a.ack));
                 Next::Continue
             }
             Err(e) => {
@@ -400,7 +433,7 @@ impl AgentStream {
 
     /// End the stream with `status`.
     async fn close(&mut self, status: Status) {
-        let _ = self.tx.send(Err(status)).await;
+        let _ = self.tx.send(Outbound::End(Box::new(status))).await;
         lock(&self.state).disconnected(&self.node, self.session);
     }
 }

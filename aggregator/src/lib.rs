@@ -8,6 +8,7 @@
 //!   trait, stdout and CloudWatch (config, encoder, retry classification, client).
 //! - [`subnets`]: subnet capacity from EC2 (`--subnet-metrics`), joined with the cluster's use.
 //! - [`auth`]: agent tokens (`--agent-auth token`): an agent speaks only for its own node.
+//! - [`limits`]: the agent stream limit, derived from the open-file limit unless `--max-streams` is set.
 //! - [`http`] (`/metrics`, `/healthz`, `/readyz`), [`tls`] (mutual TLS), [`server`] (the wiring),
 //!   [`config`] (typed flags, the one source of defaults), [`watch`] (the terminal view) and, with the
 //!   default `demo` feature, `demo` (real agents against simulated ipamds; the production image is
@@ -21,6 +22,7 @@ pub mod consumer;
 pub mod demo;
 pub mod http;
 pub mod ingest;
+pub mod limits;
 pub mod publish;
 pub mod server;
 pub mod shared;

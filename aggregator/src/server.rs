@@ -97,7 +97,29 @@ pub async fn serve(
         tokio::spawn(crate::subnets::run_refresher(handles.state.clone(), sub, stopped()));
     }
     let signals = StreamSignals { frozen: freeze_rx.clone(), stop: stop_tx.subscribe(), commits: commit_rx };
-    let limits = IngestLimits { max_streams: cfg.max_streams, hello_timeout: cfg.hello_timeout };
+    let open_files = match crate::limits::raise_open_file_limit() {
+        Ok(n) => Some(n),
+        Err(e) => {
+            warn!(error = %e, "cannot read or raise the open-file limit; the agent stream limit is not derived from it");
+            None
+        }
+    };
+    let stream_limit = crate::limits::derive(cfg.max_streams, open_files);
+    info!(
+        max_streams = stream_limit.max_streams,
+        open_files = open_files.unwrap_or(0),
+        reserved_files = crate::limits::RESERVED_FILES,
+        source = if stream_limit.from_flag { "--max-streams" } else { "open-file limit" },
+        "agent stream limit"
+    );
+    if stream_limit.exceeds_open_files() {
+        warn!(
+            max_streams = stream_limit.max_streams,
+            open_files = open_files.unwrap_or(0),
+            "--max-streams is above what the open-file limit allows: connections past the limit will fail; raise the limit (ulimit -n) or lower --max-streams"
+        );
+    }
+    let limits = IngestLimits { max_streams: stream_limit.max_streams, hello_timeout: cfg.hello_timeout };
     let auth = match cfg.token_auth_config() {
         Some(c) => {
             info!(audience = %c.audience, subject = %c.subject, api_server = %c.source.api_server, "agents must prove their node with a ServiceAccount token");

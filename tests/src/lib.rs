@@ -351,6 +351,7 @@ pub fn free_port() -> Result<u16> {
 }
 
 pub mod cluster;
+pub mod fleet;
 pub mod invariants;
 pub mod netns;
 

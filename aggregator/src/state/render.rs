@@ -166,6 +166,13 @@ impl ClusterState {
             }
         };
         gauge(page, "cni_metrics_nodes_reporting", "Nodes whose last ipamd scrape succeeded", ok as f64);
+        gauge(
+            page,
+            "cni_metrics_state_lock_wait_max_seconds",
+            "Longest wait for the cluster state lock (ingestion, publishing, views) since the previous /metrics page",
+            st.longest_lock_wait.as_secs_f64(),
+        );
+        gauge(page, "cni_metrics_metrics_render_lock_seconds", "How long the previous /metrics page held the cluster state lock", st.last_render_hold.as_secs_f64());
         labelled(
             page,
             "cni_metrics_nodes",

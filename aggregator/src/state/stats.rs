@@ -129,6 +129,9 @@ pub struct IngestStats {
     pub departed_evicted: u64,
     /// Times a node started reporting impossible capacity values.
     pub capacity_anomalies: u64,
+    /// Longest wait for the state lock since `/metrics` last rendered, and how long that render held it.
+    pub longest_lock_wait: std::time::Duration,
+    pub last_render_hold: std::time::Duration,
     /// Streams ended because the agent's token expired (the agent reconnects with its refreshed one).
     pub token_expiries: u64,
 }
