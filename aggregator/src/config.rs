@@ -127,7 +127,7 @@ pub struct AggregatorConfig {
 
     /// Most agent streams open at once (one per node); more are refused with RESOURCE_EXHAUSTED and
     /// counted, so a flood of connections cannot exhaust memory. Open streams are never dropped for it.
-    /// Unset: the open-file limit (raised to its hard limit at start) less 1,024; the effective value is
+    /// Unset: the open-file limit (raised to its hard limit at start) less 256; the effective value is
     /// logged at start.
     #[arg(long, env = "MAX_STREAMS")]
     pub max_streams: Option<usize>,

@@ -38,17 +38,19 @@ pub fn router(state: HttpState) -> Router {
 
 async fn metrics(State(st): State<HttpState>) -> impl IntoResponse {
     let mut out = String::with_capacity(16 * 1024);
-    let cluster_id = {
+    // Copy under the lock, write the text after it: ingestion waits only for the copy.
+    let (view, cluster_id) = {
         let mut cluster = lock(&st.cluster);
         let held = std::time::Instant::now();
-        if st.prometheus {
-            cluster.render_prometheus(&mut out, held);
-        }
-        // What the page just showed starts over; the next page shows this render's hold.
+        let view = st.prometheus.then(|| cluster.metrics_view(held));
+        // What the page shows starts over; the next page shows this copy's hold.
         cluster.stats.longest_lock_wait = std::time::Duration::ZERO;
         cluster.stats.last_render_hold = held.elapsed();
-        cluster.cluster_id().to_owned()
+        (view, cluster.cluster_id().to_owned())
     };
+    if let Some(view) = view {
+        view.render(&mut out);
+    }
     let mut page = Page::new(&mut out, &[("cluster_id", &cluster_id)]);
     st.publish.lock().unwrap_or_else(|e| e.into_inner()).render(&mut page);
     for sink in &st.sinks {

@@ -22,9 +22,9 @@ use cni_metrics_proto::v1::ingest_server::Ingest;
 use cni_metrics_proto::v1::{
     agent_message, aggregator_message, Ack, AgentMessage, AggregatorMessage, Commit, Label, Resume, ResumePoint, Welcome,
 };
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 

@@ -4,8 +4,9 @@
 //! streams less [`RESERVED_FILES`] for everything else (listeners, the HTTP endpoint, AWS clients, logs).
 //! [`derive`] is pure and table-tested; [`raise_open_file_limit`] is the one system call.
 
-/// Open files kept for what is not an agent stream.
-pub const RESERVED_FILES: u64 = 1024;
+/// Open files kept for what is not an agent stream: a few listeners, log files, AWS and API-server
+/// connections, `/metrics` scrapes and consumer clients need far fewer.
+pub const RESERVED_FILES: u64 = 256;
 
 /// The effective stream limit and where it came from, for the start-up log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,9 +51,10 @@ mod tests {
     fn the_limit_follows_the_flag_or_the_open_files() {
         let table = [
             // (flag, open files, max streams, from flag, exceeds)
-            (None, Some(20_000), 18_976, false, false),
-            (None, Some(1_048_576), 1_047_552, false, false),
-            (None, Some(1_024), 1, false, false),
+            (None, Some(20_000), 19_744, false, false),
+            (None, Some(1_048_576), 1_048_320, false, false),
+            (None, Some(1_024), 768, false, false),
+            (None, Some(256), 1, false, false),
             (None, Some(10), 1, false, false),
             (None, None, UNKNOWN_LIMIT_STREAMS, false, false),
             (Some(5_000), Some(20_000), 5_000, true, false),

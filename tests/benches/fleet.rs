@@ -103,25 +103,17 @@ fn quantile(before: &[u64], after: &[u64], q: f64) -> f64 {
 }
 
 fn start_aggregator(dir: &Path, name: &str, grpc: &str, extra: &[String]) -> Result<(Proc, String)> {
-    let mut args: Vec<String> = [
-        "--cluster-id",
-        "e2e",
-        "--grpc-listen",
-        grpc,
-        "--http-listen",
-        "127.0.0.1:0",
-        "--stdout",
-        "true",
-        "--log-format",
-        "json",
-        "--publish-interval",
-        "10s",
-        "--breakdown",
-        "az,instance_type",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    let mut args: Vec<String> =
+        ["--cluster-id", "e2e", "--grpc-listen", grpc, "--http-listen", "127.0.0.1:0", "--stdout", "true", "--log-format", "json"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+    // Defaults of the bench unless FLEET_ARGS sets them.
+    for (flag, value) in [("--publish-interval", "10s"), ("--breakdown", "az,instance_type")] {
+        if !extra.iter().any(|e| e == flag) {
+            args.extend([flag.to_owned(), value.to_owned()]);
+        }
+    }
     args.extend(extra.iter().cloned());
     let env = [("AWS_ACCESS_KEY_ID", Some("testing")), ("AWS_SECRET_ACCESS_KEY", Some("testing")), ("AWS_REGION", Some("us-east-1"))];
     // FLEET_AGGREGATOR: another build of the aggregator (an absolute path), e.g. to measure before a change.
@@ -265,10 +257,25 @@ async fn main() -> Result<()> {
     let extra: Vec<String> = std::env::var("FLEET_ARGS").unwrap_or_default().split_whitespace().map(str::to_owned).collect();
     // Build the aggregator (release, like this bench) before the first row.
     cni_metrics_e2e::bin_dir()?;
-    println!("fleet bench: every agent reports every {interval}; aggregator flags: {}", if extra.is_empty() { "(defaults)".to_owned() } else { extra.join(" ") });
+    println!(
+        "fleet bench: every agent reports every {interval}; aggregator flags: {}",
+        if extra.is_empty() { "(defaults)".to_owned() } else { extra.join(" ") }
+    );
     println!(
         "{:>7} {:>9} {:>10} {:>10} {:>7} {:>9} {:>8} {:>8} {:>10} {:>10} {:>9} {:>9} {:>8}",
-        "agents", "RSS MiB", "KiB/agent", "µs/report", "cores", "reports/s", "ack p50", "ack p99", "/metrics", "lock wait", "re-learn", "storm CPU", "refused"
+        "agents",
+        "RSS MiB",
+        "KiB/agent",
+        "µs/report",
+        "cores",
+        "reports/s",
+        "ack p50",
+        "ack p99",
+        "/metrics",
+        "lock wait",
+        "re-learn",
+        "storm CPU",
+        "refused"
     );
     for n in sizes {
         let r = run(n, &interval, &extra).await?;

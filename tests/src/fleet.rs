@@ -53,12 +53,7 @@ impl Template {
                 name: info.key.name.clone(),
                 kind: info.kind as i32,
                 family_type: info.family_type as i32,
-                labels: info
-                    .key
-                    .labels
-                    .iter()
-                    .map(|(n, v)| cni_metrics_proto::v1::Label { name: n.clone(), value: v.clone() })
-                    .collect(),
+                labels: info.key.labels.iter().map(|(n, v)| cni_metrics_proto::v1::Label { name: n.clone(), value: v.clone() }).collect(),
                 committed_total: 0.0,
             });
             counter.push(info.kind == MetricKind::Counter);

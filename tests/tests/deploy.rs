@@ -129,7 +129,7 @@ fn env_known(container: &Value, bin: &str) -> Result<()> {
 
 #[test]
 fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
-    for overlay in ["cloudwatch", "prometheus", "mtls", "subnets"] {
+    for overlay in ["cloudwatch", "prometheus", "mtls", "subnets", "large-cluster"] {
         let (yaml, docs) = render(overlay)?;
         ensure!(!yaml.contains("pods/proxy"), "{overlay}: pods/proxy");
         let typed_count = docs.iter().map(typed).collect::<Result<Vec<bool>>>()?.into_iter().filter(|t| *t).count();
@@ -233,9 +233,11 @@ fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
         let sa = find(&docs, "ServiceAccount", "cni-metrics-aggregator")?;
         let role = &sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"];
         match overlay {
-            "cloudwatch" => {
+            "cloudwatch" | "large-cluster" => {
                 ensure!(cm["data"]["USE_CLOUDWATCH"] == "true" && cm["data"]["AWS_CLUSTER_ID"] != "", "cloudwatch settings");
                 ensure!(role.is_string(), "IRSA annotation");
+                // The stream limit follows the open-file limit: no cap below the cluster's size.
+                ensure!(cm["data"]["MAX_STREAMS"].is_null(), "{overlay}: MAX_STREAMS is derived, not set");
             }
             "subnets" => {
                 ensure!(cm["data"]["USE_CLOUDWATCH"] == "true" && cm["data"]["SUBNET_METRICS"] == "true", "subnet settings");
@@ -399,5 +401,42 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() -> Result<()> {
         eprintln!("promtool {}: {}", args.join(" "), text.lines().last().unwrap_or_default());
     }
     ensure!(alerts.len() >= 7, "alerts found: {alerts:?}");
+    Ok(())
+}
+
+/// Bytes of a Kubernetes memory quantity in the forms the manifests use (`512Mi`, `6Gi`).
+fn quantity_bytes(q: &str) -> Option<f64> {
+    let (num, unit) = q.find(|c: char| !c.is_ascii_digit()).map_or((q, ""), |i| q.split_at(i));
+    let mult = match unit {
+        "" => 1.0,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    num.parse::<f64>().ok().map(|n| n * mult)
+}
+
+/// The aggregator's memory from the fleet bench (docs/install.md, Sizing): base + per connected node.
+fn aggregator_bytes(nodes: f64) -> f64 {
+    9.0 * 1024.0 * 1024.0 + 52.0 * 1024.0 * nodes
+}
+
+#[test]
+fn memory_limits_fit_the_cluster_sizes_they_state() -> Result<()> {
+    // (overlay, nodes the docs say it is sized for)
+    for (overlay, nodes) in [("cloudwatch", 5_000.0), ("large-cluster", 100_000.0)] {
+        let (_, docs) = render(overlay)?;
+        let d = find(&docs, "Deployment", "cni-metrics-aggregator")?;
+        let r = &d["spec"]["template"]["spec"]["containers"][0]["resources"];
+        let limit = r["limits"]["memory"].as_str().and_then(quantity_bytes).context("memory limit")?;
+        let request = r["requests"]["memory"].as_str().and_then(quantity_bytes).context("memory request")?;
+        let need = aggregator_bytes(nodes);
+        // Headroom for a reconnect storm and allocator slack: 15 % over the measured need.
+        ensure!(limit >= need * 1.15, "{overlay}: limit {limit} below {need} x 1.15 for {nodes} nodes");
+        ensure!(request <= limit, "{overlay}: request above limit");
+    }
+    assert_eq!(quantity_bytes("512Mi"), Some(536_870_912.0));
+    assert_eq!(quantity_bytes("1.5Gi"), None);
     Ok(())
 }

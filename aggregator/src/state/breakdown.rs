@@ -91,7 +91,7 @@ pub struct NodeSubnet {
 }
 
 /// All groups of the enabled dimensions.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Breakdowns {
     pub dims: Vec<Dim>,
     pub max_groups: usize,

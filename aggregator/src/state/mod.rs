@@ -46,6 +46,7 @@ pub use capacity::{CapRole, Capacity, CapacityTotals, NodeCapacity};
 pub use cni_metrics_proto::status::status_label;
 use node::{unpublished_entry, Departed, NodeSeries, ResumeKey};
 pub use node::{CommitMark, NodeState, Resume, Welcomed};
+pub use render::MetricsView;
 use series::{withdraw, Slot};
 pub use stats::{IngestError, IngestStats, Refusal, SeriesRefusal};
 pub use subnets::{RefreshResult, SubnetState};

@@ -1,50 +1,122 @@
 //! The aggregator's `/metrics` text of the cluster state: every ipamd family with a `cluster_id` label,
 //! the derived capacity, the breakdowns and the ingest self-metrics, through the shared writer
 //! ([`cni_metrics_proto::exposition`]).
+//!
+//! Rendering is two steps so a big cluster's page does not hold up ingestion: [`ClusterState::metrics_view`]
+//! copies, under the state lock, what the page shows (cluster-level values only: series lines, sums,
+//! breakdown groups, counters, plus one pass over the nodes for their counts), and
+//! [`MetricsView::render`] writes the text after the lock is released.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use cni_metrics_proto::catalog;
 use cni_metrics_proto::exposition::{Kind, Page};
 use cni_metrics_proto::v1::{FamilyType, MetricKind};
 
-use super::series::Slot;
+use super::breakdown::Breakdowns;
+use super::capacity::CapacityTotals;
+use super::stats::IngestStats;
+use super::subnets::SubnetsView;
 use super::{status_label, ClusterState, Dim, GroupTotals, SubnetTotals};
+
+/// One sample of the page: sample name, labels, value.
+type Line = (Arc<str>, Vec<(String, String)>, f64);
+
+/// One family's sample lines (sorted when written).
+struct FamilyLines {
+    family: Arc<str>,
+    family_type: FamilyType,
+    lines: Vec<Line>,
+}
+
+/// What `/metrics` shows of the state, copied under the lock; [`MetricsView::render`] needs no lock.
+pub struct MetricsView {
+    cluster_id: String,
+    families: Vec<FamilyLines>,
+    capacity: CapacityTotals,
+    stale: u64,
+    by_status: BTreeMap<&'static str, u64>,
+    dropped: u64,
+    breakdowns: Breakdowns,
+    subnets: Option<SubnetsView>,
+    stats: IngestStats,
+    slots: usize,
+    departed: usize,
+}
 
 impl ClusterState {
     /// Append the Prometheus text exposition of the cluster aggregates and ingestion self-metrics.
     pub fn render_prometheus(&self, out: &mut String, now: Instant) {
-        let mut page = Page::new(out, &[("cluster_id", &self.cfg.cluster_id)]);
-        let mut by_family: BTreeMap<&str, Vec<&Slot>> = BTreeMap::new();
+        self.metrics_view(now).render(out);
+    }
+
+    /// Copy what `/metrics` shows (hold the lock only for this; render the copy after).
+    pub fn metrics_view(&self, now: Instant) -> MetricsView {
+        let mut by_family: BTreeMap<&Arc<str>, Vec<Line>> = BTreeMap::new();
         for s in &self.slots {
-            by_family.entry(&s.family).or_default().push(s);
-        }
-        for (family, mut slots) in by_family {
-            slots.sort_by(|a, b| (&*a.name, &a.labels).cmp(&(&*b.name, &b.labels)));
-            let lines: Vec<(&Slot, f64)> = slots
-                .into_iter()
-                .filter_map(|s| match s.kind {
-                    MetricKind::Counter => Some((s, s.total)),
-                    _ => s.gauge_value().map(|v| (s, v)),
-                })
-                .collect();
-            if lines.is_empty() {
-                continue;
-            }
-            let t = self.families.get(family).copied().unwrap_or(FamilyType::Untyped);
-            let help = catalog::family(family).map_or("ipamd metric summed across the cluster's nodes", |f| f.help);
-            page.family(family, Kind::from(t), help);
-            for (s, v) in lines {
-                page.sample_iter(&s.name, s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())), v);
+            let v = match s.kind {
+                MetricKind::Counter => Some(s.total),
+                _ => s.gauge_value(),
+            };
+            if let Some(v) = v {
+                by_family.entry(&s.family).or_default().push((s.name.clone(), s.labels.clone(), v));
             }
         }
-        self.render_capacity(&mut page, now);
-        self.render_subnets(&mut page);
+        let families = by_family
+            .into_iter()
+            .map(|(family, lines)| FamilyLines {
+                family: family.clone(),
+                family_type: self.families.get(family).copied().unwrap_or(FamilyType::Untyped),
+                lines,
+            })
+            .collect();
+        let (mut stale, mut dropped) = (0u64, 0u64);
+        let mut by_status: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for n in self.nodes.values() {
+            *by_status.entry(status_label(n.status)).or_default() += 1;
+            dropped += n.dropped_series;
+            stale += u64::from(Self::is_stale(n, now));
+        }
+        MetricsView {
+            cluster_id: self.cfg.cluster_id.clone(),
+            families,
+            capacity: self.capacity,
+            stale,
+            by_status,
+            dropped,
+            breakdowns: self.breakdowns.clone(),
+            subnets: self.subnets_view(),
+            stats: self.stats.clone(),
+            slots: self.slots.len(),
+            departed: self.departed.len(),
+        }
+    }
+}
+
+impl MetricsView {
+    /// Append the text of the page.
+    pub fn render(&self, out: &mut String) {
+        let mut page = Page::new(out, &[("cluster_id", &self.cluster_id)]);
+        for f in &self.families {
+            // Sorted here, outside the lock.
+            let mut lines: Vec<&Line> = f.lines.iter().collect();
+            lines.sort_by(|a, b| (&*a.0, &a.1).cmp(&(&*b.0, &b.1)));
+            let help = catalog::family(&f.family).map_or("ipamd metric summed across the cluster's nodes", |f| f.help);
+            page.family(&f.family, Kind::from(f.family_type), help);
+            for (name, labels, v) in lines {
+                page.sample_iter(name, labels.iter().map(|(k, v)| (k.as_str(), v.as_str())), *v);
+            }
+        }
+        self.render_capacity(&mut page);
+        if let Some(s) = &self.subnets {
+            s.render(&mut page);
+        }
         self.render_self_metrics(&mut page);
     }
 
-    fn render_capacity(&self, page: &mut Page<'_>, now: Instant) {
+    fn render_capacity(&self, page: &mut Page<'_>) {
         let c = &self.capacity;
         let gauge = |page: &mut Page<'_>, name: &str, help: &str, v: Option<f64>| {
             if let Some(v) = v {
@@ -74,8 +146,7 @@ impl ClusterState {
             }
         }
         gauge(page, "cni_metrics_nodes_low_on_ips", "Nodes whose IP headroom is below --low-ip-threshold", Some(f64::from(c.low_nodes)));
-        let stale = self.nodes.values().filter(|n| Self::is_stale(n, now)).count();
-        gauge(page, "cni_metrics_nodes_stale", "Nodes whose last scrape failed or that missed two reports", Some(stale as f64));
+        gauge(page, "cni_metrics_nodes_stale", "Nodes whose last scrape failed or that missed two reports", Some(self.stale as f64));
         gauge(
             page,
             "cni_metrics_capacity_anomalies",
@@ -146,12 +217,7 @@ impl ClusterState {
 
     fn render_self_metrics(&self, page: &mut Page<'_>) {
         let st = &self.stats;
-        let mut by_status: BTreeMap<&'static str, u64> = BTreeMap::new();
-        let mut dropped = 0u64;
-        for n in self.nodes.values() {
-            *by_status.entry(status_label(n.status)).or_default() += 1;
-            dropped += n.dropped_series;
-        }
+        let (by_status, dropped) = (&self.by_status, self.dropped);
         let ok = by_status.get("ok").copied().unwrap_or(0);
         let gauge = |page: &mut Page<'_>, name: &str, help: &str, v: f64| {
             page.gauge(name, help, v);
@@ -172,16 +238,21 @@ impl ClusterState {
             "Longest wait for the cluster state lock (ingestion, publishing, views) since the previous /metrics page",
             st.longest_lock_wait.as_secs_f64(),
         );
-        gauge(page, "cni_metrics_metrics_render_lock_seconds", "How long the previous /metrics page held the cluster state lock", st.last_render_hold.as_secs_f64());
+        gauge(
+            page,
+            "cni_metrics_metrics_render_lock_seconds",
+            "How long the previous /metrics page held the cluster state lock",
+            st.last_render_hold.as_secs_f64(),
+        );
         labelled(
             page,
             "cni_metrics_nodes",
             "Known nodes by the status of their last ipamd scrape",
             Kind::Gauge,
             "scrape_status",
-            &by_status,
+            by_status,
         );
-        gauge(page, "cni_metrics_cluster_series", "Cluster series held by the aggregator", self.slots.len() as f64);
+        gauge(page, "cni_metrics_cluster_series", "Cluster series held by the aggregator", self.slots as f64);
         gauge(
             page,
             "cni_metrics_agent_dropped_series",
@@ -263,6 +334,6 @@ impl ClusterState {
             "Departed-node records dropped at their bound (those nodes' next agent run cannot resume)",
             st.departed_evicted,
         );
-        gauge(page, "cni_metrics_departed_nodes", "Departed-node records kept for continuation and resume", self.departed.len() as f64);
+        gauge(page, "cni_metrics_departed_nodes", "Departed-node records kept for continuation and resume", self.departed as f64);
     }
 }

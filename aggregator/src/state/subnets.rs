@@ -92,15 +92,35 @@ impl ClusterState {
     }
 }
 
+/// What `/metrics` shows of the subnets, copied under the state lock (see `render.rs`).
+pub struct SubnetsView {
+    report: Option<SubnetReport>,
+    stale: bool,
+    refreshed_unix_ms: i64,
+    refreshes: Counts<RefreshResult>,
+    inconsistent: u64,
+}
+
 impl ClusterState {
+    /// The subnet part of `/metrics`; `None` without `--subnet-metrics`.
+    pub(super) fn subnets_view(&self) -> Option<SubnetsView> {
+        self.subnets.threshold?;
+        Some(SubnetsView {
+            report: self.subnet_report(),
+            stale: self.subnets.stale,
+            refreshed_unix_ms: self.subnets.refreshed_unix_ms,
+            refreshes: self.subnets.refreshes.clone(),
+            inconsistent: self.subnets.inconsistent,
+        })
+    }
+}
+
+impl SubnetsView {
     /// The `cni_metrics_subnet*` families (only with `--subnet-metrics`).
-    pub(super) fn render_subnets(&self, page: &mut cni_metrics_proto::exposition::Page<'_>) {
+    pub(super) fn render(&self, page: &mut cni_metrics_proto::exposition::Page<'_>) {
         use cni_metrics_proto::exposition::Kind;
-        if self.subnets.threshold.is_none() {
-            return;
-        }
         // The families are declared as soon as subnet metrics are on (empty until EC2 first answers).
-        let report = self.subnet_report();
+        let report = &self.report;
         {
             type Get = fn(&crate::subnets::model::SubnetRow) -> f64;
             let per_subnet: [(&str, &str, Get); 6] = [
@@ -130,18 +150,18 @@ impl ClusterState {
         page.gauge(
             "cni_metrics_subnet_stale",
             "1 when the last DescribeSubnets failed (the subnet values are older)",
-            f64::from(u8::from(self.subnets.stale)),
+            f64::from(u8::from(self.stale)),
         );
         page.gauge(
             "cni_metrics_subnet_refresh_timestamp_seconds",
             "When EC2 last described the subnets (Unix seconds; 0: not yet)",
-            self.subnets.refreshed_unix_ms as f64 / 1000.0,
+            self.refreshed_unix_ms as f64 / 1000.0,
         );
-        page.counts("cni_metrics_subnet_describe_calls_total", "DescribeSubnets attempts, by result", "result", &self.subnets.refreshes);
+        page.counts("cni_metrics_subnet_describe_calls_total", "DescribeSubnets attempts, by result", "result", &self.refreshes);
         page.counter(
             "cni_metrics_subnet_inconsistent_total",
             "Refreshes in which a subnet's usable - available - this cluster's came out negative (read at different moments)",
-            self.subnets.inconsistent,
+            self.inconsistent,
         );
     }
 }

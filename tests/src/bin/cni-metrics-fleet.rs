@@ -128,7 +128,14 @@ async fn agent(mut sim: SimAgent, endpoint: Endpoint, templates: Arc<Vec<Templat
 }
 
 /// One stream; true when it was welcomed.
-async fn stream(sim: &mut SimAgent, channel: tonic::transport::Channel, templates: &[Template], interval_ms: u64, args: &Args, stats: &Stats) -> bool {
+async fn stream(
+    sim: &mut SimAgent,
+    channel: tonic::transport::Channel,
+    templates: &[Template],
+    interval_ms: u64,
+    args: &Args,
+    stats: &Stats,
+) -> bool {
     let (tx, rx) = mpsc::channel::<AgentMessage>(4);
     let msg = |b| AgentMessage { body: Some(b) };
     if tx.try_send(msg(agent_message::Body::Hello(sim.hello(interval_ms)))).is_err() {
