@@ -171,10 +171,6 @@ fn unsent_commit(state: &Shared, node: &str, session: u64, sent: u64) -> Option<
     lock(state).committed_seq(node, session).filter(|s| *s > sent)
 }
 
-fn commit_message(seq: u64) -> Outbound {
-    Outbound::Commit(seq)
-}
-
 /// Count a refusal.
 fn refuse(state: &Shared, why: Refusal) {
     lock(state).stats.rejected.inc(why);
@@ -357,7 +353,7 @@ impl AgentStream {
     /// queue be full, the next commit (or the last one at shutdown) covers this one.
     fn on_commits_changed(&mut self) {
         if let Some(seq) = unsent_commit(&self.state, &self.node, self.session, self.sent_commit) {
-            if self.tx.try_send(commit_message(seq)).is_ok() {
+            if self.tx.try_send(Outbound::Commit(seq)).is_ok() {
                 self.sent_commit = seq;
             }
         }
@@ -367,7 +363,7 @@ impl AgentStream {
     /// reconnects elsewhere.
     async fn on_stop(&mut self) {
         if let Some(seq) = unsent_commit(&self.state, &self.node, self.session, self.sent_commit) {
-            let _ = self.tx.send(commit_message(seq)).await;
+            let _ = self.tx.send(Outbound::Commit(seq)).await;
         }
         let _ = self.tx.send(Outbound::End(Box::new(Status::unavailable("aggregator shutting down")))).await;
         lock(&self.state).disconnected(&self.node, self.session);
@@ -406,7 +402,7 @@ impl AgentStream {
         loop {
             let Some((committed, closed)) = lock(&self.state).departed_commits(&self.node, self.run_id) else { break };
             if committed > self.sent_commit {
-                if self.tx.send(commit_message(committed)).await.is_err() {
+                if self.tx.send(Outbound::Commit(committed)).await.is_err() {
                     break;
                 }
                 self.sent_commit = committed;

@@ -16,20 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cni_metrics_e2e::{json_field, sample, scratch_dir, Proc};
+use cni_metrics_e2e::fleet::{latency_quantile, LATENCY_BUCKETS};
+use cni_metrics_e2e::{json_field, proc_stat, sample, scratch_dir, Proc};
 
 const PER_PROCESS: u64 = 5_000;
-const BUCKETS: usize = 112;
-
-fn proc_stat(pid: u32) -> (u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (rss, ticks as f64 / 100.0)
-}
 
 /// One generator process; its stdout is a JSON line per second.
 struct Generator {
@@ -70,7 +60,7 @@ impl Generator {
 }
 
 fn total(gens: &[Generator]) -> Counts {
-    let mut t = Counts { hist: vec![0; BUCKETS], ..Counts::default() };
+    let mut t = Counts { hist: vec![0; LATENCY_BUCKETS], ..Counts::default() };
     for g in gens {
         let c = g.last();
         t.welcomed += c.welcomed;
@@ -82,24 +72,6 @@ fn total(gens: &[Generator]) -> Counts {
         }
     }
     t
-}
-
-/// Quantile `q` of the latencies between two histogram snapshots, in ms (bucket upper bounds).
-fn quantile(before: &[u64], after: &[u64], q: f64) -> f64 {
-    let d: Vec<u64> = after.iter().zip(before.iter().chain(std::iter::repeat(&0))).map(|(a, b)| a.saturating_sub(*b)).collect();
-    let n: u64 = d.iter().sum();
-    if n == 0 {
-        return f64::NAN;
-    }
-    let want = (q * n as f64).ceil() as u64;
-    let mut seen = 0;
-    for (k, c) in d.iter().enumerate() {
-        seen += c;
-        if seen >= want {
-            return 2f64.powf(k as f64 / 4.0) / 1000.0;
-        }
-    }
-    f64::NAN
 }
 
 fn start_aggregator(dir: &Path, name: &str, grpc: &str, extra: &[String]) -> Result<(Proc, String)> {
@@ -236,8 +208,8 @@ async fn run(n: u64, interval: &str, extra: &[String]) -> Result<Row> {
         cpu_us_per_report: cpu / reports * 1e6,
         cores: cpu / window.as_secs_f64(),
         reports_per_s: reports / window.as_secs_f64(),
-        p50: quantile(&c0.hist, &c1.hist, 0.5),
-        p99: quantile(&c0.hist, &c1.hist, 0.99),
+        p50: latency_quantile(&c0.hist, &c1.hist, 0.5),
+        p99: latency_quantile(&c0.hist, &c1.hist, 0.99),
         render_ms: render.get(render.len() / 2).copied().unwrap_or(f64::NAN),
         lock_wait_ms,
         relearn_s: relearn,

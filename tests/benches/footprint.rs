@@ -7,20 +7,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cni_metrics_e2e::{scratch_dir, start_agent, Aggregator};
+use cni_metrics_e2e::{proc_stat, scratch_dir, start_agent, Aggregator};
 use cni_metrics_testkit::sim::{PageStyle, SimIpamd};
 use cni_metrics_testkit::FakeIpamd;
-
-fn proc_stat(pid: u32) -> (u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command: utime is the 12th, stime the 13th.
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (rss, ticks as f64 / 100.0)
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

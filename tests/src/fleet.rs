@@ -197,6 +197,36 @@ impl SimAgent {
 
 pub const REGION: &str = "us-west-2";
 
+/// Buckets of the report→ack latency histogram the generator prints: bucket k counts latencies up to
+/// 2^(k/4) µs (the last one everything longer).
+pub const LATENCY_BUCKETS: usize = 112;
+
+/// The bucket of latency `d`.
+pub fn latency_bucket(d: std::time::Duration) -> usize {
+    let us = d.as_secs_f64() * 1e6;
+    if us <= 1.0 {
+        0
+    } else {
+        ((us.log2() * 4.0).ceil() as usize).min(LATENCY_BUCKETS - 1)
+    }
+}
+
+/// Quantile `q` of the latencies counted between two histogram snapshots, in ms (bucket upper bounds);
+/// NaN when none were.
+pub fn latency_quantile(before: &[u64], after: &[u64], q: f64) -> f64 {
+    let d: Vec<u64> = after.iter().zip(before.iter().chain(std::iter::repeat(&0))).map(|(a, b)| a.saturating_sub(*b)).collect();
+    let n: u64 = d.iter().sum();
+    let want = (q * n as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (k, c) in d.iter().enumerate() {
+        seen += c;
+        if n > 0 && seen >= want {
+            return 2f64.powf(k as f64 / 4.0) / 1000.0;
+        }
+    }
+    f64::NAN
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +261,23 @@ mod tests {
             last = a.values.clone();
         }
         assert_eq!(a.seq, 14);
+    }
+
+    #[test]
+    fn latency_quantiles_come_from_the_window_between_two_snapshots() {
+        use std::time::Duration;
+        assert_eq!(latency_bucket(Duration::from_nanos(500)), 0);
+        // 1 ms = 1000 µs: log2 = 9.97, so bucket 40 (up to 2^10 µs = 1.024 ms).
+        assert_eq!(latency_bucket(Duration::from_millis(1)), 40);
+        assert_eq!(latency_bucket(Duration::from_secs(3600)), LATENCY_BUCKETS - 1);
+        let mut before = vec![0u64; LATENCY_BUCKETS];
+        before[40] = 1_000; // old latencies, not in the window
+        let mut after = before.clone();
+        after[40] += 98;
+        after[60] += 2; // 2^15 µs = 32.8 ms
+        assert_eq!(latency_quantile(&before, &after, 0.5), 1.024);
+        assert_eq!(latency_quantile(&before, &after, 0.99), 32.768);
+        assert!(latency_quantile(&after, &after, 0.5).is_nan());
     }
 
     #[test]

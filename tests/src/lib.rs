@@ -333,6 +333,18 @@ where
     bail!("condition not met within {timeout:?}: {last}")
 }
 
+/// Resident memory (KiB) and CPU time used so far (s, user + system) of process `pid`, from /proc.
+pub fn proc_stat(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command: utime is the 12th, stime the 13th.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (rss, ticks as f64 / 100.0)
+}
+
 /// A free loopback port (for an aggregator that must come back on the same address).
 /// A fake ipamd on a free loopback port serving a new simulated node of `style` (ipamd started a second
 /// ago, so its counters count from zero) after `steps` simulation steps.

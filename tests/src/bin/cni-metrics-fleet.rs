@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use cni_metrics_e2e::fleet::{SimAgent, Template};
+use cni_metrics_e2e::fleet::{latency_bucket, SimAgent, Template, LATENCY_BUCKETS};
 use cni_metrics_proto::v1::ingest_client::IngestClient;
 use cni_metrics_proto::v1::{agent_message, aggregator_message, AgentMessage};
 use tokio::sync::mpsc;
@@ -52,9 +52,6 @@ fn humantime(s: &str) -> Result<Duration, String> {
     cni_metrics_proto::duration::parse_positive(s).map_err(|e| e.to_string())
 }
 
-/// Histogram buckets: bucket k counts latencies ≤ 2^(k/4) µs.
-const BUCKETS: usize = 112;
-
 #[derive(Default)]
 struct Stats {
     connect_errors: AtomicU64,
@@ -69,13 +66,11 @@ struct Stats {
 
 impl Stats {
     fn new() -> Self {
-        Self { hist: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(), ..Self::default() }
+        Self { hist: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(), ..Self::default() }
     }
 
     fn record(&self, d: Duration) {
-        let us = d.as_secs_f64() * 1e6;
-        let k = if us <= 1.0 { 0 } else { ((us.log2() * 4.0).ceil() as usize).min(BUCKETS - 1) };
-        if let Some(b) = self.hist.get(k) {
+        if let Some(b) = self.hist.get(latency_bucket(d)) {
             b.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -110,7 +105,7 @@ async fn agent(mut sim: SimAgent, endpoint: Endpoint, templates: Arc<Vec<Templat
     loop {
         match endpoint.connect().await {
             Ok(channel) => {
-                backoff = Duration::from_millis(100);
+                // Reset only after a welcome: a refused stream keeps backing off.
                 let ok = stream(&mut sim, channel, &templates, interval_ms, &args, &stats).await;
                 stats.ended.fetch_add(1, Ordering::Relaxed);
                 if ok {
