@@ -1,13 +1,17 @@
 //! `cni-metrics-aggregator watch`: a terminal view of a running aggregator over its `Consumer` gRPC
-//! service. It subscribes and redraws cluster totals, utilization, the nodes lowest on IPs (worst first),
-//! stale nodes and error counters; `--once` prints one snapshot and exits; `--json` prints JSON. The
-//! rendering is pure ([`render_table`], [`render_json`]) and unit-tested.
+//! service. It subscribes to the cluster numbers and redraws totals, utilization, the nodes lowest on
+//! IPs (worst first), stale nodes and error counters; it asks for the few nodes it shows (`--top` worst
+//! by headroom, `--top` stale), never for all of a 100,000-node cluster. `--once` prints one snapshot and
+//! exits; `--json` prints JSON with every node (paged). The rendering is pure ([`render_table`],
+//! [`render_json`]) and unit-tested.
 
 use std::fmt::Write as _;
 use std::future::Future;
 
 use cni_metrics_proto::v1::consumer_client::ConsumerClient;
-use cni_metrics_proto::v1::{ClusterView, GetClusterRequest, ListNodesRequest, MetricKind, NodeView, ScrapeStatus, SubscribeRequest};
+use cni_metrics_proto::v1::{
+    ClusterView, GetClusterRequest, ListNodesRequest, MetricKind, NodeOrder, NodeView, ScrapeStatus, SubscribeRequest,
+};
 
 use crate::config::WatchConfig;
 use crate::state::status_label;
@@ -265,6 +269,35 @@ pub fn render_json(c: &ClusterView, nodes: &[NodeView]) -> String {
     serde_json::to_string(&view).unwrap_or_default()
 }
 
+/// The nodes the view shows, without downloading every node: the `top` worst by IP headroom and the
+/// `top` longest stale (the table), or every node in pages (`--json`).
+async fn fetch_nodes(client: &mut ConsumerClient<tonic::transport::Channel>, cfg: &WatchConfig) -> anyhow::Result<Vec<NodeView>> {
+    let base = ListNodesRequest { nodes: cfg.node.clone(), ..ListNodesRequest::default() };
+    if cfg.json {
+        let mut nodes = Vec::new();
+        let mut r = base;
+        loop {
+            let page = client.list_nodes(r.clone()).await?.into_inner();
+            nodes.extend(page.nodes);
+            if page.next_page_token.is_empty() {
+                return Ok(nodes);
+            }
+            r.page_token = page.next_page_token;
+        }
+    }
+    let top = u32::try_from(cfg.top).unwrap_or(u32::MAX).clamp(1, 5_000);
+    let stale = ListNodesRequest { stale: true, order: NodeOrder::LastReport as i32, page_size: top, ..base.clone() };
+    let worst = ListNodesRequest { order: NodeOrder::IpHeadroom as i32, page_size: top, ..base };
+    // Stale ones first: the table lists stale nodes in the order given (longest silent first).
+    let mut nodes = client.list_nodes(stale).await?.into_inner().nodes;
+    for n in client.list_nodes(worst).await?.into_inner().nodes {
+        if !nodes.iter().any(|s| s.name == n.name) {
+            nodes.push(n);
+        }
+    }
+    Ok(nodes)
+}
+
 /// Run the view until `shutdown` (or once).
 pub async fn run_watch(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let endpoint = cfg.tls.apply(tonic::transport::Endpoint::from_shared(cfg.aggregator.clone())?)?;
@@ -279,12 +312,13 @@ pub async fn run_watch(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> 
     };
     if cfg.once {
         let cluster = client.get_cluster(GetClusterRequest {}).await?.into_inner();
-        let nodes = client.list_nodes(ListNodesRequest { nodes: cfg.node.clone() }).await?.into_inner().nodes;
+        let nodes = fetch_nodes(&mut client, &cfg).await?;
         print(&cluster, &nodes, false);
         return Ok(());
     }
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let req = SubscribeRequest { nodes: cfg.node.clone(), min_interval_ms: cfg.interval.as_millis() as u32, cluster_only: false };
+    // Cluster numbers come as they change; the few nodes shown are asked for on each.
+    let req = SubscribeRequest { min_interval_ms: cfg.interval.as_millis() as u32, cluster_only: true, ..SubscribeRequest::default() };
     let mut stream = client.subscribe(req).await?.into_inner();
     tokio::pin!(shutdown);
     loop {
@@ -293,7 +327,8 @@ pub async fn run_watch(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> 
             m = stream.message() => match m? {
                 Some(u) => {
                     let cluster = u.cluster.unwrap_or_default();
-                    print(&cluster, &u.nodes, tty);
+                    let nodes = fetch_nodes(&mut client, &cfg).await?;
+                    print(&cluster, &nodes, tty);
                 }
                 None => anyhow::bail!("the aggregator ended the subscription"),
             },

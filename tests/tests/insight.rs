@@ -11,6 +11,7 @@ use cni_metrics_proto::v1::ingest_client::IngestClient;
 use cni_metrics_proto::v1::{AgentMessage, FamilyType, MetricKind, SubscribeRequest};
 use cni_metrics_testkit::sim::{PageStyle, SimIpamd};
 use cni_metrics_testkit::{FakeIpamd, Mode};
+use prost::Message as _;
 
 fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -184,11 +185,29 @@ async fn derived_capacity_metrics_match_node_truth_and_watch_shows_them() -> Res
     Ok(())
 }
 
+/// An aggregator (subscriptions every 100 ms) and synthetic nodes of these names and assigned IPs, all
+/// on one connection (allowed more streams than an agent needs).
+async fn synthetic_cluster(test: &str, nodes: impl Iterator<Item = (String, f64)>) -> Result<(Aggregator, String, Vec<SyntheticNode>)> {
+    let dir = scratch_dir(test)?;
+    let agg =
+        Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "100ms", "--max-streams-per-connection", "5000"])?;
+    let url = format!("http://{}", agg.grpc);
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await?;
+    let mut joined = Vec::new();
+    for (name, assigned) in nodes {
+        joined.push(synthetic_node(channel.clone(), name, assigned).await?);
+    }
+    Ok((agg, url, joined))
+}
+
+/// The IP limit of every synthetic node.
+const SYNTHETIC_MAX: f64 = 30.0;
+
 /// A synthetic node speaking the Ingest protocol directly (many nodes without many processes).
 struct SyntheticNode {
     tx: tokio::sync::mpsc::Sender<AgentMessage>,
     seq: u64,
-    _responses: tonic::Streaming<cni_metrics_proto::v1::AggregatorMessage>,
+    _reader: tokio::task::JoinHandle<()>,
 }
 
 async fn synthetic_node(channel: tonic::transport::Channel, name: String, assigned: f64) -> Result<SyntheticNode> {
@@ -196,19 +215,23 @@ async fn synthetic_node(channel: tonic::transport::Channel, name: String, assign
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let hello = Hello { node_name: name, run_id: 1, interval_ms: 60_000, ..Hello::default() };
     tx.send(AgentMessage { body: Some(Body::Hello(hello)) }).await?;
-    let def = SeriesDef {
-        id: 1,
-        family: "awscni_assigned_ip_addresses".into(),
-        name: "awscni_assigned_ip_addresses".into(),
+    let def = |id: u32, name: &str| SeriesDef {
+        id,
+        family: name.into(),
+        name: name.into(),
         kind: MetricKind::Gauge as i32,
         family_type: FamilyType::Gauge as i32,
         labels: vec![],
         committed_total: 0.0,
     };
-    let snapshot = Report { seq: 1, snapshot: true, defs: vec![def], ids: vec![1], values: vec![assigned], ..Report::default() };
+    // ip_max fixed at SYNTHETIC_MAX: headroom = SYNTHETIC_MAX - assigned.
+    let defs = vec![def(1, "awscni_assigned_ip_addresses"), def(2, "awscni_ip_max")];
+    let snapshot = Report { seq: 1, snapshot: true, defs, ids: vec![1, 2], values: vec![assigned, SYNTHETIC_MAX], ..Report::default() };
     tx.send(AgentMessage { body: Some(Body::Report(snapshot)) }).await?;
-    let responses = IngestClient::new(channel).stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
-    Ok(SyntheticNode { tx, seq: 1, _responses: responses })
+    let mut responses = IngestClient::new(channel).stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    // Read what the aggregator sends, as an agent does.
+    let reader = tokio::spawn(async move { while let Ok(Some(_)) = responses.message().await {} });
+    Ok(SyntheticNode { tx, seq: 1, _reader: reader })
 }
 
 impl SyntheticNode {
@@ -219,21 +242,19 @@ impl SyntheticNode {
         self.tx.send(AgentMessage { body: Some(Body::Report(r)) }).await?;
         Ok(())
     }
+
+    async fn goodbye(&self) -> Result<()> {
+        use cni_metrics_proto::v1::{agent_message::Body, Goodbye};
+        self.tx.send(AgentMessage { body: Some(Body::Goodbye(Goodbye { reason: "test".into() })) }).await?;
+        Ok(())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_is_dropped_without_slowing_anyone() -> Result<()> {
-    let dir = scratch_dir("subscribe")?;
-    // The synthetic nodes share one connection: allow them more streams than an agent needs.
-    let agg =
-        Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "100ms", "--max-streams-per-connection", "1000"])?;
-    let url = format!("http://{}", agg.grpc);
     // 200 nodes: every update with node details is tens of KB, so transport buffers fill quickly.
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await?;
-    let mut nodes = Vec::new();
-    for i in 0..200 {
-        nodes.push(synthetic_node(channel.clone(), format!("ip-10-0-{i}-1.eu-west-1.compute.internal"), 3.0).await?);
-    }
+    let (agg, url, mut nodes) =
+        synthetic_cluster("subscribe", (0..200).map(|i| (format!("ip-10-0-{i}-1.eu-west-1.compute.internal"), 3.0))).await?;
     // The slow consumer also has small HTTP/2 windows, like a peer on a slow link, so the transport holds
     // little and the aggregator's own bounded buffer is what fills.
     let slow_channel = tonic::transport::Endpoint::from_shared(url.clone())?
@@ -246,7 +267,7 @@ async fn a_slow_subscriber_is_dropped_without_slowing_anyone() -> Result<()> {
     let first = nodes.first().map(|_| "ip-10-0-0-1.eu-west-1.compute.internal".to_owned()).unwrap_or_default();
     let mut fast = ConsumerClient::connect(url.clone())
         .await?
-        .subscribe(SubscribeRequest { nodes: vec![first.clone()], min_interval_ms: 100, cluster_only: false })
+        .subscribe(SubscribeRequest { nodes: vec![first.clone()], min_interval_ms: 100, cluster_only: false, changes: false })
         .await?
         .into_inner();
     // Something changes all the time; the slow subscriber reads nothing.
@@ -515,5 +536,158 @@ async fn a_multi_card_node_reports_its_totals_from_introspection() -> Result<()>
         Some(truth_total - page.0 as f64)
     );
     assert!(promtool_check(&own)?, "the agent's page parses");
+    Ok(())
+}
+
+/// A node name of 200 characters, as long names make the biggest answers.
+fn long_name(i: usize) -> String {
+    let name = format!("ip-10-{}-{}-1.{}.{}.compute.internal", i / 250, i % 250, "a".repeat(60), "b".repeat(60 + (i % 3)));
+    format!("{name}.{}", "c".repeat(200usize.saturating_sub(name.len() + 1).max(1)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_nodes_page_and_stream_as_changes() -> Result<()> {
+    use cni_metrics_proto::v1::{GetClusterRequest, ListNodesRequest, NodeOrder, NodeView};
+    use std::collections::BTreeMap;
+    const NODES: usize = 4_000;
+    // Headroom 2 .. 30: node 28 (and every 29th after it) is the worst.
+    let (agg, url, mut nodes) = synthetic_cluster("consumer-scale", (0..NODES).map(|i| (long_name(i), (i % 29) as f64))).await?;
+    let mut client = ConsumerClient::connect(url.clone()).await?;
+    eventually(Duration::from_secs(30), || {
+        let mut c = client.clone();
+        async move {
+            let v = c.get_cluster(GetClusterRequest {}).await?.into_inner();
+            Ok(if v.nodes_known as usize == NODES { Ok(()) } else { Err(format!("{} nodes known", v.nodes_known)) })
+        }
+    })
+    .await?;
+
+    // ListNodes by name: pages under 1 MiB, every node once.
+    let (mut listed, mut pages, mut r) = (Vec::new(), 0, ListNodesRequest::default());
+    loop {
+        let page = client.list_nodes(r.clone()).await?.into_inner();
+        ensure!(page.encoded_len() <= 1 << 20, "a page of {} bytes", page.encoded_len());
+        ensure!(page.total_matching as usize == NODES, "total {}", page.total_matching);
+        pages += 1;
+        listed.extend(page.nodes);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        r.page_token = page.next_page_token;
+    }
+    ensure!(pages >= 2, "4,000 nodes of 200-character names take more than one page");
+    let mut names: Vec<&str> = listed.iter().map(|n| n.name.as_str()).collect();
+    ensure!(names.windows(2).all(|w| w[0] < w[1]), "by name, no duplicates");
+    names.dedup();
+    ensure!(names.len() == NODES, "{} nodes listed", names.len());
+
+    // The worst ten without the rest.
+    let worst = client
+        .list_nodes(ListNodesRequest { order: NodeOrder::IpHeadroom as i32, page_size: 10, ..Default::default() })
+        .await?
+        .into_inner();
+    ensure!(
+        worst.nodes.len() == 10 && worst.nodes.iter().all(|n| n.ip_headroom == 2.0),
+        "worst: {:?}",
+        worst.nodes.iter().map(|n| n.ip_headroom).collect::<Vec<_>>()
+    );
+    let bad = client.list_nodes(ListNodesRequest { page_token: "forged".into(), ..Default::default() }).await;
+    ensure!(bad.as_ref().err().map(tonic::Status::code) == Some(tonic::Code::InvalidArgument), "forged token: {bad:?}");
+
+    // watch --once: the worst first, without downloading every node.
+    let out = std::process::Command::new(bin_dir()?.join("cni-metrics-aggregator"))
+        .args(["watch", "--aggregator", &url, "--once", "--top", "3"])
+        .output()?;
+    ensure!(out.status.success(), "watch --once failed: {}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows: Vec<&str> = table.lines().skip_while(|l| !l.starts_with("NODE ")).skip(1).take_while(|l| !l.is_empty()).collect();
+    ensure!(rows.len() == 3 && rows.iter().all(|r| r.contains(" 2 ")), "worst three: {table}");
+
+    // A change subscriber that reads nothing, on small HTTP/2 windows: cut off, nobody else slowed.
+    let slow_channel = tonic::transport::Endpoint::from_shared(url.clone())?
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await?;
+    let mut slow = ConsumerClient::new(slow_channel)
+        .subscribe(SubscribeRequest { changes: true, min_interval_ms: 100, ..Default::default() })
+        .await?
+        .into_inner();
+    let slow_since = tokio::time::Instant::now();
+
+    // Subscribe with changes: the picture in pages, then only what changed.
+    let mut stream = client.subscribe(SubscribeRequest { changes: true, min_interval_ms: 100, ..Default::default() }).await?.into_inner();
+    let mut held: BTreeMap<String, NodeView> = BTreeMap::new();
+    let mut first = true;
+    loop {
+        let u = tokio::time::timeout(Duration::from_secs(10), stream.message()).await?.context("the picture")?.context("stream ended")?;
+        ensure!(u.encoded_len() <= (1 << 20) + 64 * 1024, "an update of {} bytes", u.encoded_len());
+        ensure!(u.reset == first, "reset on the first update only");
+        first = false;
+        held.extend(u.nodes.into_iter().map(|n| (n.name.clone(), n)));
+        if !u.more {
+            ensure!(u.cluster.is_some_and(|c| c.nodes_known as usize == NODES), "the cluster view ends the picture");
+            break;
+        }
+    }
+    ensure!(held.len() == NODES, "the picture has {} nodes", held.len());
+
+    // Five nodes change, one leaves.
+    for (k, node) in nodes.iter_mut().enumerate().take(5) {
+        node.set(29.0 - k as f64).await.context("a change")?;
+    }
+    nodes[5].goodbye().await.context("a goodbye")?;
+    let gone = long_name(5);
+    let mut entries_after_picture = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let done = (0..5).all(|k| held.get(&long_name(k)).is_some_and(|n| n.ip_headroom == SYNTHETIC_MAX - (29.0 - k as f64)))
+            && !held.contains_key(&gone);
+        if done {
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "changes did not arrive");
+        let Ok(m) = tokio::time::timeout(Duration::from_secs(5), stream.message()).await else { continue };
+        let u = m?.context("stream ended")?;
+        ensure!(!u.reset, "no new picture");
+        entries_after_picture += u.nodes.len() + u.removed_nodes.len();
+        for name in &u.removed_nodes {
+            held.remove(name);
+        }
+        held.extend(u.nodes.into_iter().map(|n| (n.name.clone(), n)));
+    }
+    ensure!(entries_after_picture <= 6 + 5, "only the changes came: {entries_after_picture} entries");
+    // What the subscriber holds is what ListNodes says.
+    let mut all = Vec::new();
+    let mut r = ListNodesRequest::default();
+    loop {
+        let page = client.list_nodes(r.clone()).await?.into_inner();
+        all.extend(page.nodes);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        r.page_token = page.next_page_token;
+    }
+    let truth: Vec<(String, f64)> = all.into_iter().map(|n| (n.name, n.ip_headroom)).collect();
+    let mine: Vec<(String, f64)> = held.into_values().map(|n| (n.name, n.ip_headroom)).collect();
+    ensure!(truth == mine, "the subscriber's picture differs from ListNodes ({} vs {} nodes)", mine.len(), truth.len());
+    // The aggregator gives a subscriber 10 s to take an update; changes keep coming meanwhile.
+    let mut k = 0;
+    while tokio::time::Instant::now() < slow_since + Duration::from_secs(12) {
+        nodes[100 + k % 50].set((k % 20) as f64).await?;
+        k += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut status = None;
+    let read_until = std::time::Instant::now() + Duration::from_secs(30);
+    while status.is_none() && std::time::Instant::now() < read_until {
+        match tokio::time::timeout(Duration::from_secs(15), slow.message()).await {
+            Ok(Ok(Some(_))) => {}
+            Ok(Err(s)) => status = Some(s.code()),
+            Ok(Ok(None)) | Err(_) => break,
+        }
+    }
+    ensure!(status == Some(tonic::Code::ResourceExhausted), "the stuck change subscriber: {status:?}");
+    agg.proc.wait_log("subscriber dropped", Duration::from_secs(1))?;
     Ok(())
 }

@@ -97,6 +97,9 @@ pub struct Applied {
     pub recovered: Option<f64>,
 }
 
+/// Removed nodes remembered between two consumer notifier ticks (beyond: subscribers start over).
+const MAX_REMOVED_LOG: usize = 100_000;
+
 /// A cluster series' identity: sample name and labels after the cluster fold.
 type SlotKey = (Arc<str>, Vec<(String, String)>);
 
@@ -120,6 +123,11 @@ pub struct ClusterState {
     breakdowns: Breakdowns,
     /// Bumped by every change; subscribers poll it.
     version: u64,
+    /// Nodes removed since the consumer notifier last took them.
+    removed_log: Vec<Arc<str>>,
+    removed_lost: bool,
+    /// The origin of [`ClusterState::report_key`].
+    epoch: Instant,
     pub stats: IngestStats,
     /// `--subnet-metrics`: EC2's facts about the cluster's subnets.
     pub subnets: SubnetState,
@@ -142,6 +150,9 @@ impl ClusterState {
             capacity: CapacityTotals::default(),
             breakdowns,
             version: 0,
+            removed_log: Vec::new(),
+            removed_lost: false,
+            epoch: Instant::now(),
             stats: IngestStats::default(),
             subnets: SubnetState::default(),
         }
@@ -151,8 +162,9 @@ impl ClusterState {
     /// A refused hello is counted by its reason.
     pub fn hello(&mut self, h: &Hello, now: Instant) -> Result<Welcomed, IngestError> {
         let result = self.admit(h, now);
-        if let Err(e) = &result {
-            self.stats.rejected.inc(e.refusal());
+        match &result {
+            Ok(_) => self.mark_changed(&h.node_name),
+            Err(e) => self.stats.rejected.inc(e.refusal()),
         }
         result
     }
@@ -247,6 +259,7 @@ impl ClusterState {
             published_ipamd_start: 0.0,
             unpublished: Vec::new(),
             series: HashMap::new(),
+            changed: 0,
         });
         if let Some(d) = &continued {
             node.last_seq = d.last_seq;
@@ -288,12 +301,25 @@ impl ClusterState {
 
     /// Apply one report of `node` on stream `session`.
     pub fn report(&mut self, node: &str, session: u64, r: &Report, now: Instant) -> Result<Applied, IngestError> {
+        let seen = |st: &Self| st.nodes.get(node).map(|n| n.view_fingerprint(Self::is_stale(n, now)));
+        let before = seen(self);
         let result = self.apply(node, session, r, now);
         match &result {
             Ok(_) => self.stats.reports += 1,
             Err(e) => self.stats.rejected.inc(e.refusal()),
         }
+        if seen(self) != before {
+            self.mark_changed(node);
+        }
         result
+    }
+
+    /// A change of what consumers see of `node`.
+    fn mark_changed(&mut self, node: &str) {
+        self.version += 1;
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.changed = self.version;
+        }
     }
 
     fn apply(&mut self, node_name: &str, session: u64, r: &Report, now: Instant) -> Result<Applied, IngestError> {
@@ -447,6 +473,11 @@ impl ClusterState {
         self.withhold(name);
         let Some(node) = self.nodes.remove(name) else { return };
         self.version += 1;
+        if self.removed_log.len() < MAX_REMOVED_LOG {
+            self.removed_log.push(name.clone());
+        } else {
+            self.removed_lost = true;
+        }
         self.capacity.sub(&node.derived);
         self.breakdowns.apply(&node.groups, &node.capacity, &node.derived, false);
         for s in node.series.values() {
@@ -500,6 +531,7 @@ impl ClusterState {
         n.connected = false;
         let name = n.name.clone();
         self.withhold(&name);
+        self.mark_changed(&name);
     }
 
     /// Drop nodes silent for longer than their TTL; returns their names.

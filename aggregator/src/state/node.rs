@@ -93,6 +93,8 @@ pub struct NodeState {
     /// Keeping runs: counters changed since the last window that included the run.
     pub(super) unpublished: Vec<Unpublished>,
     pub(super) series: HashMap<u32, NodeSeries>,
+    /// The state version of the last change a consumer sees (anything of its view but the report time).
+    pub changed: u64,
 }
 
 /// A counter's sample name and labels (as the agent defined them).
@@ -150,5 +152,18 @@ pub struct CommitMark {
 impl NodeState {
     pub fn series_count(&self) -> usize {
         self.series.len()
+    }
+
+    /// What a consumer sees of the node, but its report time, as a hash: a report that leaves it alone
+    /// is no change for subscribers.
+    pub(super) fn view_fingerprint(&self, stale: bool) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.status as i32, &self.status_detail, self.connected, stale, self.series.len(), self.bad_lines_total).hash(&mut h);
+        for v in [self.capacity.assigned, self.capacity.total, self.capacity.max, self.derived.available, self.derived.headroom] {
+            v.map(f64::to_bits).hash(&mut h);
+        }
+        (self.derived.low, self.derived.anomalous).hash(&mut h);
+        h.finish()
     }
 }

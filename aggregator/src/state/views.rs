@@ -51,6 +51,30 @@ impl ClusterState {
         n.status != ScrapeStatus::Ok || now.saturating_duration_since(n.last_seen) > n.interval * 2
     }
 
+    /// Whether `n` went stale by missing reports after `since` and by `now` (a change no report makes).
+    pub fn went_stale(n: &NodeState, since: Instant, now: Instant) -> bool {
+        n.status == ScrapeStatus::Ok && !Self::is_stale(n, since) && Self::is_stale(n, now)
+    }
+
+    /// When the node's last report arrived, as a key that orders and pages (nanoseconds from an origin
+    /// fixed per aggregator process).
+    pub fn report_key(&self, n: &NodeState) -> u64 {
+        n.last_seen.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// A change no report made (nodes went stale by time): consumers that saw the old version look again.
+    pub fn note_change(&mut self) {
+        self.version += 1;
+    }
+
+    /// Nodes removed since the last call (for the consumers' change feed); `None` when more left than
+    /// the log keeps between two calls (the feed then starts its picture again).
+    pub fn take_removed(&mut self) -> Option<Vec<Arc<str>>> {
+        let lost = std::mem::take(&mut self.removed_lost);
+        let removed = std::mem::take(&mut self.removed_log);
+        (!lost).then_some(removed)
+    }
+
     /// The single non-empty value of a node fact agents report, if they agree on exactly one.
     pub fn reported(&self, field: impl Fn(&NodeState) -> &String) -> Option<String> {
         let mut found: Option<&String> = None;

@@ -1,0 +1,232 @@
+//! The `Consumer` gRPC service for other consumers: `GetCluster`, `ListNodes` and `Subscribe`.
+//!
+//! Views are built by pure functions from the state ([`views`]) under the state lock, then sent outside
+//! it; `ListNodes` is a [`query::NodeQuery`] that builds views of one page's nodes only. Subscriptions
+//! are fed by one notifier task ([`ConsumerService::run_notifier`]) that builds an update only when the
+//! state changed, at most once per interval, and broadcasts it: the cluster view, the nodes that changed
+//! since its last broadcast (when a `changes` subscriber exists, see [`feed`]) and, for subscribers of
+//! every node, every node. Every subscriber has a small bounded buffer, and one that falls behind is
+//! dropped with RESOURCE_EXHAUSTED, so a slow consumer never slows ingestion or the other subscribers.
+
+pub mod feed;
+pub mod query;
+#[cfg(test)]
+mod testing;
+pub mod views;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cni_metrics_proto::v1::consumer_server::Consumer;
+use cni_metrics_proto::v1::{
+    ClusterUpdate, ClusterView, GetClusterRequest, ListNodesRequest, ListNodesResponse, NodeView, SubscribeRequest,
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::shared::{lock, Shared};
+use crate::state::ClusterState;
+pub use views::{cluster_view, node_view, node_views};
+
+/// Per-subscriber buffer of updates.
+const SUBSCRIBER_BUFFER: usize = 4;
+/// Updates kept for subscribers between notifier ticks.
+const BROADCAST_BUFFER: usize = 4;
+
+/// What the notifier broadcasts.
+#[derive(Debug)]
+pub struct Broadcast {
+    pub version: u64,
+    pub cluster: ClusterView,
+    /// Every node; empty when no subscriber asked for every node.
+    pub nodes: Vec<NodeView>,
+    /// The nodes that changed since the previous broadcast, and those removed.
+    pub changed: Vec<NodeView>,
+    pub removed: Vec<Arc<str>>,
+    /// Whether `changed` and `removed` are all that changed (false when no change subscriber was there
+    /// to need them, or more nodes left than the state remembers between two ticks).
+    pub complete: bool,
+}
+
+#[derive(Clone)]
+pub struct ConsumerService {
+    state: Shared,
+    updates: broadcast::Sender<Arc<Broadcast>>,
+    /// Subscribers that want every node in every update (the notifier builds them only then).
+    node_subscribers: Arc<AtomicUsize>,
+    /// `changes` subscribers (the notifier lists changed nodes only then). Changed under the state
+    /// lock, so a broadcast computed after a subscriber's first page has what it needs.
+    change_subscribers: Arc<AtomicUsize>,
+}
+
+impl ConsumerService {
+    pub fn new(state: Shared) -> Self {
+        let (updates, _) = broadcast::channel(BROADCAST_BUFFER);
+        Self { state, updates, node_subscribers: Arc::default(), change_subscribers: Arc::default() }
+    }
+
+    /// Build and broadcast updates when the state changed, at most every `interval`, until `stop`.
+    pub fn run_notifier(&self, interval: Duration, stop: impl Future<Output = ()> + Send + 'static) -> tokio::task::JoinHandle<()> {
+        let (state, updates) = (self.state.clone(), self.updates.clone());
+        let (wants_nodes, wants_changes) = (self.node_subscribers.clone(), self.change_subscribers.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut seen = u64::MAX;
+            let mut last_tick = Instant::now();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tick.tick() => {}
+                }
+                let update = {
+                    let mut st = lock(&state);
+                    let now = Instant::now();
+                    let since = std::mem::replace(&mut last_tick, now);
+                    // Taken every tick, so the log stays short while nobody subscribes.
+                    let removed = st.take_removed();
+                    if updates.receiver_count() == 0 {
+                        seen = st.version();
+                        continue;
+                    }
+                    let wants_changes = wants_changes.load(Ordering::Relaxed) > 0;
+                    let mut changed = Vec::new();
+                    if wants_changes {
+                        for n in st.nodes() {
+                            if n.changed > seen || ClusterState::went_stale(n, since, now) {
+                                changed.push(node_view(n, now));
+                            }
+                        }
+                    }
+                    if !changed.is_empty() && st.version() == seen {
+                        st.note_change(); // nodes went stale by time: no report changed the version
+                    }
+                    if st.version() == seen {
+                        continue;
+                    }
+                    seen = st.version();
+                    let nodes = if wants_nodes.load(Ordering::Relaxed) > 0 { node_views(&st, now, &[]) } else { Vec::new() };
+                    let complete = wants_changes && removed.is_some();
+                    let removed = removed.unwrap_or_default();
+                    Broadcast { version: seen, cluster: cluster_view(&st, now, true), nodes, changed, removed, complete }
+                };
+                let _ = updates.send(Arc::new(update));
+            }
+        })
+    }
+}
+
+/// Decrements a subscriber count when a subscription ends.
+struct NodeInterest(Option<Arc<AtomicUsize>>);
+
+impl Drop for NodeInterest {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0 {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn to_update(b: &Broadcast, only: &[String], cluster_only: bool) -> ClusterUpdate {
+    let nodes =
+        if cluster_only { Vec::new() } else { b.nodes.iter().filter(|n| only.is_empty() || only.contains(&n.name)).cloned().collect() };
+    ClusterUpdate { cluster: Some(b.cluster.clone()), nodes, version: b.version, ..ClusterUpdate::default() }
+}
+
+#[tonic::async_trait]
+impl Consumer for ConsumerService {
+    async fn get_cluster(&self, _req: Request<GetClusterRequest>) -> Result<Response<ClusterView>, Status> {
+        let view = cluster_view(&lock(&self.state), Instant::now(), true);
+        Ok(Response::new(view))
+    }
+
+    async fn list_nodes(&self, req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+        let q = query::NodeQuery::from_request(req.get_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let page = q.page(&lock(&self.state), Instant::now());
+        let next_page_token = page.next.map(|k| q.encode(&k)).unwrap_or_default();
+        Ok(Response::new(ListNodesResponse { nodes: page.nodes, next_page_token, total_matching: page.total as u32 }))
+    }
+
+    type SubscribeStream = ReceiverStream<Result<ClusterUpdate, Status>>;
+
+    async fn subscribe(&self, req: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let peer = req.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let SubscribeRequest { nodes: only, min_interval_ms, cluster_only, changes } = req.into_inner();
+        let min_interval = Duration::from_millis(u64::from(min_interval_ms.max(100)));
+        if changes && !cluster_only {
+            let rx = self.updates.subscribe();
+            let interest = {
+                let _st = lock(&self.state);
+                self.change_subscribers.fetch_add(1, Ordering::Relaxed);
+                NodeInterest(Some(self.change_subscribers.clone()))
+            };
+            let (tx, out) = mpsc::channel(SUBSCRIBER_BUFFER + 1);
+            let feed = feed::ChangeFeed { state: self.state.clone(), rx, tx, only, min_interval, peer };
+            tokio::spawn(async move {
+                let _interest = interest;
+                feed.run().await;
+            });
+            return Ok(Response::new(ReceiverStream::new(out)));
+        }
+        let interest = NodeInterest((!cluster_only).then(|| {
+            self.node_subscribers.fetch_add(1, Ordering::Relaxed);
+            self.node_subscribers.clone()
+        }));
+        let mut rx = self.updates.subscribe();
+        // The first update at once, from the current state.
+        let first = {
+            let st = lock(&self.state);
+            let now = Instant::now();
+            let nodes = if cluster_only { Vec::new() } else { node_views(&st, now, &only) };
+            ClusterUpdate { cluster: Some(cluster_view(&st, now, true)), nodes, version: st.version(), ..ClusterUpdate::default() }
+        };
+        // One slot more than the buffer: reserved for the status that tells a slow consumer it was dropped.
+        let (tx, out) = mpsc::channel(SUBSCRIBER_BUFFER + 1);
+        let mut last_version = first.version;
+        let _ = tx.try_send(Ok(first));
+        info!(%peer, nodes = only.len(), cluster_only, "subscriber connected");
+        tokio::spawn(async move {
+            let _interest = interest;
+            let mut last_sent = tokio::time::Instant::now();
+            let mut pending: Option<Arc<Broadcast>> = None;
+            loop {
+                let due = last_sent + min_interval;
+                tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok(b) if b.version > last_version => pending = Some(b),
+                        Ok(_) => {} // already covered by what was sent
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            warn!(%peer, missed = n, "subscriber too slow; dropped");
+                            let _ = tx.try_send(Err(Status::resource_exhausted("consumer too slow: updates were missed; resubscribe")));
+                            return;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = tokio::time::sleep_until(due), if pending.is_some() => {}
+                    _ = tx.closed() => return,
+                }
+                if pending.is_some() && tokio::time::Instant::now() >= due {
+                    let Some(b) = pending.take() else { continue };
+                    if tx.capacity() <= 1 {
+                        warn!(%peer, "subscriber not reading; dropped");
+                        let _ = tx.try_send(Err(Status::resource_exhausted("consumer too slow: its buffer is full; resubscribe")));
+                        return;
+                    }
+                    match tx.try_send(Ok(to_update(&b, &only, cluster_only))) {
+                        Ok(()) => {
+                            last_sent = tokio::time::Instant::now();
+                            last_version = b.version;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+}

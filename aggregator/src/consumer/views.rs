@@ -1,0 +1,107 @@
+//! What consumers see, built by pure functions from the state under its lock: the cluster numbers
+//! ([`cluster_view`]) and one node ([`node_view`]).
+
+use std::time::Instant;
+
+use cni_metrics_proto::clock::unix_ms_now;
+use cni_metrics_proto::v1::{Aggregate, ClusterView, Label, NodeView, ScrapeStatus, SubnetView};
+
+use crate::state::{ClusterState, NodeState};
+
+/// The cluster numbers.
+pub fn cluster_view(st: &ClusterState, now: Instant, with_aggregates: bool) -> ClusterView {
+    let c = st.capacity();
+    let (u_total, u_max) = c.utilization();
+    let sum = |name: &str| st.value(name, &[]).unwrap_or(0.0);
+    let mut view = ClusterView {
+        cluster_id: st.cluster_id().to_owned(),
+        time_unix_ms: unix_ms_now(),
+        nodes_known: st.node_count() as u32,
+        nodes_reporting: st.nodes().filter(|n| n.status == ScrapeStatus::Ok).count() as u32,
+        nodes_stale: st.nodes().filter(|n| ClusterState::is_stale(n, now)).count() as u32,
+        nodes_low_on_ips: c.low_nodes,
+        nodes_anomalous: c.anomalous_nodes,
+        assigned_ips: sum("awscni_assigned_ip_addresses"),
+        total_ips: sum("awscni_total_ip_addresses"),
+        max_ips: sum("awscni_ip_max"),
+        available_ips: c.available,
+        ip_headroom: c.headroom,
+        utilization_total: u_total.unwrap_or(-1.0),
+        utilization_max: u_max.unwrap_or(-1.0),
+        enis_allocated: sum("awscni_eni_allocated"),
+        enis_max: sum("awscni_eni_max"),
+        aggregates: Vec::new(),
+        subnets: Vec::new(),
+        subnet_available_ips: 0.0,
+        subnets_low_on_ips: 0,
+    };
+    if let Some(r) = st.subnet_report() {
+        view.subnet_available_ips = r.available;
+        view.subnets_low_on_ips = r.low;
+        view.subnets = r
+            .rows
+            .iter()
+            .map(|row| SubnetView {
+                subnet_id: row.subnet_id.clone(),
+                availability_zone: row.availability_zone.clone(),
+                usable_ips: row.usable,
+                available_ips: row.available,
+                held_by_cluster: row.held_by_cluster,
+                assigned_to_pods: row.assigned_to_pods,
+                held_by_others: row.held_by_others,
+                low_on_ips: row.low,
+                stale: st.subnets.stale,
+                refreshed_unix_ms: st.subnets.refreshed_unix_ms,
+            })
+            .collect();
+    }
+    if with_aggregates {
+        view.aggregates = st
+            .aggregates()
+            .map(|(name, labels, kind, value)| Aggregate {
+                name: name.to_owned(),
+                labels: labels.iter().map(|(n, v)| Label { name: n.clone(), value: v.clone() }).collect(),
+                kind: kind as i32,
+                value,
+            })
+            .collect();
+    }
+    view
+}
+
+/// One node.
+pub fn node_view(n: &NodeState, now: Instant) -> NodeView {
+    let known = |v: Option<f64>| v.unwrap_or(-1.0);
+    let age_ms = now.saturating_duration_since(n.last_seen).as_millis() as u64;
+    NodeView {
+        name: n.name.to_string(),
+        status: n.status as i32,
+        status_detail: n.status_detail.clone(),
+        last_report_age_ms: age_ms,
+        stale: ClusterState::is_stale(n, now),
+        connected: n.connected,
+        availability_zone: n.availability_zone.clone(),
+        instance_type: n.instance_type.clone(),
+        instance_id: n.instance_id.clone(),
+        region: n.region.clone(),
+        agent_version: n.agent_version.clone(),
+        assigned_ips: known(n.capacity.assigned),
+        total_ips: known(n.capacity.total),
+        max_ips: known(n.capacity.max),
+        available_ips: known(n.derived.available),
+        ip_headroom: known(n.derived.headroom),
+        low_on_ips: n.derived.low,
+        anomalous: n.derived.anomalous,
+        series: n.series_count() as u32,
+        bad_lines_total: n.bad_lines_total,
+        last_report_unix_ms: unix_ms_now().saturating_sub(i64::try_from(age_ms).unwrap_or(i64::MAX)),
+    }
+}
+
+/// Node views sorted by name, filtered to `only` when not empty.
+pub fn node_views(st: &ClusterState, now: Instant, only: &[String]) -> Vec<NodeView> {
+    let mut v: Vec<NodeView> =
+        st.nodes().filter(|n| only.is_empty() || only.iter().any(|o| **o == *n.name)).map(|n| node_view(n, now)).collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
