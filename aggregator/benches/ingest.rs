@@ -119,6 +119,35 @@ fn main() {
     let t = Instant::now();
     black_box(st.expire(now));
     let sweep = t.elapsed();
+    // The consumer API under the lock: watch's worst 15, a full ListNodes page, the notifier's change
+    // scan with one node in a hundred changed, and what it built before (every node's view, each tick).
+    let timed = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        t.elapsed()
+    };
+    use cni_metrics_aggregator::consumer::{self, query::NodeQuery};
+    use cni_metrics_proto::v1::{ListNodesRequest, NodeOrder};
+    let worst = NodeQuery::from_request(&ListNodesRequest { order: NodeOrder::IpHeadroom as i32, page_size: 15, ..Default::default() })
+        .unwrap_or_else(|_| NodeQuery::by_name(&[], None, 15));
+    let full = NodeQuery::by_name(&[], None, 5_000);
+    let list_worst = timed(&mut || drop(black_box(worst.page(&st, now))));
+    let list_page = timed(&mut || drop(black_box(full.page(&st, now))));
+    let picture = NodeQuery::by_name(&[], names.get(nodes / 2).cloned(), 1_000);
+    let picture_page = timed(&mut || drop(black_box(picture.page(&st, now))));
+    let _ = st.take_changes(now, now); // what the joins logged (more than the log keeps)
+    for (i, name) in names.iter().enumerate().step_by(100) {
+        let mut r = shapes[i % shapes.len()].0.clone();
+        r.seq = 300;
+        black_box(st.report(name, sessions[i], &r, now).ok());
+    }
+    let mut changed = 0;
+    let scan = timed(&mut || {
+        let log = st.take_changes(now, now).unwrap_or_default();
+        changed = consumer::views_of(&st, &log.changed, now).len();
+    });
+    let cluster = timed(&mut || drop(black_box(consumer::cluster_view(&st, now, true))));
+    let every_view = timed(&mut || drop(black_box(consumer::node_views(&st, now, &[]))));
     println!("{:<44} {:>14}", "measure", "value");
     println!("{:<44} {:>14}", "nodes", nodes);
     println!("{:<44} {:>14}", "agents keep their position", keeps_position);
@@ -132,6 +161,13 @@ fn main() {
     println!("{:<44} {:>12.2}ms", "/metrics copy under the lock", copy.as_secs_f64() * 1e3);
     println!("{:<44} {:>12.2}ms", "/metrics text from the copy (no lock)", render.as_secs_f64() * 1e3);
     println!("{:<44} {:>12.2}ms", "expiry sweep under the lock (every 250 ms)", sweep.as_secs_f64() * 1e3);
+    println!("{:<44} {:>12.2}ms", "ListNodes worst 15 by headroom (lock)", list_worst.as_secs_f64() * 1e3);
+    println!("{:<44} {:>12.2}ms", "ListNodes page of 5,000 by name (lock)", list_page.as_secs_f64() * 1e3);
+    println!("{:<44} {:>12.2}ms", "Subscribe picture page of 1,000 (lock)", picture_page.as_secs_f64() * 1e3);
+    println!("{:<44} {:>12.2}ms", "Subscribe tick: changed nodes (lock)", scan.as_secs_f64() * 1e3);
+    println!("{:<44} {:>14}", "  nodes changed in it", changed);
+    println!("{:<44} {:>12.2}ms", "Subscribe tick: every node's view (lock)", every_view.as_secs_f64() * 1e3);
+    println!("{:<44} {:>12.2}ms", "cluster view (lock)", cluster.as_secs_f64() * 1e3);
     println!("{:<44} {:>14}", "/metrics bytes", out.len());
     println!("{:<44} {:>14}", "datums per window", w.datums.len());
     println!("{:<44} {:>12.0}/s", "needed for 100k nodes at 30 s", 100_000.0 / 30.0);

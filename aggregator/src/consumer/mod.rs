@@ -37,6 +37,11 @@ const SUBSCRIBER_BUFFER: usize = 4;
 /// Updates kept for subscribers between notifier ticks.
 const BROADCAST_BUFFER: usize = 4;
 
+/// Views of these nodes (those still there).
+pub fn views_of(st: &ClusterState, names: &[Arc<str>], now: Instant) -> Vec<NodeView> {
+    names.iter().filter_map(|n| st.node(n)).map(|n| node_view(n, now)).collect()
+}
+
 /// What the notifier broadcasts.
 #[derive(Debug)]
 pub struct Broadcast {
@@ -89,20 +94,16 @@ impl ConsumerService {
                     let now = Instant::now();
                     let since = std::mem::replace(&mut last_tick, now);
                     // Taken every tick, so the log stays short while nobody subscribes.
-                    let removed = st.take_removed();
+                    let log = st.take_changes(since, now);
                     if updates.receiver_count() == 0 {
                         seen = st.version();
                         continue;
                     }
                     let wants_changes = wants_changes.load(Ordering::Relaxed) > 0;
-                    let mut changed = Vec::new();
-                    if wants_changes {
-                        for n in st.nodes() {
-                            if n.changed > seen || ClusterState::went_stale(n, since, now) {
-                                changed.push(node_view(n, now));
-                            }
-                        }
-                    }
+                    let (changed, removed) = match &log {
+                        Some(log) if wants_changes => (views_of(&st, &log.changed, now), Some(log.removed.clone())),
+                        _ => (Vec::new(), None),
+                    };
                     if !changed.is_empty() && st.version() == seen {
                         st.note_change(); // nodes went stale by time: no report changed the version
                     }

@@ -7,7 +7,7 @@
 //! is one pass over the nodes and a partial sort of those after the key: O(nodes), without building a
 //! view of any node outside the page. Pure: the caller holds the state lock.
 
-use std::collections::HashSet;
+use std::collections::{BinaryHeap, HashSet};
 use std::fmt::Write as _;
 use std::time::Instant;
 
@@ -15,7 +15,7 @@ use cni_metrics_proto::v1::{ListNodesRequest, NodeOrder, NodeView, ScrapeStatus}
 use prost::Message as _;
 
 use super::views::node_view;
-use crate::state::{ClusterState, NodeState};
+use crate::state::{order_key, ClusterState, NodeState};
 
 /// Most nodes in one page.
 pub const MAX_PAGE_SIZE: usize = 5_000;
@@ -70,19 +70,35 @@ pub struct Page {
     pub total: usize,
 }
 
+/// A node in the page being selected, ordered by (rank, name).
+struct Candidate<'a> {
+    rank: u64,
+    node: &'a NodeState,
+}
+
+impl Ord for Candidate<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank.cmp(&other.rank).then_with(|| self.node.name.cmp(&other.node.name))
+    }
+}
+
+impl PartialOrd for Candidate<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Candidate<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for Candidate<'_> {}
+
 /// A number that orders as `v` does (unknown last).
 fn rank_of(v: Option<f64>) -> u64 {
-    match v {
-        Some(v) if !v.is_nan() => {
-            let b = v.to_bits();
-            if b >> 63 == 1 {
-                !b
-            } else {
-                b | 1 << 63
-            }
-        }
-        _ => u64::MAX,
-    }
+    v.filter(|v| !v.is_nan()).map_or(u64::MAX, order_key)
 }
 
 /// FNV-1a: stable across processes and versions, unlike the std hasher.
@@ -171,30 +187,51 @@ impl NodeQuery {
         }
     }
 
+    fn filtered(&self) -> bool {
+        !self.statuses.is_empty() || !self.zones.is_empty() || self.max_headroom.is_some() || self.low || self.stale
+    }
+
     /// The page this query asks for.
     pub fn page(&self, st: &ClusterState, now: Instant) -> Page {
+        if self.order == NodeOrder::Name && self.only.is_empty() {
+            // From the name index: O(page) without filters, a counting pass with them.
+            let total = if self.filtered() { st.nodes().filter(|n| self.matches(n, now)).count() } else { st.node_count() };
+            let mut from = st.nodes_after(self.after.as_ref().map(|a| a.name.as_str())).filter(|n| self.matches(n, now));
+            let sorted: Vec<(u64, &NodeState)> = from.by_ref().take(self.page_size).map(|n| (0, n)).collect();
+            let beyond = from.next().is_some();
+            return Self::finish(&sorted, beyond, total, now);
+        }
         let candidates: Box<dyn Iterator<Item = &NodeState>> =
             if self.only.is_empty() { Box::new(st.nodes()) } else { Box::new(self.only.iter().filter_map(|name| st.node(name))) };
+        // The page's nodes in a bounded max-heap: one comparison rejects most nodes, and only the page
+        // is ever sorted.
         let mut total = 0;
-        let mut after: Vec<(u64, &NodeState)> = Vec::new();
+        let mut remaining = 0;
+        let mut heap: BinaryHeap<Candidate<'_>> = BinaryHeap::with_capacity(self.page_size + 1);
         for n in candidates.filter(|n| self.matches(n, now)) {
             total += 1;
-            let rank = self.rank(st, n);
-            if self.after.as_ref().is_some_and(|a| (rank, &*n.name) <= (a.rank, a.name.as_str())) {
+            let c = Candidate { rank: self.rank(st, n), node: n };
+            if self.after.as_ref().is_some_and(|a| (c.rank, &*n.name) <= (a.rank, a.name.as_str())) {
                 continue;
             }
-            after.push((rank, n));
+            remaining += 1;
+            if heap.len() < self.page_size {
+                heap.push(c);
+            } else if heap.peek().is_some_and(|top| c < *top) {
+                heap.pop();
+                heap.push(c);
+            }
         }
-        let cmp = |a: &(u64, &NodeState), b: &(u64, &NodeState)| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name));
-        let remaining = after.len();
-        if remaining > self.page_size {
-            after.select_nth_unstable_by(self.page_size, cmp);
-            after.truncate(self.page_size);
-        }
-        after.sort_unstable_by(cmp);
-        let mut nodes = Vec::with_capacity(after.len());
+        let sorted: Vec<(u64, &NodeState)> = heap.into_sorted_vec().into_iter().map(|c| (c.rank, c.node)).collect();
+        let beyond = remaining > sorted.len();
+        Self::finish(&sorted, beyond, total, now)
+    }
+
+    /// The views of `sorted` up to the byte budget; `beyond`: more nodes follow them.
+    fn finish(sorted: &[(u64, &NodeState)], beyond: bool, total: usize, now: Instant) -> Page {
+        let mut nodes = Vec::with_capacity(sorted.len());
         let mut bytes = 0;
-        for (_, n) in &after {
+        for (_, n) in sorted {
             let v = node_view(n, now);
             let len = v.encoded_len() + 8;
             if !nodes.is_empty() && bytes + len > PAGE_BYTES {
@@ -203,10 +240,10 @@ impl NodeQuery {
             bytes += len;
             nodes.push(v);
         }
-        let next = (nodes.len() < remaining).then(|| {
-            let (rank, n) = after[nodes.len() - 1];
-            Key { rank, name: n.name.to_string() }
-        });
+        let next = (beyond || nodes.len() < sorted.len())
+            .then(|| sorted.get(nodes.len().wrapping_sub(1)))
+            .flatten()
+            .map(|(rank, n)| Key { rank: *rank, name: n.name.to_string() });
         Page { nodes, next, total }
     }
 

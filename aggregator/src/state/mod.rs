@@ -24,7 +24,7 @@
 //! `render` the `/metrics` text, `stats` the bounded refusal reasons and counters, `capacity` and
 //! `breakdown` the derived capacity numbers, `subnets` EC2's subnet facts (`--subnet-metrics`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ use cni_metrics_proto::v1::{FamilyType, Hello, MetricKind, Report, ScrapeStatus}
 mod breakdown;
 mod capacity;
 mod commits;
+pub mod index;
 mod node;
 mod render;
 mod series;
@@ -44,9 +45,11 @@ mod window;
 pub use breakdown::{Breakdowns, Dim, GroupTotals, NodeSubnet, SubnetTotals};
 pub use capacity::{CapRole, Capacity, CapacityTotals, NodeCapacity};
 pub use cni_metrics_proto::status::status_label;
+use index::{Indexed, NodeIndex};
 use node::{unpublished_entry, Departed, NodeSeries, ResumeKey};
 pub use node::{CommitMark, NodeState, Resume, Welcomed};
 pub use render::MetricsView;
+pub(crate) use series::order_key;
 use series::{withdraw, Slot};
 pub use stats::{IngestError, IngestStats, Refusal, SeriesRefusal};
 pub use subnets::{RefreshResult, SubnetState};
@@ -97,9 +100,6 @@ pub struct Applied {
     pub recovered: Option<f64>,
 }
 
-/// Removed nodes remembered between two consumer notifier ticks (beyond: subscribers start over).
-const MAX_REMOVED_LOG: usize = 100_000;
-
 /// A cluster series' identity: sample name and labels after the cluster fold.
 type SlotKey = (Arc<str>, Vec<(String, String)>);
 
@@ -113,6 +113,8 @@ pub struct ClusterState {
     families: BTreeMap<Arc<str>, FamilyType>,
     names: HashMap<String, Arc<str>>,
     nodes: HashMap<Arc<str>, NodeState>,
+    /// The nodes' names in order, so consumers page by name in O(page).
+    by_name: BTreeSet<Arc<str>>,
     departed: HashMap<Arc<str>, Departed>,
     /// Counter identities, shared by every node that has them.
     resume_keys: std::collections::HashSet<Arc<ResumeKey>>,
@@ -123,9 +125,8 @@ pub struct ClusterState {
     breakdowns: Breakdowns,
     /// Bumped by every change; subscribers poll it.
     version: u64,
-    /// Nodes removed since the consumer notifier last took them.
-    removed_log: Vec<Arc<str>>,
-    removed_lost: bool,
+    /// Counts, time orders and the change log of the nodes (see [`index`]).
+    index: NodeIndex,
     /// The origin of [`ClusterState::report_key`].
     epoch: Instant,
     pub stats: IngestStats,
@@ -143,6 +144,7 @@ impl ClusterState {
             families: BTreeMap::new(),
             names: HashMap::new(),
             nodes: HashMap::new(),
+            by_name: BTreeSet::new(),
             departed: HashMap::new(),
             resume_keys: std::collections::HashSet::new(),
             commit_generation: 0,
@@ -150,8 +152,7 @@ impl ClusterState {
             capacity: CapacityTotals::default(),
             breakdowns,
             version: 0,
-            removed_log: Vec::new(),
-            removed_lost: false,
+            index: NodeIndex::default(),
             epoch: Instant::now(),
             stats: IngestStats::default(),
             subnets: SubnetState::default(),
@@ -163,7 +164,10 @@ impl ClusterState {
     pub fn hello(&mut self, h: &Hello, now: Instant) -> Result<Welcomed, IngestError> {
         let result = self.admit(h, now);
         match &result {
-            Ok(_) => self.mark_changed(&h.node_name),
+            Ok(_) => {
+                self.reindex(&h.node_name);
+                self.mark_changed(&h.node_name);
+            }
             Err(e) => self.stats.rejected.inc(e.refusal()),
         }
         result
@@ -225,6 +229,9 @@ impl ClusterState {
                 None => {}
             }
         }
+        if !self.nodes.contains_key(&name) {
+            self.by_name.insert(name.clone());
+        }
         let node = self.nodes.entry(name.clone()).or_insert_with(|| NodeState {
             name: name.clone(),
             run_id: h.run_id,
@@ -259,7 +266,7 @@ impl ClusterState {
             published_ipamd_start: 0.0,
             unpublished: Vec::new(),
             series: HashMap::new(),
-            changed: 0,
+            indexed: None,
         });
         if let Some(d) = &continued {
             node.last_seq = d.last_seq;
@@ -308,6 +315,7 @@ impl ClusterState {
             Ok(_) => self.stats.reports += 1,
             Err(e) => self.stats.rejected.inc(e.refusal()),
         }
+        self.reindex(node);
         if seen(self) != before {
             self.mark_changed(node);
         }
@@ -317,8 +325,19 @@ impl ClusterState {
     /// A change of what consumers see of `node`.
     fn mark_changed(&mut self, node: &str) {
         self.version += 1;
-        if let Some(n) = self.nodes.get_mut(node) {
-            n.changed = self.version;
+        if let Some(n) = self.nodes.get(node) {
+            self.index.log_change(&n.name);
+        }
+    }
+
+    /// Bring the node's index entry up to date.
+    fn reindex(&mut self, node: &str) {
+        let Some(n) = self.nodes.get_mut(node) else { return };
+        let new = Some(Indexed::of(n));
+        let old = std::mem::replace(&mut n.indexed, new);
+        if old != new {
+            let name = n.name.clone();
+            self.index.update(&name, old, new);
         }
     }
 
@@ -472,12 +491,10 @@ impl ClusterState {
     fn remove_node(&mut self, name: &Arc<str>) {
         self.withhold(name);
         let Some(node) = self.nodes.remove(name) else { return };
+        self.by_name.remove(name);
         self.version += 1;
-        if self.removed_log.len() < MAX_REMOVED_LOG {
-            self.removed_log.push(name.clone());
-        } else {
-            self.removed_lost = true;
-        }
+        self.index.update(name, node.indexed, None);
+        self.index.log_removal(name);
         self.capacity.sub(&node.derived);
         self.breakdowns.apply(&node.groups, &node.capacity, &node.derived, false);
         for s in node.series.values() {
@@ -536,8 +553,7 @@ impl ClusterState {
 
     /// Drop nodes silent for longer than their TTL; returns their names.
     pub fn expire(&mut self, now: Instant) -> Vec<Arc<str>> {
-        let dead: Vec<Arc<str>> =
-            self.nodes.values().filter(|n| now.saturating_duration_since(n.last_seen) > n.ttl).map(|n| n.name.clone()).collect();
+        let dead = self.index.expired(now);
         for name in &dead {
             self.stats.expired += 1;
             self.remove_node(name);

@@ -93,8 +93,8 @@ pub struct NodeState {
     /// Keeping runs: counters changed since the last window that included the run.
     pub(super) unpublished: Vec<Unpublished>,
     pub(super) series: HashMap<u32, NodeSeries>,
-    /// The state version of the last change a consumer sees (anything of its view but the report time).
-    pub changed: u64,
+    /// The node's entry in the state's index, as last applied.
+    pub(super) indexed: Option<super::index::Indexed>,
 }
 
 /// A counter's sample name and labels (as the agent defined them).

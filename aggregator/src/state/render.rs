@@ -72,13 +72,8 @@ impl ClusterState {
                 lines,
             })
             .collect();
-        let (mut stale, mut dropped) = (0u64, 0u64);
-        let mut by_status: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for n in self.nodes.values() {
-            *by_status.entry(status_label(n.status)).or_default() += 1;
-            dropped += n.dropped_series;
-            stale += u64::from(Self::is_stale(n, now));
-        }
+        let by_status: BTreeMap<&'static str, u64> = self.status_counts().map(|(s, c)| (status_label(s), c)).collect();
+        let (stale, dropped) = (self.stale_count(now), self.dropped_series());
         MetricsView {
             cluster_id: self.cfg.cluster_id.clone(),
             families,

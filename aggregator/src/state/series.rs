@@ -1,7 +1,7 @@
 //! Cluster series ("slots") and how a node's values fold into them: definitions, gauge sums and maxima,
 //! counter increments into the open window, capacity gauges. A report costs O(series it changes).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use cni_metrics_proto::catalog::{self, NodeFold};
@@ -22,8 +22,10 @@ pub(super) struct Slot {
     pub(super) sum: f64,
     /// Gauge: number of contributing nodes.
     pub(super) contributors: u32,
-    /// Gauge with max fold: value per contributing node.
+    /// Gauge with max fold: value per contributing node, and how many nodes have each value (by
+    /// [`order_key`]), so the maximum is read in O(log values) instead of a pass over the nodes.
     pub(super) per_node: HashMap<Arc<str>, f64>,
+    pub(super) maxima: BTreeMap<u64, u32>,
     /// Counter: increments since aggregator start.
     pub(super) total: f64,
     /// Counter: increments in the open publish window.
@@ -31,15 +33,65 @@ pub(super) struct Slot {
 }
 
 impl Slot {
+    fn new(family: Arc<str>, name: Arc<str>, labels: Vec<(String, String)>, kind: MetricKind, fold: NodeFold) -> Self {
+        Self {
+            family,
+            name,
+            labels,
+            kind,
+            fold,
+            sum: 0.0,
+            contributors: 0,
+            per_node: HashMap::new(),
+            maxima: BTreeMap::new(),
+            total: 0.0,
+            window: 0.0,
+        }
+    }
+
     pub(super) fn gauge_value(&self) -> Option<f64> {
         if self.contributors == 0 {
             return None;
         }
         match self.fold {
             NodeFold::Sum => Some(self.sum),
-            NodeFold::Max => self.per_node.values().copied().fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v)))),
+            NodeFold::Max => self.maxima.last_key_value().map(|(k, _)| from_order_key(*k)),
         }
     }
+
+    /// A max-fold node value now `v` (`None`: withdrawn).
+    fn set_node_max(&mut self, node: &Arc<str>, v: Option<f64>) {
+        let old = match v {
+            Some(v) => {
+                *self.maxima.entry(order_key(v)).or_default() += 1;
+                self.per_node.insert(node.clone(), v)
+            }
+            None => self.per_node.remove(node),
+        };
+        if let Some(old) = old {
+            let k = order_key(old);
+            if let Some(c) = self.maxima.get_mut(&k) {
+                *c -= 1;
+                if *c == 0 {
+                    self.maxima.remove(&k);
+                }
+            }
+        }
+    }
+}
+
+/// A key that orders as the (non-NaN) number does.
+pub(crate) fn order_key(v: f64) -> u64 {
+    let b = v.to_bits();
+    if b >> 63 == 1 {
+        !b
+    } else {
+        b | 1 << 63
+    }
+}
+
+pub(super) fn from_order_key(k: u64) -> f64 {
+    f64::from_bits(if k >> 63 == 1 { k & !(1 << 63) } else { !k })
 }
 
 impl ClusterState {
@@ -103,18 +155,7 @@ impl ClusterState {
         let fold =
             if key.1.iter().any(|(n, _)| n == "quantile") && family_type == FamilyType::Summary { NodeFold::Max } else { NodeFold::Sum };
         let i = self.slots.len() as u32;
-        self.slots.push(Slot {
-            family,
-            name,
-            labels: key.1.clone(),
-            kind,
-            fold,
-            sum: 0.0,
-            contributors: 0,
-            per_node: HashMap::new(),
-            total: 0.0,
-            window: 0.0,
-        });
+        self.slots.push(Slot::new(family, name, key.1.clone(), kind, fold));
         self.slot_index.insert(key, i);
         Some(i)
     }
@@ -165,7 +206,7 @@ impl ClusterState {
                 slot.sum += v;
                 slot.contributors += 1;
                 if slot.fold == NodeFold::Max {
-                    slot.per_node.insert(node_name.clone(), v);
+                    slot.set_node_max(node_name, Some(v));
                 }
                 s.value = v;
                 s.contributing = true;
@@ -208,6 +249,44 @@ pub(super) fn withdraw(slot: &mut Slot, node: &Arc<str>, v: f64) {
         slot.sum = 0.0; // no residue from float rounding once nobody contributes
     }
     if slot.fold == NodeFold::Max {
-        slot.per_node.remove(node);
+        slot.set_node_max(node, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_keys_order_as_numbers_and_round_trip() {
+        let vals = [f64::NEG_INFINITY, -1e9, -2.5, -0.0, 0.0, 1e-300, 1.0, 2.5, 1e9, f64::INFINITY];
+        let keys: Vec<u64> = vals.iter().map(|v| order_key(*v)).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        for v in vals {
+            assert_eq!(from_order_key(order_key(v)).to_bits(), v.to_bits(), "{v}");
+        }
+    }
+
+    #[test]
+    fn the_maximum_follows_nodes_in_and_out() {
+        let mut slot = Slot::new(Arc::from("f"), Arc::from("f"), Vec::new(), MetricKind::Gauge, NodeFold::Max);
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"), Arc::from("c"));
+        // (node, value or withdrawn, the maximum after)
+        let steps: [(&Arc<str>, Option<f64>, Option<f64>); 7] = [
+            (&a, Some(3.0), Some(3.0)),
+            (&b, Some(7.0), Some(7.0)),
+            (&c, Some(7.0), Some(7.0)),
+            (&b, Some(1.0), Some(7.0)),
+            (&c, None, Some(3.0)),
+            (&a, Some(-2.0), Some(1.0)),
+            (&b, None, Some(-2.0)),
+        ];
+        for (i, (node, v, want)) in steps.into_iter().enumerate() {
+            slot.set_node_max(node, v);
+            slot.contributors = slot.per_node.len() as u32;
+            assert_eq!(slot.gauge_value(), want, "step {i}");
+        }
+        slot.set_node_max(&a, None);
+        assert!(slot.maxima.is_empty() && slot.per_node.is_empty());
     }
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use cni_metrics_proto::v1::{MetricKind, ScrapeStatus};
 
+use super::index::NodeChanges;
 use super::{CapacityTotals, ClusterState, NodeState};
 
 impl ClusterState {
@@ -19,6 +20,13 @@ impl ClusterState {
 
     pub fn nodes(&self) -> impl Iterator<Item = &NodeState> {
         self.nodes.values()
+    }
+
+    /// Nodes by name, from just after `after` (from the first when `None`).
+    pub fn nodes_after<'a>(&'a self, after: Option<&str>) -> impl Iterator<Item = &'a NodeState> + 'a {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.by_name.range::<str, _>((from, Bound::Unbounded)).filter_map(|n| self.nodes.get(n))
     }
 
     pub fn node_count(&self) -> usize {
@@ -51,11 +59,6 @@ impl ClusterState {
         n.status != ScrapeStatus::Ok || now.saturating_duration_since(n.last_seen) > n.interval * 2
     }
 
-    /// Whether `n` went stale by missing reports after `since` and by `now` (a change no report makes).
-    pub fn went_stale(n: &NodeState, since: Instant, now: Instant) -> bool {
-        n.status == ScrapeStatus::Ok && !Self::is_stale(n, since) && Self::is_stale(n, now)
-    }
-
     /// When the node's last report arrived, as a key that orders and pages (nanoseconds from an origin
     /// fixed per aggregator process).
     pub fn report_key(&self, n: &NodeState) -> u64 {
@@ -67,12 +70,38 @@ impl ClusterState {
         self.version += 1;
     }
 
-    /// Nodes removed since the last call (for the consumers' change feed); `None` when more left than
-    /// the log keeps between two calls (the feed then starts its picture again).
-    pub fn take_removed(&mut self) -> Option<Vec<Arc<str>>> {
-        let lost = std::mem::take(&mut self.removed_lost);
-        let removed = std::mem::take(&mut self.removed_log);
-        (!lost).then_some(removed)
+    /// The nodes changed (or gone stale by time in [`since`, `now`)) and those removed since the last
+    /// call, for the consumers' change feed; `None` when more changed than the state remembers between
+    /// two calls (the feed then starts its picture again).
+    pub fn take_changes(&mut self, since: Instant, now: Instant) -> Option<NodeChanges> {
+        let mut log = self.index.take_log()?;
+        let went: Vec<Arc<str>> = self.index.went_stale(since, now).cloned().collect();
+        if !went.is_empty() {
+            log.changed.extend(went);
+            log.changed.sort_unstable();
+            log.changed.dedup();
+        }
+        Some(log)
+    }
+
+    /// Nodes whose last scrape had this status.
+    pub fn status_count(&self, s: ScrapeStatus) -> u64 {
+        self.index.count(s)
+    }
+
+    /// Nodes per scrape status (those with any).
+    pub fn status_counts(&self) -> impl Iterator<Item = (ScrapeStatus, u64)> + '_ {
+        self.index.by_status()
+    }
+
+    /// Stale nodes at `now` (see [`ClusterState::is_stale`]), without a pass over the nodes.
+    pub fn stale_count(&self, now: Instant) -> u64 {
+        self.index.stale(now)
+    }
+
+    /// Series the nodes' agents dropped at their per-node limit, over all nodes.
+    pub fn dropped_series(&self) -> u64 {
+        self.index.dropped()
     }
 
     /// The single non-empty value of a node fact agents report, if they agree on exactly one.

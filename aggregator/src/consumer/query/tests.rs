@@ -179,3 +179,24 @@ fn ranks_order_as_numbers_with_unknown_last() {
     assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "{ranks:?}");
     assert!(rank_of(Some(-1.0)) < rank_of(Some(-0.5)));
 }
+
+#[test]
+fn nodes_that_leave_leave_the_name_order() {
+    let t0 = Instant::now();
+    let mut st = state();
+    let mut sessions = Vec::new();
+    for i in 0..10 {
+        sessions.push(join(&mut st, &format!("n{i}"), "a", 1.0, 30.0, t0));
+    }
+    assert!(st.goodbye("n3", sessions[3]));
+    // n7 goes silent past its TTL (3 × its 1 s interval); the others keep reporting.
+    for (i, s) in sessions.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 7) {
+        set(&mut st, &format!("n{i}"), *s, 2, 1.0, ScrapeStatus::Ok, t0 + secs(3));
+    }
+    st.expire(t0 + secs(4));
+    let by_name: Vec<String> = all_pages(&st, ListNodesRequest { page_size: 3, ..Default::default() }, t0 + secs(4)).concat();
+    assert_eq!(by_name, ["n0", "n1", "n2", "n4", "n5", "n6", "n8", "n9"]);
+    join(&mut st, "n3", "a", 1.0, 30.0, t0 + secs(4));
+    let q = NodeQuery::from_request(&ListNodesRequest::default()).expect("valid");
+    assert_eq!(q.page(&st, t0 + secs(4)).nodes.len(), 9, "a node that comes back is listed again");
+}
