@@ -15,7 +15,8 @@ use cni_metrics_proto::v1::{ListNodesRequest, NodeOrder, NodeView, ScrapeStatus}
 use prost::Message as _;
 
 use super::views::node_view;
-use crate::state::{order_key, ClusterState, NodeState};
+use crate::state::index::headroom_rank;
+use crate::state::{ClusterState, NodeState};
 
 /// Most nodes in one page.
 pub const MAX_PAGE_SIZE: usize = 5_000;
@@ -95,11 +96,6 @@ impl PartialEq for Candidate<'_> {
 }
 
 impl Eq for Candidate<'_> {}
-
-/// A number that orders as `v` does (unknown last).
-fn rank_of(v: Option<f64>) -> u64 {
-    v.filter(|v| !v.is_nan()).map_or(u64::MAX, order_key)
-}
 
 /// FNV-1a: stable across processes and versions, unlike the std hasher.
 fn fnv(parts: &[&[u8]]) -> u64 {
@@ -182,7 +178,7 @@ impl NodeQuery {
     fn rank(&self, st: &ClusterState, n: &NodeState) -> u64 {
         match self.order {
             NodeOrder::Name => 0,
-            NodeOrder::IpHeadroom => rank_of(n.derived.headroom),
+            NodeOrder::IpHeadroom => headroom_rank(n),
             NodeOrder::LastReport => st.report_key(n),
         }
     }
@@ -193,11 +189,15 @@ impl NodeQuery {
 
     /// The page this query asks for.
     pub fn page(&self, st: &ClusterState, now: Instant) -> Page {
-        if self.order == NodeOrder::Name && self.only.is_empty() {
-            // From the name index: O(page) without filters, a counting pass with them.
+        if self.only.is_empty() && matches!(self.order, NodeOrder::Name | NodeOrder::IpHeadroom) {
+            // From the state's ordered indexes: O(page) without filters, a counting pass with them.
             let total = if self.filtered() { st.nodes().filter(|n| self.matches(n, now)).count() } else { st.node_count() };
-            let mut from = st.nodes_after(self.after.as_ref().map(|a| a.name.as_str())).filter(|n| self.matches(n, now));
-            let sorted: Vec<(u64, &NodeState)> = from.by_ref().take(self.page_size).map(|n| (0, n)).collect();
+            let mut from: Box<dyn Iterator<Item = (u64, &NodeState)>> = match self.order {
+                NodeOrder::Name => Box::new(st.nodes_after(self.after.as_ref().map(|a| a.name.as_str())).map(|n| (0, n))),
+                _ => Box::new(st.nodes_by_headroom_after(self.after.as_ref().map(|a| (a.rank, a.name.as_str())))),
+            };
+            let mut from = from.by_ref().filter(|(_, n)| self.matches(n, now));
+            let sorted: Vec<(u64, &NodeState)> = from.by_ref().take(self.page_size).collect();
             let beyond = from.next().is_some();
             return Self::finish(&sorted, beyond, total, now);
         }

@@ -27,6 +27,13 @@ pub struct Indexed {
     /// (stale already).
     stale_at: Option<Instant>,
     expires_at: Instant,
+    /// The node's IP headroom as an order key (`u64::MAX`: unknown).
+    headroom: u64,
+}
+
+/// The order key of a node's headroom (unknown last).
+pub fn headroom_rank(n: &NodeState) -> u64 {
+    n.derived.headroom.filter(|v| !v.is_nan()).map_or(u64::MAX, super::order_key)
 }
 
 impl Indexed {
@@ -36,6 +43,7 @@ impl Indexed {
             dropped: n.dropped_series,
             stale_at: (n.status == ScrapeStatus::Ok).then(|| n.last_seen + n.interval * 2),
             expires_at: n.last_seen + n.ttl,
+            headroom: headroom_rank(n),
         }
     }
 }
@@ -47,6 +55,7 @@ pub struct NodeIndex {
     dropped: u64,
     stale_at: BTreeSet<(Instant, Arc<str>)>,
     expires_at: BTreeSet<(Instant, Arc<str>)>,
+    by_headroom: BTreeSet<(u64, Arc<str>)>,
     changed: Vec<Arc<str>>,
     removed: Vec<Arc<str>>,
     lost: bool,
@@ -75,6 +84,7 @@ impl NodeIndex {
                 self.stale_at.remove(&(t, name.clone()));
             }
             self.expires_at.remove(&(o.expires_at, name.clone()));
+            self.by_headroom.remove(&(o.headroom, name.clone()));
         }
         if let Some(n) = new {
             self.nodes += 1;
@@ -84,6 +94,7 @@ impl NodeIndex {
                 self.stale_at.insert((t, name.clone()));
             }
             self.expires_at.insert((n.expires_at, name.clone()));
+            self.by_headroom.insert((n.headroom, name.clone()));
         }
     }
 
@@ -120,6 +131,17 @@ impl NodeIndex {
     /// Nodes past their TTL at `now`.
     pub fn expired(&self, now: Instant) -> Vec<Arc<str>> {
         self.expires_at.range(..before(now)).map(|(_, n)| n.clone()).collect()
+    }
+
+    /// Nodes by (headroom rank, name), from just after `after`.
+    pub fn by_headroom_after(&self, after: Option<(u64, &str)>) -> impl Iterator<Item = (u64, &Arc<str>)> {
+        use std::ops::Bound;
+        let from = match after {
+            // Just after (rank, name): the first key with this rank and a greater name, or a greater rank.
+            Some((rank, name)) => Bound::Excluded((rank, Arc::<str>::from(name))),
+            None => Bound::Unbounded,
+        };
+        self.by_headroom.range((from, Bound::Unbounded)).map(|(r, n)| (*r, n))
     }
 
     pub fn log_change(&mut self, name: &Arc<str>) {
@@ -175,6 +197,7 @@ mod tests {
             dropped: 1,
             stale_at: (status == ScrapeStatus::Ok).then(|| t + Duration::from_secs(stale_in)),
             expires_at: t + Duration::from_secs(expire_in),
+            headroom: stale_in,
         }
     }
 
@@ -205,6 +228,10 @@ mod tests {
         assert_eq!((ix.stale(s(11)), ix.count(ScrapeStatus::Timeout), ix.dropped()), (0, 0, 2));
         assert_eq!(ix.by_status().collect::<Vec<_>>(), vec![(ScrapeStatus::Ok, 2)]);
         assert!(ix.expired(s(12)).is_empty());
+        let order: Vec<(u64, &str)> = ix.by_headroom_after(None).map(|(r, n)| (r, &**n)).collect();
+        assert_eq!(order, vec![(2, "a"), (2, "c")], "by headroom, then name");
+        let after: Vec<&str> = ix.by_headroom_after(Some((2, "a"))).map(|(_, n)| &**n).collect();
+        assert_eq!(after, vec!["c"]);
     }
 
     #[test]

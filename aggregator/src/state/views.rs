@@ -29,6 +29,11 @@ impl ClusterState {
         self.by_name.range::<str, _>((from, Bound::Unbounded)).filter_map(|n| self.nodes.get(n))
     }
 
+    /// Nodes by (IP headroom, name), least headroom first and unknown last, from just after `after`.
+    pub fn nodes_by_headroom_after<'a>(&'a self, after: Option<(u64, &str)>) -> impl Iterator<Item = (u64, &'a NodeState)> + 'a {
+        self.index.by_headroom_after(after).filter_map(|(rank, n)| Some((rank, self.nodes.get(n)?)))
+    }
+
     pub fn node_count(&self) -> usize {
         self.nodes.len()
     }

@@ -175,9 +175,10 @@ fn bad_requests_and_tokens_are_refused() {
 #[test]
 fn ranks_order_as_numbers_with_unknown_last() {
     let vals = [Some(-3.5), Some(-0.0), Some(0.0), Some(1.0), Some(2.5), Some(1e9), None];
-    let ranks: Vec<u64> = vals.iter().map(|v| rank_of(*v)).collect();
+    let rank = |v: Option<f64>| v.map_or(u64::MAX, crate::state::order_key);
+    let ranks: Vec<u64> = vals.iter().map(|v| rank(*v)).collect();
     assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "{ranks:?}");
-    assert!(rank_of(Some(-1.0)) < rank_of(Some(-0.5)));
+    assert!(rank(Some(-1.0)) < rank(Some(-0.5)));
 }
 
 #[test]
