@@ -100,8 +100,8 @@ impl ConsumerService {
                         continue;
                     }
                     let wants_changes = wants_changes.load(Ordering::Relaxed) > 0;
-                    let (changed, removed) = match &log {
-                        Some(log) if wants_changes => (views_of(&st, &log.changed, now), Some(log.removed.clone())),
+                    let (changed, removed) = match log {
+                        Some(log) if wants_changes => (views_of(&st, &log.changed, now), Some(log.removed)),
                         _ => (Vec::new(), None),
                     };
                     if !changed.is_empty() && st.version() == seen {

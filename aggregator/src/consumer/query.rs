@@ -158,13 +158,24 @@ impl NodeQuery {
         Ok(q)
     }
 
-    /// Every node (of `only`, when not empty) by name, after `after`, `page_size` at a time.
+    /// Every node (of `only`, when not empty) by name, after `after`, `page_size` at a time: the
+    /// aggregator's own paging (the Subscribe picture), which hands out no tokens.
     pub fn by_name(only: &[String], after: Option<String>, page_size: usize) -> Self {
-        let r = ListNodesRequest { nodes: only.to_vec(), ..ListNodesRequest::default() };
-        let mut q = Self::from_request(&r).unwrap_or_else(|_| unreachable!("a request without order or filters is valid"));
-        q.page_size = page_size.clamp(1, MAX_PAGE_SIZE);
-        q.after = after.map(|name| Key { rank: 0, name });
-        q
+        let mut only = only.to_vec();
+        only.sort_unstable();
+        only.dedup();
+        Self {
+            only,
+            page_size: page_size.clamp(1, MAX_PAGE_SIZE),
+            order: NodeOrder::Name,
+            statuses: Vec::new(),
+            zones: HashSet::new(),
+            max_headroom: None,
+            low: false,
+            stale: false,
+            after: after.map(|name| Key { rank: 0, name }),
+            fingerprint: 0,
+        }
     }
 
     fn matches(&self, n: &NodeState, now: Instant) -> bool {
