@@ -10,12 +10,17 @@
 //! with UNAUTHENTICATED and the agent reconnects with the token kubelet has refreshed meanwhile.
 //!
 //! Besides acks, a stream carries commits: when the publisher records that every sink delivered a window
-//! ([`ClusterState::commit`](crate::state::ClusterState::commit)) it bumps a watch; each stream then sends its node's new committed seq. At
-//! shutdown the service first *freezes* (reports are no longer applied, so nothing enters a window that
+//! ([`ClusterState::commit`](crate::state::ClusterState::commit)) it hands each node's new committed seq
+//! to the [`CommitMailbox`], which puts it straight into the node's outbound queue, a chunk of nodes at a
+//! time: no stream task wakes and no state lock is taken per stream, so 19,000 commits do not stall the
+//! acks of reports arriving meanwhile. A commit that found its queue full (or came between a Hello and
+//! the stream's registration) goes out with the node's next ack. At shutdown the service first *freezes* (reports are no longer applied, so nothing enters a window that
 //! will not be published), the publisher delivers the last window, and only then do streams send their
 //! final commit and end with UNAVAILABLE.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cni_metrics_proto::v1::ingest_server::Ingest;
@@ -30,10 +35,14 @@ use tracing::{debug, info, warn};
 
 use crate::auth::TokenAuth;
 use crate::shared::{lock, Shared};
-use crate::state::{IngestError, Refusal, Welcomed};
+use crate::state::{CommitMark, IngestError, Refusal, Welcomed};
 
 /// Outbound (ack) queue per stream; acks are cumulative, so a full queue just skips one.
 const ACK_QUEUE: usize = 8;
+
+/// Nodes handed their commits per mailbox lock hold; the publisher yields between chunks so the
+/// connection tasks write them (and other streams' acks go out) before the next chunk.
+const FANOUT_CHUNK: usize = 512;
 
 /// What a stream task queues for its agent, made a message only as the transport takes it. Kept small
 /// (an ack is a number): a tokio channel allocates 32 slots at a time whatever its bound, one channel per
@@ -54,6 +63,62 @@ impl Outbound {
             Outbound::End(status) => return Err(*status),
         };
         Ok(AggregatorMessage { body: Some(body) })
+    }
+}
+
+/// The connected nodes' outbound queues, for the publisher's commits (see the module doc).
+#[derive(Default)]
+pub struct CommitMailbox {
+    streams: Mutex<HashMap<Arc<str>, Mailbox>>,
+}
+
+/// One stream's entry in the [`CommitMailbox`].
+struct Mailbox {
+    session: u64,
+    run_id: u64,
+    tx: mpsc::Sender<Outbound>,
+    /// The highest commit put in the queue (by the publisher or the stream).
+    sent: Arc<AtomicU64>,
+}
+
+impl CommitMailbox {
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Mailbox>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Register a welcomed stream (replacing the node's previous one); returns its sent-commit cell.
+    fn register(&self, node: &Arc<str>, session: u64, run_id: u64, tx: mpsc::Sender<Outbound>, sent: u64) -> Arc<AtomicU64> {
+        let cell = Arc::new(AtomicU64::new(sent));
+        self.streams().insert(node.clone(), Mailbox { session, run_id, tx, sent: cell.clone() });
+        cell
+    }
+
+    /// Remove the stream's entry unless a newer stream of the node replaced it.
+    fn unregister(&self, node: &str, session: u64) {
+        let mut streams = self.streams();
+        if streams.get(node).is_some_and(|m| m.session == session) {
+            streams.remove(node);
+        }
+    }
+
+    /// Put each mark's seq into its node's queue when the node's stream is of that run; returns how
+    /// many were queued. A full queue skips the mark: the node's next ack carries it.
+    pub async fn deliver(&self, marks: &[CommitMark]) -> usize {
+        let mut queued = 0;
+        for chunk in marks.chunks(FANOUT_CHUNK) {
+            {
+                let streams = self.streams();
+                for m in chunk {
+                    let Some(mb) = streams.get(&m.node).filter(|mb| mb.run_id == m.run_id) else { continue };
+                    if mb.sent.load(Ordering::Relaxed) < m.seq && mb.tx.try_send(Outbound::Commit(m.seq)).is_ok() {
+                        mb.sent.fetch_max(m.seq, Ordering::Relaxed);
+                        queued += 1;
+                    }
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        queued
     }
 }
 
@@ -79,8 +144,10 @@ pub struct StreamSignals {
     /// True once the last window is delivered: streams send their last commit and end with UNAVAILABLE
     /// so agents reconnect elsewhere.
     pub stop: watch::Receiver<bool>,
-    /// The state's commit generation, bumped by the publisher.
+    /// The state's commit generation, bumped by the publisher (followed after a goodbye).
     pub commits: watch::Receiver<u64>,
+    /// Where the publisher puts the nodes' commits.
+    pub mailbox: Arc<CommitMailbox>,
 }
 
 /// Limits of the service.
@@ -250,15 +317,17 @@ impl Ingest for IngestService {
         let (tx, rx) = mpsc::channel(ACK_QUEUE);
         let welcome = welcome_message(&welcomed, self.instance_id, self.started_unix_ms);
         let _ = tx.try_send(Outbound::Welcome(Box::new(welcome)));
+        let node: Arc<str> = Arc::from(hello.node_name);
+        let sent_commit = self.signals.mailbox.register(&node, welcomed.session, hello.run_id, tx.clone(), welcomed.committed_seq);
         let stream = AgentStream {
             state: self.state.clone(),
-            node: hello.node_name,
+            node,
             session: welcomed.session,
             run_id: hello.run_id,
             inbound,
             tx,
             signals: self.signals.clone(),
-            sent_commit: welcomed.committed_seq,
+            sent_commit,
             token_deadline,
             _permit: permit,
         };
@@ -277,14 +346,14 @@ enum Next {
 /// aggregator stops. Holds its `--max-streams` permit whichever way it ends.
 pub struct AgentStream {
     state: Shared,
-    node: String,
+    node: Arc<str>,
     session: u64,
     run_id: u64,
     inbound: Streaming<AgentMessage>,
     tx: mpsc::Sender<Outbound>,
     signals: StreamSignals,
-    /// The last commit sent to the agent.
-    sent_commit: u64,
+    /// The last commit queued for the agent (shared with the [`CommitMailbox`]).
+    sent_commit: Arc<AtomicU64>,
     /// When the agent's token stops holding (token mode).
     token_deadline: Option<tokio::time::Instant>,
     _permit: OwnedSemaphorePermit,
@@ -300,13 +369,14 @@ async fn until(deadline: Option<tokio::time::Instant>) {
 
 impl AgentStream {
     pub async fn run(mut self) {
+        self.serve().await;
+        self.signals.mailbox.unregister(&self.node, self.session);
+    }
+
+    async fn serve(&mut self) {
         loop {
             let next = tokio::select! {
                 m = self.inbound.message() => m,
-                Ok(()) = self.signals.commits.changed() => {
-                    self.on_commits_changed();
-                    continue;
-                }
                 _ = async { let _ = self.signals.stop.wait_for(|s| *s).await; } => {
                     self.on_stop().await;
                     return;
@@ -349,21 +419,39 @@ impl AgentStream {
         }
     }
 
-    /// The publisher committed windows: send the node's new committed seq. Cumulative: should the
-    /// queue be full, the next commit (or the last one at shutdown) covers this one.
-    fn on_commits_changed(&mut self) {
-        if let Some(seq) = unsent_commit(&self.state, &self.node, self.session, self.sent_commit) {
-            if self.tx.try_send(Outbound::Commit(seq)).is_ok() {
-                self.sent_commit = seq;
-            }
+    fn sent_commit(&self) -> u64 {
+        self.sent_commit.load(Ordering::Relaxed)
+    }
+
+    /// Queue `seq` as a commit unless it is already queued; false when the queue is full or closed.
+    fn try_commit(&self, seq: u64) -> bool {
+        if seq <= self.sent_commit() {
+            return true;
         }
+        let queued = self.tx.try_send(Outbound::Commit(seq)).is_ok();
+        if queued {
+            self.sent_commit.fetch_max(seq, Ordering::Relaxed);
+        }
+        queued
+    }
+
+    /// Queue `seq` as a commit, waiting for room; false when the stream is gone.
+    async fn send_commit(&self, seq: u64) -> bool {
+        if seq <= self.sent_commit() {
+            return true;
+        }
+        let queued = self.tx.send(Outbound::Commit(seq)).await.is_ok();
+        if queued {
+            self.sent_commit.fetch_max(seq, Ordering::Relaxed);
+        }
+        queued
     }
 
     /// The last window is delivered: send the last commit and end with UNAVAILABLE so the agent
     /// reconnects elsewhere.
     async fn on_stop(&mut self) {
-        if let Some(seq) = unsent_commit(&self.state, &self.node, self.session, self.sent_commit) {
-            let _ = self.tx.send(Outbound::Commit(seq)).await;
+        if let Some(seq) = unsent_commit(&self.state, &self.node, self.session, self.sent_commit()) {
+            let _ = self.send_commit(seq).await;
         }
         let _ = self.tx.send(Outbound::End(Box::new(Status::unavailable("aggregator shutting down")))).await;
         lock(&self.state).disconnected(&self.node, self.session);
@@ -381,6 +469,8 @@ impl AgentStream {
                 if let Some(recovered) = a.recovered {
                     info!(node = %self.node, session = self.session, seq = r.seq, recovered, "run first seen mid-way: counting its increments since its last commit");
                 }
+                // A commit the mailbox could not queue (or that came before the stream registered).
+                self.try_commit(a.committed);
                 let _ = self.tx.try_send(Outbound::Ack(a.ack));
                 Next::Continue
             }
@@ -401,11 +491,8 @@ impl AgentStream {
         let mut last = false;
         loop {
             let Some((committed, closed)) = lock(&self.state).departed_commits(&self.node, self.run_id) else { break };
-            if committed > self.sent_commit {
-                if self.tx.send(Outbound::Commit(committed)).await.is_err() {
-                    break;
-                }
-                self.sent_commit = committed;
+            if !self.send_commit(committed).await {
+                break;
             }
             if committed >= closed || last {
                 break;
@@ -431,5 +518,79 @@ impl AgentStream {
     async fn close(&mut self, status: Status) {
         let _ = self.tx.send(Outbound::End(Box::new(status))).await;
         lock(&self.state).disconnected(&self.node, self.session);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(node: &str, run_id: u64, seq: u64) -> CommitMark {
+        CommitMark { node: Arc::from(node), run_id, seq }
+    }
+
+    fn queued(rx: &mut mpsc::Receiver<Outbound>) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            match o {
+                Outbound::Commit(seq) => out.push(seq),
+                _ => out.push(u64::MAX),
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn mailbox_queues_commits_of_the_streams_run_once_and_skips_full_queues() {
+        let mb = CommitMailbox::default();
+        let (tx_a, mut rx_a) = mpsc::channel(2);
+        let (tx_b, mut rx_b) = mpsc::channel(2);
+        let sent_a = mb.register(&Arc::from("a"), 1, 10, tx_a, 3);
+        let sent_b = mb.register(&Arc::from("b"), 2, 20, tx_b, 0);
+        // a: a newer commit is queued, one not above what it has is not; b: another run's mark is not.
+        let n = mb.deliver(&[mark("a", 10, 5), mark("a", 10, 2), mark("b", 99, 7), mark("gone", 1, 1)]).await;
+        assert_eq!(n, 1);
+        assert_eq!(queued(&mut rx_a), vec![5]);
+        assert_eq!(sent_a.load(Ordering::Relaxed), 5);
+        assert!(queued(&mut rx_b).is_empty());
+        // A full queue skips the mark and leaves the sent cell where it was: the next ack carries it.
+        mb.deliver(&[mark("b", 20, 1), mark("b", 20, 2)]).await;
+        let n = mb.deliver(&[mark("b", 20, 3)]).await;
+        assert_eq!(n, 0);
+        assert_eq!(sent_b.load(Ordering::Relaxed), 2);
+        assert_eq!(queued(&mut rx_b), vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_newer_stream_of_the_node_keeps_its_entry_when_the_old_one_ends() {
+        let mb = CommitMailbox::default();
+        let (tx_old, _rx_old) = mpsc::channel(2);
+        let (tx_new, mut rx_new) = mpsc::channel(2);
+        let node: Arc<str> = Arc::from("n");
+        mb.register(&node, 1, 7, tx_old, 0);
+        mb.register(&node, 2, 7, tx_new, 0);
+        mb.unregister("n", 1);
+        assert_eq!(mb.deliver(&[mark("n", 7, 4)]).await, 1);
+        assert_eq!(queued(&mut rx_new), vec![4]);
+        mb.unregister("n", 2);
+        assert_eq!(mb.deliver(&[mark("n", 7, 5)]).await, 0);
+    }
+
+    #[tokio::test]
+    async fn thousands_of_marks_are_delivered_across_chunks() {
+        let mb = CommitMailbox::default();
+        let mut rxs = Vec::new();
+        let marks: Vec<CommitMark> = (0..FANOUT_CHUNK * 3 + 7)
+            .map(|i| {
+                let (tx, rx) = mpsc::channel(1);
+                mb.register(&Arc::from(format!("n{i}").as_str()), 1, 1, tx, 0);
+                rxs.push(rx);
+                mark(&format!("n{i}"), 1, i as u64 + 1)
+            })
+            .collect();
+        assert_eq!(mb.deliver(&marks).await, marks.len());
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            assert_eq!(queued(rx), vec![i as u64 + 1]);
+        }
     }
 }

@@ -6,7 +6,8 @@
 //! End-to-end acknowledgement: every window gets a sequence number and keeps its commit marks in
 //! [`Commits`] until every sink reports it resolved ([`Sink::delivered_through`]: delivered, or dropped
 //! and counted by the sink); then the marks go to [`ClusterState::commit`](crate::state::ClusterState::commit)
-//! and the commit watch wakes the streams, which tell their agents.
+//! and the [`CommitMailbox`] queues each node's commit on its stream, a chunk of nodes at a time
+//! (the commit watch is bumped for streams waiting after a goodbye).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -19,6 +20,7 @@ use cni_metrics_proto::labels::Label;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::ingest::CommitMailbox;
 use crate::shared::{lock, Shared};
 use crate::sinks::Sink;
 use crate::state::CommitMark;
@@ -64,15 +66,19 @@ pub struct Commits {
     next_seq: u64,
     pending: VecDeque<(u64, Vec<CommitMark>)>,
     generation: watch::Sender<u64>,
+    mailbox: Arc<CommitMailbox>,
 }
 
+/// Commit marks recorded per state lock hold: 100,000 nodes' marks are a few short holds, not one long.
+const COMMIT_CHUNK: usize = 4096;
+
 impl Commits {
-    pub fn new(generation: watch::Sender<u64>) -> Self {
-        Self { next_seq: 0, pending: VecDeque::new(), generation }
+    pub fn new(generation: watch::Sender<u64>, mailbox: Arc<CommitMailbox>) -> Self {
+        Self { next_seq: 0, pending: VecDeque::new(), generation, mailbox }
     }
 
-    /// Commit every window all sinks resolved; wake the streams when a node's commit advanced.
-    pub fn settle(&mut self, state: &Shared, sinks: &[Arc<dyn Sink>]) {
+    /// Commit every window all sinks resolved, then queue each node's new commit on its stream.
+    pub async fn settle(&mut self, state: &Shared, sinks: &[Arc<dyn Sink>]) {
         let through = sinks.iter().map(|s| s.delivered_through()).min().unwrap_or(u64::MAX);
         let mut marks = Vec::new();
         while self.pending.front().is_some_and(|(seq, _)| *seq <= through) {
@@ -83,9 +89,16 @@ impl Commits {
         if marks.is_empty() {
             return;
         }
-        let mut st = lock(state);
-        if st.commit(&marks) > 0 {
-            self.generation.send_replace(st.commit_generation());
+        let mut advanced = 0;
+        for chunk in marks.chunks(COMMIT_CHUNK) {
+            let mut st = lock(state);
+            advanced += st.commit(chunk);
+            if advanced > 0 {
+                self.generation.send_replace(st.commit_generation());
+            }
+        }
+        if advanced > 0 {
+            self.mailbox.deliver(&marks).await;
         }
     }
 
@@ -117,7 +130,7 @@ pub async fn publish_once(state: &Shared, sinks: &[Arc<dyn Sink>], stats: &Mutex
             }
         }
     }
-    commits.settle(state, sinks);
+    commits.settle(state, sinks).await;
 }
 
 /// Pause between the freeze and the final window at shutdown.
@@ -146,7 +159,7 @@ pub async fn run_publisher(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = ticker.tick() => publish_once(&state, &sinks, &stats, &mut commits).await,
-            _ = settle.tick(), if commits.waiting() > 0 => commits.settle(&state, &sinks),
+            _ = settle.tick(), if commits.waiting() > 0 => commits.settle(&state, &sinks).await,
         }
     }
     // Streams that ended just before the freeze (an agent killed in the same moment) are seen first, so
@@ -157,7 +170,7 @@ pub async fn run_publisher(
     for sink in &sinks {
         sink.close(grace).await;
     }
-    commits.settle(&state, &sinks);
+    commits.settle(&state, &sinks).await;
     if commits.waiting() > 0 {
         warn!(windows = commits.waiting(), "windows not delivered at exit: agents will send their increments again to the next aggregator");
     }

@@ -96,7 +96,8 @@ pub async fn serve(
         };
         tokio::spawn(crate::subnets::run_refresher(handles.state.clone(), sub, stopped()));
     }
-    let signals = StreamSignals { frozen: freeze_rx.clone(), stop: stop_tx.subscribe(), commits: commit_rx };
+    let mailbox = Arc::new(crate::ingest::CommitMailbox::default());
+    let signals = StreamSignals { frozen: freeze_rx.clone(), stop: stop_tx.subscribe(), commits: commit_rx, mailbox: mailbox.clone() };
     let open_files = match crate::limits::raise_open_file_limit() {
         Ok(n) => Some(n),
         Err(e) => {
@@ -211,7 +212,7 @@ pub async fn serve(
         cfg.publish_interval,
         cfg.shutdown_grace,
         handles.publish.clone(),
-        Commits::new(commit_tx),
+        Commits::new(commit_tx, mailbox),
         frozen,
     ));
 

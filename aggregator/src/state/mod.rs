@@ -98,6 +98,8 @@ pub struct Applied {
     pub fresh: bool,
     /// Increments counted from the committed totals of a run first seen mid-way (to log).
     pub recovered: Option<f64>,
+    /// The node run's committed seq: the stream sends it with the ack when its agent has not had it.
+    pub committed: u64,
 }
 
 /// A cluster series' identity: sample name and labels after the cluster fold.
@@ -368,11 +370,11 @@ impl ClusterState {
         }
         if r.seq <= node.last_seq && !r.snapshot {
             self.stats.reports_ignored_old_seq += 1;
-            let ack = node.last_seq;
+            let (ack, committed) = (node.last_seq, node.committed_seq);
             if let Some(n) = self.nodes.get_mut(node_name) {
                 n.last_seen = now;
             }
-            return Ok(Applied { ack, fresh: false, recovered: None });
+            return Ok(Applied { ack, fresh: false, recovered: None, committed });
         }
         // Validate every string and definition before changing anything.
         validate::report(r)?;
@@ -485,7 +487,7 @@ impl ClusterState {
         if !r.ids.is_empty() || !r.removed.is_empty() || !r.defs.is_empty() || r.snapshot {
             self.version += 1;
         }
-        Ok(Applied { ack: node.last_seq, fresh: true, recovered: recovering.then_some(recovered) })
+        Ok(Applied { ack: node.last_seq, fresh: true, recovered: recovering.then_some(recovered), committed: node.committed_seq })
     }
 
     fn remove_node(&mut self, name: &Arc<str>) {

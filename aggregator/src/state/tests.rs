@@ -106,7 +106,7 @@ fn replays_and_resent_snapshots_never_count_twice() {
     st.report("n1", s, &report(2, false, vec![], &[(2, 8.0)], &[]), t0).expect("inc");
     // The same report again (lost ack, resend): ignored.
     let a = st.report("n1", s, &report(2, false, vec![], &[(2, 8.0)], &[]), t0).expect("dup");
-    assert_eq!(a, Applied { ack: 2, fresh: false, recovered: None });
+    assert_eq!(a, Applied { ack: 2, fresh: false, recovered: None, committed: 0 });
     // Reconnect of the same run: the snapshot repeats the total 8 and adds 1.
     let s2 = st.hello(&hello("n1", 7), t0).expect("hello").session;
     let defs = vec![def(1, ASSIGNED, MetricKind::Gauge, &[]), def(2, ADD, MetricKind::Counter, &[])];
