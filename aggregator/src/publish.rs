@@ -38,11 +38,25 @@ pub struct PublishStats {
     pub datums: BTreeMap<&'static str, u64>,
     pub windows: u64,
     pub last_success_unix_ms: BTreeMap<&'static str, i64>,
+    /// How long the last window close held the state lock.
+    pub close_lock: Duration,
+    /// How long the last commit took to reach every node's stream queue (state and mailbox).
+    pub commit_fanout: Duration,
 }
 
 impl PublishStats {
     pub fn render(&self, page: &mut Page<'_>) {
         page.counter("cni_metrics_publish_windows_total", "Publish windows closed", self.windows);
+        page.gauge(
+            "cni_metrics_window_close_lock_seconds",
+            "How long the last window close held the state lock",
+            self.close_lock.as_secs_f64(),
+        );
+        page.gauge(
+            "cni_metrics_commit_fanout_seconds",
+            "How long the last commit took to reach every connected node's stream",
+            self.commit_fanout.as_secs_f64(),
+        );
         let name = "cni_metrics_publishes_total";
         page.family(name, Kind::Counter, "Window publications by sink and result");
         for ((sink, result), v) in &self.publishes {
@@ -77,8 +91,9 @@ impl Commits {
         Self { next_seq: 0, pending: VecDeque::new(), generation, mailbox }
     }
 
-    /// Commit every window all sinks resolved, then queue each node's new commit on its stream.
-    pub async fn settle(&mut self, state: &Shared, sinks: &[Arc<dyn Sink>]) {
+    /// Commit every window all sinks resolved, then queue each node's new commit on its stream; returns
+    /// how long that took when anything was committed.
+    pub async fn settle(&mut self, state: &Shared, sinks: &[Arc<dyn Sink>]) -> Option<Duration> {
         let through = sinks.iter().map(|s| s.delivered_through()).min().unwrap_or(u64::MAX);
         let mut marks = Vec::new();
         while self.pending.front().is_some_and(|(seq, _)| *seq <= through) {
@@ -87,8 +102,9 @@ impl Commits {
             }
         }
         if marks.is_empty() {
-            return;
+            return None;
         }
+        let start = std::time::Instant::now();
         let mut advanced = 0;
         for chunk in marks.chunks(COMMIT_CHUNK) {
             let mut st = lock(state);
@@ -100,6 +116,7 @@ impl Commits {
         if advanced > 0 {
             self.mailbox.deliver(&marks).await;
         }
+        Some(start.elapsed())
     }
 
     /// Windows waiting for their sinks.
@@ -110,11 +127,17 @@ impl Commits {
 
 /// Close one window and publish it to every sink.
 pub async fn publish_once(state: &Shared, sinks: &[Arc<dyn Sink>], stats: &Mutex<PublishStats>, commits: &mut Commits) {
+    let start = std::time::Instant::now();
     let mut window = lock(state).take_window(unix_ms_now());
+    let close_lock = start.elapsed();
     commits.next_seq += 1;
     window.seq = commits.next_seq;
     commits.pending.push_back((window.seq, std::mem::take(&mut window.commits)));
-    stats.lock().unwrap_or_else(|e| e.into_inner()).windows += 1;
+    {
+        let mut st = stats.lock().unwrap_or_else(|e| e.into_inner());
+        st.windows += 1;
+        st.close_lock = close_lock;
+    }
     for sink in sinks {
         let result = sink.publish(&window).await;
         let mut st = stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -130,7 +153,14 @@ pub async fn publish_once(state: &Shared, sinks: &[Arc<dyn Sink>], stats: &Mutex
             }
         }
     }
-    commits.settle(state, sinks).await;
+    settle(state, sinks, stats, commits).await;
+}
+
+/// Commit what the sinks delivered; note how long the fan-out took.
+async fn settle(state: &Shared, sinks: &[Arc<dyn Sink>], stats: &Mutex<PublishStats>, commits: &mut Commits) {
+    if let Some(took) = commits.settle(state, sinks).await {
+        stats.lock().unwrap_or_else(|e| e.into_inner()).commit_fanout = took;
+    }
 }
 
 /// Pause between the freeze and the final window at shutdown.
@@ -159,7 +189,7 @@ pub async fn run_publisher(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = ticker.tick() => publish_once(&state, &sinks, &stats, &mut commits).await,
-            _ = settle.tick(), if commits.waiting() > 0 => commits.settle(&state, &sinks).await,
+            _ = settle.tick(), if commits.waiting() > 0 => self::settle(&state, &sinks, &stats, &mut commits).await,
         }
     }
     // Streams that ended just before the freeze (an agent killed in the same moment) are seen first, so
@@ -170,7 +200,7 @@ pub async fn run_publisher(
     for sink in &sinks {
         sink.close(grace).await;
     }
-    commits.settle(&state, &sinks).await;
+    self::settle(&state, &sinks, &stats, &mut commits).await;
     if commits.waiting() > 0 {
         warn!(windows = commits.waiting(), "windows not delivered at exit: agents will send their increments again to the next aggregator");
     }

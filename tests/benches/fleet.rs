@@ -10,6 +10,9 @@
 //! `FLEET_INTERVAL` (default 5s) is every agent's report interval: 19,000 agents at 5 s send what 100,000
 //! nodes send at 26 s, so CPU per report measured here scales to 100,000 nodes at 30 s. `FLEET_ARGS` adds
 //! aggregator flags; `FLEET_AGGREGATOR` runs another build of the aggregator (an absolute path).
+//! `FLEET_TLS=1` runs every connection with mutual TLS (certificates made by `openssl` per run), to see
+//! what mTLS adds per agent. Each row also has the last window close's state-lock hold and how long its
+//! commit took to reach every stream.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -123,15 +126,29 @@ struct Row {
     p99: f64,
     render_ms: f64,
     lock_wait_ms: f64,
+    close_ms: f64,
+    fanout_ms: f64,
     relearn_s: f64,
     relearn_cpu_s: f64,
     refused: u64,
 }
 
-async fn run(n: u64, interval: &str, extra: &[String]) -> Result<Row> {
+async fn run(n: u64, interval: &str, extra: &[String], tls: bool) -> Result<Row> {
     let dir = scratch_dir(&format!("fleet-{n}"))?;
     let port = cni_metrics_e2e::free_port()?;
     let grpc = format!("127.0.0.1:{port}");
+    let mut extra = extra.to_vec();
+    let mut gen_tls = Vec::new();
+    if tls {
+        use cni_metrics_e2e::pki::{ca, leaf};
+        ca(&dir, "ca")?;
+        leaf(&dir, "ca", "server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")?;
+        leaf(&dir, "ca", "agent", "subjectAltName=DNS:fleet\nextendedKeyUsage=clientAuth\n")?;
+        let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        extra.extend(["--tls-cert", &p("server.crt"), "--tls-key", &p("server.key"), "--tls-client-ca", &p("ca.crt")].map(str::to_owned));
+        gen_tls = vec!["--tls-dir".to_owned(), dir.to_string_lossy().into_owned()];
+    }
+    let extra = &extra[..];
     let (mut agg, http) = start_aggregator(&dir, "aggregator", &grpc, extra)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (base_rss, _) = proc_stat(agg.pid());
@@ -146,6 +163,7 @@ async fn run(n: u64, interval: &str, extra: &[String]) -> Result<Row> {
         let child = Command::new(fleet)
             .args(["--aggregator", &grpc, "--agents", &count.to_string(), "--first", &first.to_string()])
             .args(["--source", &format!("127.0.0.{}", 10 + p), "--interval", interval, "--ramp", &ramp])
+            .args(&gen_tls)
             .stdout(std::fs::File::create(&out)?)
             .stderr(Stdio::inherit())
             .spawn()
@@ -185,6 +203,9 @@ async fn run(n: u64, interval: &str, extra: &[String]) -> Result<Row> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     render.sort_by(f64::total_cmp);
+    // The last window close: its lock hold, and how long its commit took to reach every stream.
+    let close_ms = metric(&http, "cni_metrics_window_close_lock_seconds", &[]).await.map_or(f64::NAN, |s| s * 1e3);
+    let fanout_ms = metric(&http, "cni_metrics_commit_fanout_seconds", &[]).await.map_or(f64::NAN, |s| s * 1e3);
     let lock_wait_ms = waits.iter().skip(1).copied().fold(f64::NAN, f64::max);
 
     // Reconnect storm: SIGKILL, restart on the same port, time until every node reports again.
@@ -212,6 +233,8 @@ async fn run(n: u64, interval: &str, extra: &[String]) -> Result<Row> {
         p99: latency_quantile(&c0.hist, &c1.hist, 0.99),
         render_ms: render.get(render.len() / 2).copied().unwrap_or(f64::NAN),
         lock_wait_ms,
+        close_ms,
+        fanout_ms,
         relearn_s: relearn,
         relearn_cpu_s: cpu_r1 - cpu_r0,
         refused,
@@ -227,14 +250,16 @@ async fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     let interval = std::env::var("FLEET_INTERVAL").unwrap_or_else(|_| "5s".to_owned());
     let extra: Vec<String> = std::env::var("FLEET_ARGS").unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+    let tls = std::env::var("FLEET_TLS").is_ok_and(|v| v == "1");
     // Build the aggregator (release, like this bench) before the first row.
     cni_metrics_e2e::bin_dir()?;
     println!(
-        "fleet bench: every agent reports every {interval}; aggregator flags: {}",
+        "fleet bench: every agent reports every {interval}{}; aggregator flags: {}",
+        if tls { ", mutual TLS" } else { "" },
         if extra.is_empty() { "(defaults)".to_owned() } else { extra.join(" ") }
     );
     println!(
-        "{:>7} {:>9} {:>10} {:>10} {:>7} {:>9} {:>8} {:>8} {:>10} {:>10} {:>9} {:>9} {:>8}",
+        "{:>7} {:>9} {:>10} {:>10} {:>7} {:>9} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>8}",
         "agents",
         "RSS MiB",
         "KiB/agent",
@@ -245,14 +270,16 @@ async fn main() -> Result<()> {
         "ack p99",
         "/metrics",
         "lock wait",
+        "close lock",
+        "fan-out",
         "re-learn",
         "storm CPU",
         "refused"
     );
     for n in sizes {
-        let r = run(n, &interval, &extra).await?;
+        let r = run(n, &interval, &extra, tls).await?;
         println!(
-            "{:>7} {:>9.1} {:>10.1} {:>10.1} {:>7.3} {:>9.0} {:>6.1}ms {:>6.1}ms {:>8.2}ms {:>8.2}ms {:>8.1}s {:>8.1}s {:>8}",
+            "{:>7} {:>9.1} {:>10.1} {:>10.1} {:>7.3} {:>9.0} {:>6.1}ms {:>6.1}ms {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>8.1}s {:>8.1}s {:>8}",
             r.agents,
             r.rss_mib,
             r.per_agent_kib,
@@ -263,6 +290,8 @@ async fn main() -> Result<()> {
             r.p99,
             r.render_ms,
             r.lock_wait_ms,
+            r.close_ms,
+            r.fanout_ms,
             r.relearn_s,
             r.relearn_cpu_s,
             r.refused

@@ -7,6 +7,12 @@
 //! since its last broadcast (when a `changes` subscriber exists, see [`feed`]) and, for subscribers of
 //! every node, every node. Every subscriber has a small bounded buffer, and one that falls behind is
 //! dropped with RESOURCE_EXHAUSTED, so a slow consumer never slows ingestion or the other subscribers.
+//!
+//! Without `changes`, an update carries every node in one message: that holds up to
+//! [`EVERY_NODE_LIMIT`] nodes. On a larger cluster such a subscription is refused (or ended, when the
+//! cluster grows past it) with FAILED_PRECONDITION naming the alternatives, instead of the notifier
+//! building 100,000 views per tick for a message no client could decode. A subscriber that names its
+//! nodes (at most [`NAMED_NODES_LIMIT`]) gets views of those only, built for it alone.
 
 pub mod feed;
 pub mod query;
@@ -36,6 +42,17 @@ pub use views::{cluster_view, node_view, node_views};
 const SUBSCRIBER_BUFFER: usize = 4;
 /// Updates kept for subscribers between notifier ticks.
 const BROADCAST_BUFFER: usize = 4;
+/// Most nodes a Subscribe without `changes` carries in an update (a `ListNodes` page's most).
+pub const EVERY_NODE_LIMIT: usize = query::MAX_PAGE_SIZE;
+/// Most nodes a subscriber may name.
+pub const NAMED_NODES_LIMIT: usize = 1000;
+
+/// Why a subscription of every node cannot be served on this cluster.
+fn too_many_nodes(nodes: usize) -> Status {
+    Status::failed_precondition(format!(
+        "the cluster has {nodes} nodes, more than one update carries ({EVERY_NODE_LIMIT}): subscribe with changes (a picture in pages, then what changed), with cluster_only, or name the nodes"
+    ))
+}
 
 /// Views of these nodes (those still there).
 pub fn views_of(st: &ClusterState, names: &[Arc<str>], now: Instant) -> Vec<NodeView> {
@@ -47,8 +64,10 @@ pub fn views_of(st: &ClusterState, names: &[Arc<str>], now: Instant) -> Vec<Node
 pub struct Broadcast {
     pub version: u64,
     pub cluster: ClusterView,
-    /// Every node; empty when no subscriber asked for every node.
+    /// Every node; empty when no subscriber asked for every node, or the cluster has too many.
     pub nodes: Vec<NodeView>,
+    /// Nodes known when there were more than [`EVERY_NODE_LIMIT`] (`nodes` is then empty).
+    pub too_many_nodes: Option<usize>,
     /// The nodes that changed since the previous broadcast, and those removed.
     pub changed: Vec<NodeView>,
     pub removed: Vec<Arc<str>>,
@@ -111,10 +130,15 @@ impl ConsumerService {
                         continue;
                     }
                     seen = st.version();
-                    let nodes = if wants_nodes.load(Ordering::Relaxed) > 0 { node_views(&st, now, &[]) } else { Vec::new() };
+                    let too_many_nodes = (st.node_count() > EVERY_NODE_LIMIT).then_some(st.node_count());
+                    let nodes = if wants_nodes.load(Ordering::Relaxed) > 0 && too_many_nodes.is_none() {
+                        node_views(&st, now, &[])
+                    } else {
+                        Vec::new()
+                    };
                     let complete = wants_changes && removed.is_some();
                     let removed = removed.unwrap_or_default();
-                    Broadcast { version: seen, cluster: cluster_view(&st, now, true), nodes, changed, removed, complete }
+                    Broadcast { version: seen, cluster: cluster_view(&st, now, true), nodes, too_many_nodes, changed, removed, complete }
                 };
                 let _ = updates.send(Arc::new(update));
             }
@@ -133,9 +157,14 @@ impl Drop for NodeInterest {
     }
 }
 
-fn to_update(b: &Broadcast, only: &[String], cluster_only: bool) -> ClusterUpdate {
-    let nodes =
-        if cluster_only { Vec::new() } else { b.nodes.iter().filter(|n| only.is_empty() || only.contains(&n.name)).cloned().collect() };
+/// A subscriber's update from a broadcast: the cluster, and its nodes (every node from the broadcast,
+/// or the named ones, built now from `st`).
+fn to_update(b: &Broadcast, named: Option<(&ClusterState, &[String])>, cluster_only: bool) -> ClusterUpdate {
+    let nodes = match named {
+        _ if cluster_only => Vec::new(),
+        Some((st, only)) => node_views(st, Instant::now(), only),
+        None => b.nodes.clone(),
+    };
     ClusterUpdate { cluster: Some(b.cluster.clone()), nodes, version: b.version, ..ClusterUpdate::default() }
 }
 
@@ -174,7 +203,14 @@ impl Consumer for ConsumerService {
             });
             return Ok(Response::new(ReceiverStream::new(out)));
         }
-        let interest = NodeInterest((!cluster_only).then(|| {
+        if only.len() > NAMED_NODES_LIMIT {
+            return Err(Status::invalid_argument(format!(
+                "{} nodes named: at most {NAMED_NODES_LIMIT} (subscribe with changes for more)",
+                only.len()
+            )));
+        }
+        let every_node = !cluster_only && only.is_empty();
+        let interest = NodeInterest(every_node.then(|| {
             self.node_subscribers.fetch_add(1, Ordering::Relaxed);
             self.node_subscribers.clone()
         }));
@@ -182,10 +218,14 @@ impl Consumer for ConsumerService {
         // The first update at once, from the current state.
         let first = {
             let st = lock(&self.state);
+            if every_node && st.node_count() > EVERY_NODE_LIMIT {
+                return Err(too_many_nodes(st.node_count()));
+            }
             let now = Instant::now();
             let nodes = if cluster_only { Vec::new() } else { node_views(&st, now, &only) };
             ClusterUpdate { cluster: Some(cluster_view(&st, now, true)), nodes, version: st.version(), ..ClusterUpdate::default() }
         };
+        let state = self.state.clone();
         // One slot more than the buffer: reserved for the status that tells a slow consumer it was dropped.
         let (tx, out) = mpsc::channel(SUBSCRIBER_BUFFER + 1);
         let mut last_version = first.version;
@@ -218,7 +258,17 @@ impl Consumer for ConsumerService {
                         let _ = tx.try_send(Err(Status::resource_exhausted("consumer too slow: its buffer is full; resubscribe")));
                         return;
                     }
-                    match tx.try_send(Ok(to_update(&b, &only, cluster_only))) {
+                    if let Some(n) = b.too_many_nodes.filter(|_| every_node) {
+                        warn!(%peer, nodes = n, "subscriber of every node ended: the cluster outgrew one update");
+                        let _ = tx.try_send(Err(too_many_nodes(n)));
+                        return;
+                    }
+                    let update = if every_node || cluster_only {
+                        to_update(&b, None, cluster_only)
+                    } else {
+                        to_update(&b, Some((&lock(&state), &only)), false)
+                    };
+                    match tx.try_send(Ok(update)) {
                         Ok(()) => {
                             last_sent = tokio::time::Instant::now();
                             last_version = b.version;
@@ -229,5 +279,85 @@ impl Consumer for ConsumerService {
             }
         });
         Ok(Response::new(ReceiverStream::new(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use cni_metrics_proto::v1::ScrapeStatus;
+    use tokio_stream::StreamExt;
+
+    use super::testing::{join, state};
+    use super::*;
+
+    fn service(nodes: usize) -> ConsumerService {
+        let mut st = state();
+        let now = Instant::now();
+        for i in 0..nodes {
+            join(&mut st, &format!("n{i:05}"), "az-a", 1.0, 30.0, now);
+        }
+        ConsumerService::new(Arc::new(Mutex::new(st)))
+    }
+
+    fn request(nodes: &[&str], changes: bool) -> Request<SubscribeRequest> {
+        let nodes = nodes.iter().map(|n| (*n).to_owned()).collect();
+        Request::new(SubscribeRequest { nodes, min_interval_ms: 100, cluster_only: false, changes })
+    }
+
+    async fn first(svc: &ConsumerService, req: Request<SubscribeRequest>) -> Result<ClusterUpdate, Status> {
+        let mut out = svc.subscribe(req).await?.into_inner();
+        out.next().await.unwrap_or_else(|| Err(Status::internal("stream ended")))
+    }
+
+    #[tokio::test]
+    async fn every_node_without_changes_is_refused_past_one_update_and_named_nodes_are_served() {
+        let svc = service(EVERY_NODE_LIMIT + 1);
+        let refused = first(&svc, request(&[], false)).await.err().map(|s| (s.code(), s.message().to_owned()));
+        let (code, message) = refused.unwrap_or((tonic::Code::Ok, String::new()));
+        assert_eq!(code, tonic::Code::FailedPrecondition);
+        assert!(message.contains("5001 nodes") && message.contains("changes"), "{message}");
+        // Named nodes: only those, missing ones left out, each once.
+        let named = first(&svc, request(&["n00007", "n00002", "missing", "n00007"], false)).await.map(|u| u.nodes);
+        let names: Vec<String> = named.unwrap_or_default().into_iter().map(|n| n.name).collect();
+        assert_eq!(names, ["n00002", "n00007"]);
+        // Too many names.
+        let many: Vec<String> = (0..=NAMED_NODES_LIMIT).map(|i| format!("n{i:05}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(first(&svc, request(&many, false)).await.err().map(|s| s.code()), Some(tonic::Code::InvalidArgument));
+        // With changes the same cluster is served (its picture in pages).
+        assert!(first(&svc, request(&[], true)).await.is_ok_and(|u| u.reset && u.more));
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_of_every_node_is_ended_when_the_cluster_outgrows_one_update() {
+        let svc = service(3);
+        let mut out = svc.subscribe(request(&[], false)).await.map(Response::into_inner).ok();
+        let got = match out.as_mut() {
+            Some(o) => o.next().await.and_then(Result::ok).map(|u| u.nodes.len()),
+            None => None,
+        };
+        assert_eq!(got, Some(3));
+        let _notifier = svc.run_notifier(Duration::from_millis(20), std::future::pending());
+        {
+            let mut st = lock(&svc.state);
+            let now = Instant::now();
+            for i in 3..=EVERY_NODE_LIMIT {
+                join(&mut st, &format!("n{i:05}"), "az-a", 1.0, 30.0, now);
+            }
+            let s = join(&mut st, "n99999", "az-b", 1.0, 30.0, now);
+            super::testing::set(&mut st, "n99999", s, 2, 2.0, ScrapeStatus::Ok, now);
+        }
+        let mut end = None;
+        if let Some(o) = out.as_mut() {
+            while let Ok(Some(item)) = tokio::time::timeout(Duration::from_secs(5), o.next()).await {
+                if let Err(s) = item {
+                    end = Some(s.code());
+                    break;
+                }
+            }
+        }
+        assert_eq!(end, Some(tonic::Code::FailedPrecondition));
     }
 }

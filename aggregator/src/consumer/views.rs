@@ -100,8 +100,14 @@ pub fn node_view(n: &NodeState, now: Instant) -> NodeView {
 
 /// Node views sorted by name, filtered to `only` when not empty.
 pub fn node_views(st: &ClusterState, now: Instant, only: &[String]) -> Vec<NodeView> {
-    let mut v: Vec<NodeView> =
-        st.nodes().filter(|n| only.is_empty() || only.iter().any(|o| **o == *n.name)).map(|n| node_view(n, now)).collect();
+    let mut v: Vec<NodeView> = if only.is_empty() {
+        st.nodes().map(|n| node_view(n, now)).collect()
+    } else {
+        let mut names: Vec<&str> = only.iter().map(String::as_str).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.into_iter().filter_map(|o| st.node(o)).map(|n| node_view(n, now)).collect()
+    };
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v
 }

@@ -5,7 +5,7 @@
 //! notifier last looked. A node's entry is recomputed after every hello and report ([`Indexed`] from the
 //! node, the difference applied here), so no code path that changes a node has to remember the index.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -186,6 +186,40 @@ pub struct NodeChanges {
     pub removed: Vec<Arc<str>>,
 }
 
+/// How many nodes report each value of a fact (cluster name, region; empty values are not counted),
+/// so the one value all agree on is known without a pass over the nodes.
+#[derive(Debug, Default)]
+pub struct Tally(HashMap<String, u32>);
+
+impl Tally {
+    /// A node now reports `new` where it reported `old` (empty: nothing).
+    pub fn replace(&mut self, old: &str, new: &str) {
+        if old == new {
+            return;
+        }
+        if !old.is_empty() {
+            if let Some(c) = self.0.get_mut(old) {
+                *c -= 1;
+                if *c == 0 {
+                    self.0.remove(old);
+                }
+            }
+        }
+        if !new.is_empty() {
+            *self.0.entry(new.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// The single value reported, if every node that reports one agrees.
+    pub fn agreed(&self) -> Option<&str> {
+        let mut keys = self.0.keys();
+        match (keys.next(), keys.next()) {
+            (Some(k), None) => Some(k),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +282,28 @@ mod tests {
         }
         assert_eq!(ix.take_log(), None, "overflow is said, not hidden");
         assert_eq!(ix.take_log(), Some(NodeChanges::default()), "and then forgotten");
+    }
+
+    #[test]
+    fn tally_agrees_only_on_one_value() {
+        let mut t = Tally::default();
+        assert_eq!(t.agreed(), None);
+        t.replace("", "c1");
+        t.replace("", "c1");
+        t.replace("", "");
+        assert_eq!(t.agreed(), Some("c1"));
+        t.replace("", "c2");
+        assert_eq!(t.agreed(), None);
+        t.replace("c2", "c1");
+        assert_eq!(t.agreed(), Some("c1"));
+        for _ in 0..2 {
+            t.replace("c1", "");
+            assert_eq!(t.agreed(), Some("c1"));
+        }
+        t.replace("c1", "");
+        assert_eq!(t.agreed(), None);
+        // Taking away a value never reported changes nothing.
+        t.replace("c9", "");
+        assert_eq!(t.agreed(), None);
     }
 }

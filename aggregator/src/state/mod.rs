@@ -117,6 +117,9 @@ pub struct ClusterState {
     nodes: HashMap<Arc<str>, NodeState>,
     /// The nodes' names in order, so consumers page by name in O(page).
     by_name: BTreeSet<Arc<str>>,
+    /// The nodes' cluster names and regions, for the one value they agree on.
+    cluster_names: index::Tally,
+    regions: index::Tally,
     departed: HashMap<Arc<str>, Departed>,
     /// Counter identities, shared by every node that has them.
     resume_keys: std::collections::HashSet<Arc<ResumeKey>>,
@@ -147,6 +150,8 @@ impl ClusterState {
             names: HashMap::new(),
             nodes: HashMap::new(),
             by_name: BTreeSet::new(),
+            cluster_names: index::Tally::default(),
+            regions: index::Tally::default(),
             departed: HashMap::new(),
             resume_keys: std::collections::HashSet::new(),
             commit_generation: 0,
@@ -286,6 +291,8 @@ impl ClusterState {
         node.availability_zone.clone_from(&h.availability_zone);
         node.instance_type.clone_from(&h.instance_type);
         node.instance_id.clone_from(&h.instance_id);
+        self.regions.replace(&node.region, &h.region);
+        self.cluster_names.replace(&node.cluster_name, &h.cluster_name);
         node.region.clone_from(&h.region);
         node.cluster_name.clone_from(&h.cluster_name);
         node.interval = interval;
@@ -494,6 +501,8 @@ impl ClusterState {
         self.withhold(name);
         let Some(node) = self.nodes.remove(name) else { return };
         self.by_name.remove(name);
+        self.regions.replace(&node.region, "");
+        self.cluster_names.replace(&node.cluster_name, "");
         self.version += 1;
         self.index.update(name, node.indexed, None);
         self.index.log_removal(name);

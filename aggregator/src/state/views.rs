@@ -109,21 +109,14 @@ impl ClusterState {
         self.index.dropped()
     }
 
-    /// The single non-empty value of a node fact agents report, if they agree on exactly one.
-    pub fn reported(&self, field: impl Fn(&NodeState) -> &String) -> Option<String> {
-        let mut found: Option<&String> = None;
-        for n in self.nodes.values() {
-            let v = field(n);
-            if v.is_empty() {
-                continue;
-            }
-            match found {
-                None => found = Some(v),
-                Some(f) if f == v => {}
-                Some(_) => return None,
-            }
-        }
-        found.cloned()
+    /// The one cluster name all agents that report one agree on.
+    pub fn agreed_cluster_name(&self) -> Option<&str> {
+        self.cluster_names.agreed()
+    }
+
+    /// The one AWS region all agents that report one agree on.
+    pub fn agreed_region(&self) -> Option<&str> {
+        self.regions.agreed()
     }
 
     /// A counter's cluster total including the open window (reports applied, not yet published); a

@@ -193,11 +193,19 @@ impl ClusterState {
             }
         }
         let cluster_id = if self.cfg.cluster_id.is_empty() {
-            self.reported(|n| &n.cluster_name).unwrap_or_default()
+            self.agreed_cluster_name().unwrap_or_default().to_owned()
         } else {
             self.cfg.cluster_id.clone()
         };
-        Window { cluster_id, region_hint: self.reported(|n| &n.region), end_unix_ms, nodes: self.nodes.len(), datums, commits, seq: 0 }
+        Window {
+            cluster_id,
+            region_hint: self.agreed_region().map(str::to_owned),
+            end_unix_ms,
+            nodes: self.nodes.len(),
+            datums,
+            commits,
+            seq: 0,
+        }
     }
 }
 

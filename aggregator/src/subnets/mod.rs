@@ -77,8 +77,11 @@ pub async fn run_refresher(state: Shared, cfg: SubnetConfig, shutdown: impl std:
         let (ids, cluster) = {
             let st = lock(&state);
             let ids = st.subnets_in_use();
-            let cluster =
-                cfg.cluster_name.clone().or_else(|| st.reported(|n| &n.cluster_name)).unwrap_or_else(|| st.cluster_id().to_owned());
+            let cluster = cfg
+                .cluster_name
+                .clone()
+                .or_else(|| st.agreed_cluster_name().map(str::to_owned))
+                .unwrap_or_else(|| st.cluster_id().to_owned());
             (ids, cluster)
         };
         if ids.is_empty() {

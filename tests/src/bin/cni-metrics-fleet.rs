@@ -46,6 +46,10 @@ struct Args {
     /// Largest reconnect backoff after a broken stream.
     #[arg(long, default_value = "5s", value_parser = humantime)]
     max_backoff: Duration,
+    /// Mutual TLS: a folder with `ca.crt` (the aggregator's CA) and `agent.crt` / `agent.key` (the
+    /// agents' client certificate, one for all); the aggregator's certificate must name `localhost`.
+    #[arg(long)]
+    tls_dir: Option<std::path::PathBuf>,
 }
 
 fn humantime(s: &str) -> Result<Duration, String> {
@@ -206,13 +210,22 @@ async fn main() -> Result<()> {
     let files = rlimit::increase_nofile_limit(u64::MAX).context("cannot raise the open-file limit")?;
     anyhow::ensure!(files > args.agents + 64, "{} agents need more than the {files} open files this process may have", args.agents);
     let templates: Arc<Vec<Template>> = Arc::new((0..8).map(|s| Template::build(s + 1, 32)).collect());
-    let url = format!("http://{}", args.aggregator);
-    let endpoint = Endpoint::from_shared(url.clone())
+    let scheme = if args.tls_dir.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", args.aggregator);
+    let mut endpoint = Endpoint::from_shared(url.clone())
         .with_context(|| format!("bad aggregator address {url}"))?
         .local_address(args.source)
         .tcp_nodelay(true)
         .buffer_size(8)
         .connect_timeout(Duration::from_secs(10));
+    if let Some(dir) = &args.tls_dir {
+        let read = |f: &str| std::fs::read(dir.join(f)).with_context(|| format!("read {}", dir.join(f).display()));
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.crt")?))
+            .identity(tonic::transport::Identity::from_pem(read("agent.crt")?, read("agent.key")?))
+            .domain_name("localhost");
+        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+    }
     let stats = Arc::new(Stats::new());
     for i in 0..args.agents {
         let sim = SimAgent::new(args.first + i, &templates);
