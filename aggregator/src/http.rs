@@ -24,6 +24,8 @@ pub struct HttpState {
     pub sinks: Vec<Arc<dyn Sink>>,
     /// Refused TLS handshakes on the gRPC port, when mutual TLS is on.
     pub tls_handshake_failures: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Failed accepts on the gRPC port.
+    pub accept_errors: Arc<std::sync::atomic::AtomicU64>,
     /// The agent token verifier, in `--agent-auth token` mode.
     pub auth: Option<Arc<crate::auth::TokenAuth>>,
 }
@@ -63,6 +65,11 @@ async fn metrics(State(st): State<HttpState>) -> impl IntoResponse {
             f.load(std::sync::atomic::Ordering::Relaxed),
         );
     }
+    page.counter(
+        "cni_metrics_accept_errors_total",
+        "gRPC connections the aggregator failed to accept (e.g. at its open-file limit)",
+        st.accept_errors.load(std::sync::atomic::Ordering::Relaxed),
+    );
     if let Some(auth) = &st.auth {
         auth.render(&mut page);
     }
@@ -96,6 +103,7 @@ mod tests {
             prometheus: true,
             sinks: Vec::new(),
             tls_handshake_failures: None,
+            accept_errors: Arc::default(),
             auth: None,
         })
     }

@@ -23,6 +23,7 @@ pub mod demo;
 pub mod http;
 pub mod ingest;
 pub mod limits;
+pub mod listen;
 pub mod publish;
 pub mod server;
 pub mod shared;

@@ -39,8 +39,7 @@ async fn main() -> anyhow::Result<()> {
         None => telemetry::init(cfg.log_format),
     }
     cfg.validate()?;
-    let grpc = tokio::net::TcpListener::bind(cfg.grpc_listen)
-        .await
+    let grpc = cni_metrics_aggregator::listen::bind(cfg.grpc_listen)
         .with_context(|| format!("cannot listen on {} (--grpc-listen)", cfg.grpc_listen))?;
     let http = tokio::net::TcpListener::bind(cfg.http_listen)
         .await

@@ -13,7 +13,6 @@ use cni_metrics_proto::v1::consumer_server::ConsumerServer;
 use cni_metrics_proto::v1::ingest_server::IngestServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::config::AggregatorConfig;
@@ -47,12 +46,19 @@ pub struct Handles {
     pub state: Shared,
     pub publish: Arc<Mutex<PublishStats>>,
     pub tls_handshake_failures: Arc<std::sync::atomic::AtomicU64>,
+    /// Failed accepts on the gRPC port (e.g. at the open-file limit).
+    pub accept_errors: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Handles {
     pub fn new(cfg: &AggregatorConfig) -> Self {
         let state = ClusterState::new(cfg.state_config());
-        Self { state: Arc::new(Mutex::new(state)), publish: Arc::default(), tls_handshake_failures: Arc::default() }
+        Self {
+            state: Arc::new(Mutex::new(state)),
+            publish: Arc::default(),
+            tls_handshake_failures: Arc::default(),
+            accept_errors: Arc::default(),
+        }
     }
 }
 
@@ -164,10 +170,17 @@ pub async fn serve(
         Some(files) => {
             let initial = crate::tls::server_config(&files)?;
             info!(cert = %files.cert.display(), client_ca = %files.client_ca.display(), "gRPC requires mutual TLS");
-            let incoming = crate::tls::incoming(grpc, files, initial, handles.tls_handshake_failures.clone(), cfg.max_tls_handshakes);
+            let counters = crate::tls::Counters {
+                handshake_failures: handles.tls_handshake_failures.clone(),
+                accept_errors: handles.accept_errors.clone(),
+            };
+            let incoming = crate::tls::incoming(grpc, files, initial, counters, cfg.max_tls_handshakes);
             tokio::spawn(grpc_router.serve_with_incoming_shutdown(incoming, stopped()))
         }
-        None => tokio::spawn(grpc_router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped())),
+        None => {
+            let incoming = crate::listen::PlainIncoming::new(grpc, handles.accept_errors.clone());
+            tokio::spawn(grpc_router.serve_with_incoming_shutdown(incoming, stopped()))
+        }
     };
 
     let app = router(HttpState {
@@ -176,6 +189,7 @@ pub async fn serve(
         prometheus: cfg.prometheus,
         sinks: sinks.clone(),
         tls_handshake_failures: cfg.tls_files().map(|_| handles.tls_handshake_failures.clone()),
+        accept_errors: handles.accept_errors.clone(),
         auth,
     });
     let http_stop = stopped();

@@ -22,7 +22,7 @@ use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{debug, error, info};
+use tracing::{error, info};
 
 pub const RELOAD_EVERY: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,16 +82,25 @@ fn mtimes(files: &TlsFiles) -> Vec<Option<SystemTime>> {
     [&files.cert, &files.key, &files.client_ca].iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
 }
 
+/// What the TLS accept loop counts.
+pub struct Counters {
+    /// Refused or timed-out handshakes.
+    pub handshake_failures: Arc<std::sync::atomic::AtomicU64>,
+    /// Failed accepts (see [`crate::listen`]).
+    pub accept_errors: Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// Accept TCP connections, complete TLS handshakes off the accept loop, and yield authenticated streams.
-/// Failed handshakes (plaintext, no or foreign client certificate) are logged and counted in
-/// `failures`; they never reach gRPC.
+/// Failed handshakes (plaintext, no or foreign client certificate) are logged and counted; they never
+/// reach gRPC. After a failed accept the loop pauses ([`crate::listen::ACCEPT_PAUSE`]).
 pub fn incoming(
     listener: TcpListener,
     files: TlsFiles,
     initial: Arc<ServerConfig>,
-    failures: Arc<std::sync::atomic::AtomicU64>,
+    counters: Counters,
     max_handshakes: usize,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let Counters { handshake_failures: failures, accept_errors } = counters;
     let current = Arc::new(RwLock::new(initial));
     let (tx, rx) = mpsc::channel(64);
     // Reload when the files change, until the server stops.
@@ -123,6 +132,7 @@ pub fn incoming(
     }
     let handshakes = Arc::new(Semaphore::new(max_handshakes.clamp(1, Semaphore::MAX_PERMITS)));
     tokio::spawn(async move {
+        let mut failing = false;
         loop {
             // A permit first: with every handshake slot busy, connections wait in the backlog.
             let permit = tokio::select! {
@@ -134,10 +144,13 @@ pub fn incoming(
                 _ = tx.closed() => return,
             };
             let (tcp, peer) = match accepted {
-                Ok(c) => c,
+                Ok(c) => {
+                    crate::listen::accept_recovered(&mut failing, &accept_errors);
+                    c
+                }
                 Err(e) => {
-                    debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    crate::listen::accept_failed(&e, &accept_errors, &mut failing);
+                    tokio::time::sleep(crate::listen::ACCEPT_PAUSE).await;
                     continue;
                 }
             };

@@ -213,6 +213,47 @@ async fn a_connect_flood_is_refused_and_reporting_nodes_are_unaffected() -> Resu
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_open_file_limit_the_accept_loop_waits_and_recovers() -> Result<()> {
+    let mut c = Cluster::new("faults-emfile", 2, false)?;
+    c.start_aggregator()?;
+    c.start_agents()?;
+    c.wait_reporting(2).await?;
+    // Leave the running aggregator a few files more than it has open, then connect past them.
+    let pid = c.aggregator()?.pid();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    let limit = format!("--nofile={0}:{0}", open + 20);
+    let out = std::process::Command::new("prlimit").args(["--pid", &pid.to_string(), &limit]).output()?;
+    ensure!(out.status.success(), "prlimit: {}", String::from_utf8_lossy(&out.stderr));
+    let mut bare = Vec::new();
+    for _ in 0..60 {
+        bare.push(tokio::net::TcpStream::connect(c.aggregator_address()).await?);
+    }
+    // At the limit the listener stays readable: a loop retrying at once would spin a core.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, cpu0) = cni_metrics_e2e::proc_stat(pid);
+    let t0 = std::time::Instant::now();
+    c.step_all(12, STEP).await?;
+    let (_, cpu1) = cni_metrics_e2e::proc_stat(pid);
+    let elapsed = t0.elapsed().as_secs_f64();
+    ensure!(cpu1 - cpu0 < 0.25 * elapsed, "aggregator used {:.2} s of CPU in {elapsed:.1} s at the file limit", cpu1 - cpu0);
+    // Files free again: it accepts (its /metrics too), counted the failures, and the sums stay exact.
+    drop(bare);
+    let mut page = String::new();
+    for _ in 0..100 {
+        if let Ok(p) = c.metrics().await {
+            page = p;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(sample(&page, "cni_metrics_accept_errors_total", &[]).is_some_and(|n| n > 0.0), "accept errors counted: {page}");
+    c.step_all(2, STEP).await?;
+    c.wait_exact("after the open-file limit", EXACT).await?;
+    ensure!(c.self_metric("cni_metrics_nodes_reporting").await? == 2.0, "both nodes kept reporting");
+    Ok(())
+}
+
 /// One soak episode: a primary fault, maybe an overlapping ipamd fault on another node, steps all along.
 async fn episode(c: &mut Cluster, rng: &mut fastrand::Rng, log: &mut Vec<String>) -> Result<()> {
     let n = c.nodes.len();

@@ -1,0 +1,125 @@
+//! The aggregator's listening sockets and its plaintext gRPC accept stream.
+//!
+//! [`bind`] listens with a backlog of [`BACKLOG`] (the kernel caps it at `net.core.somaxconn`) instead of
+//! tokio's 1,024, so a reconnect storm of thousands of agents after a restart waits in the kernel's queue
+//! instead of having SYNs dropped and retried seconds later.
+//!
+//! [`PlainIncoming`] hands accepted connections to the gRPC server with `TCP_NODELAY` set (the server
+//! does not set it on connections it is given, and Nagle's algorithm would hold a commit or an ack behind
+//! the previous one until the agent's delayed ACK), and pauses [`ACCEPT_PAUSE`] after an accept error:
+//! at the open-file limit (`EMFILE`) the listener stays readable, and without a pause the accept loop
+//! would spin a core until a file is free. Errors are counted (`cni_metrics_accept_errors_total`) and the
+//! first of a run is logged.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::Sleep;
+use tracing::{info, warn};
+
+/// Connections the kernel may queue before the aggregator accepts them.
+pub const BACKLOG: u32 = 4096;
+
+/// Pause after a failed accept (both the plaintext and the TLS accept loops).
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Listen on `addr` with [`BACKLOG`] (and `SO_REUSEADDR`, so a restarted aggregator can bind at once).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Count an accept error; log the first of a run (`failing` says a run is on).
+pub fn accept_failed(e: &io::Error, errors: &AtomicU64, failing: &mut bool) {
+    errors.fetch_add(1, Ordering::Relaxed);
+    if !*failing {
+        *failing = true;
+        warn!(error = %e, pause = ?ACCEPT_PAUSE, "cannot accept gRPC connections (at the open-file limit?); retrying after a pause");
+    }
+}
+
+/// A run of accept errors ended.
+pub fn accept_recovered(failing: &mut bool, errors: &AtomicU64) {
+    if std::mem::take(failing) {
+        info!(errors = errors.load(Ordering::Relaxed), "accepting gRPC connections again");
+    }
+}
+
+/// Accepted plaintext connections, `TCP_NODELAY` set, with a pause after each accept error.
+pub struct PlainIncoming {
+    listener: TcpListener,
+    pause: Option<Pin<Box<Sleep>>>,
+    errors: Arc<AtomicU64>,
+    failing: bool,
+}
+
+impl PlainIncoming {
+    pub fn new(listener: TcpListener, errors: Arc<AtomicU64>) -> Self {
+        Self { listener, pause: None, errors, failing: false }
+    }
+}
+
+impl tokio_stream::Stream for PlainIncoming {
+    type Item = io::Result<TcpStream>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(pause) = self.pause.as_mut() {
+            ready!(pause.as_mut().poll(cx));
+            self.pause = None;
+        }
+        let this = &mut *self;
+        match ready!(this.listener.poll_accept(cx)) {
+            Ok((tcp, _)) => {
+                accept_recovered(&mut this.failing, &this.errors);
+                let _ = tcp.set_nodelay(true);
+                Poll::Ready(Some(Ok(tcp)))
+            }
+            Err(e) => {
+                accept_failed(&e, &this.errors, &mut this.failing);
+                this.pause = Some(Box::pin(tokio::time::sleep(ACCEPT_PAUSE)));
+                // The server logs it at trace level and polls again: the pause then holds it.
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_and_the_backlog_holds_a_burst() {
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // More connections than tokio's default backlog of 1,024, made before any is accepted (fewer
+        // where the kernel caps backlogs lower).
+        let somaxconn: usize =
+            std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(4096);
+        let burst = 1500.min(somaxconn * 3 / 4);
+        let mut clients = Vec::new();
+        for _ in 0..burst {
+            let c = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await;
+            clients.push(c.ok().and_then(Result::ok).expect("connected while nothing is accepted: the backlog holds it"));
+        }
+        let errors = Arc::new(AtomicU64::new(0));
+        let mut incoming = PlainIncoming::new(listener, errors.clone());
+        for _ in 0..clients.len() {
+            let tcp = tokio::time::timeout(Duration::from_secs(5), incoming.next()).await;
+            let tcp = tcp.ok().flatten().and_then(Result::ok).expect("accepted");
+            assert!(tcp.nodelay().unwrap_or(false), "TCP_NODELAY set");
+        }
+        assert_eq!(errors.load(Ordering::Relaxed), 0);
+    }
+}
