@@ -11,9 +11,9 @@
 //!
 //! Besides acks, a stream carries commits: when the publisher records that every sink delivered a window
 //! ([`ClusterState::commit`](crate::state::ClusterState::commit)) it hands each node's new committed seq
-//! to the [`CommitMailbox`], which puts it straight into the node's outbound queue, a chunk of nodes at a
-//! time: no stream task wakes and no state lock is taken per stream, so 19,000 commits do not stall the
-//! acks of reports arriving meanwhile. A commit that found its queue full (or came between a Hello and
+//! to the [`CommitMailbox`], which puts it straight into the node's outbound queue, a paced chunk of
+//! nodes at a time: no stream task wakes and no state lock is taken per stream, so 19,000 commits do
+//! not stall the acks of reports arriving meanwhile. A commit that found its queue full (or came between a Hello and
 //! the stream's registration) goes out with the node's next ack. At shutdown the service first *freezes* (reports are no longer applied, so nothing enters a window that
 //! will not be published), the publisher delivers the last window, and only then do streams send their
 //! final commit and end with UNAVAILABLE.
@@ -40,9 +40,12 @@ use crate::state::{CommitMark, IngestError, Refusal, Welcomed};
 /// Outbound (ack) queue per stream; acks are cumulative, so a full queue just skips one.
 const ACK_QUEUE: usize = 8;
 
-/// Nodes handed their commits per mailbox lock hold; the publisher yields between chunks so the
-/// connection tasks write them (and other streams' acks go out) before the next chunk.
-const FANOUT_CHUNK: usize = 512;
+/// Nodes handed their commits per mailbox lock hold, and the pause between chunks: at most 25,600
+/// commits a second (19,000 nodes in 0.75 s, 100,000 in 4 s), so writing them never takes every core
+/// from the acks of reports arriving meanwhile. Measured at 19,000 streams on 2 cores: unpaced, the
+/// burst (19,000 writes in ~0.4 s) put the ack p99 at 78–131 ms.
+const FANOUT_CHUNK: usize = 256;
+const FANOUT_PAUSE: Duration = Duration::from_millis(10);
 
 /// What a stream task queues for its agent, made a message only as the transport takes it. Kept small
 /// (an ack is a number): a tokio channel allocates 32 slots at a time whatever its bound, one channel per
@@ -105,7 +108,10 @@ impl CommitMailbox {
     /// many were queued. A full queue skips the mark: the node's next ack carries it.
     pub async fn deliver(&self, marks: &[CommitMark]) -> usize {
         let mut queued = 0;
-        for chunk in marks.chunks(FANOUT_CHUNK) {
+        for (i, chunk) in marks.chunks(FANOUT_CHUNK).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(FANOUT_PAUSE).await;
+            }
             {
                 let streams = self.streams();
                 for m in chunk {
@@ -116,7 +122,6 @@ impl CommitMailbox {
                     }
                 }
             }
-            tokio::task::yield_now().await;
         }
         queued
     }
