@@ -107,7 +107,9 @@ mod tests {
         // where the kernel caps backlogs lower).
         let somaxconn: usize =
             std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(4096);
-        let burst = 1500.min(somaxconn * 3 / 4);
+        // Two files per connection (both ends in this process).
+        let files = crate::limits::raise_open_file_limit().map_or(1024, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        let burst = 1500.min(somaxconn * 3 / 4).min(files.saturating_sub(256) / 2);
         let mut clients = Vec::new();
         for _ in 0..burst {
             let c = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await;
