@@ -105,15 +105,15 @@ impl Commits {
             return None;
         }
         let start = std::time::Instant::now();
-        let mut advanced = 0;
+        let mut advanced_to = None;
         for chunk in marks.chunks(COMMIT_CHUNK) {
             let mut st = lock(state);
-            advanced += st.commit(chunk);
-            if advanced > 0 {
-                self.generation.send_replace(st.commit_generation());
+            if st.commit(chunk) > 0 {
+                advanced_to = Some(st.commit_generation());
             }
         }
-        if advanced > 0 {
+        if let Some(generation) = advanced_to {
+            self.generation.send_replace(generation);
             self.mailbox.deliver(&marks).await;
         }
         Some(start.elapsed())
@@ -127,9 +127,12 @@ impl Commits {
 
 /// Close one window and publish it to every sink.
 pub async fn publish_once(state: &Shared, sinks: &[Arc<dyn Sink>], stats: &Mutex<PublishStats>, commits: &mut Commits) {
-    let start = std::time::Instant::now();
-    let mut window = lock(state).take_window(unix_ms_now());
-    let close_lock = start.elapsed();
+    let (mut window, close_lock) = {
+        let mut st = lock(state);
+        let held = std::time::Instant::now();
+        let window = st.take_window(unix_ms_now());
+        (window, held.elapsed())
+    };
     commits.next_seq += 1;
     window.seq = commits.next_seq;
     commits.pending.push_back((window.seq, std::mem::take(&mut window.commits)));

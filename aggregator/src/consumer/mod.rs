@@ -157,14 +157,8 @@ impl Drop for NodeInterest {
     }
 }
 
-/// A subscriber's update from a broadcast: the cluster, and its nodes (every node from the broadcast,
-/// or the named ones, built now from `st`).
-fn to_update(b: &Broadcast, named: Option<(&ClusterState, &[String])>, cluster_only: bool) -> ClusterUpdate {
-    let nodes = match named {
-        _ if cluster_only => Vec::new(),
-        Some((st, only)) => node_views(st, Instant::now(), only),
-        None => b.nodes.clone(),
-    };
+/// A subscriber's update: the broadcast's cluster view with `nodes`.
+fn to_update(b: &Broadcast, nodes: Vec<NodeView>) -> ClusterUpdate {
     ClusterUpdate { cluster: Some(b.cluster.clone()), nodes, version: b.version, ..ClusterUpdate::default() }
 }
 
@@ -263,12 +257,15 @@ impl Consumer for ConsumerService {
                         let _ = tx.try_send(Err(too_many_nodes(n)));
                         return;
                     }
-                    let update = if every_node || cluster_only {
-                        to_update(&b, None, cluster_only)
+                    // Named nodes are built for this subscriber alone, as of now.
+                    let nodes = if cluster_only {
+                        Vec::new()
+                    } else if every_node {
+                        b.nodes.clone()
                     } else {
-                        to_update(&b, Some((&lock(&state), &only)), false)
+                        node_views(&lock(&state), Instant::now(), &only)
                     };
-                    match tx.try_send(Ok(update)) {
+                    match tx.try_send(Ok(to_update(&b, nodes))) {
                         Ok(()) => {
                             last_sent = tokio::time::Instant::now();
                             last_version = b.version;
