@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cni_metrics_proto::v1::SubnetUsage;
+use cni_metrics_proto::v1::{Ipv4Block, SubnetUsage};
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -96,16 +96,45 @@ pub fn parse(v: &Value) -> Result<Introspection, IntrospectError> {
     Ok(Introspection { cards, subnets })
 }
 
-/// Sum the page's ENIs per subnet, sorted by subnet id.
+/// Most blocks one node reports (an instance holds at most a few hundred addresses or prefixes).
+pub const MAX_BLOCKS: usize = 4096;
+
+/// One subnet's usage while the page is read.
+#[derive(Default)]
+struct Tally {
+    total: f64,
+    assigned: f64,
+    enis: u32,
+    blocks: Vec<Ipv4Block>,
+    ipv6_prefixes: u32,
+}
+
+/// An IPv4 CIDR key of `AvailableIPv4Cidrs` as an aligned block; anything else (IPv6, garbage) is skipped.
+fn block(cidr: &str) -> Option<Ipv4Block> {
+    let (addr, len) = cidr.split_once('/').unwrap_or((cidr, "32"));
+    let address = u32::from(addr.trim().parse::<std::net::Ipv4Addr>().ok()?);
+    let prefix_len: u32 = len.trim().parse().ok().filter(|l| (16..=32).contains(l))?;
+    let mask = u32::MAX.checked_shl(32 - prefix_len).unwrap_or(0);
+    (address & !mask == 0).then_some(Ipv4Block { address, prefix_len })
+}
+
+/// Sum the page's ENIs per subnet, sorted by subnet id, with the IPv4 blocks they hold (at most
+/// [`MAX_BLOCKS`] in all) and their IPv6 prefixes.
 pub fn parse_enis(v: &Value) -> Result<Vec<SubnetUsage>, IntrospectError> {
-    let mut by_subnet: BTreeMap<String, (f64, f64, u32)> = BTreeMap::new();
+    let mut by_subnet: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut blocks_left = MAX_BLOCKS;
     for enis in eni_sets(v)? {
         for eni in enis.values() {
             let Some(subnet) = eni.get("SubnetID").and_then(Value::as_str).filter(|s| !s.is_empty()) else { continue };
-            let Some(cidrs) = eni.get("AvailableIPv4Cidrs").and_then(Value::as_object) else { continue };
+            let v4 = eni.get("AvailableIPv4Cidrs").and_then(Value::as_object);
+            let v6 = eni.get("AvailableIPv6Cidrs").and_then(Value::as_object).filter(|m| !m.is_empty());
+            if v4.is_none() && v6.is_none() {
+                continue;
+            }
             let entry = by_subnet.entry(subnet.to_owned()).or_default();
-            entry.2 += 1;
-            for (cidr, info) in cidrs {
+            entry.enis += 1;
+            entry.ipv6_prefixes += v6.map_or(0, |m| u32::try_from(m.len()).unwrap_or(u32::MAX));
+            for (cidr, info) in v4.into_iter().flatten() {
                 let is_prefix = info.get("IsPrefix").and_then(Value::as_bool).unwrap_or(false);
                 let size = if is_prefix {
                     let bits: u32 = cidr.rsplit('/').next().and_then(|b| b.parse().ok()).filter(|b| *b <= 32).unwrap_or(28);
@@ -113,15 +142,24 @@ pub fn parse_enis(v: &Value) -> Result<Vec<SubnetUsage>, IntrospectError> {
                 } else {
                     1.0
                 };
-                entry.0 += size;
-                entry.1 +=
+                entry.total += size;
+                entry.assigned +=
                     info.get("IPAddresses").and_then(Value::as_object).map_or(0, |a| a.values().filter(|x| assigned(x)).count()) as f64;
+                if let Some(b) = block(cidr).filter(|_| blocks_left > 0) {
+                    blocks_left -= 1;
+                    entry.blocks.push(b);
+                }
             }
         }
     }
     Ok(by_subnet
         .into_iter()
-        .map(|(subnet_id, (total_ips, assigned_ips, enis))| SubnetUsage { subnet_id, total_ips, assigned_ips, enis })
+        .map(|(subnet_id, t)| {
+            let mut blocks = t.blocks;
+            blocks.sort_by_key(|b| (b.address, b.prefix_len));
+            blocks.dedup();
+            SubnetUsage { subnet_id, total_ips: t.total, assigned_ips: t.assigned, enis: t.enis, blocks, ipv6_prefixes: t.ipv6_prefixes }
+        })
         .collect())
 }
 
@@ -165,7 +203,11 @@ mod tests {
 
     #[test]
     fn shapes_table() {
-        let usage = |s: &str, t: f64, a: f64| SubnetUsage { subnet_id: s.into(), total_ips: t, assigned_ips: a, enis: 1 };
+        let usage =
+            |s: &str, t: f64, a: f64| SubnetUsage { subnet_id: s.into(), total_ips: t, assigned_ips: a, enis: 1, ..Default::default() };
+        // The blocks are checked in `blocks_and_ipv6`.
+        let parse_enis =
+            |v: &Value| parse_enis(v).map(|u| u.into_iter().map(|s| SubnetUsage { blocks: Vec::new(), ..s }).collect::<Vec<_>>());
         let cases = [
             (
                 "by network card, secondary IPs",
@@ -198,5 +240,25 @@ mod tests {
         let old = json!({"TotalIPs": 2, "AssignedIPs": 1, "ENIs": {"eni-1": eni(Some("subnet-a"), false)}});
         assert_eq!(parse(&old).map(|i| i.cards), Ok(vec![card(2.0, 1.0, 1)]));
         assert!(parse_enis(&json!({"weird": true})).is_err());
+    }
+
+    #[test]
+    fn blocks_and_ipv6() {
+        let block = |a: &str, l: u32| Ipv4Block {
+            address: u32::from(a.parse::<std::net::Ipv4Addr>().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)),
+            prefix_len: l,
+        };
+        // Prefixes and addresses of two ENIs in one subnet, one listed twice; garbage and unaligned keys skipped.
+        let page = json!({"0": {"ENIs": {
+            "eni-1": {"SubnetID": "subnet-a", "AvailableIPv4Cidrs": {
+                "10.0.1.32/28": {"IsPrefix": true}, "10.0.1.16/28": {"IsPrefix": true}, "10.0.1.17/28": {"IsPrefix": true}}},
+            "eni-2": {"SubnetID": "subnet-a", "AvailableIPv4Cidrs": {"10.0.1.32/28": {"IsPrefix": true}, "10.0.1.5/32": {}, "nonsense": {}}},
+            "eni-3": {"SubnetID": "subnet-6", "AvailableIPv4Cidrs": {}, "AvailableIPv6Cidrs": {"2600:1f18:1:2:3::/80": {"IsPrefix": true}}}}}});
+        let got = parse_enis(&page).map(|u| u.into_iter().map(|s| (s.subnet_id, s.blocks, s.ipv6_prefixes, s.enis)).collect::<Vec<_>>());
+        let want = vec![
+            ("subnet-6".to_owned(), vec![], 1, 1),
+            ("subnet-a".to_owned(), vec![block("10.0.1.5", 32), block("10.0.1.16", 28), block("10.0.1.32", 28)], 0, 2),
+        ];
+        assert_eq!(got, Ok(want));
     }
 }

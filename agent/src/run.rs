@@ -20,7 +20,7 @@ use std::time::Duration;
 use cni_metrics_proto::backoff::{Attempts, Backoff};
 use cni_metrics_proto::clock::unix_ms_now;
 use cni_metrics_proto::tls::ClientTlsFlags;
-use cni_metrics_proto::v1::{agent_message, Goodbye, Hello, ScrapeStatus, Welcome};
+use cni_metrics_proto::v1::{agent_message, Goodbye, Hello, Report, ScrapeStatus, Welcome};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
@@ -160,7 +160,7 @@ impl Agent {
             .keep_alive_timeout(cfg.keepalive.min(Duration::from_secs(10)))
             .keep_alive_while_idle(true);
         let run_id = fastrand::u64(1..);
-        info!(node = %node, run_id, ipamd = %cfg.ipamd_url, aggregator = %cfg.aggregator, interval = ?cfg.interval, "agent starting");
+        info!(node = %node, run_id, ipamd = %cfg.ipamd_url, aggregator = %cfg.aggregator, interval = %cni_metrics_proto::duration::format(cfg.interval), "agent starting");
         let flags = NodeFacts {
             availability_zone: cfg.availability_zone.clone(),
             region: cfg.region.clone(),
@@ -295,20 +295,11 @@ impl Agent {
             info!(node = %self.node, uncommitted = self.commits.backlog(), "new aggregator instance: increments it never published are sent again from the last commit");
         }
         self.aggregator_instance = welcome.instance_id;
-        if self.commits.commit(welcome.committed_seq) {
-            self.stats.commits.fetch_add(1, Ordering::Relaxed);
-            self.save_position();
-        }
-        self.seq += 1;
-        let snapshot = snapshot_report(&self.engine, &self.commits, self.seq, &self.scrape);
-        let totals: Vec<(u32, f64, f64)> = counter_totals(&self.engine, &snapshot).collect();
-        let start = snapshot.ipamd_start_time_seconds;
-        if let Some(s) = self.session.as_mut() {
-            if s.tx.try_send(wrap(agent_message::Body::Report(snapshot))).is_ok() {
-                self.commits.record(self.seq, start, totals);
-                self.pending.clear();
+        self.take_commit(welcome.committed_seq);
+        let snapshot = snapshot_report(&self.engine, &self.commits, self.seq + 1, &self.scrape);
+        if self.send_report(snapshot) {
+            if let Some(s) = self.session.as_mut() {
                 s.welcomed = true;
-                self.stats.reports_sent.fetch_add(1, Ordering::Relaxed);
             }
         }
         if self.connected_once {
@@ -346,10 +337,8 @@ impl Agent {
 
     /// The aggregator published the windows up to report `seq`.
     fn on_commit(&mut self, seq: u64) {
-        if self.commits.commit(seq) {
-            self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        if self.take_commit(seq) {
             debug!(node = %self.node, seq, backlog = self.commits.backlog(), "commit");
-            self.save_position();
         }
         note_commits(&self.stats, &self.commits);
     }
@@ -359,7 +348,7 @@ impl Agent {
         self.session = None;
         let mut attempts = self.attempts.take().unwrap_or_else(|| Backoff::default().start(None));
         let delay = attempts.next_delay();
-        warn!(node = %self.node, error = error.as_deref().unwrap_or("stream closed"), retry_in = ?delay, "aggregator stream ended");
+        warn!(node = %self.node, error = error.as_deref().unwrap_or("stream closed"), retry_in = %cni_metrics_proto::duration::format(delay), "aggregator stream ended");
         spawn_connect(self.endpoint.clone(), self.tls.clone(), delay, attempts, self.events.clone(), self.stats.clone());
     }
 
@@ -374,10 +363,7 @@ impl Agent {
             loop {
                 match tokio::time::timeout_at(deadline, events.recv()).await {
                     Ok(Some(Event::Commit { session: id, seq })) if id == s.id => {
-                        if self.commits.commit(seq) {
-                            self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                            self.save_position();
-                        }
+                        self.take_commit(seq);
                     }
                     Ok(Some(Event::Ended { session: id, .. })) if id == s.id => break,
                     Ok(Some(_)) => {}
@@ -394,28 +380,43 @@ impl Agent {
         }
     }
 
-    fn save_position(&self) {
-        save_position(&self.position_writer, &self.engine, &self.commits, &self.node);
+    /// The aggregator's sinks delivered the reports up to `seq`: when that advances the commit, count it
+    /// and save the position on the node. Returns whether it advanced.
+    fn take_commit(&mut self, seq: u64) -> bool {
+        let advanced = self.commits.commit(seq);
+        if advanced {
+            self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            save_position(&self.position_writer, &self.engine, &self.commits, &self.node);
+        }
+        advanced
+    }
+
+    /// Queue `report` (numbered `self.seq + 1`) on the stream; once queued its counter totals wait in
+    /// the commit log for the window that publishes them. Returns whether it was queued.
+    fn send_report(&mut self, report: Report) -> bool {
+        let Some(s) = self.session.as_ref() else { return false };
+        let (seq, start) = (report.seq, report.ipamd_start_time_seconds);
+        let totals: Vec<(u32, f64, f64)> = counter_totals(&self.engine, &report).collect();
+        if s.tx.try_send(wrap(agent_message::Body::Report(report))).is_err() {
+            return false;
+        }
+        self.seq = seq;
+        self.commits.record(seq, start, totals);
+        note_commits(&self.stats, &self.commits);
+        self.pending.clear();
+        self.stats.reports_sent.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// Send a delta report when the stream is welcomed; a full queue defers it (the next carries it).
     fn send_delta(&mut self) {
-        let Some(s) = self.session.as_ref().filter(|s| s.welcomed) else { return };
+        if !self.session.as_ref().is_some_and(|s| s.welcomed) {
+            return;
+        }
         let report = delta_report(&self.engine, &self.pending, self.seq + 1, &self.scrape);
-        let totals: Vec<(u32, f64, f64)> = counter_totals(&self.engine, &report).collect();
-        let start = report.ipamd_start_time_seconds;
-        match s.tx.try_send(wrap(agent_message::Body::Report(report))) {
-            Ok(()) => {
-                self.seq += 1;
-                self.commits.record(self.seq, start, totals);
-                note_commits(&self.stats, &self.commits);
-                self.pending.clear();
-                self.stats.reports_sent.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                self.stats.reports_deferred.fetch_add(1, Ordering::Relaxed);
-                debug!(node = %self.node, "report deferred: session queue full or closed");
-            }
+        if !self.send_report(report) {
+            self.stats.reports_deferred.fetch_add(1, Ordering::Relaxed);
+            debug!(node = %self.node, "report deferred: session queue full or closed");
         }
     }
 

@@ -84,7 +84,7 @@ pub(crate) fn spawn_connect(
                     stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                     let d = attempts.next_delay();
                     if attempts.attempt() == 1 || attempts.attempt().is_multiple_of(10) {
-                        warn!(error = %e, attempt = attempts.attempt(), retry_in = ?d, "cannot reach aggregator");
+                        warn!(error = %e, attempt = attempts.attempt(), retry_in = %cni_metrics_proto::duration::format(d), "cannot reach aggregator");
                     }
                     if ev.is_closed() {
                         return;

@@ -169,6 +169,6 @@ fn main() {
     println!("{:<44} {:>12.2}ms", "Subscribe tick: every node's view (lock)", every_view.as_secs_f64() * 1e3);
     println!("{:<44} {:>12.2}ms", "cluster view (lock)", cluster.as_secs_f64() * 1e3);
     println!("{:<44} {:>14}", "/metrics bytes", out.len());
-    println!("{:<44} {:>14}", "datums per window", w.datums.len());
+    println!("{:<44} {:>14}", "datums per window", w.window.datums.len());
     println!("{:<44} {:>12.0}/s", "needed for 100k nodes at 30 s", 100_000.0 / 30.0);
 }

@@ -202,8 +202,27 @@ pub struct AggregatorConfig {
     pub subnet_refresh: Duration,
 
     /// A subnet is low on addresses below this: a share of its usable addresses (`10%`) or a count (`50`).
-    #[arg(long, env = "SUBNET_LOW_THRESHOLD", default_value = "10%", value_parser = crate::subnets::model::LowThreshold::parse)]
-    pub subnet_low_threshold: crate::subnets::model::LowThreshold,
+    #[arg(long, env = "SUBNET_LOW_THRESHOLD", default_value = "10%", value_parser = crate::state::LowThreshold::parse)]
+    pub subnet_low_threshold: crate::state::LowThreshold,
+
+    /// Free /28 prefixes per subnet (with --subnet-metrics; needs ec2:DescribeNetworkInterfaces and
+    /// ec2:GetSubnetCidrReservations): `auto` counts once any node holds a prefix (prefix delegation).
+    #[arg(long, env = "SUBNET_PREFIXES", value_enum, default_value = "auto")]
+    pub subnet_prefixes: crate::state::subnets::space::PrefixMode,
+
+    /// How often free prefixes are counted (one paginated DescribeNetworkInterfaces over the subnets and one
+    /// GetSubnetCidrReservations per subnet).
+    #[arg(long, env = "SUBNET_PREFIXES_REFRESH", default_value = "5m", value_parser = parse_positive)]
+    pub subnet_prefixes_refresh: Duration,
+
+    /// A subnet with fewer free /28 blocks than this is low on prefixes (see docs/metrics.md for the default).
+    #[arg(long, env = "SUBNET_LOW_PREFIXES", default_value_t = 32)]
+    pub subnet_low_prefixes: u32,
+
+    /// The trailing window of the subnet exhaustion forecast (least squares over the refreshes' samples;
+    /// published once at least 6 samples span a quarter of it).
+    #[arg(long, env = "FORECAST_WINDOW", default_value = "6h", value_parser = parse_positive)]
+    pub forecast_window: Duration,
 
     /// How an agent proves which node it speaks for. `token`: its projected ServiceAccount token
     /// (audience --token-audience) must be signed by the cluster and name the node of its Hello; others
@@ -304,7 +323,7 @@ pub enum ConfigError {
     MaxMessage,
     #[error("--max-cluster-series and --max-series-per-node must be at least 1")]
     Limits,
-    #[error("--metric-allow-list: unknown CloudWatch metric name {0:?} (see the README's metrics reference)")]
+    #[error("--metric-allow-list: unknown CloudWatch metric name {0:?} (see docs/metrics.md)")]
     UnknownMetric(String),
     #[error("--max-backlog-windows must be at least 1")]
     Backlog,

@@ -53,7 +53,7 @@ impl Sink for ViewSink {
         "stdout"
     }
 
-    fn publish<'a>(&'a self, window: &'a Window) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn publish<'a>(&'a self, _seq: u64, window: &'a Window) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(PublishSummary::of(window));
             if let Some(path) = &self.log {
@@ -158,6 +158,10 @@ pub fn render_view(st: &ClusterState, v: &ViewInput<'_>) -> String {
     let published = st.value("awscni_add_ip_req_count", &[]).map_or_else(|| "-".to_owned(), |p| format!("{p}"));
     let _ = writeln!(s, "  truth: what each ipamd last served its agent; a node serving garbage keeps its last good state");
     let _ = writeln!(s, "  counters: reports applied so far; published to the sinks at window close: {published}");
+    let ipv6 = st.capacity().ipv6_nodes;
+    if ipv6 > 0 {
+        let _ = writeln!(s, "  IPv6 nodes {ipv6}: in these sums; they run out of max pods, not addresses (no free IPs or headroom)");
+    }
     match v.publish {
         Some(p) => {
             let key: Vec<String> = p.key.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -175,7 +179,8 @@ pub fn render_view(st: &ClusterState, v: &ViewInput<'_>) -> String {
         }
     }
     let _ = writeln!(s, "\nEVENTS");
-    let shown = v.events.len().min(EVENT_ROWS);
+    // The IPv6 line takes an event's row: the view keeps its height.
+    let shown = v.events.len().min(EVENT_ROWS - usize::from(ipv6 > 0));
     for e in &v.events[v.events.len() - shown..] {
         let _ = writeln!(s, "  {e}");
     }
@@ -202,33 +207,13 @@ fn fit(s: &str) -> String {
 
 /// Run the demo until `shutdown` (or `--duration`).
 pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
-    let now = cni_metrics_proto::clock::unix_ms_now() as f64 / 1000.0;
     let n = cfg.nodes.clamp(1, 64);
-    let mut fakes = Vec::with_capacity(n);
-    for i in 0..n {
-        let style = PageStyle::ALL[i % PageStyle::ALL.len()];
-        // Node 1 runs an ipamd started a day ago (its counters are a baseline); the others are new nodes.
-        let start = if i == 0 { now - 86_400.0 } else { now - 5.0 };
-        let sim = SimIpamd::new(style, cfg.seed + i as u64, start);
-        fakes.push(FakeIpamd::start(sim, SocketAddr::from(([127, 0, 0, 1], 0))).await?);
-    }
-    let baselines: Vec<u64> =
-        fakes.iter().enumerate().map(|(i, f)| if i == 0 { f.with_sim(|s| s.lifetime.add_ip_req) } else { 0 }).collect();
-
+    let (fakes, baselines) = start_fakes(&cfg, n).await?;
     let mut agg_cfg = AggregatorConfig::for_test("demo");
     agg_cfg.publish_interval = cfg.publish_interval;
     agg_cfg.breakdown = vec![crate::state::Dim::Az, crate::state::Dim::Subnet];
-    // The default gRPC port when free, so `cni-metrics-aggregator watch` finds the demo without flags.
-    let grpc = match TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 61690))).await {
-        Ok(l) => l,
-        Err(_) => TcpListener::bind(agg_cfg.grpc_listen).await?,
-    };
-    let http = match TcpListener::bind(cfg.http_listen).await {
-        Ok(l) => l,
-        Err(_) => TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?,
-    };
-    let grpc_addr = grpc.local_addr()?;
-    let http_addr = http.local_addr()?;
+    let (grpc, http) = bind(&cfg, &agg_cfg).await?;
+    let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
     let handles = Handles::new(&agg_cfg);
     let view_sink = Arc::new(ViewSink { last: Mutex::new(None), log: cfg.datums_log.clone() });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -239,7 +224,6 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
         }
     };
     let agg = tokio::spawn(serve(agg_cfg, grpc, http, vec![view_sink.clone() as Arc<dyn Sink>], handles.clone(), stopped()));
-
     let mut agents = Vec::new();
     for (i, f) in fakes.iter().enumerate() {
         let mut acfg = AgentConfig::for_test(&f.url(), &format!("http://{grpc_addr}"), &format!("node-{}", i + 1), cfg.interval);
@@ -248,14 +232,79 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
         acfg.introspection_url = f.enis_url();
         agents.push(tokio::spawn(cni_metrics_agent::run(acfg, Arc::new(AgentStats::default()), None, stopped())));
     }
-
+    let header = header_lines(&cfg, n, grpc_addr, http_addr);
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut script = Script::default();
+    // Half an interval out of phase with the agents' scrapes, so every step is scraped before the view.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.interval / 2, cfg.interval);
+    let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {}
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            break;
+        }
+        let truth = truth_of(&fakes, &baselines);
+        let last = view_sink.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let input = ViewInput { header: &header, truth: &truth, publish: last.as_ref(), events: &script.events };
+        let view = render_view(&lock(&handles.state), &input);
+        if tty {
+            print!("\x1b[2J\x1b[H{view}");
+        } else {
+            println!("{view}");
+        }
+        let reporting = lock(&handles.state).nodes().filter(|n| n.status == cni_metrics_proto::v1::ScrapeStatus::Ok).count();
+        script.advance(&fakes, reporting == n);
+    }
+    let _ = stop_tx.send(true);
+    for a in agents {
+        let _ = a.await;
+    }
+    agg.await??;
+    Ok(())
+}
+
+/// One fake ipamd per node, of the four page generations in turn; returns them and each node's
+/// add-request baseline (node 1 runs an ipamd started a day ago: its counters are a baseline; the others
+/// are new nodes).
+async fn start_fakes(cfg: &DemoConfig, n: usize) -> anyhow::Result<(Vec<FakeIpamd>, Vec<u64>)> {
+    let now = cni_metrics_proto::clock::unix_ms_now() as f64 / 1000.0;
+    let mut fakes = Vec::with_capacity(n);
+    for i in 0..n {
+        let style = PageStyle::ALL[i % PageStyle::ALL.len()];
+        let start = if i == 0 { now - 86_400.0 } else { now - 5.0 };
+        let sim = SimIpamd::new(style, cfg.seed + i as u64, start);
+        fakes.push(FakeIpamd::start(sim, SocketAddr::from(([127, 0, 0, 1], 0))).await?);
+    }
+    let baselines = fakes.iter().enumerate().map(|(i, f)| if i == 0 { f.with_sim(|s| s.lifetime.add_ip_req) } else { 0 }).collect();
+    Ok((fakes, baselines))
+}
+
+/// The gRPC listener on the default port when free (so `cni-metrics-aggregator watch` finds the demo
+/// without flags), the HTTP one on `--demo-http-listen` when free; else any port.
+async fn bind(cfg: &DemoConfig, agg_cfg: &AggregatorConfig) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let grpc = match TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 61690))).await {
+        Ok(l) => l,
+        Err(_) => TcpListener::bind(agg_cfg.grpc_listen).await?,
+    };
+    let http = match TcpListener::bind(cfg.http_listen).await {
+        Ok(l) => l,
+        Err(_) => TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?,
+    };
+    Ok((grpc, http))
+}
+
+/// The view's first lines: what runs, where to look, where the logs go.
+fn header_lines(cfg: &DemoConfig, n: usize, grpc_addr: SocketAddr, http_addr: SocketAddr) -> [String; 4] {
     let watch = if grpc_addr.port() == 61690 {
         "cni-metrics-aggregator watch".to_owned()
     } else {
         format!("cni-metrics-aggregator watch --aggregator http://{grpc_addr}")
     };
-    let header = [
+    [
         format!(
             "cni-metrics demo: {n} simulated nodes -> {n} agents -> aggregator; scrape every {}, publish every {}",
             cni_metrics_proto::duration::format(cfg.interval),
@@ -268,79 +317,65 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
             cfg.log_file.as_ref().map_or_else(|| "stderr".to_owned(), |p| p.display().to_string()),
             cfg.datums_log.as_ref().map_or_else(|| "--datums-log FILE".to_owned(), |p| p.display().to_string()),
         ),
-    ];
-    let mut events: Vec<String> = Vec::new();
-    // Half an interval out of phase with the agents' scrapes, so every step is scraped before the view.
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.interval / 2, cfg.interval);
-    let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut started = false;
-    tokio::pin!(shutdown);
-    let mut step = 0u64;
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tick.tick() => {}
+    ]
+}
+
+/// Each node's truth as its agent last read it (before its first scrape, the simulator as it is).
+fn truth_of(fakes: &[FakeIpamd], baselines: &[u64]) -> Vec<NodeTruth> {
+    fakes
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let truth = |s: &SimIpamd| NodeTruth {
+                name: format!("node-{}", i + 1),
+                style: s.style,
+                assigned: s.assigned,
+                total: s.total_ips(),
+                max: s.ip_max(),
+                add_requests: s.lifetime.add_ip_req.saturating_sub(baselines[i]),
+            };
+            f.last_served(truth).unwrap_or_else(|| f.with_sim(|s| truth(s)))
+        })
+        .collect()
+}
+
+/// What happens to the simulated nodes, step by step, and the events the view lists.
+#[derive(Default)]
+struct Script {
+    started: bool,
+    step: u64,
+    events: Vec<String>,
+}
+
+impl Script {
+    /// One tick: the simulation moves only once every agent has taken its first look (`all_reporting`).
+    fn advance(&mut self, fakes: &[FakeIpamd], all_reporting: bool) {
+        if !self.started {
+            if all_reporting {
+                self.started = true;
+                self.events.push("all agents connected; nodes start scheduling pods".into());
+            }
+            return;
         }
-        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-            break;
+        self.step += 1;
+        let step = self.step;
+        for f in fakes {
+            f.with_sim(|s| s.step());
         }
-        let truth: Vec<NodeTruth> = fakes
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let truth = |s: &SimIpamd| NodeTruth {
-                    name: format!("node-{}", i + 1),
-                    style: s.style,
-                    assigned: s.assigned,
-                    total: s.total_ips(),
-                    max: s.ip_max(),
-                    add_requests: s.lifetime.add_ip_req.saturating_sub(baselines[i]),
-                };
-                // As the agent last read it; before its first scrape, the simulator as it is.
-                f.last_served(truth).unwrap_or_else(|| f.with_sim(|s| truth(s)))
-            })
-            .collect();
-        let last = view_sink.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let input = ViewInput { header: &header, truth: &truth, publish: last.as_ref(), events: &events };
-        let view = render_view(&lock(&handles.state), &input);
-        if tty {
-            print!("\x1b[2J\x1b[H{view}");
-        } else {
-            println!("{view}");
+        if step == 8 && fakes.len() >= 2 {
+            let t = cni_metrics_proto::clock::unix_ms_now() as f64 / 1000.0;
+            fakes[1].with_sim(|s| s.restart(t));
+            self.events.push(format!("step {step}: ipamd on node-2 restarted (its counters reset; the agent folds the reset in)"));
         }
-        // Let the simulation move only once every agent has taken its first look.
-        if !started {
-            let ready = lock(&handles.state).nodes().filter(|n| n.status == cni_metrics_proto::v1::ScrapeStatus::Ok).count() == n;
-            if ready {
-                started = true;
-                events.push("all agents connected; nodes start scheduling pods".into());
-            }
-        } else {
-            step += 1;
-            for f in &fakes {
-                f.with_sim(|s| s.step());
-            }
-            if step == 8 && n >= 2 {
-                let t = cni_metrics_proto::clock::unix_ms_now() as f64 / 1000.0;
-                fakes[1].with_sim(|s| s.restart(t));
-                events.push(format!("step {step}: ipamd on node-2 restarted (its counters reset; the agent folds the reset in)"));
-            }
-            if step == 12 && n >= 3 {
-                fakes[2].set_mode(Mode::Garbage);
-                events.push(format!("step {step}: node-3's ipamd serves garbage (node keeps its last good state)"));
-            }
-            if step == 16 && n >= 3 {
-                fakes[2].set_mode(Mode::Normal);
-                events.push(format!("step {step}: node-3's ipamd is healthy again"));
-            }
+        if step == 12 && fakes.len() >= 3 {
+            fakes[2].set_mode(Mode::Garbage);
+            self.events.push(format!("step {step}: node-3's ipamd serves garbage (node keeps its last good state)"));
+        }
+        if step == 16 && fakes.len() >= 3 {
+            fakes[2].set_mode(Mode::Normal);
+            self.events.push(format!("step {step}: node-3's ipamd is healthy again"));
         }
     }
-    let _ = stop_tx.send(true);
-    for a in agents {
-        let _ = a.await;
-    }
-    agg.await??;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -388,6 +423,20 @@ mod tests {
         let v = render_view(&st, &ViewInput { header: &header, truth: &t, publish: Some(&publish), events: &events });
         assert!(v.contains("... and 58 more nodes"), "{v}");
         assert!(v.contains(&format!("{:>10}", 64 * 3)), "sums cover every node: {v}");
+        assert!(!v.contains("IPv6"), "{v}");
+        check_fits(&v);
+        // An IPv6 node (its introspection lists a /80): the view says what its numbers mean.
+        let mut st = ClusterState::new(StateConfig::default());
+        let now = std::time::Instant::now();
+        let hello = cni_metrics_proto::v1::Hello { node_name: "v6".into(), run_id: 1, interval_ms: 1000, ..Default::default() };
+        let session = st.hello(&hello, now).map(|w| w.session).unwrap_or_default();
+        let usage = cni_metrics_proto::v1::SubnetUsage { subnet_id: "subnet-1".into(), enis: 1, ipv6_prefixes: 1, ..Default::default() };
+        let report =
+            cni_metrics_proto::v1::Report { seq: 1, snapshot: true, subnets_changed: true, subnets: vec![usage], ..Default::default() };
+        assert!(st.report("v6", session, &report, now).is_ok());
+        let v = render_view(&st, &ViewInput { header: &header, truth: &t, publish: Some(&publish), events: &events });
+        assert!(v.contains("\n  IPv6 nodes 1: in these sums; they run out of max pods, not addresses"), "{v}");
+        assert!(v.contains("  event 9 x") && !v.contains("event 6 "), "the latest three events: {v}");
         check_fits(&v);
     }
 }

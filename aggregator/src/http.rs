@@ -22,10 +22,9 @@ pub struct HttpState {
     /// Whether `/metrics` serves the cluster aggregates (`USE_PROMETHEUS`); self-metrics always.
     pub prometheus: bool,
     pub sinks: Vec<Arc<dyn Sink>>,
-    /// Refused TLS handshakes on the gRPC port, when mutual TLS is on.
-    pub tls_handshake_failures: Option<Arc<std::sync::atomic::AtomicU64>>,
-    /// Failed accepts on the gRPC port.
-    pub accept_errors: Arc<std::sync::atomic::AtomicU64>,
+    /// What the gRPC listener counted, and whether it requires mutual TLS.
+    pub connections: Arc<crate::listen::ConnectionStats>,
+    pub tls: bool,
     /// The agent token verifier, in `--agent-auth token` mode.
     pub auth: Option<Arc<crate::auth::TokenAuth>>,
 }
@@ -46,8 +45,7 @@ async fn metrics(State(st): State<HttpState>) -> impl IntoResponse {
         let held = std::time::Instant::now();
         let view = st.prometheus.then(|| cluster.metrics_view(held));
         // What the page shows starts over; the next page shows this copy's hold.
-        cluster.stats.longest_lock_wait = std::time::Duration::ZERO;
-        cluster.stats.last_render_hold = held.elapsed();
+        cluster.record_render_hold(held.elapsed());
         (view, cluster.cluster_id().to_owned())
     };
     if let Some(view) = view {
@@ -58,18 +56,7 @@ async fn metrics(State(st): State<HttpState>) -> impl IntoResponse {
     for sink in &st.sinks {
         sink.render_metrics(&mut page);
     }
-    if let Some(f) = &st.tls_handshake_failures {
-        page.counter(
-            "cni_metrics_tls_handshake_failures_total",
-            "gRPC connections refused by mutual TLS (plaintext, no or foreign certificate)",
-            f.load(std::sync::atomic::Ordering::Relaxed),
-        );
-    }
-    page.counter(
-        "cni_metrics_accept_errors_total",
-        "gRPC connections the aggregator failed to accept (e.g. at its open-file limit)",
-        st.accept_errors.load(std::sync::atomic::Ordering::Relaxed),
-    );
+    st.connections.render(&mut page, st.tls);
     if let Some(auth) = &st.auth {
         auth.render(&mut page);
     }
@@ -102,8 +89,8 @@ mod tests {
             publish: Arc::default(),
             prometheus: true,
             sinks: Vec::new(),
-            tls_handshake_failures: None,
-            accept_errors: Arc::default(),
+            connections: Arc::default(),
+            tls: false,
             auth: None,
         })
     }

@@ -202,7 +202,7 @@ impl IngestService {
             Ok(id) => {
                 let now_s = cni_metrics_proto::clock::unix_ms_now().max(0) as u64 / 1000;
                 let left = Duration::from_secs(id.valid_until_unix.saturating_sub(now_s)).min(MAX_TOKEN_LIFETIME);
-                debug!(peer = %peer, node = %node, pod = %id.pod, valid_for = ?left, "agent token verified");
+                debug!(peer = %peer, node = %node, pod = %id.pod, valid_for = %cni_metrics_proto::duration::format(left), "agent token verified");
                 Ok(Some(tokio::time::Instant::now() + left))
             }
             Err(e) => {
@@ -247,7 +247,7 @@ fn unsent_commit(state: &Shared, node: &str, session: u64, sent: u64) -> Option<
 
 /// Count a refusal.
 fn refuse(state: &Shared, why: Refusal) {
-    lock(state).stats.rejected.inc(why);
+    lock(state).record_refusal(why);
 }
 
 /// Count a broken inbound stream under a bounded reason (oversized messages among them).
@@ -406,7 +406,7 @@ impl AgentStream {
                 Err(status) => {
                     count_stream_error(&self.state, &status);
                     lock(&self.state).disconnected(&self.node, self.session);
-                    warn!(node = %self.node, session = self.session, code = ?status.code(), error = %status.message(), "agent stream broken");
+                    warn!(node = %self.node, session = self.session, code = %status.code(), error = %status.message(), "agent stream broken");
                     return;
                 }
             };
@@ -520,7 +520,7 @@ impl AgentStream {
     /// resumes from its last commit, nothing lost.
     async fn on_token_expired(&mut self) {
         info!(node = %self.node, session = self.session, "agent token expired; ending the stream so the agent reconnects with a fresh one");
-        lock(&self.state).stats.token_expiries += 1;
+        lock(&self.state).record_token_expiry();
         self.close(Status::unauthenticated("the agent's token expired: reconnect with the refreshed token")).await;
     }
 

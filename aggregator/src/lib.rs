@@ -6,7 +6,8 @@
 //!   [`consumer`]: the service `watch` and other clients subscribe to.
 //! - [`publish`]: the publisher loop closing windows and recording commits; [`sinks`]: the `Sink`
 //!   trait, stdout and CloudWatch (config, encoder, retry classification, client).
-//! - [`subnets`]: subnet capacity from EC2 (`--subnet-metrics`), joined with the cluster's use.
+//! - [`subnets`]: the refresher asking EC2 for subnet capacity (`--subnet-metrics`); the state joins it
+//!   with the cluster's use. [`aws`]: what both AWS callers share (SDK set-up, retry classification).
 //! - [`auth`]: agent tokens (`--agent-auth token`): an agent speaks only for its own node.
 //! - [`limits`]: the agent stream limit, derived from the open-file limit unless `--max-streams` is set.
 //! - [`http`] (`/metrics`, `/healthz`, `/readyz`), [`tls`] (mutual TLS), [`server`] (the wiring),
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod aws;
 pub mod config;
 pub mod consumer;
 #[cfg(feature = "demo")]

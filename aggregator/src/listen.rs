@@ -38,19 +38,61 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// What the gRPC listener counts: failed accepts and, with mutual TLS, refused handshakes. Shared by the
+/// accept loops (which record) and `/metrics` (which renders).
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    accept_errors: AtomicU64,
+    handshake_failures: AtomicU64,
+}
+
+impl ConnectionStats {
+    pub fn record_accept_error(&self) {
+        self.accept_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_handshake_failure(&self) {
+        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn accept_errors(&self) -> u64 {
+        self.accept_errors.load(Ordering::Relaxed)
+    }
+
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshake_failures.load(Ordering::Relaxed)
+    }
+
+    /// The self-metrics (the handshake counter only when mutual TLS is on).
+    pub fn render(&self, page: &mut cni_metrics_proto::exposition::Page<'_>, tls: bool) {
+        if tls {
+            page.counter(
+                "cni_metrics_tls_handshake_failures_total",
+                "gRPC connections refused by mutual TLS (plaintext, no or foreign certificate)",
+                self.handshake_failures(),
+            );
+        }
+        page.counter(
+            "cni_metrics_accept_errors_total",
+            "gRPC connections the aggregator failed to accept (e.g. at its open-file limit)",
+            self.accept_errors(),
+        );
+    }
+}
+
 /// Count an accept error; log the first of a run (`failing` says a run is on).
-pub fn accept_failed(e: &io::Error, errors: &AtomicU64, failing: &mut bool) {
-    errors.fetch_add(1, Ordering::Relaxed);
+pub fn accept_failed(e: &io::Error, stats: &ConnectionStats, failing: &mut bool) {
+    stats.record_accept_error();
     if !*failing {
         *failing = true;
-        warn!(error = %e, pause = ?ACCEPT_PAUSE, "cannot accept gRPC connections (at the open-file limit?); retrying after a pause");
+        warn!(error = %e, pause = %cni_metrics_proto::duration::format(ACCEPT_PAUSE), "cannot accept gRPC connections (at the open-file limit?); retrying after a pause");
     }
 }
 
 /// A run of accept errors ended.
-pub fn accept_recovered(failing: &mut bool, errors: &AtomicU64) {
+pub fn accept_recovered(failing: &mut bool, stats: &ConnectionStats) {
     if std::mem::take(failing) {
-        info!(errors = errors.load(Ordering::Relaxed), "accepting gRPC connections again");
+        info!(errors = stats.accept_errors(), "accepting gRPC connections again");
     }
 }
 
@@ -58,13 +100,13 @@ pub fn accept_recovered(failing: &mut bool, errors: &AtomicU64) {
 pub struct PlainIncoming {
     listener: TcpListener,
     pause: Option<Pin<Box<Sleep>>>,
-    errors: Arc<AtomicU64>,
+    stats: Arc<ConnectionStats>,
     failing: bool,
 }
 
 impl PlainIncoming {
-    pub fn new(listener: TcpListener, errors: Arc<AtomicU64>) -> Self {
-        Self { listener, pause: None, errors, failing: false }
+    pub fn new(listener: TcpListener, stats: Arc<ConnectionStats>) -> Self {
+        Self { listener, pause: None, stats, failing: false }
     }
 }
 
@@ -79,12 +121,12 @@ impl tokio_stream::Stream for PlainIncoming {
         let this = &mut *self;
         match ready!(this.listener.poll_accept(cx)) {
             Ok((tcp, _)) => {
-                accept_recovered(&mut this.failing, &this.errors);
+                accept_recovered(&mut this.failing, &this.stats);
                 let _ = tcp.set_nodelay(true);
                 Poll::Ready(Some(Ok(tcp)))
             }
             Err(e) => {
-                accept_failed(&e, &this.errors, &mut this.failing);
+                accept_failed(&e, &this.stats, &mut this.failing);
                 this.pause = Some(Box::pin(tokio::time::sleep(ACCEPT_PAUSE)));
                 // The server logs it at trace level and polls again: the pause then holds it.
                 Poll::Ready(Some(Err(e)))
@@ -115,13 +157,13 @@ mod tests {
             let c = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await;
             clients.push(c.ok().and_then(Result::ok).expect("connected while nothing is accepted: the backlog holds it"));
         }
-        let errors = Arc::new(AtomicU64::new(0));
-        let mut incoming = PlainIncoming::new(listener, errors.clone());
+        let stats = Arc::new(ConnectionStats::default());
+        let mut incoming = PlainIncoming::new(listener, stats.clone());
         for _ in 0..clients.len() {
             let tcp = tokio::time::timeout(Duration::from_secs(5), incoming.next()).await;
             let tcp = tcp.ok().flatten().and_then(Result::ok).expect("accepted");
             assert!(tcp.nodelay().unwrap_or(false), "TCP_NODELAY set");
         }
-        assert_eq!(errors.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.accept_errors(), 0);
     }
 }

@@ -91,6 +91,13 @@ impl Commits {
         Self { next_seq: 0, pending: VecDeque::new(), generation, mailbox }
     }
 
+    /// Number the next window and keep its marks until every sink resolved it; returns its seq.
+    fn number(&mut self, marks: Vec<CommitMark>) -> u64 {
+        self.next_seq += 1;
+        self.pending.push_back((self.next_seq, marks));
+        self.next_seq
+    }
+
     /// Commit every window all sinks resolved, then queue each node's new commit on its stream; returns
     /// how long that took when anything was committed.
     pub async fn settle(&mut self, state: &Shared, sinks: &[Arc<dyn Sink>]) -> Option<Duration> {
@@ -127,22 +134,21 @@ impl Commits {
 
 /// Close one window and publish it to every sink.
 pub async fn publish_once(state: &Shared, sinks: &[Arc<dyn Sink>], stats: &Mutex<PublishStats>, commits: &mut Commits) {
-    let (mut window, close_lock) = {
+    let (closed, close_lock) = {
         let mut st = lock(state);
         let held = std::time::Instant::now();
-        let window = st.take_window(unix_ms_now());
-        (window, held.elapsed())
+        let closed = st.take_window(unix_ms_now());
+        (closed, held.elapsed())
     };
-    commits.next_seq += 1;
-    window.seq = commits.next_seq;
-    commits.pending.push_back((window.seq, std::mem::take(&mut window.commits)));
+    let seq = commits.number(closed.commits);
+    let window = closed.window;
     {
         let mut st = stats.lock().unwrap_or_else(|e| e.into_inner());
         st.windows += 1;
         st.close_lock = close_lock;
     }
     for sink in sinks {
-        let result = sink.publish(&window).await;
+        let result = sink.publish(seq, &window).await;
         let mut st = stats.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(()) => {

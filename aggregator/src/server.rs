@@ -13,12 +13,15 @@ use cni_metrics_proto::v1::consumer_server::ConsumerServer;
 use cni_metrics_proto::v1::ingest_server::IngestServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::transport::server::Router;
 use tracing::{info, warn};
 
+use crate::auth::TokenAuth;
 use crate::config::AggregatorConfig;
 use crate::consumer::ConsumerService;
 use crate::http::{router, HttpState};
-use crate::ingest::{IngestLimits, IngestService, StreamSignals};
+use crate::ingest::{CommitMailbox, IngestLimits, IngestService, StreamSignals};
+use crate::listen::ConnectionStats;
 use crate::publish::{run_publisher, Commits, PublishStats};
 use crate::shared::{lock, Shared};
 use crate::sinks::Sink;
@@ -45,21 +48,40 @@ pub enum ServeError {
 pub struct Handles {
     pub state: Shared,
     pub publish: Arc<Mutex<PublishStats>>,
-    pub tls_handshake_failures: Arc<std::sync::atomic::AtomicU64>,
-    /// Failed accepts on the gRPC port (e.g. at the open-file limit).
-    pub accept_errors: Arc<std::sync::atomic::AtomicU64>,
+    /// What the gRPC listener counts (failed accepts, refused TLS handshakes).
+    pub connections: Arc<ConnectionStats>,
 }
 
 impl Handles {
     pub fn new(cfg: &AggregatorConfig) -> Self {
         let state = ClusterState::new(cfg.state_config());
-        Self {
-            state: Arc::new(Mutex::new(state)),
-            publish: Arc::default(),
-            tls_handshake_failures: Arc::default(),
-            accept_errors: Arc::default(),
-        }
+        Self { state: Arc::new(Mutex::new(state)), publish: Arc::default(), connections: Arc::default() }
     }
+}
+
+/// The two signals that order a shutdown: the ingest freezes first (no report is applied any more),
+/// then, once the publisher is done, everything else stops.
+struct Lifecycle {
+    freeze: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+}
+
+impl Lifecycle {
+    fn new() -> Self {
+        Self { freeze: watch::channel(false).0, stop: watch::channel(false).0 }
+    }
+
+    fn frozen(&self) -> impl Future<Output = ()> + Send + 'static {
+        until_true(self.freeze.subscribe())
+    }
+
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        until_true(self.stop.subscribe())
+    }
+}
+
+async fn until_true(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }
 
 /// Run until `shutdown` completes.
@@ -71,39 +93,86 @@ pub async fn serve(
     handles: Handles,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let (freeze_tx, freeze_rx) = watch::channel(false);
+    log_start(&cfg, &grpc, &http, &sinks)?;
+    let life = Lifecycle::new();
     let (commit_tx, commit_rx) = watch::channel(0u64);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    if cfg.subnet_metrics {
+        start_subnets(&cfg, &handles.state, life.stopped());
+        start_prefixes(&cfg, &handles.state, life.stopped());
+    }
+    let mailbox = Arc::new(CommitMailbox::default());
+    let signals =
+        StreamSignals { frozen: life.freeze.subscribe(), stop: life.stop.subscribe(), commits: commit_rx, mailbox: mailbox.clone() };
+    let auth = agent_auth(&cfg, life.stopped())?;
+    let (router, notifier) = grpc_services(&cfg, &handles.state, signals, auth.clone(), life.stopped()).await?;
+    let grpc_task = spawn_grpc(&cfg, router, grpc, handles.connections.clone(), life.stopped())?;
+    let http_task = spawn_http(&cfg, http, &handles, sinks.clone(), auth, life.stopped());
+    let sweeper = tokio::spawn(sweep(handles.state.clone(), life.stopped()));
+    let publisher = tokio::spawn(run_publisher(
+        handles.state.clone(),
+        sinks,
+        cfg.publish_interval,
+        cfg.shutdown_grace,
+        handles.publish.clone(),
+        Commits::new(commit_tx, mailbox),
+        life.frozen(),
+    ));
+
+    shutdown.await;
+    info!("aggregator shutting down: ingest frozen, delivering the last window");
+    let _ = life.freeze.send(true);
+    let publisher_result = publisher.await;
+    let _ = life.stop.send(true);
+    let grpc_result = bounded(grpc_task).await;
+    let http_result = bounded(http_task).await;
+    let _ = sweeper.await;
+    let _ = notifier.await;
+    publisher_result?;
+    grpc_result??;
+    http_result??;
+    info!("aggregator stopped");
+    Ok(())
+}
+
+fn log_start(cfg: &AggregatorConfig, grpc: &TcpListener, http: &TcpListener, sinks: &[Arc<dyn Sink>]) -> Result<(), ServeError> {
     info!(
         grpc = %grpc.local_addr()?,
         http = %http.local_addr()?,
         cluster_id = cfg.cluster_id.as_deref().unwrap_or(""),
-        publish_interval = ?cfg.publish_interval,
+        publish_interval = %cni_metrics_proto::duration::format(cfg.publish_interval),
         sinks = %sinks.iter().map(|s| s.name()).collect::<Vec<_>>().join(","),
         "aggregator starting"
     );
     if cfg.cluster_id.is_none() {
         warn!("no cluster id: set AWS_CLUSTER_ID or --cluster-id; the cluster_id label is empty");
     }
+    Ok(())
+}
 
-    if cfg.subnet_metrics {
-        lock(&handles.state).enable_subnets(cfg.subnet_low_threshold);
-        let sub = crate::subnets::SubnetConfig {
-            refresh: cfg.subnet_refresh,
-            discovery: cfg.subnet_discovery,
-            cluster_name: None,
-            region: cfg.region.clone(),
-        };
-        tokio::spawn(crate::subnets::run_refresher(handles.state.clone(), sub, stopped()));
+/// `--subnet-metrics`: the state joins what the refresher fetches from EC2.
+fn start_subnets(cfg: &AggregatorConfig, state: &Shared, stopped: impl Future<Output = ()> + Send + 'static) {
+    lock(state).enable_subnets(cfg.subnet_low_threshold, cfg.forecast_window);
+    let sub = crate::subnets::SubnetConfig {
+        refresh: cfg.subnet_refresh,
+        discovery: cfg.subnet_discovery,
+        cluster_name: None,
+        region: cfg.region.clone(),
+    };
+    tokio::spawn(crate::subnets::run_refresher(state.clone(), sub, stopped));
+}
+
+/// `--subnet-prefixes` (with `--subnet-metrics`): free /28 blocks, on their own refresh.
+fn start_prefixes(cfg: &AggregatorConfig, state: &Shared, stopped: impl Future<Output = ()> + Send + 'static) {
+    use crate::state::subnets::space::PrefixMode;
+    if cfg.subnet_prefixes == PrefixMode::False {
+        return;
     }
-    let mailbox = Arc::new(crate::ingest::CommitMailbox::default());
-    let signals = StreamSignals { frozen: freeze_rx.clone(), stop: stop_tx.subscribe(), commits: commit_rx, mailbox: mailbox.clone() };
+    lock(state).enable_prefixes(cfg.subnet_prefixes, cfg.subnet_low_prefixes);
+    tokio::spawn(crate::subnets::prefixes::run_refresher(state.clone(), cfg.region.clone(), cfg.subnet_prefixes_refresh, stopped));
+}
+
+/// The agent stream limit: `--max-streams`, else derived from the open-file limit (raised first).
+fn stream_limits(cfg: &AggregatorConfig) -> IngestLimits {
     let open_files = match crate::limits::raise_open_file_limit() {
         Ok(n) => Some(n),
         Err(e) => {
@@ -126,28 +195,43 @@ pub async fn serve(
             "--max-streams is above what the open-file limit allows: connections past the limit will fail; raise the limit (ulimit -n) or lower --max-streams"
         );
     }
-    let limits = IngestLimits { max_streams: stream_limit.max_streams, hello_timeout: cfg.hello_timeout };
-    let auth = match cfg.token_auth_config() {
+    IngestLimits { max_streams: stream_limit.max_streams, hello_timeout: cfg.hello_timeout }
+}
+
+/// How agents prove who they are (`--agent-auth`); the token verifier's key refresher runs until stopped.
+fn agent_auth(cfg: &AggregatorConfig, stopped: impl Future<Output = ()> + Send + 'static) -> Result<Option<Arc<TokenAuth>>, ServeError> {
+    match cfg.token_auth_config() {
         Some(c) => {
             info!(audience = %c.audience, subject = %c.subject, api_server = %c.source.api_server, "agents must prove their node with a ServiceAccount token");
-            let auth = Arc::new(crate::auth::TokenAuth::new(c)?);
-            tokio::spawn(auth.clone().run_refresher(stopped()));
-            Some(auth)
+            let auth = Arc::new(TokenAuth::new(c)?);
+            tokio::spawn(auth.clone().run_refresher(stopped));
+            Ok(Some(auth))
         }
         None if cfg.tls_files().is_some() => {
             info!("agents are authenticated by mutual TLS only (--agent-auth none): any client with a certificate can speak for any node");
-            None
+            Ok(None)
         }
         None => {
             warn!("agents are not authenticated (--agent-auth none): any client that reaches the gRPC port can speak for any node");
-            None
+            Ok(None)
         }
-    };
-    let svc = IngestServer::new(IngestService::new(handles.state.clone(), signals, limits, auth.clone()))
+    }
+}
+
+/// The gRPC services (ingest, consumer, health, reflection) on one router; returns it and the
+/// consumer notifier's task.
+async fn grpc_services(
+    cfg: &AggregatorConfig,
+    state: &Shared,
+    signals: StreamSignals,
+    auth: Option<Arc<TokenAuth>>,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> Result<(Router, tokio::task::JoinHandle<()>), ServeError> {
+    let ingest = IngestServer::new(IngestService::new(state.clone(), signals, stream_limits(cfg), auth))
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
-    let consumer = ConsumerService::new(handles.state.clone());
-    let notifier = consumer.run_notifier(cfg.subscribe_interval, stopped());
+    let consumer = ConsumerService::new(state.clone());
+    let notifier = consumer.run_notifier(cfg.subscribe_interval, stopped);
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<IngestServer<IngestService>>().await;
     health.set_serving::<ConsumerServer<ConsumerService>>().await;
@@ -156,94 +240,77 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let grpc_router = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // One stream per agent; a few for consumers. A client opening more is held back by HTTP/2.
         .max_concurrent_streams(Some(cfg.max_streams_per_connection))
-        .add_service(svc)
+        .add_service(ingest)
         .add_service(ConsumerServer::new(consumer))
         .add_service(health_svc)
         .add_service(reflection);
-    let grpc_task = match cfg.tls_files() {
+    Ok((router, notifier))
+}
+
+/// Serve gRPC on `listener`: with mutual TLS when configured, else plaintext.
+fn spawn_grpc(
+    cfg: &AggregatorConfig,
+    router: Router,
+    listener: TcpListener,
+    connections: Arc<ConnectionStats>,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, ServeError> {
+    Ok(match cfg.tls_files() {
         Some(files) => {
             let initial = crate::tls::server_config(&files)?;
             info!(cert = %files.cert.display(), client_ca = %files.client_ca.display(), "gRPC requires mutual TLS");
-            let counters = crate::tls::Counters {
-                handshake_failures: handles.tls_handshake_failures.clone(),
-                accept_errors: handles.accept_errors.clone(),
-            };
-            let incoming = crate::tls::incoming(grpc, files, initial, counters, cfg.max_tls_handshakes);
-            tokio::spawn(grpc_router.serve_with_incoming_shutdown(incoming, stopped()))
+            let incoming = crate::tls::incoming(listener, files, initial, connections, cfg.max_tls_handshakes);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
         }
         None => {
-            let incoming = crate::listen::PlainIncoming::new(grpc, handles.accept_errors.clone());
-            tokio::spawn(grpc_router.serve_with_incoming_shutdown(incoming, stopped()))
+            let incoming = crate::listen::PlainIncoming::new(listener, connections);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
         }
-    };
+    })
+}
 
+/// Serve `/metrics`, `/healthz`, `/readyz` on `listener`.
+fn spawn_http(
+    cfg: &AggregatorConfig,
+    listener: TcpListener,
+    handles: &Handles,
+    sinks: Vec<Arc<dyn Sink>>,
+    auth: Option<Arc<TokenAuth>>,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
     let app = router(HttpState {
         cluster: handles.state.clone(),
         publish: handles.publish.clone(),
         prometheus: cfg.prometheus,
-        sinks: sinks.clone(),
-        tls_handshake_failures: cfg.tls_files().map(|_| handles.tls_handshake_failures.clone()),
-        accept_errors: handles.accept_errors.clone(),
+        sinks,
+        connections: handles.connections.clone(),
+        tls: cfg.tls_files().is_some(),
         auth,
     });
-    let http_stop = stopped();
-    let http_task = tokio::spawn(async move { axum::serve(http, app).with_graceful_shutdown(http_stop).await });
+    tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await })
+}
 
-    let sweeper = {
-        let state = handles.state.clone();
-        let stop = stopped();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => return,
-                    _ = tick.tick() => {
-                        let expired = lock(&state).expire(Instant::now());
-                        for node in expired {
-                            warn!(node = %node, "node expired: no report within its TTL; its gauges left the sums");
-                        }
-                    }
+/// Drop nodes past their TTL, four times a second, until stopped.
+async fn sweep(state: Shared, stopped: impl Future<Output = ()>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = tick.tick() => {
+                let expired = lock(&state).expire(Instant::now());
+                for node in expired {
+                    warn!(node = %node, "node expired: no report within its TTL; its gauges left the sums");
                 }
             }
-        })
-    };
-    let frozen = {
-        let mut rx = freeze_rx;
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
         }
-    };
-    let publisher = tokio::spawn(run_publisher(
-        handles.state.clone(),
-        sinks,
-        cfg.publish_interval,
-        cfg.shutdown_grace,
-        handles.publish.clone(),
-        Commits::new(commit_tx, mailbox),
-        frozen,
-    ));
-
-    shutdown.await;
-    info!("aggregator shutting down: ingest frozen, delivering the last window");
-    let _ = freeze_tx.send(true);
-    let publisher_result = publisher.await;
-    let _ = stop_tx.send(true);
-    let grpc_result = bounded(grpc_task).await;
-    let http_result = bounded(http_task).await;
-    let _ = sweeper.await;
-    let _ = notifier.await;
-    publisher_result?;
-    grpc_result??;
-    http_result??;
-    info!("aggregator stopped");
-    Ok(())
+    }
 }
 
 /// How long servers may take to drain at shutdown before they are aborted.

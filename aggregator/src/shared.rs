@@ -21,10 +21,7 @@ pub fn lock(state: &Shared) -> MutexGuard<'_, ClusterState> {
         Err(TryLockError::WouldBlock) => {
             let t = Instant::now();
             let mut g = state.lock().unwrap_or_else(|e| e.into_inner());
-            let waited = t.elapsed();
-            if waited > g.stats.longest_lock_wait {
-                g.stats.longest_lock_wait = waited;
-            }
+            g.record_lock_wait(t.elapsed());
             g
         }
     }
@@ -38,14 +35,13 @@ mod tests {
     #[test]
     fn a_contended_lock_records_its_wait() {
         let state: Shared = Arc::new(Mutex::new(ClusterState::new(crate::state::StateConfig::default())));
-        let mut held = lock(&state);
-        assert_eq!(held.stats.longest_lock_wait, Duration::ZERO, "uncontended: not timed");
+        let held = lock(&state);
+        assert_eq!(held.stats().longest_lock_wait, Duration::ZERO, "uncontended: not timed");
         let other = state.clone();
         let waiter = std::thread::spawn(move || drop(lock(&other)));
         std::thread::sleep(Duration::from_millis(30));
-        held.stats.last_render_hold = Duration::ZERO;
         drop(held);
         let _ = waiter.join();
-        assert!(lock(&state).stats.longest_lock_wait >= Duration::from_millis(20));
+        assert!(lock(&state).stats().longest_lock_wait >= Duration::from_millis(20));
     }
 }

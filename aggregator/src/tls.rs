@@ -82,14 +82,6 @@ fn mtimes(files: &TlsFiles) -> Vec<Option<SystemTime>> {
     [&files.cert, &files.key, &files.client_ca].iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
 }
 
-/// What the TLS accept loop counts.
-pub struct Counters {
-    /// Refused or timed-out handshakes.
-    pub handshake_failures: Arc<std::sync::atomic::AtomicU64>,
-    /// Failed accepts (see [`crate::listen`]).
-    pub accept_errors: Arc<std::sync::atomic::AtomicU64>,
-}
-
 /// Accept TCP connections, complete TLS handshakes off the accept loop, and yield authenticated streams.
 /// Failed handshakes (plaintext, no or foreign client certificate) are logged and counted; they never
 /// reach gRPC. After a failed accept the loop pauses ([`crate::listen::ACCEPT_PAUSE`]).
@@ -97,39 +89,13 @@ pub fn incoming(
     listener: TcpListener,
     files: TlsFiles,
     initial: Arc<ServerConfig>,
-    counters: Counters,
+    stats: Arc<crate::listen::ConnectionStats>,
     max_handshakes: usize,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
-    let Counters { handshake_failures: failures, accept_errors } = counters;
     let current = Arc::new(RwLock::new(initial));
     let (tx, rx) = mpsc::channel(64);
     // Reload when the files change, until the server stops.
-    {
-        let current = current.clone();
-        let files = files.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut seen = mtimes(&files);
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(RELOAD_EVERY) => {}
-                    _ = tx.closed() => return,
-                }
-                let now = mtimes(&files);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-                match server_config(&files) {
-                    Ok(cfg) => {
-                        *current.write().unwrap_or_else(|e| e.into_inner()) = cfg;
-                        info!(cert = %files.cert.display(), "TLS certificates reloaded");
-                    }
-                    Err(e) => error!(error = %e, "new TLS files are invalid; keeping the previous ones"),
-                }
-            }
-        });
-    }
+    tokio::spawn(reload(current.clone(), files, tx.clone()));
     let handshakes = Arc::new(Semaphore::new(max_handshakes.clamp(1, Semaphore::MAX_PERMITS)));
     tokio::spawn(async move {
         let mut failing = false;
@@ -145,11 +111,11 @@ pub fn incoming(
             };
             let (tcp, peer) = match accepted {
                 Ok(c) => {
-                    crate::listen::accept_recovered(&mut failing, &accept_errors);
+                    crate::listen::accept_recovered(&mut failing, &stats);
                     c
                 }
                 Err(e) => {
-                    crate::listen::accept_failed(&e, &accept_errors, &mut failing);
+                    crate::listen::accept_failed(&e, &stats, &mut failing);
                     tokio::time::sleep(crate::listen::ACCEPT_PAUSE).await;
                     continue;
                 }
@@ -157,7 +123,7 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(current.read().unwrap_or_else(|e| e.into_inner()).clone());
             let tx = tx.clone();
-            let failures = failures.clone();
+            let stats = stats.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -165,11 +131,11 @@ pub fn incoming(
                         let _ = tx.send(Ok(stream)).await;
                     }
                     Ok(Err(e)) => {
-                        failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        stats.record_handshake_failure();
                         info!(%peer, error = %e, "TLS handshake refused");
                     }
                     Err(_) => {
-                        failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        stats.record_handshake_failure();
                         info!(%peer, "TLS handshake timed out");
                     }
                 }
@@ -177,4 +143,28 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Re-read the certificate files when they change, until the accept stream is dropped; invalid new
+/// files keep the previous configuration.
+async fn reload(current: Arc<RwLock<Arc<ServerConfig>>>, files: TlsFiles, tx: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>) {
+    let mut seen = mtimes(&files);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RELOAD_EVERY) => {}
+            _ = tx.closed() => return,
+        }
+        let now = mtimes(&files);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match server_config(&files) {
+            Ok(cfg) => {
+                *current.write().unwrap_or_else(|e| e.into_inner()) = cfg;
+                info!(cert = %files.cert.display(), "TLS certificates reloaded");
+            }
+            Err(e) => error!(error = %e, "new TLS files are invalid; keeping the previous ones"),
+        }
+    }
 }

@@ -50,6 +50,20 @@ fn status_name(s: i32) -> &'static str {
 /// The view as a table.
 pub fn render_table(c: &ClusterView, nodes: &[NodeView], top: usize) -> String {
     let mut s = String::new();
+    render_totals(&mut s, c);
+    render_nodes(&mut s, nodes, top);
+    if !c.subnets.is_empty() {
+        render_subnets(&mut s, c, top);
+    }
+    render_stale(&mut s, nodes, top);
+    if !c.aggregates.is_empty() {
+        render_errors(&mut s, c);
+    }
+    s
+}
+
+/// The cluster's counts, IPs and utilization.
+fn render_totals(s: &mut String, c: &ClusterView) {
     let id = if c.cluster_id.is_empty() { "(no cluster id)" } else { c.cluster_id.as_str() };
     let _ = writeln!(
         s,
@@ -74,6 +88,18 @@ pub fn render_table(c: &ClusterView, nodes: &[NodeView], top: usize) -> String {
         c.enis_allocated,
         c.enis_max
     );
+    if c.nodes_ipv6 > 0 {
+        let _ = writeln!(
+            s,
+            "IPv6 nodes {}: in assigned/total/max, not in available, headroom, utilization or low on IPs\n  \
+             (an IPv6 node runs out of max pods, not addresses)",
+            c.nodes_ipv6
+        );
+    }
+}
+
+/// The nodes lowest on IP headroom.
+fn render_nodes(s: &mut String, nodes: &[NodeView], top: usize) {
     let mut by_headroom: Vec<&NodeView> = nodes.iter().filter(|n| n.ip_headroom >= 0.0).collect();
     by_headroom.sort_by(|a, b| a.ip_headroom.total_cmp(&b.ip_headroom).then_with(|| a.name.cmp(&b.name)));
     let _ = writeln!(s, "\nNODES BY IP HEADROOM (worst first)");
@@ -97,34 +123,83 @@ pub fn render_table(c: &ClusterView, nodes: &[NodeView], top: usize) -> String {
             if n.low_on_ips { "yes" } else { "" }
         );
     }
-    if !c.subnets.is_empty() {
-        let stale = if c.subnets.iter().any(|x| x.stale) { "  (EC2 not reachable: last known values)" } else { "" };
+}
+
+/// The subnets, worst first (`--subnet-metrics`), each with its free /28 blocks (`--subnet-prefixes`)
+/// and, below it, its exhaustion forecast in words where there is one.
+fn render_subnets(s: &mut String, c: &ClusterView, top: usize) {
+    let stale = if c.subnets.iter().any(|x| x.stale) { "  (EC2 not reachable: last known values)" } else { "" };
+    let _ =
+        writeln!(s, "\nSUBNETS (worst first): {} addresses available, {} low{stale}", num(c.subnet_available_ips), c.subnets_low_on_ips);
+    let _ = writeln!(
+        s,
+        "{:<24} {:<11} {:>7} {:>9} {:>7} {:>6} {:>6} {:>8} {:>4}",
+        "SUBNET", "AZ", "USABLE", "AVAILABLE", "CLUSTER", "PODS", "OTHERS", "FREE /28", "LOW"
+    );
+    for x in c.subnets.iter().take(top) {
+        let free = if x.prefixes_counted { x.free_prefixes.to_string() } else { "-".into() };
+        let low = match (x.low_on_ips, x.low_on_prefixes) {
+            (true, true) => "both",
+            (true, false) => "IPs",
+            (false, true) => "/28",
+            (false, false) => "",
+        };
         let _ = writeln!(
             s,
-            "\nSUBNETS (worst first): {} addresses available, {} low{stale}",
-            num(c.subnet_available_ips),
-            c.subnets_low_on_ips
+            "{:<24} {:<11} {:>7} {:>9} {:>7} {:>6} {:>6} {:>8} {:>4}",
+            x.subnet_id,
+            x.availability_zone,
+            num(x.usable_ips),
+            num(x.available_ips),
+            num(x.held_by_cluster),
+            num(x.assigned_to_pods),
+            num(x.held_by_others),
+            free,
+            low
         );
-        let _ = writeln!(
-            s,
-            "{:<26} {:<12} {:>8} {:>9} {:>8} {:>8} {:>7} {:>4}",
-            "SUBNET", "AZ", "USABLE", "AVAILABLE", "CLUSTER", "PODS", "OTHERS", "LOW"
-        );
-        for x in c.subnets.iter().take(top) {
-            let _ = writeln!(
-                s,
-                "{:<26} {:<12} {:>8} {:>9} {:>8} {:>8} {:>7} {:>4}",
-                x.subnet_id,
-                x.availability_zone,
-                num(x.usable_ips),
-                num(x.available_ips),
-                num(x.held_by_cluster),
-                num(x.assigned_to_pods),
-                num(x.held_by_others),
-                if x.low_on_ips { "yes" } else { "" }
-            );
+        if let Some(line) = forecast_line(x, c.forecast_window_seconds) {
+            let _ = writeln!(s, "  {line}");
         }
     }
+}
+
+/// "runs out of addresses in about 5 h, of free /28s in about 2 h (at the last 6 h's rate)", or
+/// `None` without a forecast.
+fn forecast_line(x: &cni_metrics_proto::v1::SubnetView, window: f64) -> Option<String> {
+    let parts: Vec<String> = [("addresses", x.addresses_exhaustion_seconds), ("free /28s", x.prefixes_exhaustion_seconds)]
+        .into_iter()
+        .filter_map(|(what, secs)| Some(format!("of {what} in {}", about(secs.filter(|s| s.is_finite() && *s >= 0.0)?))))
+        .collect();
+    (!parts.is_empty()).then(|| format!("runs out {} (at the last {}'s rate)", parts.join(", "), span(window)))
+}
+
+/// A forecast's time in words: "less than a minute", "about 40 min", "about 5 h", "about 3 days".
+fn about(secs: f64) -> String {
+    let minutes = (secs / 60.0).round();
+    if secs < 60.0 {
+        "less than a minute".into()
+    } else if minutes < 90.0 {
+        format!("about {minutes} min")
+    } else if secs < 48.0 * 3600.0 {
+        format!("about {} h", (secs / 3600.0).round())
+    } else {
+        format!("about {} days", (secs / 86_400.0).round())
+    }
+}
+
+/// A window's length: "6 h", "90 min", "2 days".
+fn span(secs: f64) -> String {
+    if secs >= 48.0 * 3600.0 && secs % 86_400.0 == 0.0 {
+        format!("{} days", secs / 86_400.0)
+    } else if secs >= 3600.0 && secs % 3600.0 == 0.0 {
+        format!("{} h", secs / 3600.0)
+    } else {
+        format!("{} min", (secs / 60.0).round())
+    }
+}
+
+/// Nodes whose scrape fails or that stopped reporting.
+fn render_stale(s: &mut String, nodes: &[NodeView], top: usize) {
     let stale: Vec<&NodeView> = nodes.iter().filter(|n| n.stale).collect();
     if !stale.is_empty() {
         let _ = writeln!(s, "\nSTALE NODES");
@@ -139,6 +214,10 @@ pub fn render_table(c: &ClusterView, nodes: &[NodeView], top: usize) -> String {
             );
         }
     }
+}
+
+/// The error counters that are not zero.
+fn render_errors(s: &mut String, c: &ClusterView) {
     let errors: Vec<(&str, f64)> = ERROR_FAMILIES
         .iter()
         .map(|(fam, label)| {
@@ -146,13 +225,10 @@ pub fn render_table(c: &ClusterView, nodes: &[NodeView], top: usize) -> String {
             (*label, v)
         })
         .collect();
-    if !c.aggregates.is_empty() {
-        let _ = writeln!(s, "\nERRORS since aggregator start (empty means healthy)");
-        for (label, v) in errors.iter().filter(|(_, v)| *v > 0.0) {
-            let _ = writeln!(s, "  {label:<44} {v}");
-        }
+    let _ = writeln!(s, "\nERRORS since aggregator start (empty means healthy)");
+    for (label, v) in errors.iter().filter(|(_, v)| *v > 0.0) {
+        let _ = writeln!(s, "  {label:<44} {v}");
     }
-    s
 }
 
 /// `watch --json`: the cluster, then its nodes (field order as written here).
@@ -176,6 +252,8 @@ struct JsonView<'a> {
     enis_max: f64,
     subnet_available_ips: f64,
     subnets_low_on_ips: u64,
+    nodes_ipv6: u64,
+    forecast_window_seconds: f64,
     subnets: Vec<JsonSubnet<'a>>,
     nodes: Vec<JsonNode<'a>>,
 }
@@ -191,6 +269,14 @@ struct JsonSubnet<'a> {
     held_by_others: f64,
     low_on_ips: bool,
     stale: bool,
+    /// `None` (null) unless the subnet's free /28 blocks were counted.
+    free_prefixes: Option<u32>,
+    free_reserved_prefixes: Option<u32>,
+    largest_free_block_prefix_length: Option<u32>,
+    low_on_prefixes: bool,
+    /// Seconds until zero; null without a forecast.
+    addresses_exhaustion_seconds: Option<f64>,
+    prefixes_exhaustion_seconds: Option<f64>,
 }
 
 #[derive(serde::Serialize)]
@@ -207,6 +293,7 @@ struct JsonNode<'a> {
     ip_headroom: f64,
     low_on_ips: bool,
     anomalous: bool,
+    ipv6: bool,
     last_report_age_ms: u64,
 }
 
@@ -231,21 +318,9 @@ pub fn render_json(c: &ClusterView, nodes: &[NodeView]) -> String {
         enis_max: c.enis_max,
         subnet_available_ips: c.subnet_available_ips,
         subnets_low_on_ips: c.subnets_low_on_ips.into(),
-        subnets: c
-            .subnets
-            .iter()
-            .map(|x| JsonSubnet {
-                subnet_id: &x.subnet_id,
-                availability_zone: &x.availability_zone,
-                usable_ips: x.usable_ips,
-                available_ips: x.available_ips,
-                held_by_cluster: x.held_by_cluster,
-                assigned_to_pods: x.assigned_to_pods,
-                held_by_others: x.held_by_others,
-                low_on_ips: x.low_on_ips,
-                stale: x.stale,
-            })
-            .collect(),
+        nodes_ipv6: c.nodes_ipv6.into(),
+        forecast_window_seconds: c.forecast_window_seconds,
+        subnets: c.subnets.iter().map(json_subnet).collect(),
         nodes: nodes
             .iter()
             .map(|n| JsonNode {
@@ -261,12 +336,34 @@ pub fn render_json(c: &ClusterView, nodes: &[NodeView]) -> String {
                 ip_headroom: n.ip_headroom,
                 low_on_ips: n.low_on_ips,
                 anomalous: n.anomalous,
+                ipv6: n.ipv6,
                 last_report_age_ms: n.last_report_age_ms,
             })
             .collect(),
     };
     // Serializing plain structs of strings, numbers and bools cannot fail.
     serde_json::to_string(&view).unwrap_or_default()
+}
+
+fn json_subnet(x: &cni_metrics_proto::v1::SubnetView) -> JsonSubnet<'_> {
+    let counted = |v: u32| x.prefixes_counted.then_some(v);
+    JsonSubnet {
+        subnet_id: &x.subnet_id,
+        availability_zone: &x.availability_zone,
+        usable_ips: x.usable_ips,
+        available_ips: x.available_ips,
+        held_by_cluster: x.held_by_cluster,
+        assigned_to_pods: x.assigned_to_pods,
+        held_by_others: x.held_by_others,
+        low_on_ips: x.low_on_ips,
+        stale: x.stale,
+        free_prefixes: counted(x.free_prefixes),
+        free_reserved_prefixes: counted(x.free_reserved_prefixes),
+        largest_free_block_prefix_length: counted(x.largest_free_block_prefix_length).filter(|l| *l > 0),
+        low_on_prefixes: x.low_on_prefixes,
+        addresses_exhaustion_seconds: x.addresses_exhaustion_seconds,
+        prefixes_exhaustion_seconds: x.prefixes_exhaustion_seconds,
+    }
 }
 
 /// The nodes the view shows, without downloading every node: the `top` worst by IP headroom and the
@@ -408,7 +505,7 @@ mod tests {
             held_by_others: 251.0 - available - 40.0,
             low_on_ips: low,
             stale: true,
-            refreshed_unix_ms: 0,
+            ..cni_metrics_proto::v1::SubnetView::default()
         };
         c.subnets = vec![subnet("subnet-low", 12.0, true), subnet("subnet-ok", 200.0, false)];
         c.subnet_available_ips = 212.0;
@@ -417,10 +514,71 @@ mod tests {
         assert!(t.contains("SUBNETS (worst first): 212 addresses available, 1 low  (EC2 not reachable: last known values)"), "{t}");
         let low = t.find("\nsubnet-low ").unwrap_or(usize::MAX);
         assert!(low < t.find("\nsubnet-ok ").unwrap_or(0), "{t}");
-        assert!(t.contains(" yes\n"), "{t}");
+        assert!(t.contains(" IPs\n"), "{t}");
+        assert!(!t.contains("runs out"), "no forecast without one: {t}");
         let v: serde_json::Value = serde_json::from_str(&render_json(&c, &[])).unwrap_or_default();
         assert_eq!(v["subnets"][0]["subnet_id"], "subnet-low");
         assert_eq!(v["subnets_low_on_ips"], 1);
+    }
+
+    #[test]
+    fn subnets_show_free_prefixes_and_the_forecast_in_words() {
+        let mut c = cluster();
+        c.forecast_window_seconds = 6.0 * 3600.0;
+        let base = cni_metrics_proto::v1::SubnetView {
+            subnet_id: "subnet-0123456789abcdef0".into(),
+            availability_zone: "us-east-1a".into(),
+            usable_ips: 4091.0,
+            available_ips: 900.0,
+            ..cni_metrics_proto::v1::SubnetView::default()
+        };
+        let draining = cni_metrics_proto::v1::SubnetView {
+            prefixes_counted: true,
+            free_prefixes: 3,
+            largest_free_block_prefix_length: 28,
+            low_on_prefixes: true,
+            addresses_exhaustion_seconds: Some(5.2 * 3600.0),
+            prefixes_exhaustion_seconds: Some(40.0 * 60.0),
+            ..base.clone()
+        };
+        let flat = cni_metrics_proto::v1::SubnetView { subnet_id: "subnet-flat".into(), ..base };
+        c.subnets = vec![draining, flat];
+        let t = render_table(&c, &[], 10);
+        assert!(t.contains("\n  runs out of addresses in about 5 h, of free /28s in about 40 min (at the last 6 h's rate)\n"), "{t}");
+        assert_eq!(t.matches("runs out").count(), 1, "a flat subnet has no forecast line: {t}");
+        let row = t.lines().find(|l| l.starts_with("subnet-0123")).unwrap_or_default();
+        assert!(row.ends_with("        3  /28"), "free /28s and low on them: {row:?}");
+        let flat_row = t.lines().find(|l| l.starts_with("subnet-flat")).unwrap_or_default();
+        assert!(flat_row.ends_with("        -     "), "not counted: {flat_row:?}");
+        assert!(t.lines().all(|l| l.chars().count() <= 100), "{t}");
+        let v: serde_json::Value = serde_json::from_str(&render_json(&c, &[])).unwrap_or_default();
+        assert_eq!(v["subnets"][0]["free_prefixes"], 3);
+        assert_eq!(v["subnets"][0]["prefixes_exhaustion_seconds"], 2400.0);
+        assert_eq!(v["subnets"][1]["free_prefixes"], serde_json::Value::Null);
+        assert_eq!(v["subnets"][1]["addresses_exhaustion_seconds"], serde_json::Value::Null);
+        for (secs, words) in
+            [(30.0, "less than a minute"), (600.0, "about 10 min"), (7200.0, "about 2 h"), (5.0 * 86_400.0, "about 5 days")]
+        {
+            assert_eq!(about(secs), words);
+        }
+        for (secs, words) in [(5400.0, "90 min"), (21_600.0, "6 h"), (172_800.0, "2 days")] {
+            assert_eq!(span(secs), words);
+        }
+    }
+
+    #[test]
+    fn ipv6_nodes_are_named_and_said_why() {
+        let mut c = cluster();
+        assert!(!render_table(&c, &[], 10).contains("IPv6"), "{c:?}");
+        c.nodes_ipv6 = 2;
+        let v6 = NodeView { ipv6: true, available_ips: -1.0, ip_headroom: -1.0, ..node("v6-node", 0.0, false, false) };
+        let t = render_table(&c, &[v6.clone(), node("v4-node", 3.0, true, false)], 10);
+        assert!(t.contains("IPv6 nodes 2: in assigned/total/max, not in available, headroom, utilization or low on IPs"), "{t}");
+        assert!(t.contains("\n  (an IPv6 node runs out of max pods, not addresses)\n"), "{t}");
+        assert!(t.lines().all(|l| l.chars().count() <= 100), "{t}");
+        assert!(!t.contains("\nv6-node "), "an IPv6 node has no IP headroom to rank: {t}");
+        let v: serde_json::Value = serde_json::from_str(&render_json(&c, &[v6])).unwrap_or_default();
+        assert_eq!((v["nodes_ipv6"].clone(), v["nodes"][0]["ipv6"].clone()), (2.into(), true.into()));
     }
 
     #[test]

@@ -193,6 +193,13 @@ pub const DERIVED_CLOUDWATCH_NAMES: &[&str] = &[
     "subnetUsableIPAddresses",
     "subnetClusterIPAddresses",
     "subnetOtherIPAddresses",
+    // --subnet-prefixes (DescribeNetworkInterfaces, GetSubnetCidrReservations)
+    "subnetFreePrefixes",
+    "subnetsLowOnPrefixes",
+    "subnetFreeReservedPrefixes",
+    "subnetLargestFreeBlockPrefixLength",
+    // the exhaustion forecast (--forecast-window)
+    "subnetHoursToExhaustion",
 ];
 
 /// ipamd's process start time: read by the agent for reset detection, never forwarded.

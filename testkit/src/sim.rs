@@ -75,7 +75,16 @@ pub struct SimIpamd {
     pub subnet: Option<String>,
     /// Network cards the ENIs are spread over (1: a single datastore, as before VPC CNI v1.20).
     pub network_cards: u64,
+    /// Prefix delegation: the /28s its introspection lists, in order (by default `10.<eni>.<k>.0/28`).
+    pub prefix_cidrs: Vec<String>,
+    /// An IPv6 node (`ENABLE_IPv6`): one ENI whose introspection lists one /80 prefix holding the pods
+    /// (no IPv4 cidrs), counted by ipamd as 2^48 addresses in `awscni_total_ip_addresses`; `awscni_ip_max`
+    /// keeps the IPv4 limits, as ipamd does.
+    pub ipv6: bool,
 }
+
+/// What ipamd counts for one IPv6 /80 prefix.
+pub const IPV6_PREFIX_ADDRESSES: u64 = 1 << 48;
 
 impl SimIpamd {
     pub fn new(style: PageStyle, seed: u64, start_time: f64) -> Self {
@@ -95,7 +104,9 @@ impl SimIpamd {
             at_restart: Counters::default(),
             p99_ms: 120.0,
             subnet: None,
+            prefix_cidrs: Vec::new(),
             network_cards: 1,
+            ipv6: false,
         };
         sim.assigned = sim.rng.u64(0..=ips_per_eni);
         sim.fit_capacity();
@@ -104,6 +115,9 @@ impl SimIpamd {
 
     /// IPs the node holds (warm + assigned).
     pub fn total_ips(&self) -> u64 {
+        if self.ipv6 {
+            return IPV6_PREFIX_ADDRESSES;
+        }
         match self.style {
             PageStyle::PrefixDelegation => self.prefixes * 16,
             _ => self.enis * (self.ips_per_eni - 1),
@@ -120,6 +134,10 @@ impl SimIpamd {
     /// Make ENIs and prefixes hold the assigned IPs (after changing `assigned` by hand).
     pub fn fit_capacity(&mut self) {
         self.assigned = self.assigned.min(self.ip_max());
+        if self.ipv6 {
+            self.enis = 1;
+            return;
+        }
         match self.style {
             PageStyle::PrefixDelegation => {
                 self.prefixes = self.assigned.div_ceil(16) + 1;
@@ -175,6 +193,9 @@ impl SimIpamd {
 
     /// The node's ENIs: each one's introspection JSON, pod addresses and assigned addresses.
     fn eni_layout(&self) -> Vec<(String, u64, u64)> {
+        if self.ipv6 {
+            return vec![self.ipv6_eni()];
+        }
         let mut out = Vec::new();
         let mut left = self.assigned;
         let pd = self.style == PageStyle::PrefixDelegation;
@@ -195,7 +216,11 @@ impl SimIpamd {
                 let addrs: Vec<String> = (0..used)
                     .map(|i| format!("\"10.{e}.{k}.{i}\": {{\"Address\": \"10.{e}.{k}.{i}\", \"IPAMKey\": {{\"networkName\": \"aws-cni\", \"containerID\": \"c{e}{k}{i}\", \"ifName\": \"eth0\"}}}}"))
                     .collect();
-                let cidr = if pd { format!("10.{e}.{k}.0/28") } else { format!("10.{e}.0.{k}/32") };
+                let cidr = if pd {
+                    self.prefix_cidrs.get(prefix as usize).cloned().unwrap_or_else(|| format!("10.{e}.{k}.0/28"))
+                } else {
+                    format!("10.{e}.0.{k}/32")
+                };
                 cidrs.push(format!("\"{cidr}\": {{\"IsPrefix\": {pd}, \"IPAddresses\": {{{}}}}}", addrs.join(", ")));
                 prefix += 1;
             }
@@ -207,6 +232,20 @@ impl SimIpamd {
             out.push((json, total, assigned));
         }
         out
+    }
+
+    /// An IPv6 node's one ENI: a /80 prefix with the pods' addresses.
+    fn ipv6_eni(&self) -> (String, u64, u64) {
+        let addrs: Vec<String> = (0..self.assigned)
+            .map(|i| format!("\"2600:1f18:4a:2b00:{i:x}::\": {{\"Address\": \"2600:1f18:4a:2b00:{i:x}::\", \"IPAMKey\": {{\"networkName\": \"aws-cni\", \"containerID\": \"c{i}\", \"ifName\": \"eth0\"}}}}"))
+            .collect();
+        let json = format!(
+            "\"eni-0a1b2c3d4e5f00000\": {{\"ID\": \"eni-0a1b2c3d4e5f00000\", \"SubnetID\": \"{}\", \"AvailableIPv4Cidrs\": {{}}, \
+             \"AvailableIPv6Cidrs\": {{\"2600:1f18:4a:2b00::/80\": {{\"IsPrefix\": true, \"IPAddresses\": {{{}}}}}}}}}",
+            self.subnet_id(),
+            addrs.join(", ")
+        );
+        (json, IPV6_PREFIX_ADDRESSES, self.assigned)
     }
 
     /// Per network card (ENI `e` on card `e % network_cards`): pod addresses, assigned, ENIs.

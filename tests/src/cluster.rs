@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::netns::{Lab, CONTROL_IP};
-use crate::{eventually, free_port, json_field, sample, scratch_dir, stdout_sum, Aggregator, Proc};
+use crate::{eventually, free_port, json_field, sample, scratch_dir, stdout_sum, Aggregator, Proc, Program};
 
 pub struct Node {
     pub name: String,
@@ -42,6 +42,10 @@ pub struct Cluster {
     pub agent_extra: Vec<String>,
     /// Agents keep their counting position in a state directory of their node (as the DaemonSet does).
     pub keep_position: bool,
+    /// The agent build each node runs (by index), when not the host's (e.g. arm64 under its emulator).
+    pub agent_programs: std::collections::HashMap<usize, Program>,
+    /// The aggregator build, when not the host's.
+    pub aggregator_program: Option<Program>,
 }
 
 /// The counters the fault tests compare: (addReqCount, delReqCount, ec2ApiReqCount). The last grows at
@@ -79,6 +83,8 @@ impl Cluster {
             agg_env: Vec::new(),
             agent_extra: Vec::new(),
             keep_position: false,
+            agent_programs: std::collections::HashMap::new(),
+            aggregator_program: None,
         };
         for _ in 0..nodes {
             c.add_node()?;
@@ -152,7 +158,11 @@ impl Cluster {
             args.extend(["--state-dir".to_owned(), self.dir.join(format!("{}-state", n.name)).display().to_string()]);
         }
         let name = format!("{}-agent-{}", n.name, n.runs);
-        n.agent = Some(Proc::start_in(ns.as_deref(), "cni-metrics-agent", &name, &args, &[], &self.dir, false)?);
+        let program = match self.agent_programs.get(&i) {
+            Some(p) => p.clone(),
+            None => Program::host("cni-metrics-agent")?,
+        };
+        n.agent = Some(Proc::start_program(ns.as_deref(), &program, &name, &args, &[], &self.dir, false)?);
         Ok(())
     }
 
@@ -171,7 +181,11 @@ impl Cluster {
         extra.extend(self.agg_extra.iter().map(String::as_str));
         let name = format!("aggregator-{}", self.aggregators.len() + 1);
         let env: Vec<(&str, Option<&str>)> = self.agg_env.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
-        let agg = Aggregator::start_in(ns.as_deref(), &self.dir, &name, &self.agg_listen, &extra, &env)?;
+        let program = match &self.aggregator_program {
+            Some(p) => p.clone(),
+            None => Program::host("cni-metrics-aggregator")?,
+        };
+        let agg = Aggregator::start_program(&program, ns.as_deref(), &self.dir, &name, &self.agg_listen, &extra, &env)?;
         self.agg_http = agg.http;
         self.aggregators.push(agg.proc);
         Ok(())

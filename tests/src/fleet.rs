@@ -128,6 +128,7 @@ impl SimAgent {
             total_ips: 30.0,
             assigned_ips: assigned.clamp(0.0, 30.0),
             enis: 2,
+            ..SubnetUsage::default()
         }]
     }
 

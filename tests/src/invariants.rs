@@ -173,7 +173,7 @@ pub fn streams_applied(data: &[u8]) -> usize {
             }
             6 => {
                 let w = st.take_window(1_800_000_000_000 + i64::from(steps) * 60_000);
-                for d in &w.datums {
+                for d in &w.window.datums {
                     assert!(d.value.is_finite(), "a datum for CloudWatch is not finite: {d:?}");
                 }
                 st.commit(&w.commits);
@@ -229,6 +229,14 @@ fn report(b: &mut Bytes<'_>) -> Report {
             total_ips: b.f64(),
             assigned_ips: b.f64(),
             enis: u32::from(b.u8() % 4),
+            // Some unaligned or too long: the aggregator refuses those reports whole.
+            blocks: (0..b.u8() % 3)
+                .map(|_| cni_metrics_proto::v1::Ipv4Block {
+                    address: 0x0a00_0000 | (u32::from(b.u8()) << 4),
+                    prefix_len: 24 + u32::from(b.u8() % 10),
+                })
+                .collect(),
+            ipv6_prefixes: u32::from(b.u8() % 2),
         }]
     } else {
         Vec::new()

@@ -34,6 +34,41 @@ pub fn bin_dir() -> Result<&'static Path> {
     .map_err(|e| anyhow!("{e}"))
 }
 
+/// A program to run: one of the host build's binaries, or another architecture's binary run under its
+/// user-mode emulator (arm64 under `qemu-aarch64-static`, called explicitly: binfmt may not be registered).
+#[derive(Clone, Debug)]
+pub struct Program {
+    path: PathBuf,
+    emulator: Option<PathBuf>,
+}
+
+impl Program {
+    /// The host build's binary `bin` (built on first use, see [`bin_dir`]).
+    pub fn host(bin: &str) -> Result<Self> {
+        Ok(Self { path: bin_dir()?.join(bin), emulator: None })
+    }
+
+    /// `path` run under `emulator`.
+    pub fn emulated(emulator: &Path, path: PathBuf) -> Self {
+        Self { path, emulator: Some(emulator.to_owned()) }
+    }
+
+    /// The command that runs it (inside network namespace `ns` when given: `ip netns exec` execs it).
+    fn command(&self, ns: Option<&str>) -> Command {
+        let argv: Vec<&Path> = self.emulator.iter().map(PathBuf::as_path).chain([self.path.as_path()]).collect();
+        let mut c = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(argv[0]);
+                c
+            }
+            None => Command::new(argv[0]),
+        };
+        c.args(&argv[1..]);
+        c
+    }
+}
+
 /// A child process killed on drop, with its output in files under a temporary directory.
 pub struct Proc {
     pub name: String,
@@ -70,17 +105,22 @@ impl Proc {
         dir: &Path,
         piped_stdin: bool,
     ) -> Result<Self> {
+        Self::start_program(ns, &Program::host(bin)?, name, args, env, dir, piped_stdin)
+    }
+
+    /// [`Proc::start_in`] of any [`Program`].
+    pub fn start_program(
+        ns: Option<&str>,
+        program: &Program,
+        name: &str,
+        args: &[String],
+        env: &[(&str, Option<&str>)],
+        dir: &Path,
+        piped_stdin: bool,
+    ) -> Result<Self> {
         let stdout_path = dir.join(format!("{name}.stdout"));
         let stderr_path = dir.join(format!("{name}.stderr"));
-        let path = bin_dir()?.join(bin);
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&path);
-                c
-            }
-            None => Command::new(&path),
-        };
+        let mut cmd = program.command(ns);
         cmd.args(args)
             .env("RUST_LOG", "info")
             // Never leave loopback: no instance metadata, no real AWS.
@@ -108,7 +148,7 @@ impl Proc {
             .stdout(std::fs::File::create(&stdout_path)?)
             .stderr(std::fs::File::create(&stderr_path)?)
             .spawn()
-            .with_context(|| format!("cannot start {bin}"))?;
+            .with_context(|| format!("cannot start {}", program.path.display()))?;
         let stdin = child.stdin.take();
         Ok(Self { name: name.to_owned(), child, stdin, stdout_path, stderr_path })
     }
@@ -244,6 +284,19 @@ impl Aggregator {
         extra: &[&str],
         env: &[(&str, Option<&str>)],
     ) -> Result<Self> {
+        Self::start_program(&Program::host("cni-metrics-aggregator")?, ns, dir, name, grpc_listen, extra, env)
+    }
+
+    /// [`Aggregator::start_in`] of any build of the aggregator (e.g. the arm64 one under its emulator).
+    pub fn start_program(
+        program: &Program,
+        ns: Option<&str>,
+        dir: &Path,
+        name: &str,
+        grpc_listen: &str,
+        extra: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> Result<Self> {
         let mut args: Vec<String> =
             ["--grpc-listen", grpc_listen, "--stdout", "true", "--log-format", "json"].iter().map(|s| (*s).to_owned()).collect();
         if !extra.contains(&"--http-listen") {
@@ -258,8 +311,8 @@ impl Aggregator {
         let mut all: Vec<(&str, Option<&str>)> =
             vec![("AWS_ACCESS_KEY_ID", Some("testing")), ("AWS_SECRET_ACCESS_KEY", Some("testing")), ("AWS_REGION", Some("us-east-1"))];
         all.extend_from_slice(env);
-        let proc = Proc::start_in(ns, "cni-metrics-aggregator", name, &args, &all, dir, false)?;
-        let line = proc.wait_log("aggregator starting", Duration::from_secs(20))?;
+        let proc = Proc::start_program(ns, program, name, &args, &all, dir, false)?;
+        let line = proc.wait_log("aggregator starting", Duration::from_secs(30))?;
         let grpc = json_field(&line, "grpc").context("grpc address in log")?;
         let http = json_field(&line, "http").context("http address in log")?;
         Ok(Self { proc, grpc, http })
@@ -345,7 +398,6 @@ pub fn proc_stat(pid: u32) -> (u64, f64) {
     (rss, ticks as f64 / 100.0)
 }
 
-/// A free loopback port (for an aggregator that must come back on the same address).
 /// A fake ipamd on a free loopback port serving a new simulated node of `style` (ipamd started a second
 /// ago, so its counters count from zero) after `steps` simulation steps.
 pub async fn fake_ipamd(style: cni_metrics_testkit::PageStyle, seed: u64, steps: usize) -> Result<cni_metrics_testkit::FakeIpamd> {
@@ -357,9 +409,42 @@ pub async fn fake_ipamd(style: cni_metrics_testkit::PageStyle, seed: u64, steps:
     Ok(cni_metrics_testkit::FakeIpamd::start(sim, std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?)
 }
 
+/// A free loopback port for a process that binds it later (an aggregator that must come back on the
+/// same address, a program under qemu that takes seconds to start).
+///
+/// The port comes from below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`): a port that
+/// `bind(0)` handed out could be taken between the check and the program's bind, by another test's
+/// `bind(0)` or by any outgoing connection's local port (CI once failed with "address in use" that way).
+/// Ports here are handed out by no one else: each call in this process takes the next one from a start
+/// that depends on the process id (tests of one binary share the counter; binaries run one at a time), and
+/// a port something already holds is skipped.
 pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = below_ephemeral_range();
+    let span = u32::from(high - low);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = low + offset as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port between {low} and {high}")
+}
+
+/// Ports from 10,000 up to the start of the ephemeral range (32,768 unless the host says otherwise).
+fn below_ephemeral_range() -> (u16, u16) {
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if first_ephemeral > 12_000 {
+        (10_000, first_ephemeral)
+    } else {
+        (first_ephemeral.saturating_sub(2_000).max(1_024), first_ephemeral)
+    }
 }
 
 pub mod cluster;
@@ -373,6 +458,11 @@ pub use emulator::Emulator;
 pub fn stdout_sum(stdout: &str, metric: &str) -> f64 {
     let needle = format!(" metric={metric} ");
     stdout.lines().filter(|l| l.contains(&needle)).filter_map(|l| l.split(" value=").nth(1)?.split(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// The path of `program` on `PATH`, if it is installed.
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
 }
 
 /// The repository root (for test support files).

@@ -16,9 +16,10 @@ Control API (JSON):
   POST /__control/reject   {"metric": "name"} reject (InvalidParameterValue) every request holding it; {} ends
   GET  /__control/requests the recorded requests
   GET  /__control/moto     {"port": moto's port} (read data back from moto directly)
-  POST /__control/ec2_faults {"faults": [{"status": 503, "code": "RequestLimitExceeded"}]} queued faults,
-                            one per EC2 DescribeSubnets call (EC2's XML error body)
-  POST /__control/ec2_outage {"status": 403, "code": "UnauthorizedOperation"} every DescribeSubnets; {} ends
+  POST /__control/ec2_faults {"faults": [{"status": 503, "code": "RequestLimitExceeded", "action": "..."}]} queued faults,
+                            one per call of that EC2 action (DescribeSubnets if none; EC2's XML error body)
+  POST /__control/ec2_outage {"status": 403, "code": "UnauthorizedOperation", "actions": [...]} every call of
+                            those actions (DescribeSubnets if none); {} ends
 
 Usage: cw_emulator.py  -> prints "READY <translator port> <moto port>" on stdout.
 """
@@ -125,11 +126,15 @@ class Handler(BaseHTTPRequestHandler):
             action = ""
             if raw.startswith(b"Action=") or b"&Action=" in raw:
                 action = raw.split(b"Action=", 1)[1].split(b"&", 1)[0].decode(errors="replace")
-            if action == "DescribeSubnets":
-                if state["ec2_outage"]:
-                    fault = state["ec2_outage"]
-                elif state["ec2_faults"]:
-                    fault = state["ec2_faults"].pop(0)
+            # A fault or an outage names the EC2 actions it hits ("action"/"actions"; DescribeSubnets if not).
+            outage = state["ec2_outage"]
+            if outage and action in outage.get("actions", ["DescribeSubnets"]):
+                fault = outage
+            else:
+                for i, f in enumerate(state["ec2_faults"]):
+                    if f.get("action", "DescribeSubnets") == action:
+                        fault = state["ec2_faults"].pop(i)
+                        break
             state["requests"].append({"op": "passthrough", "path": self.path, "action": action,
                                       "access_key": access_key(self.headers), "fault": fault["code"] if fault else None})
         if fault:

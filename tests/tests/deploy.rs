@@ -250,9 +250,20 @@ fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
                     ensure!(help.contains(&format!("env: {key}=")), "the aggregator does not read {key}");
                 }
                 let policy: Value = serde_json::from_str(&std::fs::read_to_string(repo_root().join("deploy/iam-policy-subnets.json"))?)?;
-                let actions: Vec<&str> =
-                    policy["Statement"].as_array().into_iter().flatten().filter_map(|s| s["Action"].as_str()).collect();
-                ensure!(actions == ["cloudwatch:PutMetricData", "ec2:DescribeSubnets"], "subnet policy actions {actions:?}");
+                // Least privilege: exactly the calls the aggregator makes, reads only on EC2.
+                let actions: Vec<&str> = policy["Statement"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|s| match &s["Action"] {
+                        Value::String(a) => vec![a.as_str()],
+                        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                let want =
+                    ["cloudwatch:PutMetricData", "ec2:DescribeSubnets", "ec2:DescribeNetworkInterfaces", "ec2:GetSubnetCidrReservations"];
+                ensure!(actions == want, "subnet policy actions {actions:?}");
             }
             "mtls" => {
                 let env = |c: &Value, name: &str| {
@@ -362,6 +373,31 @@ async fn dashboards_and_alerts_use_real_metric_names() -> Result<()> {
             rest = &rest[end.max(1)..];
         }
         ensure!(seen >= 5, "{file}: only {seen} metric names found");
+    }
+    Ok(())
+}
+
+/// The CloudWatch alarms template passes `cfn-lint` (moto's CloudFormation cannot create
+/// `AWS::CloudWatch::Alarm`, so the template is linted against CloudFormation's schemas instead), and
+/// every alarm names a metric the aggregator publishes.
+#[test]
+fn cloudwatch_alarms_template_passes_cfn_lint() -> Result<()> {
+    let template = repo_root().join("deploy/dashboards/cloudwatch-alarms.yaml");
+    let python = test_python()?;
+    let lint = python.with_file_name("cfn-lint");
+    let out = Command::new(&lint).arg(&template).output().with_context(|| format!("running {}", lint.display()))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(out.status.success(), "cfn-lint deploy/dashboards/cloudwatch-alarms.yaml: {text}");
+    // A broken template must fail: the check can fail.
+    let dir = scratch_dir("cfn-lint")?;
+    let broken = std::fs::read_to_string(&template)?.replacen("ComparisonOperator: GreaterThanThreshold", "ComparisonOperator: Bigger", 1);
+    std::fs::write(dir.join("broken.yaml"), broken)?;
+    let out = Command::new(&lint).arg(dir.join("broken.yaml")).output()?;
+    ensure!(!out.status.success(), "cfn-lint accepted a template with an invalid ComparisonOperator");
+    let yaml = std::fs::read_to_string(&template)?;
+    for alarm in ["subnetsLowOnIPs", "subnetsLowOnPrefixes", "subnetHoursToExhaustion"] {
+        ensure!(yaml.contains(&format!("MetricName: {alarm}")), "no alarm on {alarm}");
+        ensure!(cni_metrics_proto::catalog::DERIVED_CLOUDWATCH_NAMES.contains(&alarm), "{alarm} is not published");
     }
     Ok(())
 }

@@ -185,6 +185,71 @@ async fn derived_capacity_metrics_match_node_truth_and_watch_shows_them() -> Res
     Ok(())
 }
 
+/// An IPv6 node (introspection with a /80 prefix; ipamd's total counts it as 2^48 addresses) next to an
+/// IPv4 node low on IPs: the sums keep both, the IPv4 numbers only the IPv4 node, the IPv6 node is never
+/// low, and `watch` says how many nodes it leaves out and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_node_is_summed_but_kept_out_of_ipv4_capacity() -> Result<()> {
+    let dir = scratch_dir("insight-ipv6")?;
+    let mut v4 = SimIpamd::new(PageStyle::Modern, 31, now() - 1.0);
+    v4.assigned = v4.ip_max() - 2; // headroom 2 < 5: low on IPs
+    v4.fit_capacity();
+    let mut v6 = SimIpamd::new(PageStyle::Modern, 32, now() - 1.0);
+    v6.ipv6 = true;
+    v6.assigned = v6.ip_max(); // full to ipamd's IPv4 limit: would be "low" if the limit meant anything
+    v6.fit_capacity();
+    let (a4, t4, m4) = (v4.assigned as f64, v4.total_ips() as f64, v4.ip_max() as f64);
+    let (a6, t6, m6) = (v6.assigned as f64, v6.total_ips() as f64, v6.ip_max() as f64);
+    ensure!(t6 == 2f64.powi(48) && a6 > 0.0, "the IPv6 simulator: total {t6}, assigned {a6}");
+    let fakes = [
+        FakeIpamd::start(v4, SocketAddr::from(([127, 0, 0, 1], 0))).await?,
+        FakeIpamd::start(v6, SocketAddr::from(([127, 0, 0, 1], 0))).await?,
+    ];
+    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "200ms"])?;
+    let _agents: Vec<Proc> = ["node-v4", "node-v6"]
+        .iter()
+        .zip(&fakes)
+        .map(|(name, f)| start_agent(&dir, name, &f.url(), &agg.grpc, &[]))
+        .collect::<Result<_>>()?;
+    eventually(Duration::from_secs(20), || async {
+        let p = agg.metrics().await?;
+        let got = [
+            sample(&p, "cni_metrics_ipv6_nodes", &[]),
+            sample(&p, "cni_metrics_nodes_low_on_ips", &[]),
+            sample(&p, "cni_metrics_available_ip_addresses", &[]),
+            sample(&p, "cni_metrics_ip_headroom", &[]),
+            sample(&p, "cni_metrics_ip_utilization_ratio", &[("basis", "total")]),
+            sample(&p, "cni_metrics_ip_utilization_ratio", &[("basis", "max")]),
+            sample(&p, "awscni_assigned_ip_addresses", &[]),
+            sample(&p, "awscni_total_ip_addresses", &[]),
+            sample(&p, "awscni_ip_max", &[]),
+        ];
+        let want = [1.0, 1.0, t4 - a4, m4 - a4, a4 / t4, a4 / m4, a4 + a6, t4 + t6, m4 + m6].map(Some);
+        Ok(if got == want { Ok(()) } else { Err(format!("got {got:?} want {want:?}")) })
+    })
+    .await?;
+    let watch = |json: bool| -> Result<String> {
+        let mut args = vec!["watch".to_owned(), "--aggregator".to_owned(), format!("http://{}", agg.grpc), "--once".to_owned()];
+        if json {
+            args.push("--json".to_owned());
+        }
+        let out = std::process::Command::new(bin_dir()?.join("cni-metrics-aggregator")).args(&args).output()?;
+        ensure!(out.status.success(), "watch failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let table = watch(false)?;
+    println!("watch --once with an IPv6 node:\n{table}");
+    ensure!(table.contains("low on IPs 1,") && table.contains("\nIPv6 nodes 1: in assigned/total/max, not in available"), "{table}");
+    ensure!(table.contains("(an IPv6 node runs out of max pods, not addresses)"), "{table}");
+    let rows: Vec<&str> = table.lines().skip_while(|l| !l.starts_with("NODE ")).skip(1).take_while(|l| !l.is_empty()).collect();
+    ensure!(rows.len() == 1 && rows[0].starts_with("node-v4 "), "only the IPv4 node has headroom to rank: {rows:?}");
+    let v: serde_json::Value = serde_json::from_str(&watch(true)?).context("watch --json")?;
+    let node = |name: &str| v["nodes"].as_array().and_then(|ns| ns.iter().find(|n| n["name"] == name).cloned()).unwrap_or_default();
+    ensure!(v["nodes_ipv6"] == 1 && node("node-v6")["ipv6"] == true && node("node-v6")["low_on_ips"] == false, "{v}");
+    ensure!(node("node-v6")["ip_headroom"] == -1.0 && node("node-v4")["ipv6"] == false, "{v}");
+    Ok(())
+}
+
 /// An aggregator (subscriptions every 100 ms) and synthetic nodes of these names and assigned IPs, all
 /// on one connection (allowed more streams than an agent needs).
 async fn synthetic_cluster(test: &str, nodes: impl Iterator<Item = (String, f64)>) -> Result<(Aggregator, String, Vec<SyntheticNode>)> {

@@ -271,9 +271,36 @@ impl DeltaEngine {
             return obs;
         }
         obs.usable = true;
+        let scrape = self.begin_scrape(start, now_unix);
+        obs.ipamd_restarted = scrape.restarted;
+        for (key, n) in current {
+            if let Some(st) = self.series.get_mut(&key).filter(|st| st.present && st.info.kind == n.kind) {
+                update_known(st, &n, &scrape, &mut obs);
+                continue;
+            }
+            let tombstone_raw = self.retire(&key, &n, scrape.restarted, &mut obs);
+            if self.live >= self.cfg.max_series {
+                obs.dropped_series += 1;
+                continue;
+            }
+            self.define(key, n, tombstone_raw, &scrape, &mut obs);
+        }
+        if scrape.restarted {
+            self.zero_unseen_counters(scrape.epoch, &mut obs);
+        }
+        // Removals only on a clean page, and only of series not seen in it.
+        if page.bad_lines == 0 {
+            self.remove_unseen(&mut obs);
+        }
+        obs.added.sort_unstable();
+        obs.changed.sort_unstable();
+        obs.removed.sort_unstable();
+        obs
+    }
 
+    /// What this scrape is: after an ipamd restart, the first of the engine, of a fresh ipamd.
+    fn begin_scrape(&mut self, start: Option<f64>, now_unix: f64) -> Scrape {
         let restarted = matches!((self.ipamd_start, start), (Some(a), Some(b)) if a != b);
-        obs.ipamd_restarted = restarted;
         if restarted {
             // Counters restart from zero with the process: tombstones no longer apply.
             self.series.retain(|_, s| s.present);
@@ -289,101 +316,63 @@ impl DeltaEngine {
             self.first_start = start;
             self.first_fresh = fresh_ipamd;
         }
-
         self.epoch += 1;
-        let epoch = self.epoch;
-        for (key, n) in current {
-            match self.series.get_mut(&key) {
-                Some(st) if st.present && st.info.kind == n.kind => {
-                    st.seen = epoch;
-                    let mut raw_changed = false;
-                    let new_value = match n.kind {
-                        MetricKind::Counter => {
-                            let inc = if restarted || n.value < st.last_raw { n.value } else { n.value - st.last_raw };
-                            // A reset to the same total still moves the raw value (the resume point).
-                            raw_changed = !same(n.value, st.last_raw);
-                            st.last_raw = n.value;
-                            st.value + inc
-                        }
-                        _ => n.value,
-                    };
-                    if !same(new_value, st.value) || raw_changed {
-                        st.value = new_value;
-                        obs.changed.push(st.info.id);
-                    }
-                }
-                existing => {
-                    // New, reappearing (tombstone) or kind-changed series: define it under a new id.
-                    let mut tombstone_raw = None;
-                    if let Some(st) = existing {
-                        if st.present {
-                            // Kind changed (an unknown family flipped TYPE): retire the old series.
-                            obs.removed.push(st.info.id);
-                            self.live -= 1;
-                        } else if st.info.kind == n.kind && !restarted {
-                            tombstone_raw = Some(st.last_raw);
-                        }
-                        self.by_id.remove(&st.info.id);
-                        self.series.remove(&key);
-                    }
-                    if self.live >= self.cfg.max_series {
-                        obs.dropped_series += 1;
-                        continue;
-                    }
-                    let resumed = match &self.resume {
-                        ResumeState::Known(Some(r)) if first && n.kind == MetricKind::Counter => r.first_increment(&key, n.value, start),
-                        _ => None,
-                    };
-                    let value = match n.kind {
-                        MetricKind::Counter => match (tombstone_raw, resumed) {
-                            (Some(last), _) if n.value >= last => n.value - last,
-                            (Some(_), _) => n.value,
-                            (None, Some(inc)) => inc,
-                            (None, None) if restarted || !first || fresh_ipamd => n.value,
-                            (None, None) => 0.0,
-                        },
-                        _ => n.value,
-                    };
-                    let first_sight = (first && n.kind == MetricKind::Counter).then_some((n.value, value));
-                    let id = self.next_id;
-                    self.next_id = self.next_id.wrapping_add(1).max(1);
-                    let info = SeriesInfo {
-                        id,
-                        family: n.family,
-                        key: key.clone(),
-                        kind: n.kind,
-                        family_type: n.family_type,
-                        node_fold: n.node_fold,
-                    };
-                    self.by_id.insert(id, key.clone());
-                    self.series.insert(key, SeriesState { info, last_raw: n.value, value, present: true, seen: epoch, first: first_sight });
-                    self.live += 1;
-                    obs.added.push(id);
-                    obs.changed.push(id);
-                }
-            }
-        }
+        Scrape { start, restarted, first, fresh_ipamd, epoch: self.epoch }
+    }
 
-        if restarted {
-            // The new process has not counted what this page does not show: zero, not the old process's
-            // raw value. Without this, a counter ipamd shows only once it is non-zero (a labelled
-            // `CounterVec` series) would, on reappearing, be counted from the old process's value and its
-            // first increments lost.
-            for st in self.series.values_mut().filter(|s| s.present && s.seen != epoch && s.info.kind == MetricKind::Counter) {
-                if !same(st.last_raw, 0.0) {
-                    st.last_raw = 0.0;
-                    obs.changed.push(st.info.id);
-                }
+    /// A series under `key` that cannot continue (gone, or its kind changed) leaves; returns a
+    /// tombstone's last raw value when the same counter comes back within the same ipamd process.
+    fn retire(&mut self, key: &SeriesKey, n: &Normalised, restarted: bool, obs: &mut Observation) -> Option<f64> {
+        let st = self.series.remove(key)?;
+        self.by_id.remove(&st.info.id);
+        if st.present {
+            // Kind changed (an unknown family flipped TYPE): retire the old series.
+            obs.removed.push(st.info.id);
+            self.live -= 1;
+            None
+        } else {
+            (st.info.kind == n.kind && !restarted).then_some(st.last_raw)
+        }
+    }
+
+    /// Define a new, reappearing (tombstone) or kind-changed series under a new id.
+    fn define(&mut self, key: SeriesKey, n: Normalised, tombstone_raw: Option<f64>, scrape: &Scrape, obs: &mut Observation) {
+        let resumed = match &self.resume {
+            ResumeState::Known(Some(r)) if scrape.first && n.kind == MetricKind::Counter => r.first_increment(&key, n.value, scrape.start),
+            _ => None,
+        };
+        let value = match n.kind {
+            MetricKind::Counter => match (tombstone_raw, resumed) {
+                (Some(last), _) if n.value >= last => n.value - last,
+                (Some(_), _) => n.value,
+                (None, Some(inc)) => inc,
+                (None, None) if scrape.restarted || !scrape.first || scrape.fresh_ipamd => n.value,
+                (None, None) => 0.0,
+            },
+            _ => n.value,
+        };
+        let first_sight = (scrape.first && n.kind == MetricKind::Counter).then_some((n.value, value));
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let info = SeriesInfo { id, family: n.family, key: key.clone(), kind: n.kind, family_type: n.family_type, node_fold: n.node_fold };
+        self.by_id.insert(id, key.clone());
+        self.series.insert(key, SeriesState { info, last_raw: n.value, value, present: true, seen: scrape.epoch, first: first_sight });
+        self.live += 1;
+        obs.added.push(id);
+        obs.changed.push(id);
+    }
+
+    /// After an ipamd restart, the new process has not counted what this page does not show: zero, not
+    /// the old process's raw value. Without this, a counter ipamd shows only once it is non-zero (a
+    /// labelled `CounterVec` series) would, on reappearing, be counted from the old process's value and
+    /// its first increments lost.
+    fn zero_unseen_counters(&mut self, epoch: u64, obs: &mut Observation) {
+        for st in self.series.values_mut().filter(|s| s.present && s.seen != epoch && s.info.kind == MetricKind::Counter) {
+            if !same(st.last_raw, 0.0) {
+                st.last_raw = 0.0;
+                obs.changed.push(st.info.id);
             }
         }
-        // Removals only on a clean page, and only of series not seen in it.
-        if page.bad_lines == 0 {
-            self.remove_unseen(&mut obs);
-        }
-        obs.added.sort_unstable();
-        obs.changed.sort_unstable();
-        obs.removed.sort_unstable();
-        obs
     }
 
     fn remove_unseen(&mut self, obs: &mut Observation) {
@@ -488,6 +477,35 @@ fn resolve_family<'p>(page: &Page<'p>, name: &'p str, has_quantile: bool) -> (&'
 }
 
 /// Equality that treats NaN as equal to NaN (a gauge stuck at NaN has not changed).
+/// What one scrape is, for every series in it.
+struct Scrape {
+    start: Option<f64>,
+    restarted: bool,
+    first: bool,
+    fresh_ipamd: bool,
+    epoch: u64,
+}
+
+/// A known series (present, same kind) in this scrape: its new value, or its counter's increment.
+fn update_known(st: &mut SeriesState, n: &Normalised, scrape: &Scrape, obs: &mut Observation) {
+    st.seen = scrape.epoch;
+    let mut raw_changed = false;
+    let new_value = match n.kind {
+        MetricKind::Counter => {
+            let inc = if scrape.restarted || n.value < st.last_raw { n.value } else { n.value - st.last_raw };
+            // A reset to the same total still moves the raw value (the resume point).
+            raw_changed = !same(n.value, st.last_raw);
+            st.last_raw = n.value;
+            st.value + inc
+        }
+        _ => n.value,
+    };
+    if !same(new_value, st.value) || raw_changed {
+        st.value = new_value;
+        obs.changed.push(st.info.id);
+    }
+}
+
 fn same(a: f64, b: f64) -> bool {
     a == b || (a.is_nan() && b.is_nan())
 }

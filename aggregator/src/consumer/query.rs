@@ -183,7 +183,7 @@ impl NodeQuery {
             && (self.zones.is_empty() || self.zones.contains(&n.availability_zone))
             && self.max_headroom.is_none_or(|m| n.derived.headroom.is_some_and(|h| h <= m))
             && (!self.low || n.derived.low)
-            && (!self.stale || ClusterState::is_stale(n, now))
+            && (!self.stale || n.is_stale(now))
     }
 
     fn rank(&self, st: &ClusterState, n: &NodeState) -> u64 {

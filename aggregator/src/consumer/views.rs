@@ -34,26 +34,14 @@ pub fn cluster_view(st: &ClusterState, now: Instant, with_aggregates: bool) -> C
         subnets: Vec::new(),
         subnet_available_ips: 0.0,
         subnets_low_on_ips: 0,
+        nodes_ipv6: c.ipv6_nodes,
+        forecast_window_seconds: 0.0,
     };
     if let Some(r) = st.subnet_report() {
         view.subnet_available_ips = r.available;
         view.subnets_low_on_ips = r.low;
-        view.subnets = r
-            .rows
-            .iter()
-            .map(|row| SubnetView {
-                subnet_id: row.subnet_id.clone(),
-                availability_zone: row.availability_zone.clone(),
-                usable_ips: row.usable,
-                available_ips: row.available,
-                held_by_cluster: row.held_by_cluster,
-                assigned_to_pods: row.assigned_to_pods,
-                held_by_others: row.held_by_others,
-                low_on_ips: row.low,
-                stale: st.subnets.stale,
-                refreshed_unix_ms: st.subnets.refreshed_unix_ms,
-            })
-            .collect();
+        view.forecast_window_seconds = st.subnets().forecast_window;
+        view.subnets = subnet_views(st, &r.rows);
     }
     if with_aggregates {
         view.aggregates = st
@@ -69,6 +57,43 @@ pub fn cluster_view(st: &ClusterState, now: Instant, with_aggregates: bool) -> C
     view
 }
 
+/// The subnets' rows with their free /28 blocks and forecasts where there are some.
+fn subnet_views(st: &ClusterState, rows: &[crate::state::SubnetRow]) -> Vec<SubnetView> {
+    use crate::state::subnets::forecast::{Resource, Scope};
+    let prefixes = st.prefix_report();
+    let forecasts = st.exhaustion_forecasts();
+    let forecast = |resource: Resource, subnet: &str| {
+        forecasts
+            .iter()
+            .find(|(r, scope, _)| *r == resource && matches!(scope, Scope::Subnet(id) if id == subnet))
+            .map(|(_, _, secs)| *secs)
+    };
+    rows.iter()
+        .map(|row| {
+            let counted = prefixes.and_then(|p| p.rows.iter().find(|p| p.subnet_id == row.subnet_id));
+            SubnetView {
+                subnet_id: row.subnet_id.clone(),
+                availability_zone: row.availability_zone.clone(),
+                usable_ips: row.usable,
+                available_ips: row.available,
+                held_by_cluster: row.held_by_cluster,
+                assigned_to_pods: row.assigned_to_pods,
+                held_by_others: row.held_by_others,
+                low_on_ips: row.low,
+                stale: st.subnets().stale,
+                refreshed_unix_ms: st.subnets().refreshed_unix_ms,
+                prefixes_counted: counted.is_some(),
+                free_prefixes: counted.map_or(0, |p| p.space.free),
+                free_reserved_prefixes: counted.map_or(0, |p| p.space.free_in_prefix_reservations),
+                largest_free_block_prefix_length: counted.and_then(|p| p.space.largest_free_len).map_or(0, u32::from),
+                low_on_prefixes: counted.is_some_and(|p| p.low),
+                addresses_exhaustion_seconds: forecast(Resource::Addresses, &row.subnet_id),
+                prefixes_exhaustion_seconds: forecast(Resource::Prefixes, &row.subnet_id),
+            }
+        })
+        .collect()
+}
+
 /// One node.
 pub fn node_view(n: &NodeState, now: Instant) -> NodeView {
     let known = |v: Option<f64>| v.unwrap_or(-1.0);
@@ -78,7 +103,7 @@ pub fn node_view(n: &NodeState, now: Instant) -> NodeView {
         status: n.status as i32,
         status_detail: n.status_detail.clone(),
         last_report_age_ms: age_ms,
-        stale: ClusterState::is_stale(n, now),
+        stale: n.is_stale(now),
         connected: n.connected,
         availability_zone: n.availability_zone.clone(),
         instance_type: n.instance_type.clone(),
@@ -95,6 +120,7 @@ pub fn node_view(n: &NodeState, now: Instant) -> NodeView {
         series: n.series_count() as u32,
         bad_lines_total: n.bad_lines_total,
         last_report_unix_ms: unix_ms_now().saturating_sub(i64::try_from(age_ms).unwrap_or(i64::MAX)),
+        ipv6: n.derived.ipv6,
     }
 }
 

@@ -23,8 +23,9 @@ pub enum SinkError {
 /// A destination of publish windows.
 pub trait Sink: Send + Sync {
     fn name(&self) -> &'static str;
-    /// Take one window (deliver it, or queue it for a delivery task of the sink's own).
-    fn publish<'a>(&'a self, window: &'a Window) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// Take window `seq` (the publisher's numbering: 1, 2, …): deliver it, or queue it for a delivery
+    /// task of the sink's own.
+    fn publish<'a>(&'a self, seq: u64, window: &'a Window) -> BoxFuture<'a, Result<(), SinkError>>;
     /// The highest window `seq` up to which every window handed over is resolved: delivered, or dropped
     /// and counted. Sinks that deliver inside `publish` resolve everything (`u64::MAX`).
     fn delivered_through(&self) -> u64 {

@@ -36,7 +36,7 @@ impl Sink for StdoutSink {
         "stdout"
     }
 
-    fn publish<'a>(&'a self, window: &'a Window) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn publish<'a>(&'a self, _seq: u64, window: &'a Window) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let text = encode_lines(window);
             let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
@@ -70,8 +70,6 @@ mod tests {
             region_hint: None,
             end_unix_ms: 0,
             nodes: 2,
-            seq: 0,
-            commits: Vec::new(),
             datums: vec![
                 Datum { metric_name: "assignIPAddresses", value: 42.0, unit: Unit::Count, dimension: None },
                 Datum { metric_name: "awsAPILatency", value: 12.5, unit: Unit::Milliseconds, dimension: None },

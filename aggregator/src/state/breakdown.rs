@@ -194,7 +194,7 @@ mod tests {
     #[test]
     fn groups_sum_and_guard() {
         let mut b = Breakdowns::new(vec![Dim::Az, Dim::Node], 3);
-        let cap = Capacity { assigned: Some(10.0), total: Some(18.0), max: Some(58.0) };
+        let cap = Capacity { assigned: Some(10.0), total: Some(18.0), max: Some(58.0), ipv6_prefixes: false };
         let d = cap.derive(5.0);
         let g1 = b.place("eu-west-1a", "m5.large", "n1");
         b.apply(&g1, &cap, &d, true);

@@ -3,6 +3,11 @@
 //! on IPs. Computed per node first, then summed, so one node's surplus never hides another's shortage.
 //! Impossible values (assigned > total, assigned > max, negative totals; upstream #2041, #2085) are
 //! clamped to 0 for the sums and flag the node as anomalous.
+//!
+//! An IPv6 node (its ENIs hold IPv6 prefixes, or its total is beyond any IPv4 node: ipamd counts a /80
+//! as 2^48 addresses) has no address limit worth the name: its pods are bounded by max pods. It keeps
+//! its place in the sums of assigned/total/max, but it has no IPs free, headroom, utilization or "low on
+//! IPs" (they would say nothing), and it is counted as an IPv6 node instead.
 
 /// Which capacity gauge a series is (unlabelled ipamd gauges only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +37,12 @@ pub struct Capacity {
     pub assigned: Option<f64>,
     pub total: Option<f64>,
     pub max: Option<f64>,
+    /// The node's introspection lists IPv6 prefixes.
+    pub ipv6_prefixes: bool,
 }
+
+/// More addresses than an IPv4 node can hold (a whole IPv4 space): the total counts IPv6 /80 prefixes.
+const IPV4_SPACE: f64 = 4_294_967_296.0;
 
 impl Capacity {
     pub fn set(&mut self, role: CapRole, v: Option<f64>) {
@@ -43,8 +53,17 @@ impl Capacity {
         }
     }
 
+    /// An IPv6 node: by its introspection, or by a total no IPv4 node reaches (introspection off).
+    pub fn is_ipv6(&self) -> bool {
+        self.ipv6_prefixes || self.total.is_some_and(|t| t >= IPV4_SPACE)
+    }
+
     /// The node's derived numbers; `low_threshold` is the headroom below which a node is low on IPs.
     pub fn derive(&self, low_threshold: f64) -> NodeCapacity {
+        if self.is_ipv6() {
+            let anomalous = [self.assigned, self.total, self.max].iter().flatten().any(|v| *v < 0.0);
+            return NodeCapacity { ipv6: true, anomalous, ..NodeCapacity::default() };
+        }
         let mut anomalous = [self.assigned, self.total, self.max].iter().flatten().any(|v| *v < 0.0);
         let free = |cap: Option<f64>, anomalous: &mut bool| -> Option<f64> {
             let (a, c) = (self.assigned?, cap?);
@@ -63,6 +82,7 @@ impl Capacity {
             anomalous,
             assigned_total: pair(self.total),
             assigned_max: pair(self.max),
+            ipv6: false,
         }
     }
 }
@@ -77,6 +97,8 @@ pub struct NodeCapacity {
     /// (assigned, total) and (assigned, max) when both are known: the utilization ratios' terms.
     pub assigned_total: Option<(f64, f64)>,
     pub assigned_max: Option<(f64, f64)>,
+    /// An IPv6 node: none of the above but `anomalous` applies.
+    pub ipv6: bool,
 }
 
 /// Sums over live nodes, maintained incrementally.
@@ -89,6 +111,8 @@ pub struct CapacityTotals {
     pub with_headroom: u32,
     pub low_nodes: u32,
     pub anomalous_nodes: u32,
+    /// IPv6 nodes: in none of the IPv4 numbers here.
+    pub ipv6_nodes: u32,
     /// Σ assigned and Σ total over nodes that report both; likewise for max.
     pub util_total: (f64, f64),
     pub util_max: (f64, f64),
@@ -131,6 +155,7 @@ impl CapacityTotals {
         step(&mut self.with_headroom, c.headroom.is_some());
         step(&mut self.low_nodes, c.low);
         step(&mut self.anomalous_nodes, c.anomalous);
+        step(&mut self.ipv6_nodes, c.ipv6);
         if self.with_available == 0 {
             self.available = 0.0;
         }
@@ -150,15 +175,18 @@ mod tests {
 
     #[test]
     fn derive_table() {
-        let cap = |a: Option<f64>, t: Option<f64>, m: Option<f64>| Capacity { assigned: a, total: t, max: m };
+        let cap = |a: Option<f64>, t: Option<f64>, m: Option<f64>| Capacity { assigned: a, total: t, max: m, ipv6_prefixes: false };
+        let v6 = |a: Option<f64>, t: Option<f64>, m: Option<f64>| Capacity { assigned: a, total: t, max: m, ipv6_prefixes: true };
         let nc = |available: Option<f64>, headroom: Option<f64>, low: bool, anomalous: bool| NodeCapacity {
             available,
             headroom,
             low,
             anomalous,
-            assigned_total: None,
-            assigned_max: None,
+            ..NodeCapacity::default()
         };
+        let ipv6 = |anomalous: bool| NodeCapacity { ipv6: true, anomalous, ..NodeCapacity::default() };
+        // ipamd on an IPv6 node: one /80 is 2^48 addresses in the total, max keeps IPv4 prefix limits.
+        let slash80 = 281_474_976_710_656.0;
         let cases = [
             ("healthy", cap(Some(10.0), Some(18.0), Some(58.0)), nc(Some(8.0), Some(48.0), false, false)),
             ("low: headroom 3 < 5", cap(Some(55.0), Some(58.0), Some(58.0)), nc(Some(3.0), Some(3.0), true, false)),
@@ -166,6 +194,15 @@ mod tests {
             ("assigned > total (#2085) clamps and flags", cap(Some(20.0), Some(12.0), Some(58.0)), nc(Some(0.0), Some(38.0), false, true)),
             ("negative total under PD (#2041)", cap(Some(2.0), Some(-16.0), Some(58.0)), nc(Some(0.0), Some(56.0), false, true)),
             ("nothing known yet", cap(None, Some(18.0), None), nc(None, None, false, false)),
+            ("IPv6 by introspection: no IPv4 numbers, never low", v6(Some(110.0), Some(slash80), Some(110.0)), ipv6(false)),
+            ("IPv6 by introspection before any gauge", v6(None, None, None), ipv6(false)),
+            ("IPv6 by its total alone (introspection off)", cap(Some(30.0), Some(slash80), Some(29.0)), ipv6(false)),
+            (
+                "a total just below the IPv4 space is IPv4",
+                cap(Some(1.0), Some(IPV4_SPACE - 1.0), Some(2.0)),
+                nc(Some(IPV4_SPACE - 2.0), Some(1.0), true, false),
+            ),
+            ("IPv6 with a negative gauge is still anomalous", v6(Some(-1.0), Some(slash80), Some(110.0)), ipv6(true)),
         ];
         for (what, c, want) in cases {
             let got = c.derive(5.0);
@@ -178,14 +215,18 @@ mod tests {
     #[test]
     fn totals_add_and_sub_back_to_zero() {
         let mut t = CapacityTotals::default();
-        let a = Capacity { assigned: Some(10.0), total: Some(18.0), max: Some(58.0) }.derive(5.0);
-        let b = Capacity { assigned: Some(60.0), total: Some(58.0), max: Some(63.0) }.derive(5.0);
+        let a = Capacity { assigned: Some(10.0), total: Some(18.0), max: Some(58.0), ipv6_prefixes: false }.derive(5.0);
+        let b = Capacity { assigned: Some(60.0), total: Some(58.0), max: Some(63.0), ipv6_prefixes: false }.derive(5.0);
+        // An IPv6 node full to its max: in no IPv4 number, not low.
+        let c = Capacity { assigned: Some(110.0), total: Some(2f64.powi(48)), max: Some(110.0), ipv6_prefixes: true }.derive(5.0);
         t.add(&a);
         t.add(&b);
-        assert_eq!((t.available, t.headroom, t.low_nodes, t.anomalous_nodes, t.with_headroom), (8.0, 51.0, 1, 1, 2));
+        t.add(&c);
+        assert_eq!((t.available, t.headroom, t.low_nodes, t.anomalous_nodes, t.with_headroom, t.ipv6_nodes), (8.0, 51.0, 1, 1, 2, 1));
         assert_eq!(t.utilization(), (Some(70.0 / 76.0), Some(70.0 / 121.0)));
         t.sub(&a);
         t.sub(&b);
+        t.sub(&c);
         assert_eq!(t, CapacityTotals::default());
     }
 }

@@ -11,40 +11,31 @@ impl ClusterState {
     /// A keeping run's stream is gone: take its increments out of the open window (see the proto's
     /// `Hello.keeps_position`). They stay in its `unpublished` entries for a return of the same run.
     pub(super) fn withhold(&mut self, name: &Arc<str>) {
-        let Some(node) = self.nodes.get_mut(name).filter(|n| n.keeps_position && !n.withheld) else { return };
-        node.withheld = true;
-        for u in &node.unpublished {
-            if let Some(i) = node.series.get(&u.id).and_then(|s| s.slot) {
-                self.slots[i as usize].window -= u.pending;
-            }
-        }
+        self.move_pending(name, true);
     }
 
     /// The run's stream is live again: its withheld increments go back into the open window.
     pub(super) fn release(&mut self, name: &Arc<str>) {
-        let Some(node) = self.nodes.get_mut(name).filter(|n| n.withheld) else { return };
-        node.withheld = false;
+        self.move_pending(name, false);
+    }
+
+    fn move_pending(&mut self, name: &Arc<str>, withhold: bool) {
+        let Some(node) = self.book.get_mut(name) else { return };
+        if node.withheld == withhold || (withhold && !node.keeps_position) {
+            return;
+        }
+        node.withheld = withhold;
+        let sign = if withhold { -1.0 } else { 1.0 };
         for u in &node.unpublished {
             if let Some(i) = node.series.get(&u.id).and_then(|s| s.slot) {
-                self.slots[i as usize].window += u.pending;
+                self.series.get_mut(i).window += sign * u.pending;
             }
         }
     }
 
     /// Record that every sink delivered windows with these marks; returns how many node runs advanced.
     pub fn commit(&mut self, marks: &[CommitMark]) -> usize {
-        let mut advanced = 0;
-        for m in marks {
-            let committed = match (self.nodes.get_mut(&m.node), self.departed.get_mut(&m.node)) {
-                (Some(n), _) if n.run_id == m.run_id => &mut n.committed_seq,
-                (_, Some(d)) if d.run_id == m.run_id => &mut d.committed_seq,
-                _ => continue,
-            };
-            if m.seq > *committed {
-                *committed = m.seq;
-                advanced += 1;
-            }
-        }
+        let advanced = marks.iter().filter(|m| self.book.commit(m)).count();
         if advanced > 0 {
             self.commit_generation += 1;
         }
@@ -58,16 +49,16 @@ impl ClusterState {
 
     /// The committed seq of the node's current session, if it is still that session.
     pub fn committed_seq(&self, node: &str, session: u64) -> Option<u64> {
-        self.nodes.get(node).filter(|n| n.session == session).map(|n| n.committed_seq)
+        self.book.get(node).filter(|n| n.session == session).map(|n| n.committed_seq)
     }
 
     /// A departed keeping run's (committed, closed) seqs: what it still waits for after its goodbye.
     pub fn departed_commits(&self, node: &str, run_id: u64) -> Option<(u64, u64)> {
-        self.departed.get(node).filter(|d| d.run_id == run_id && d.keeps_position).map(|d| (d.committed_seq, d.closed_seq))
+        self.book.departed().get(node).filter(|d| d.run_id == run_id && d.keeps_position).map(|d| (d.committed_seq, d.closed_seq))
     }
 
     /// Departed-node records held.
     pub fn departed_count(&self) -> usize {
-        self.departed.len()
+        self.book.departed().len()
     }
 }

@@ -41,7 +41,7 @@ impl Indexed {
         Self {
             status: n.status,
             dropped: n.dropped_series,
-            stale_at: (n.status == ScrapeStatus::Ok).then(|| n.last_seen + n.interval * 2),
+            stale_at: (n.status == ScrapeStatus::Ok).then(|| n.late_at()),
             expires_at: n.last_seen + n.ttl,
             headroom: headroom_rank(n),
         }

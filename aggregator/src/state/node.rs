@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cni_metrics_proto::v1::{MetricKind, ScrapeStatus};
+use cni_metrics_proto::v1::{Hello, MetricKind, ScrapeStatus};
 
 use super::{CapRole, Capacity, Dim, NodeCapacity, NodeSubnet};
 
@@ -122,6 +122,22 @@ pub(super) struct Departed {
     pub(super) at: Instant,
 }
 
+impl Departed {
+    /// Where a new run of the node starts counting: a keeping run's increments after its last closed
+    /// window were withheld, so the new run counts them from the published position; otherwise from
+    /// the last applied one. `None` when ipamd's start is unknown.
+    pub(super) fn resume_point(&self) -> Option<Resume> {
+        let start = if self.keeps_position { self.published_ipamd_start } else { self.ipamd_start_time };
+        let raw_of = |id: u32, s: &NodeSeries| match self.unpublished.iter().find(|u| u.id == id) {
+            Some(u) if self.keeps_position => u.raw_before,
+            _ => s.raw,
+        };
+        let points: Vec<(Arc<ResumeKey>, f64)> =
+            self.series.iter().filter_map(|(id, s)| Some((s.key.clone()?, raw_of(*id, s)))).filter(|(_, raw)| raw.is_finite()).collect();
+        (start > 0.0).then_some(Resume { ipamd_start_time: start, points })
+    }
+}
+
 /// Where a node's previous agent run stopped counting, for a new run (see the proto's `Resume`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resume {
@@ -150,6 +166,118 @@ pub struct CommitMark {
 }
 
 impl NodeState {
+    /// A node first seen on this hello (identity and placement are the caller's next steps).
+    pub(super) fn new(name: Arc<str>, h: &Hello, session: u64, interval: Duration, ttl: Duration, now: Instant) -> Self {
+        Self {
+            name,
+            run_id: h.run_id,
+            session,
+            agent_version: String::new(),
+            availability_zone: String::new(),
+            instance_type: String::new(),
+            instance_id: String::new(),
+            region: String::new(),
+            cluster_name: String::new(),
+            interval,
+            ttl,
+            last_seen: now,
+            last_seq: 0,
+            snapshot_seen: false,
+            status: ScrapeStatus::Pending,
+            status_detail: String::new(),
+            bad_lines_total: 0,
+            dropped_series: 0,
+            ipamd_start_time: h.ipamd_start_time_seconds,
+            connected: true,
+            capacity: Capacity::default(),
+            derived: NodeCapacity::default(),
+            groups: Vec::new(),
+            subnets: Vec::new(),
+            subnet_groups: Vec::new(),
+            closed_seq: 0,
+            committed_seq: 0,
+            baseline_in_doubt: false,
+            keeps_position: h.keeps_position,
+            withheld: false,
+            published_ipamd_start: 0.0,
+            unpublished: Vec::new(),
+            series: HashMap::new(),
+            indexed: None,
+        }
+    }
+
+    /// The same run came back: it continues from what its departed record kept.
+    pub(super) fn continue_from(&mut self, d: &Departed) {
+        self.last_seq = d.last_seq;
+        self.closed_seq = d.closed_seq;
+        self.committed_seq = d.committed_seq;
+        self.ipamd_start_time = d.ipamd_start_time;
+        self.published_ipamd_start = d.published_ipamd_start;
+        self.unpublished.clone_from(&d.unpublished);
+        self.series = d.series.iter().cloned().collect();
+        self.withheld = d.keeps_position;
+    }
+
+    /// The hello's facts about the run and the node (its region and cluster name go through the book).
+    pub(super) fn greet(&mut self, h: &Hello, session: u64, interval: Duration, ttl: Duration, now: Instant) {
+        self.session = session;
+        self.agent_version.clone_from(&h.agent_version);
+        self.availability_zone.clone_from(&h.availability_zone);
+        self.instance_type.clone_from(&h.instance_type);
+        self.instance_id.clone_from(&h.instance_id);
+        self.interval = interval;
+        self.ttl = ttl;
+        self.last_seen = now;
+        self.snapshot_seen = false;
+        self.connected = true;
+        self.keeps_position = h.keeps_position;
+    }
+
+    /// Stale: the last scrape failed, or two reports were missed (the node is still within its TTL).
+    pub fn is_stale(&self, now: Instant) -> bool {
+        self.status != ScrapeStatus::Ok || self.reporting_is_late(now)
+    }
+
+    /// Two intervals without a report: the one rule of staleness by time.
+    pub(super) fn reporting_is_late(&self, now: Instant) -> bool {
+        now > self.late_at()
+    }
+
+    /// When the node's reporting becomes late (two intervals after its last report).
+    pub(super) fn late_at(&self) -> Instant {
+        self.last_seen + self.interval * 2
+    }
+
+    /// A window closed with the run's reports up to `last_seq` in it: the promise to the run.
+    pub(super) fn close_window(&mut self) -> CommitMark {
+        self.closed_seq = self.last_seq;
+        self.published_ipamd_start = self.ipamd_start_time;
+        // Kept for the next window unless it grew large (a snapshot), so busy windows do not allocate
+        // and idle nodes hold at most a few entries' capacity.
+        if self.unpublished.capacity() > 8 {
+            self.unpublished = Vec::new();
+        } else {
+            self.unpublished.clear();
+        }
+        CommitMark { node: self.name.clone(), run_id: self.run_id, seq: self.last_seq }
+    }
+
+    /// What stays of the node when it leaves: its counters' last totals and raw values.
+    pub(super) fn into_departed(self) -> Departed {
+        Departed {
+            run_id: self.run_id,
+            last_seq: self.last_seq,
+            closed_seq: self.closed_seq,
+            committed_seq: self.committed_seq,
+            ipamd_start_time: self.ipamd_start_time,
+            keeps_position: self.keeps_position,
+            published_ipamd_start: self.published_ipamd_start,
+            unpublished: self.unpublished,
+            series: self.series.into_iter().filter(|(_, s)| s.kind == MetricKind::Counter).collect(),
+            at: self.last_seen,
+        }
+    }
+
     pub fn series_count(&self) -> usize {
         self.series.len()
     }
@@ -165,5 +293,70 @@ impl NodeState {
         }
         (self.derived.low, self.derived.anomalous).hash(&mut h);
         h.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_when_failing_or_two_intervals_late() {
+        let t = Instant::now();
+        let h = Hello { node_name: "n".into(), run_id: 1, ..Hello::default() };
+        let mut n = NodeState::new(Arc::from("n"), &h, 1, Duration::from_secs(10), Duration::from_secs(30), t);
+        // (status, seconds since the last report, stale)
+        let cases = [
+            (ScrapeStatus::Ok, 0, false),
+            (ScrapeStatus::Ok, 20, false),
+            (ScrapeStatus::Ok, 21, true),
+            (ScrapeStatus::Timeout, 0, true),
+            (ScrapeStatus::Pending, 0, true),
+        ];
+        for (status, after, stale) in cases {
+            n.status = status;
+            assert_eq!(n.is_stale(t + Duration::from_secs(after)), stale, "{status:?} after {after}s");
+        }
+    }
+
+    #[test]
+    fn a_new_run_resumes_from_the_published_or_the_last_position() {
+        let t = Instant::now();
+        let key = Arc::new(ResumeKey { name: "c_total".into(), labels: Vec::new() });
+        let series = |raw: f64| NodeSeries {
+            slot: None,
+            kind: MetricKind::Counter,
+            value: 0.0,
+            raw,
+            key: Some(key.clone()),
+            contributing: false,
+            role: None,
+        };
+        let departed = |keeps: bool, unpublished: Vec<Unpublished>, raw: f64, start: f64| Departed {
+            run_id: 1,
+            last_seq: 3,
+            closed_seq: 2,
+            committed_seq: 2,
+            ipamd_start_time: start,
+            keeps_position: keeps,
+            published_ipamd_start: 50.0,
+            unpublished,
+            series: vec![(1, series(raw))],
+            at: t,
+        };
+        let before = vec![Unpublished { id: 1, raw_before: 7.0, pending: 3.0 }];
+        // (record, the resume point's start and raw value)
+        let cases = [
+            (departed(false, Vec::new(), 10.0, 100.0), Some((100.0, vec![10.0]))),
+            (departed(false, before.clone(), 10.0, 100.0), Some((100.0, vec![10.0]))),
+            (departed(true, before, 10.0, 100.0), Some((50.0, vec![7.0]))),
+            (departed(true, Vec::new(), 10.0, 100.0), Some((50.0, vec![10.0]))),
+            (departed(false, Vec::new(), f64::NAN, 100.0), Some((100.0, vec![]))),
+            (departed(false, Vec::new(), 10.0, 0.0), None),
+        ];
+        for (i, (d, want)) in cases.into_iter().enumerate() {
+            let got = d.resume_point().map(|r| (r.ipamd_start_time, r.points.iter().map(|p| p.1).collect::<Vec<_>>()));
+            assert_eq!(got, want, "case {i}");
+        }
     }
 }

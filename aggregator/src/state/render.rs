@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use cni_metrics_proto::catalog;
 use cni_metrics_proto::exposition::{Kind, Page};
-use cni_metrics_proto::v1::{FamilyType, MetricKind};
+use cni_metrics_proto::v1::FamilyType;
 
 use super::breakdown::Breakdowns;
 use super::capacity::CapacityTotals;
@@ -41,6 +41,7 @@ pub struct MetricsView {
     dropped: u64,
     breakdowns: Breakdowns,
     subnets: Option<SubnetsView>,
+    prefixes: Option<super::subnets::space::PrefixView>,
     stats: IngestStats,
     slots: usize,
     departed: usize,
@@ -55,22 +56,14 @@ impl ClusterState {
     /// Copy what `/metrics` shows (hold the lock only for this; render the copy after).
     pub fn metrics_view(&self, now: Instant) -> MetricsView {
         let mut by_family: BTreeMap<&Arc<str>, Vec<Line>> = BTreeMap::new();
-        for s in &self.slots {
-            let v = match s.kind {
-                MetricKind::Counter => Some(s.total),
-                _ => s.gauge_value(),
-            };
-            if let Some(v) = v {
+        for s in self.series.iter() {
+            if let Some(v) = s.value() {
                 by_family.entry(&s.family).or_default().push((s.name.clone(), s.labels.clone(), v));
             }
         }
         let families = by_family
             .into_iter()
-            .map(|(family, lines)| FamilyLines {
-                family: family.clone(),
-                family_type: self.families.get(family).copied().unwrap_or(FamilyType::Untyped),
-                lines,
-            })
+            .map(|(family, lines)| FamilyLines { family: family.clone(), family_type: self.series.family_type(family), lines })
             .collect();
         let by_status: BTreeMap<&'static str, u64> = self.status_counts().map(|(s, c)| (status_label(s), c)).collect();
         let (stale, dropped) = (self.stale_count(now), self.dropped_series());
@@ -83,9 +76,10 @@ impl ClusterState {
             dropped,
             breakdowns: self.breakdowns.clone(),
             subnets: self.subnets_view(),
+            prefixes: self.prefix_view(),
             stats: self.stats.clone(),
-            slots: self.slots.len(),
-            departed: self.departed.len(),
+            slots: self.series.len(),
+            departed: self.book.departed().len(),
         }
     }
 }
@@ -107,6 +101,9 @@ impl MetricsView {
         self.render_capacity(&mut page);
         if let Some(s) = &self.subnets {
             s.render(&mut page);
+        }
+        if let Some(p) = &self.prefixes {
+            p.render(&mut page);
         }
         self.render_self_metrics(&mut page);
     }
@@ -142,6 +139,12 @@ impl MetricsView {
         }
         gauge(page, "cni_metrics_nodes_low_on_ips", "Nodes whose IP headroom is below --low-ip-threshold", Some(f64::from(c.low_nodes)));
         gauge(page, "cni_metrics_nodes_stale", "Nodes whose last scrape failed or that missed two reports", Some(self.stale as f64));
+        gauge(
+            page,
+            "cni_metrics_ipv6_nodes",
+            "IPv6 nodes: bounded by max pods, not addresses; in the sums but not in IPs free, headroom, utilization or low on IPs",
+            Some(f64::from(c.ipv6_nodes)),
+        );
         gauge(
             page,
             "cni_metrics_capacity_anomalies",
@@ -212,59 +215,46 @@ impl MetricsView {
 
     fn render_self_metrics(&self, page: &mut Page<'_>) {
         let st = &self.stats;
-        let (by_status, dropped) = (&self.by_status, self.dropped);
-        let ok = by_status.get("ok").copied().unwrap_or(0);
-        let gauge = |page: &mut Page<'_>, name: &str, help: &str, v: f64| {
+        let ok = self.by_status.get("ok").copied().unwrap_or(0);
+        let gauges: [(&str, &str, f64); 3] = [
+            ("cni_metrics_nodes_reporting", "Nodes whose last ipamd scrape succeeded", ok as f64),
+            (
+                "cni_metrics_state_lock_wait_max_seconds",
+                "Longest wait for the cluster state lock (ingestion, publishing, views) since the previous /metrics page",
+                st.longest_lock_wait.as_secs_f64(),
+            ),
+            (
+                "cni_metrics_metrics_render_lock_seconds",
+                "How long the previous /metrics page held the cluster state lock",
+                st.last_render_hold.as_secs_f64(),
+            ),
+        ];
+        for (name, help, v) in gauges {
             page.gauge(name, help, v);
-        };
-        let counter = |page: &mut Page<'_>, name: &str, help: &str, v: u64| {
-            page.counter(name, help, v);
-        };
-        let labelled = |page: &mut Page<'_>, name: &str, help: &str, kind: Kind, label: &str, m: &BTreeMap<&'static str, u64>| {
-            page.family(name, kind, help);
-            for (k, v) in m {
-                page.sample(name, &[(label, k)], *v as f64);
-            }
-        };
-        gauge(page, "cni_metrics_nodes_reporting", "Nodes whose last ipamd scrape succeeded", ok as f64);
-        gauge(
-            page,
-            "cni_metrics_state_lock_wait_max_seconds",
-            "Longest wait for the cluster state lock (ingestion, publishing, views) since the previous /metrics page",
-            st.longest_lock_wait.as_secs_f64(),
-        );
-        gauge(
-            page,
-            "cni_metrics_metrics_render_lock_seconds",
-            "How long the previous /metrics page held the cluster state lock",
-            st.last_render_hold.as_secs_f64(),
-        );
+        }
         labelled(
             page,
             "cni_metrics_nodes",
             "Known nodes by the status of their last ipamd scrape",
             Kind::Gauge,
             "scrape_status",
-            by_status,
+            &self.by_status,
         );
-        gauge(page, "cni_metrics_cluster_series", "Cluster series held by the aggregator", self.slots as f64);
-        gauge(
-            page,
+        page.gauge("cni_metrics_cluster_series", "Cluster series held by the aggregator", self.slots as f64);
+        page.gauge(
             "cni_metrics_agent_dropped_series",
             "Series the agents dropped at their per-node limit in their latest scrape",
-            dropped as f64,
+            self.dropped as f64,
         );
-        counter(page, "cni_metrics_sessions_total", "Agent streams accepted", st.sessions);
-        counter(page, "cni_metrics_reports_received_total", "Agent reports applied", st.reports);
-        counter(
-            page,
+        page.counter("cni_metrics_sessions_total", "Agent streams accepted", st.sessions);
+        page.counter("cni_metrics_reports_received_total", "Agent reports applied", st.reports);
+        page.counter(
             "cni_metrics_reports_stale_total",
             "Reports ignored because a newer one was already applied",
             st.reports_ignored_old_seq,
         );
         page.counts("cni_metrics_reports_rejected_total", "Agent streams and messages refused, by reason", "reason", &st.rejected);
-        counter(
-            page,
+        page.counter(
             "cni_metrics_streams_token_expired_total",
             "Agent streams ended when the agent's token expired (it reconnects with the one kubelet refreshed)",
             st.token_expiries,
@@ -278,57 +268,77 @@ impl MetricsView {
             "status",
             &st.scrape_errors,
         );
-        counter(page, "cni_metrics_bad_lines_total", "ipamd page lines the agents could not parse", st.bad_lines);
-        counter(page, "cni_metrics_nonfinite_values_total", "NaN or infinite values ignored", st.nonfinite_values);
-        counter(
-            page,
-            "cni_metrics_counter_regressions_total",
-            "Counter totals that went backwards within an agent run (ignored)",
-            st.counter_regressions,
-        );
-        counter(page, "cni_metrics_node_goodbyes_total", "Nodes that left with a goodbye", st.goodbyes);
-        counter(page, "cni_metrics_nodes_expired_total", "Nodes dropped after their TTL", st.expired);
-        counter(page, "cni_metrics_agent_restarts_total", "Agent runs replaced by a new run of the same node", st.agent_restarts);
-        counter(
-            page,
-            "cni_metrics_agent_runs_recovered_total",
-            "Agent runs first seen mid-way (this aggregator restarted): counted from their committed totals",
-            st.runs_recovered,
-        );
+        for (name, help, v) in self.lifecycle_counters() {
+            page.counter(name, help, v);
+        }
         page.single(
             "cni_metrics_recovered_increments_total",
             Kind::Counter,
             "Counter increments counted from agents' committed totals after an aggregator restart (delivered by no earlier aggregator, or in doubt)",
             st.recovered_increments,
         );
-        counter(
-            page,
-            "cni_metrics_agent_runs_resumed_total",
-            "New agent runs that resumed counting where the node's previous run stopped",
-            st.runs_resumed,
-        );
-        counter(
-            page,
-            "cni_metrics_agent_runs_continued_total",
-            "Agent runs that came back after leaving (partition, expiry) and continued from their kept totals",
-            st.runs_continued,
-        );
-        counter(page,
-            "cni_metrics_agent_baseline_unknown_total",
-            "Agent runs that started without a resume point on an ipamd older than their initial window: increments before their first scrape are not counted",
-            st.baseline_unknown_runs,
-        );
-        counter(page,
-            "cni_metrics_agent_baseline_in_doubt_total",
-            "Agent runs that counted a young ipamd from its start without a resume point, on an aggregator younger than that ipamd: part may be counted twice",
-            st.baseline_in_doubt_runs,
-        );
-        counter(
-            page,
-            "cni_metrics_departed_evicted_total",
-            "Departed-node records dropped at their bound (those nodes' next agent run cannot resume)",
-            st.departed_evicted,
-        );
-        gauge(page, "cni_metrics_departed_nodes", "Departed-node records kept for continuation and resume", self.departed as f64);
+        self.render_resume_metrics(page);
+    }
+
+    /// Counters of what ingestion saw and ignored, and of the nodes' lifecycle.
+    fn lifecycle_counters(&self) -> [(&'static str, &'static str, u64); 7] {
+        let st = &self.stats;
+        [
+            ("cni_metrics_bad_lines_total", "ipamd page lines the agents could not parse", st.bad_lines),
+            ("cni_metrics_nonfinite_values_total", "NaN or infinite values ignored", st.nonfinite_values),
+            (
+                "cni_metrics_counter_regressions_total",
+                "Counter totals that went backwards within an agent run (ignored)",
+                st.counter_regressions,
+            ),
+            ("cni_metrics_node_goodbyes_total", "Nodes that left with a goodbye", st.goodbyes),
+            ("cni_metrics_nodes_expired_total", "Nodes dropped after their TTL", st.expired),
+            ("cni_metrics_agent_restarts_total", "Agent runs replaced by a new run of the same node", st.agent_restarts),
+            (
+                "cni_metrics_agent_runs_recovered_total",
+                "Agent runs first seen mid-way (this aggregator restarted): counted from their committed totals",
+                st.runs_recovered,
+            ),
+        ]
+    }
+
+    /// How agent runs resumed, continued or started without a baseline, and the departed records.
+    fn render_resume_metrics(&self, page: &mut Page<'_>) {
+        let st = &self.stats;
+        let counters: [(&str, &str, u64); 5] = [
+            ("cni_metrics_agent_runs_resumed_total", "New agent runs that resumed counting where the node's previous run stopped", st.runs_resumed),
+            (
+                "cni_metrics_agent_runs_continued_total",
+                "Agent runs that came back after leaving (partition, expiry) and continued from their kept totals",
+                st.runs_continued,
+            ),
+            (
+                "cni_metrics_agent_baseline_unknown_total",
+                "Agent runs that started without a resume point on an ipamd older than their initial window: increments before their first scrape are not counted",
+                st.baseline_unknown_runs,
+            ),
+            (
+                "cni_metrics_agent_baseline_in_doubt_total",
+                "Agent runs that counted a young ipamd from its start without a resume point, on an aggregator younger than that ipamd: part may be counted twice",
+                st.baseline_in_doubt_runs,
+            ),
+            (
+                "cni_metrics_departed_evicted_total",
+                "Departed-node records dropped at their bound (those nodes' next agent run cannot resume)",
+                st.departed_evicted,
+            ),
+        ];
+        for (name, help, v) in counters {
+            page.counter(name, help, v);
+        }
+        page.gauge("cni_metrics_departed_nodes", "Departed-node records kept for continuation and resume", self.departed as f64);
+    }
+}
+
+/// A family with one sample per label value.
+fn labelled(page: &mut Page<'_>, name: &str, help: &str, kind: Kind, label: &str, m: &BTreeMap<&'static str, u64>) {
+    page.family(name, kind, help);
+    for (k, v) in m {
+        page.sample(name, &[(label, k)], *v as f64);
     }
 }

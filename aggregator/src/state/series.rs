@@ -1,14 +1,20 @@
-//! Cluster series ("slots") and how a node's values fold into them: definitions, gauge sums and maxima,
-//! counter increments into the open window, capacity gauges. A report costs O(series it changes).
+//! The cluster series table: every cluster series ("slot": a sample name plus the labels left after the
+//! catalogue's cluster fold) with its gauge sum or maximum and its counter totals, found by identity in
+//! O(1). The table owns its invariants: a slot's identity never changes, at most `max` slots exist, one
+//! kind per identity, and each counter identity (its [`ResumeKey`]) is held once however many nodes
+//! have it. How a node's values fold into the slots is in `fold.rs`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use cni_metrics_proto::catalog::{self, NodeFold};
 use cni_metrics_proto::v1::{FamilyType, MetricKind, SeriesDef};
 
-use super::node::{unpublished_entry, NodeSeries, ResumeKey};
-use super::{CapRole, ClusterState, SeriesRefusal};
+use super::node::ResumeKey;
+use super::SeriesRefusal;
+
+/// A cluster series' identity: sample name and labels after the cluster fold.
+type SlotKey = (Arc<str>, Vec<(String, String)>);
 
 /// One cluster series.
 #[derive(Debug)]
@@ -94,43 +100,36 @@ pub(super) fn from_order_key(k: u64) -> f64 {
     f64::from_bits(if k >> 63 == 1 { k & !(1 << 63) } else { !k })
 }
 
-impl ClusterState {
-    pub(super) fn define(&mut self, node_name: &Arc<str>, d: &SeriesDef) {
-        if self.nodes.get(node_name).is_some_and(|n| n.series.contains_key(&d.id)) {
-            return; // Known from an earlier stream of the same run: keep its last total.
-        }
-        let per_node = self.nodes.get(node_name).map_or(0, |n| n.series.len());
-        let kind = MetricKind::try_from(d.kind).unwrap_or(MetricKind::Gauge);
-        let slot = if per_node >= self.cfg.max_series_per_node {
-            self.stats.series_rejected.inc(SeriesRefusal::NodeLimit);
-            None
-        } else {
-            self.slot_for(d, kind)
-        };
-        if let Some(n) = self.nodes.get_mut(node_name) {
-            let role = CapRole::of(&d.name, d.labels.is_empty()).filter(|_| kind == MetricKind::Gauge);
-            let counter = kind == MetricKind::Counter;
-            // A counter starts from its committed total: only increments never published are counted.
-            let value = if counter && d.committed_total.is_finite() && d.committed_total >= 0.0 { d.committed_total } else { f64::NAN };
-            let key = counter.then(|| {
-                let mut labels: Vec<(String, String)> = d.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
-                labels.sort_unstable();
-                let key = ResumeKey { name: d.name.clone(), labels };
-                match self.resume_keys.get(&key) {
-                    Some(k) => k.clone(),
-                    None => {
-                        let k = Arc::new(key);
-                        self.resume_keys.insert(k.clone());
-                        k
-                    }
-                }
-            });
-            n.series.insert(d.id, NodeSeries { slot, kind, value, raw: f64::NAN, key, contributing: false, role });
+/// Every cluster series.
+#[derive(Debug)]
+pub(super) struct SeriesTable {
+    slots: Vec<Slot>,
+    index: HashMap<SlotKey, u32>,
+    /// Family → type, for exposition.
+    families: BTreeMap<Arc<str>, FamilyType>,
+    /// Sample and family names, held once.
+    names: HashMap<String, Arc<str>>,
+    /// Counter identities, shared by every node that has them.
+    resume_keys: HashSet<Arc<ResumeKey>>,
+    max: usize,
+}
+
+impl SeriesTable {
+    /// A table of at most `max` slots.
+    pub(super) fn new(max: usize) -> Self {
+        Self {
+            slots: Vec::new(),
+            index: HashMap::new(),
+            families: BTreeMap::new(),
+            names: HashMap::new(),
+            resume_keys: HashSet::new(),
+            max,
         }
     }
 
-    /// Find or create the cluster slot of a definition; `None` when refused (counted).
-    pub(super) fn slot_for(&mut self, d: &SeriesDef, kind: MetricKind) -> Option<u32> {
+    /// The slot of a definition, created on first sight; refused when the identity has another kind or
+    /// the table is full.
+    pub(super) fn slot_for(&mut self, d: &SeriesDef, kind: MetricKind) -> Result<u32, SeriesRefusal> {
         let spec = catalog::family(&d.family);
         let drop = spec.map_or(&[][..], |s| s.cluster_drop_labels);
         let mut labels: Vec<(String, String)> =
@@ -138,16 +137,11 @@ impl ClusterState {
         labels.sort_unstable();
         let name = self.intern(&d.name);
         let key = (name.clone(), labels);
-        if let Some(&i) = self.slot_index.get(&key) {
-            if self.slots[i as usize].kind != kind {
-                self.stats.series_rejected.inc(SeriesRefusal::KindConflict);
-                return None;
-            }
-            return Some(i);
+        if let Some(&i) = self.index.get(&key) {
+            return if self.slots[i as usize].kind == kind { Ok(i) } else { Err(SeriesRefusal::KindConflict) };
         }
-        if self.slots.len() >= self.cfg.max_cluster_series {
-            self.stats.series_rejected.inc(SeriesRefusal::ClusterLimit);
-            return None;
+        if self.slots.len() >= self.max {
+            return Err(SeriesRefusal::ClusterLimit);
         }
         let family = self.intern(&d.family);
         let family_type = spec.map_or_else(|| FamilyType::try_from(d.family_type).unwrap_or(FamilyType::Untyped), |s| s.family_type);
@@ -156,88 +150,102 @@ impl ClusterState {
             if key.1.iter().any(|(n, _)| n == "quantile") && family_type == FamilyType::Summary { NodeFold::Max } else { NodeFold::Sum };
         let i = self.slots.len() as u32;
         self.slots.push(Slot::new(family, name, key.1.clone(), kind, fold));
-        self.slot_index.insert(key, i);
-        Some(i)
+        self.index.insert(key, i);
+        Ok(i)
     }
 
-    pub(super) fn update(&mut self, node_name: &Arc<str>, id: u32, v: f64) {
-        if let Some(role) = self.apply_value(node_name, id, v) {
-            self.set_capacity(node_name, role, v.is_finite().then_some(v));
+    /// The shared identity of a counter definition (sample name and sorted labels).
+    pub(super) fn resume_key(&mut self, d: &SeriesDef) -> Arc<ResumeKey> {
+        let mut labels: Vec<(String, String)> = d.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
+        labels.sort_unstable();
+        let key = ResumeKey { name: d.name.clone(), labels };
+        if let Some(k) = self.resume_keys.get(&key) {
+            return k.clone();
+        }
+        let k = Arc::new(key);
+        self.resume_keys.insert(k.clone());
+        k
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.names.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.names.insert(s.to_owned(), a.clone());
+        a
+    }
+
+    pub(super) fn get(&self, i: u32) -> &Slot {
+        &self.slots[i as usize]
+    }
+
+    pub(super) fn get_mut(&mut self, i: u32) -> &mut Slot {
+        &mut self.slots[i as usize]
+    }
+
+    /// The slot of this sample name and labels (any order).
+    pub(super) fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<&Slot> {
+        let mut l: Vec<(String, String)> = labels.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
+        l.sort_unstable();
+        let i = *self.index.get(&(Arc::from(name), l))?;
+        self.slots.get(i as usize)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.iter()
+    }
+
+    /// The type of a family (untyped when unknown).
+    pub(super) fn family_type(&self, family: &str) -> FamilyType {
+        self.families.get(family).copied().unwrap_or(FamilyType::Untyped)
+    }
+
+    /// The slots of each family, in one pass.
+    pub(super) fn by_family(&self) -> HashMap<&str, Vec<&Slot>> {
+        let mut out: HashMap<&str, Vec<&Slot>> = HashMap::new();
+        for s in &self.slots {
+            out.entry(&*s.family).or_default().push(s);
+        }
+        out
+    }
+
+    /// The publish window closed: each counter's window increments move into its total.
+    pub(super) fn close_window(&mut self) {
+        for s in &mut self.slots {
+            s.total += s.window;
+            s.window = 0.0;
+        }
+    }
+}
+
+impl Slot {
+    /// The cluster value: a counter's total to the last closed window, a gauge's sum or maximum.
+    pub(super) fn value(&self) -> Option<f64> {
+        match self.kind {
+            MetricKind::Counter => Some(self.total),
+            _ => self.gauge_value(),
         }
     }
 
-    /// Apply one value; returns the capacity role of the series when it is a capacity gauge.
-    pub(super) fn apply_value(&mut self, node_name: &Arc<str>, id: u32, v: f64) -> Option<CapRole> {
-        let node = self.nodes.get_mut(node_name)?;
-        let Some(s) = node.series.get_mut(&id) else {
-            self.stats.series_rejected.inc(SeriesRefusal::UnknownId);
-            return None;
-        };
-        let slot_i = s.slot?;
-        let slot = &mut self.slots[slot_i as usize];
-        if !v.is_finite() {
-            self.stats.nonfinite_values += 1;
-            if s.kind == MetricKind::Gauge && s.contributing {
-                // The node has no meaningful value now: stop counting its old one.
-                withdraw(slot, node_name, s.value);
-                s.contributing = false;
-            }
-            return s.role;
-        }
-        match s.kind {
-            MetricKind::Counter => {
-                let last = if s.value.is_nan() { 0.0 } else { s.value };
-                if v < last {
-                    // Totals only grow within a run; take it as the new baseline, never as a negative.
-                    self.stats.counter_regressions += 1;
-                } else {
-                    // Into the open window; the Prometheus total follows when the window closes.
-                    slot.window += v - last;
-                    if node.keeps_position {
-                        unpublished_entry(&mut node.unpublished, id, s.raw).pending += v - last;
-                    }
-                }
-                s.value = v;
-            }
-            _ => {
-                if s.contributing {
-                    withdraw(slot, node_name, s.value);
-                }
-                slot.sum += v;
-                slot.contributors += 1;
-                if slot.fold == NodeFold::Max {
-                    slot.set_node_max(node_name, Some(v));
-                }
-                s.value = v;
-                s.contributing = true;
-            }
-        }
-        s.role
-    }
-
-    /// A capacity gauge of a node changed (`None`: withdrawn): update its derived numbers and the sums.
-    pub(super) fn set_capacity(&mut self, node_name: &Arc<str>, role: CapRole, v: Option<f64>) {
-        let Some(node) = self.nodes.get_mut(node_name) else { return };
-        self.breakdowns.apply(&node.groups, &node.capacity, &node.derived, false);
-        node.capacity.set(role, v);
-        let new = node.capacity.derive(self.cfg.low_ip_threshold);
-        let old = std::mem::replace(&mut node.derived, new);
-        self.breakdowns.apply(&node.groups, &node.capacity, &node.derived, true);
-        self.capacity.sub(&old);
-        self.capacity.add(&new);
-        if new.anomalous && !old.anomalous {
-            self.stats.capacity_anomalies += 1;
+    /// As [`Slot::value`], a counter including its open window.
+    pub(super) fn live_value(&self) -> Option<f64> {
+        match self.kind {
+            MetricKind::Counter => Some(self.total + self.window),
+            _ => self.gauge_value(),
         }
     }
 
-    pub(super) fn remove_series(&mut self, node_name: &Arc<str>, id: u32) {
-        let Some(node) = self.nodes.get_mut(node_name) else { return };
-        let Some(s) = node.series.remove(&id) else { return };
-        if let (Some(i), true) = (s.slot, s.contributing) {
-            withdraw(&mut self.slots[i as usize], node_name, s.value);
-        }
-        if let Some(role) = s.role {
-            self.set_capacity(node_name, role, None);
+    /// A node's gauge value `v` now counts in the slot (its previous one, if any, withdrawn first).
+    pub(super) fn contribute(&mut self, node: &Arc<str>, v: f64) {
+        self.sum += v;
+        self.contributors += 1;
+        if self.fold == NodeFold::Max {
+            self.set_node_max(node, Some(v));
         }
     }
 }
@@ -265,6 +273,55 @@ mod tests {
         for v in vals {
             assert_eq!(from_order_key(order_key(v)).to_bits(), v.to_bits(), "{v}");
         }
+    }
+
+    fn def(name: &str, family: &str, kind: MetricKind, labels: &[(&str, &str)]) -> SeriesDef {
+        SeriesDef {
+            name: name.into(),
+            family: family.into(),
+            kind: kind as i32,
+            labels: labels.iter().map(|(n, v)| cni_metrics_proto::v1::Label { name: (*n).into(), value: (*v).into() }).collect(),
+            ..SeriesDef::default()
+        }
+    }
+
+    #[test]
+    fn the_table_finds_folds_and_bounds_its_slots() {
+        let mut t = SeriesTable::new(3);
+        let (g, c) = (MetricKind::Gauge, MetricKind::Counter);
+        let eni = "awscni_assigned_ip_per_eni";
+        // (definition, the slot or the refusal)
+        let cases: [(SeriesDef, Result<u32, SeriesRefusal>); 6] = [
+            (def("awscni_total_ip_addresses", "awscni_total_ip_addresses", g, &[]), Ok(0)),
+            (def("awscni_total_ip_addresses", "awscni_total_ip_addresses", g, &[]), Ok(0)),
+            (def(eni, eni, g, &[("eni", "eni-1")]), Ok(1)),
+            (def(eni, eni, g, &[("eni", "eni-2")]), Ok(1)),
+            (def("awscni_total_ip_addresses", "awscni_total_ip_addresses", c, &[]), Err(SeriesRefusal::KindConflict)),
+            (def("x_total", "x", c, &[("b", "2"), ("a", "1")]), Ok(2)),
+        ];
+        for (i, (d, want)) in cases.iter().enumerate() {
+            let kind = MetricKind::try_from(d.kind).unwrap_or(MetricKind::Gauge);
+            assert_eq!(t.slot_for(d, kind), *want, "case {i}");
+        }
+        assert_eq!(t.slot_for(&def("y", "y", g, &[]), g), Err(SeriesRefusal::ClusterLimit));
+        assert_eq!(t.len(), 3);
+        assert!(t.find("x_total", &[("a", "1"), ("b", "2")]).is_some(), "labels in any order");
+        assert!(t.find(eni, &[]).is_some(), "the eni label is folded away for the cluster");
+        let by_family = t.by_family();
+        assert_eq!(by_family.values().map(Vec::len).sum::<usize>(), 3);
+        let k1 = t.resume_key(&def("x_total", "x", c, &[("b", "2"), ("a", "1")]));
+        let k2 = t.resume_key(&def("x_total", "x", c, &[("a", "1"), ("b", "2")]));
+        assert!(Arc::ptr_eq(&k1, &k2), "one identity held once");
+    }
+
+    #[test]
+    fn closing_the_window_moves_increments_into_totals() {
+        let mut t = SeriesTable::new(10);
+        let i = t.slot_for(&def("a_total", "a", MetricKind::Counter, &[]), MetricKind::Counter).expect("slot");
+        t.get_mut(i).window += 5.0;
+        assert_eq!((t.get(i).value(), t.get(i).live_value()), (Some(0.0), Some(5.0)));
+        t.close_window();
+        assert_eq!((t.get(i).value(), t.get(i).live_value()), (Some(5.0), Some(5.0)));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::*;
 use cni_metrics_proto::catalog;
-use cni_metrics_proto::v1::{Label, SeriesDef};
+use cni_metrics_proto::v1::{FamilyType, Label, MetricKind, SeriesDef};
 
 fn hello(node: &str, run_id: u64) -> Hello {
     Hello { node_name: node.into(), run_id, interval_ms: 1000, ..Hello::default() }
@@ -67,8 +67,8 @@ fn gauges_sum_over_live_nodes_and_leave_on_goodbye_or_ttl() {
     let expired = st.expire(t0 + Duration::from_millis(3500));
     assert_eq!(expired.iter().map(|n| &**n).collect::<Vec<_>>(), vec!["n3"]);
     assert_eq!(st.value(ASSIGNED, &[]), Some(20.0));
-    assert_eq!(st.stats.expired, 1);
-    assert_eq!(st.stats.goodbyes, 1);
+    assert_eq!(st.stats().expired, 1);
+    assert_eq!(st.stats().goodbyes, 1);
 }
 
 #[test]
@@ -88,10 +88,10 @@ fn counters_are_exact_sums_of_per_node_increments() {
     assert_eq!(st.value(ADD, &[]), Some(0.0), "in the open window only");
     let w = st.take_window(1);
     assert_eq!(st.value(ADD, &[]), Some(30.0));
-    assert_eq!(w.datums.iter().find(|d| d.metric_name == "addReqCount").map(|d| d.value), Some(30.0));
+    assert_eq!(w.window.datums.iter().find(|d| d.metric_name == "addReqCount").map(|d| d.value), Some(30.0));
     // The window is drained; the monotonic total is not.
     let w = st.take_window(2);
-    assert_eq!(w.datums.iter().find(|d| d.metric_name == "addReqCount").map(|d| d.value), Some(0.0));
+    assert_eq!(w.window.datums.iter().find(|d| d.metric_name == "addReqCount").map(|d| d.value), Some(0.0));
     st.take_window(0);
     assert_eq!(st.value(ADD, &[]), Some(30.0));
 }
@@ -123,7 +123,7 @@ fn replays_and_resent_snapshots_never_count_twice() {
     st.take_window(0);
     assert_eq!(st.value(ADD, &[]), Some(13.0));
     assert_eq!(st.value(ASSIGNED, &[]), Some(2.0));
-    assert_eq!(st.stats.agent_restarts, 1);
+    assert_eq!(st.stats().agent_restarts, 1);
 }
 
 #[test]
@@ -147,7 +147,7 @@ fn protocol_errors_table() {
     assert_eq!(st.hello(&hello("", 1), t0), Err(IngestError::BadNodeName));
     assert_eq!(st.hello(&Hello { interval_ms: 0, ..hello("x", 1) }, t0), Err(IngestError::BadInterval));
     // Refused hellos are counted too.
-    assert_eq!((st.stats.rejected.get(Refusal::BadNodeName), st.stats.rejected.get(Refusal::BadInterval)), (1, 1));
+    assert_eq!((st.stats().rejected.get(Refusal::BadNodeName), st.stats().rejected.get(Refusal::BadInterval)), (1, 1));
     let s = st.hello(&hello("n1", 1), t0).expect("hello").session;
     let cases: Vec<(Report, IngestError)> = vec![
         (report(1, false, vec![], &[], &[]), IngestError::SnapshotExpected),
@@ -177,11 +177,11 @@ fn protocol_errors_table() {
     st.report("n1", s, &report(1, true, vec![def(1, ASSIGNED, MetricKind::Gauge, &[])], &[(1, 1.0)], &[]), t0).expect("ok");
     let redefine = report(2, false, vec![def(1, ADD, MetricKind::Gauge, &[])], &[], &[]);
     assert_eq!(st.report("n1", s, &redefine, t0), Err(IngestError::Redefined(1)));
-    assert_eq!(st.stats.rejected.total(), 8, "6 reports and 2 hellos");
+    assert_eq!(st.stats().rejected.total(), 8, "6 reports and 2 hellos");
     // Unknown ids and non-finite values are counted, not applied.
     st.report("n1", s, &report(3, false, vec![], &[(42, 1.0), (1, f64::NAN)], &[]), t0).expect("ok");
-    assert_eq!(st.stats.series_rejected.get(SeriesRefusal::UnknownId), 1);
-    assert_eq!(st.stats.nonfinite_values, 1);
+    assert_eq!(st.stats().series_rejected.get(SeriesRefusal::UnknownId), 1);
+    assert_eq!(st.stats().nonfinite_values, 1);
     assert_eq!(st.value(ASSIGNED, &[]), None, "NaN withdraws the node's gauge");
 }
 
@@ -207,7 +207,7 @@ fn label_folds_kinds_and_latency() {
     assert_eq!(st.value(per_eni, &[]), Some(14.0), "eni label summed away across the cluster");
     assert_eq!(st.value(lat, &[("api", "X"), ("quantile", "0.99")]), Some(300.0), "quantiles fold by max");
     let w = st.take_window(0);
-    let get = |n: &str| w.datums.iter().find(|d| d.metric_name == n).map(|d| (d.value, d.unit.as_str()));
+    let get = |n: &str| w.window.datums.iter().find(|d| d.metric_name == n).map(|d| (d.value, d.unit.as_str()));
     assert_eq!(get("awsAPILatency"), Some((300.0, "Milliseconds")));
     assert_eq!(get("assignedIPsPerENI"), Some((14.0, "Count")));
     // Without quantiles: the mean of the window's increments.
@@ -215,12 +215,12 @@ fn label_folds_kinds_and_latency() {
     let sb = st.node("b").map(|n| n.session).unwrap_or_default();
     st.report("b", sb, &report(2, false, vec![], &[(4, 900.0), (5, 6.0)], &[3]), t0).expect("upd");
     let w = st.take_window(0);
-    assert_eq!(w.datums.iter().find(|d| d.metric_name == "awsAPILatency").map(|d| d.value), Some(150.0));
+    assert_eq!(w.window.datums.iter().find(|d| d.metric_name == "awsAPILatency").map(|d| d.value), Some(150.0));
     // A kind conflict on one cluster series is refused, not merged.
     let s = st.hello(&hello("c", 3), t0).expect("hello").session;
     st.report("c", s, &report(1, true, vec![def(1, ASSIGNED, MetricKind::Counter, &[])], &[(1, 1.0)], &[]), t0).expect("snap");
     st.report("b", sb, &report(3, false, vec![def(9, ASSIGNED, MetricKind::Gauge, &[])], &[(9, 1.0)], &[]), t0).expect("upd");
-    assert_eq!(st.stats.series_rejected.get(SeriesRefusal::KindConflict), 1);
+    assert_eq!(st.stats().series_rejected.get(SeriesRefusal::KindConflict), 1);
 }
 
 #[test]
@@ -266,7 +266,7 @@ fn a_run_first_seen_mid_way_counts_from_its_committed_totals() {
     st.report("n1", s, &report(41, false, vec![], &[(2, 507.0)], &[]), t0).expect("inc");
     st.take_window(0);
     assert_eq!(st.value(ADD, &[]), Some(27.0));
-    assert_eq!((st.stats.runs_recovered, st.stats.recovered_increments), (1, 20.0));
+    assert_eq!((st.stats().runs_recovered, st.stats().recovered_increments), (1, 20.0));
 }
 
 #[test]
@@ -317,7 +317,7 @@ fn the_same_run_coming_back_after_expiry_continues_from_its_totals() {
     st.report("n1", back.session, &report(3, true, defs, &[(1, 4.0), (2, 20.0)], &[]), t0).expect("snapshot");
     st.take_window(2);
     assert_eq!(st.value(ADD, &[]), Some(20.0), "10 + 2 + 8, none twice");
-    assert_eq!(st.stats.runs_continued, 1);
+    assert_eq!(st.stats().runs_continued, 1);
     assert_eq!(st.departed_count(), 0);
 }
 
@@ -354,7 +354,7 @@ fn a_new_run_of_a_node_gets_the_previous_runs_raw_values_as_resume_point() {
     // Until the new run reports, the record stays (a run that dies at once must not lose it).
     st.expire(t0 + Duration::from_secs(600));
     assert!(st.hello(&hello("n1", 3), t0 + Duration::from_secs(601)).expect("hello").resume.is_some());
-    assert_eq!(st.stats.runs_resumed, 2);
+    assert_eq!(st.stats().runs_resumed, 2);
 }
 
 #[test]
@@ -369,7 +369,7 @@ fn baseline_flags_are_counted_once_per_run() {
     let mut r = report(2, false, vec![], &[(2, 5.0)], &[]);
     r.baseline_in_doubt = true;
     st.report("n1", s, &r, t0).expect("delta");
-    assert_eq!((st.stats.baseline_unknown_runs, st.stats.baseline_in_doubt_runs), (1, 1));
+    assert_eq!((st.stats().baseline_unknown_runs, st.stats().baseline_in_doubt_runs), (1, 1));
 }
 
 #[test]
@@ -380,8 +380,8 @@ fn departed_records_are_bounded() {
         let s = join(&mut st, name, 1, 1.0, 0.0, t0 + Duration::from_secs(i as u64));
         st.goodbye(name, s);
     }
-    assert_eq!((st.departed_count(), st.stats.departed_evicted), (2, 1));
-    assert!(!st.hello(&hello("a", 2), t0).expect("hello").continued && st.stats.runs_resumed == 0, "the oldest went");
+    assert_eq!((st.departed_count(), st.stats().departed_evicted), (2, 1));
+    assert!(!st.hello(&hello("a", 2), t0).expect("hello").continued && st.stats().runs_resumed == 0, "the oldest went");
 }
 
 #[test]
@@ -394,14 +394,14 @@ fn cluster_id_and_region_from_agents_only_when_they_agree() {
     st.hello(&h, t0).expect("hello");
     st.hello(&hello("b", 2), t0).expect("hello"); // knows nothing: does not disagree
     let w = st.take_window(0);
-    assert_eq!((w.cluster_id.as_str(), w.region_hint.as_deref()), ("prod", Some("eu-west-1")));
+    assert_eq!((w.window.cluster_id.as_str(), w.window.region_hint.as_deref()), ("prod", Some("eu-west-1")));
     let mut h = hello("c", 3);
     h.cluster_name = "staging".into();
     st.hello(&h, t0).expect("hello");
-    assert_eq!(st.take_window(0).cluster_id, "", "two clusters claimed: no id is invented");
+    assert_eq!(st.take_window(0).window.cluster_id, "", "two clusters claimed: no id is invented");
     let mut st = ClusterState::new(StateConfig { cluster_id: "configured".into(), ..StateConfig::default() });
     st.hello(&h, t0).expect("hello");
-    assert_eq!(st.take_window(0).cluster_id, "configured", "the flag wins");
+    assert_eq!(st.take_window(0).window.cluster_id, "configured", "the flag wins");
 }
 
 #[test]
@@ -421,9 +421,9 @@ fn derived_capacity_per_node_then_summed() {
     // available: 8 + 3 + 0 (clamped); headroom: 48 + 3 + 38.
     assert_eq!((c.available, c.headroom, c.low_nodes, c.anomalous_nodes), (11.0, 89.0, 1, 1));
     assert_eq!(c.utilization(), (Some(85.0 / 88.0), Some(85.0 / 174.0)));
-    assert_eq!(st.stats.capacity_anomalies, 1);
+    assert_eq!(st.stats().capacity_anomalies, 1);
     let w = st.take_window(0);
-    let get = |n: &str| w.datums.iter().find(|d| d.metric_name == n).map(|d| (d.value, d.unit.as_str()));
+    let get = |n: &str| w.window.datums.iter().find(|d| d.metric_name == n).map(|d| (d.value, d.unit.as_str()));
     assert_eq!(get("availableIPAddresses"), Some((11.0, "Count")));
     assert_eq!(get("ipHeadroom"), Some((89.0, "Count")));
     assert_eq!(get("nodesLowOnIPs"), Some((1.0, "Count")));
@@ -453,12 +453,61 @@ fn derived_capacity_per_node_then_summed() {
 }
 
 #[test]
+fn ipv6_nodes_stay_in_the_sums_and_out_of_the_ipv4_capacity() {
+    use cni_metrics_proto::v1::SubnetUsage;
+    let t0 = Instant::now();
+    let mut st = ClusterState::new(StateConfig::default());
+    let defs = || {
+        vec![
+            def(1, ASSIGNED, MetricKind::Gauge, &[]),
+            def(2, "awscni_total_ip_addresses", MetricKind::Gauge, &[]),
+            def(3, "awscni_ip_max", MetricKind::Gauge, &[]),
+        ]
+    };
+    let usage = |ipv6_prefixes: u32| SubnetUsage { subnet_id: "subnet-1".into(), enis: 1, ipv6_prefixes, ..SubnetUsage::default() };
+    // An IPv4 node, an IPv6 node full to its max pods (ipamd: one /80 = 2^48 addresses, max keeps IPv4
+    // limits), and a small node whose introspection says IPv6.
+    let slash80 = 2f64.powi(48);
+    let mut sessions = Vec::new();
+    for (i, (node, a, t, m, v6)) in
+        [("v4", 10.0, 18.0, 58.0, 0), ("v6-full", 110.0, slash80, 110.0, 1), ("v6-small", 3.0, 4.0, 4.0, 2)].into_iter().enumerate()
+    {
+        let s = st.hello(&hello(node, i as u64 + 1), t0).expect("hello").session;
+        let mut r = report(1, true, defs(), &[(1, a), (2, t), (3, m)], &[]);
+        r.subnets_changed = true;
+        r.subnets = vec![usage(v6)];
+        st.report(node, s, &r, t0).expect("snapshot");
+        sessions.push(s);
+    }
+    let c = *st.capacity();
+    assert_eq!((c.available, c.headroom, c.low_nodes, c.ipv6_nodes, c.with_headroom), (8.0, 48.0, 0, 2, 1));
+    assert_eq!(c.utilization(), (Some(10.0 / 18.0), Some(10.0 / 58.0)), "IPv4 ratios over the IPv4 node only");
+    assert_eq!(st.value(ASSIGNED, &[]), Some(123.0), "the sums keep every node");
+    let view = st.node("v6-small").map(|n| n.derived).unwrap_or_default();
+    assert!(view.ipv6 && !view.low && view.headroom.is_none(), "{view:?}");
+    let mut out = String::new();
+    st.render_prometheus(&mut out, t0);
+    assert!(out.contains("cni_metrics_ipv6_nodes{cluster_id=\"\"} 2\n"), "{out}");
+    assert!(out.contains("cni_metrics_nodes_low_on_ips{cluster_id=\"\"} 0\n"), "{out}");
+    // The small node's ENIs lose their IPv6 prefixes: it is an IPv4 node again, and low (headroom 1 < 5).
+    let mut r = report(2, false, vec![], &[], &[]);
+    r.subnets_changed = true;
+    r.subnets = vec![usage(0)];
+    st.report("v6-small", sessions[2], &r, t0).expect("update");
+    let c = *st.capacity();
+    assert_eq!((c.available, c.headroom, c.low_nodes, c.ipv6_nodes), (9.0, 49.0, 1, 1));
+    // The full IPv6 node leaves: nothing of it stays behind.
+    st.goodbye("v6-full", sessions[1]);
+    assert_eq!(st.capacity().ipv6_nodes, 0);
+}
+
+#[test]
 fn a_second_agent_claiming_a_live_node_is_refused() {
     let t0 = Instant::now();
     let mut st = ClusterState::new(StateConfig::default());
     let s1 = join(&mut st, "n1", 1, 5.0, 0.0, t0);
     assert_eq!(st.hello(&hello("n1", 2), t0), Err(IngestError::DuplicateNode("n1".into())));
-    assert_eq!(st.stats.rejected.get(Refusal::DuplicateNode), 1);
+    assert_eq!(st.stats().rejected.get(Refusal::DuplicateNode), 1);
     // The live agent is unaffected.
     st.report("n1", s1, &report(2, false, vec![], &[(1, 6.0)], &[]), t0).expect("still the node's stream");
     assert_eq!(st.value(ASSIGNED, &[]), Some(6.0));
@@ -479,8 +528,8 @@ fn keeping_report(seq: u64, snapshot: bool, total: f64, raw: f64) -> Report {
     r
 }
 
-fn window_add(w: &Window) -> f64 {
-    w.datums.iter().filter(|d| d.metric_name == "addReqCount").map(|d| d.value).sum()
+fn window_add(w: &ClosedWindow) -> f64 {
+    w.window.datums.iter().filter(|d| d.metric_name == "addReqCount").map(|d| d.value).sum()
 }
 
 #[test]
@@ -559,4 +608,42 @@ fn a_withheld_run_resumes_each_series_from_its_published_position() {
     let resume = st.hello(&Hello { keeps_position: true, ..hello("n1", 2) }, t0).expect("hello").resume.expect("resume");
     let points: Vec<(String, f64)> = resume.points.iter().map(|(k, raw)| (k.name.clone(), *raw)).collect();
     assert_eq!(points, vec![(ADD.to_owned(), 50.0)], "the published position; the new series has none (counted whole)");
+}
+
+#[test]
+fn the_exhaustion_forecast_follows_a_draining_subnet_and_not_a_flat_one() {
+    let mut st = ClusterState::new(StateConfig::default());
+    st.enable_subnets(LowThreshold::Percent(10.0), std::time::Duration::from_secs(6 * 3600));
+    let facts = |id: &str, az: &str, available: u64| SubnetFacts {
+        subnet_id: id.into(),
+        availability_zone: az.into(),
+        vpc_id: "vpc-1".into(),
+        cidr: "10.0.0.0/20".into(),
+        available,
+    };
+    // Subnet a loses 10 addresses every 5 minutes (120 an hour); b stays flat. Two hours of refreshes.
+    let t0 = 1_765_000_000_000_i64;
+    let mut page = String::new();
+    for k in 0..=24u64 {
+        st.set_subnet_facts(vec![facts("subnet-a", "az-1", 1000 - 10 * k), facts("subnet-b", "az-2", 3000)], t0 + k as i64 * 300_000);
+        if k == 4 {
+            st.render_prometheus(&mut page, std::time::Instant::now());
+            assert!(!page.contains("cni_metrics_subnet_exhaustion_seconds{"), "5 samples over 20 min are not enough:\n{page}");
+        }
+    }
+    // 760 left at 120 an hour: 6 h 20 min.
+    let want = 760.0 / 120.0 * 3600.0;
+    let mut page = String::new();
+    st.render_prometheus(&mut page, std::time::Instant::now());
+    let got: Option<f64> = page
+        .lines()
+        .find(|l| l.starts_with("cni_metrics_subnet_exhaustion_seconds{") && l.contains("subnet-a") && l.contains("resource=\"addresses\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok());
+    assert!(got.is_some_and(|s| (s - want).abs() < 1.0), "subnet-a: {got:?}, want {want}\n{page}");
+    assert!(!page.lines().any(|l| l.contains("exhaustion_seconds") && l.contains("subnet-b")), "flat: no forecast\n{page}");
+    assert!(page.lines().any(|l| l.starts_with("cni_metrics_az_exhaustion_seconds") && l.contains("az-1")), "{page}");
+    let w = st.take_window(t0 + 25 * 300_000);
+    let hours: Vec<f64> = w.window.datums.iter().filter(|d| d.metric_name == "subnetHoursToExhaustion").map(|d| d.value).collect();
+    assert_eq!(hours.len(), 3, "subnet-a, az-1 and the cluster: {hours:?}");
+    assert!(hours.iter().all(|h| (h - 760.0 / 120.0).abs() < 0.001), "{hours:?}");
 }

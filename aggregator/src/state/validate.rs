@@ -5,8 +5,9 @@
 
 use cni_metrics_proto::catalog::FORWARDED_PREFIX;
 use cni_metrics_proto::shapes::{self, is_dns1123_subdomain, is_label_name, is_metric_name, Fact};
-use cni_metrics_proto::v1::{FamilyType, Hello, MetricKind, Report, SeriesDef};
+use cni_metrics_proto::v1::{FamilyType, Hello, Ipv4Block, MetricKind, Report, SeriesDef};
 
+use super::subnets::prefixes::{Block, BlockError, LARGEST_SUBNET};
 use super::IngestError;
 
 /// Longest label value accepted (ipamd's are CIDRs, ENI ids, function names).
@@ -15,6 +16,9 @@ pub const MAX_LABEL_VALUE: usize = 1024;
 pub const MAX_LABELS: usize = 16;
 /// Longest scrape status detail (the agent truncates its own at 512).
 pub const MAX_STATUS_DETAIL: usize = 1024;
+
+/// Most IPv4 blocks one report may list over all its subnets (the agent's own bound).
+pub const MAX_BLOCKS: usize = 4096;
 
 /// Label names the aggregator writes itself.
 const RESERVED_LABELS: &[&str] = &["cluster_id"];
@@ -59,8 +63,20 @@ pub fn report(r: &Report) -> Result<(), IngestError> {
         if !(s.total_ips.is_finite() && s.total_ips >= 0.0 && s.assigned_ips.is_finite() && s.assigned_ips >= 0.0) {
             return Err(IngestError::BadReportField("subnet usage"));
         }
+        if !s.blocks.iter().all(|b| block(b).is_ok()) {
+            return Err(IngestError::BadReportField("subnet blocks"));
+        }
+    }
+    if r.subnets.iter().map(|s| s.blocks.len()).sum::<usize>() > MAX_BLOCKS {
+        return Err(IngestError::BadReportField("subnet blocks"));
     }
     Ok(())
+}
+
+/// A node's IPv4 block: aligned, and between a /16 (the largest subnet) and a /32.
+pub fn block(b: &Ipv4Block) -> Result<Block, BlockError> {
+    let len = u8::try_from(b.prefix_len).ok().filter(|l| (LARGEST_SUBNET..=32).contains(l)).ok_or(BlockError::Length(b.prefix_len))?;
+    Block::new(b.address, len)
 }
 
 /// A series definition: a known kind; an `awscni_` family with a Prometheus metric name; the sample
@@ -193,9 +209,21 @@ mod tests {
         let detail = Report { status_detail: "a\u{1b}[2Jb".into(), ..Report::default() };
         assert_eq!(report(&detail), Err(IngestError::BadReportField("status_detail")));
         let subnet = |id: &str, total: f64| Report {
-            subnets: vec![SubnetUsage { subnet_id: id.into(), total_ips: total, assigned_ips: 1.0, enis: 1 }],
+            subnets: vec![SubnetUsage { subnet_id: id.into(), total_ips: total, assigned_ips: 1.0, enis: 1, ..SubnetUsage::default() }],
             ..Report::default()
         };
+        let blocks = |blocks: Vec<(u32, u32)>| Report {
+            subnets: vec![SubnetUsage {
+                subnet_id: "subnet-1".into(),
+                blocks: blocks.into_iter().map(|(address, prefix_len)| Ipv4Block { address, prefix_len }).collect(),
+                ..SubnetUsage::default()
+            }],
+            ..Report::default()
+        };
+        assert_eq!(report(&blocks(vec![(0x0a00_0110, 28), (0x0a00_0105, 32), (0x0a01_0000, 16)])), Ok(()));
+        for bad in [vec![(0x0a00_0111, 28)], vec![(0x0a00_0000, 15)], vec![(0x0a00_0105, 33)], vec![(0x0a00_0000, 28); MAX_BLOCKS + 1]] {
+            assert_eq!(report(&blocks(bad)), Err(IngestError::BadReportField("subnet blocks")));
+        }
         assert_eq!(report(&subnet("subnet-0abc1234def567890", 14.0)), Ok(()));
         assert_eq!(report(&subnet("subnet-\"x", 14.0)), Err(IngestError::BadReportField("subnet_id")));
         assert_eq!(report(&subnet("subnet-1", f64::NAN)), Err(IngestError::BadReportField("subnet usage")));

@@ -1,12 +1,13 @@
 //! Closing a publish window: the cluster's CloudWatch datums (upstream's names and units, derived
 //! capacity, breakdowns) and the commit marks that promise each node run its increments are in it.
 
+use crate::state::subnets::forecast::{Resource, Scope};
 use cni_metrics_proto::catalog::{self, CloudWatchFold};
 use cni_metrics_proto::v1::MetricKind;
 
 use super::node::CommitMark;
-use super::series::Slot;
-use super::{ClusterState, Dim};
+use super::series::{SeriesTable, Slot};
+use super::{Breakdowns, CapacityTotals, ClusterState, Dim, SubnetReport};
 
 /// The unit of a datum (CloudWatch's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,159 +54,183 @@ pub struct Window {
     pub end_unix_ms: i64,
     pub nodes: usize,
     pub datums: Vec<Datum>,
-    /// What this window promises each node run (see [`ClusterState::commit`]).
+}
+
+/// A closed window: what the sinks publish, and apart from it what the window promises each node run
+/// (the publisher keeps the marks until every sink delivered the window, see [`ClusterState::commit`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClosedWindow {
+    pub window: Window,
     pub commits: Vec<CommitMark>,
-    /// The publisher's sequence number of the window (0 until it numbers it).
-    pub seq: u64,
 }
 
 impl ClusterState {
     /// Close the publish window: gauges as they are now, counters' increments since the last window.
-    pub fn take_window(&mut self, end_unix_ms: i64) -> Window {
-        let mut datums = Vec::new();
-        for spec in catalog::FAMILIES {
-            let Some(metric_name) = spec.cloudwatch_name else { continue };
-            let slots = self.slots.iter().filter(|s| *s.family == *spec.name);
-            let value = match spec.cloudwatch_fold {
-                CloudWatchFold::GaugeSum => {
-                    let mut any = false;
-                    let mut sum = 0.0;
-                    for s in slots {
-                        if let Some(v) = s.gauge_value() {
-                            any = true;
-                            sum += v;
-                        }
-                    }
-                    any.then_some(sum)
-                }
-                CloudWatchFold::CounterIncrease => {
-                    let mut any = false;
-                    let mut sum = 0.0;
-                    for s in slots.filter(|s| s.kind == MetricKind::Counter) {
-                        any = true;
-                        sum += s.window;
-                    }
-                    any.then_some(sum)
-                }
-                CloudWatchFold::LatencyP99OrMean => latency(slots),
-            };
-            if let Some(value) = value {
-                let unit = if spec.cloudwatch_fold == CloudWatchFold::LatencyP99OrMean { Unit::Milliseconds } else { Unit::Count };
-                datums.push(Datum { metric_name, value, unit, dimension: None });
-            }
-        }
-        for s in &mut self.slots {
-            s.total += s.window;
-            s.window = 0.0;
-        }
-        let mut commits = Vec::new();
-        let mut established = Vec::new();
-        for n in self.nodes.values_mut().filter(|n| !n.withheld) {
-            if n.last_seq > n.closed_seq {
-                if n.closed_seq == 0 && n.keeps_position && !self.departed.is_empty() {
-                    established.push(n.name.clone());
-                }
-                n.closed_seq = n.last_seq;
-                n.published_ipamd_start = n.ipamd_start_time;
-                // Kept for the next window unless it grew large (a snapshot), so busy windows do not
-                // allocate and idle nodes hold at most a few entries' capacity.
-                if n.unpublished.capacity() > 8 {
-                    n.unpublished = Vec::new();
-                } else {
-                    n.unpublished.clear();
-                }
-                commits.push(CommitMark { node: n.name.clone(), run_id: n.run_id, seq: n.last_seq });
-            }
-        }
-        for name in &established {
-            self.departed.remove(name);
-        }
-        for (name, d) in self.departed.iter_mut().filter(|(_, d)| !d.keeps_position) {
-            if d.last_seq > d.closed_seq {
-                d.closed_seq = d.last_seq;
-                commits.push(CommitMark { node: name.clone(), run_id: d.run_id, seq: d.last_seq });
-            }
-        }
-        if !self.nodes.is_empty() {
-            let c = &self.capacity;
-            let (u_total, u_max) = c.utilization();
-            let derived = [
-                ("availableIPAddresses", (c.with_available > 0).then_some(c.available), Unit::Count),
-                ("ipHeadroom", (c.with_headroom > 0).then_some(c.headroom), Unit::Count),
-                ("ipUtilization", u_total.map(|r| r * 100.0), Unit::Percent),
-                ("ipCapacityUtilization", u_max.map(|r| r * 100.0), Unit::Percent),
-                ("nodesLowOnIPs", Some(f64::from(c.low_nodes)), Unit::Count),
-            ];
-            for (metric_name, value, unit) in derived {
-                if let Some(value) = value {
-                    datums.push(Datum { metric_name, value, unit, dimension: None });
-                }
-            }
-            for (subnet, t) in &self.breakdowns.subnets {
-                for (metric_name, v) in
-                    [("totalIPAddresses", t.total), ("assignIPAddresses", t.assigned), ("availableIPAddresses", t.available)]
-                {
-                    datums.push(Datum {
-                        metric_name,
-                        value: v,
-                        unit: Unit::Count,
-                        dimension: Some((Dim::Subnet.cloudwatch(), subnet.clone())),
-                    });
-                }
-            }
-            for ((dim, value), g) in &self.breakdowns.groups {
-                let c = &g.capacity;
-                let per_group = [
-                    ("assignIPAddresses", Some(g.assigned)),
-                    ("totalIPAddresses", Some(g.total)),
-                    ("maxIPAddresses", Some(g.max)),
-                    ("availableIPAddresses", (c.with_available > 0).then_some(c.available)),
-                    ("ipHeadroom", (c.with_headroom > 0).then_some(c.headroom)),
-                    ("nodesLowOnIPs", Some(f64::from(c.low_nodes))),
-                ];
-                for (metric_name, v) in per_group {
-                    if let Some(v) = v {
-                        datums.push(Datum { metric_name, value: v, unit: Unit::Count, dimension: Some((dim.cloudwatch(), value.clone())) });
-                    }
-                }
-            }
+    pub fn take_window(&mut self, end_unix_ms: i64) -> ClosedWindow {
+        let mut datums = family_datums(&self.series);
+        self.series.close_window();
+        let commits = self.book.close_runs();
+        if !self.book.is_empty() {
+            capacity_datums(&self.capacity, &mut datums);
+            breakdown_datums(&self.breakdowns, &mut datums);
         }
         // --subnet-metrics: EC2's numbers per subnet, per AZ and for the cluster.
         if let Some(r) = self.subnet_report() {
-            let count = |metric_name: &'static str, value: f64, dimension: Option<(&'static str, String)>| Datum {
-                metric_name,
-                value,
-                unit: Unit::Count,
-                dimension,
-            };
-            datums.push(count("subnetAvailableIPAddresses", r.available, None));
-            datums.push(count("subnetsLowOnIPs", f64::from(r.low), None));
-            for (az, (available, low)) in &r.by_az {
-                datums.push(count("subnetAvailableIPAddresses", *available, Some((Dim::Az.cloudwatch(), az.clone()))));
-                datums.push(count("subnetsLowOnIPs", f64::from(*low), Some((Dim::Az.cloudwatch(), az.clone()))));
-            }
-            for row in &r.rows {
-                let dim = || Some((Dim::Subnet.cloudwatch(), row.subnet_id.clone()));
-                datums.push(count("subnetAvailableIPAddresses", row.available, dim()));
-                datums.push(count("subnetUsableIPAddresses", row.usable, dim()));
-                datums.push(count("subnetClusterIPAddresses", row.held_by_cluster, dim()));
-                datums.push(count("subnetOtherIPAddresses", row.held_by_others, dim()));
-            }
+            subnet_datums(&r, &mut datums);
+        }
+        // --subnet-prefixes: free /28 blocks per subnet, per AZ and for the cluster.
+        if let Some(r) = self.prefix_report() {
+            prefix_datums(r, &mut datums);
+        }
+        // The exhaustion forecast: hours until the first resource runs out, when a trend is falling.
+        if self.subnet_report().is_some() {
+            exhaustion_datums(&self.exhaustion_forecasts(), &mut datums);
         }
         let cluster_id = if self.cfg.cluster_id.is_empty() {
-            self.agreed_cluster_name().unwrap_or_default().to_owned()
+            self.book.agreed_cluster_name().unwrap_or_default().to_owned()
         } else {
             self.cfg.cluster_id.clone()
         };
-        Window {
-            cluster_id,
-            region_hint: self.agreed_region().map(str::to_owned),
-            end_unix_ms,
-            nodes: self.nodes.len(),
-            datums,
-            commits,
-            seq: 0,
+        let region_hint = self.book.agreed_region().map(str::to_owned);
+        ClosedWindow { window: Window { cluster_id, region_hint, end_unix_ms, nodes: self.book.len(), datums }, commits }
+    }
+}
+
+/// The catalogue's CloudWatch names, each folded from its family's slots (grouped in one pass).
+fn family_datums(series: &SeriesTable) -> Vec<Datum> {
+    let by_family = series.by_family();
+    let mut datums = Vec::new();
+    for spec in catalog::FAMILIES {
+        let Some(metric_name) = spec.cloudwatch_name else { continue };
+        let slots = by_family.get(spec.name).map_or(&[][..], Vec::as_slice).iter().copied();
+        let (value, unit) = match spec.cloudwatch_fold {
+            CloudWatchFold::GaugeSum => (sum_of(slots.filter_map(Slot::gauge_value)), Unit::Count),
+            CloudWatchFold::CounterIncrease => (sum_of(slots.filter(|s| s.kind == MetricKind::Counter).map(|s| s.window)), Unit::Count),
+            CloudWatchFold::LatencyP99OrMean => (latency(slots), Unit::Milliseconds),
+        };
+        if let Some(value) = value {
+            datums.push(Datum { metric_name, value, unit, dimension: None });
         }
+    }
+    datums
+}
+
+/// The sum, `None` when there is nothing to sum.
+fn sum_of(values: impl Iterator<Item = f64>) -> Option<f64> {
+    values.fold(None, |acc, v| Some(acc.unwrap_or(0.0) + v))
+}
+
+/// The cluster's derived capacity.
+fn capacity_datums(c: &CapacityTotals, datums: &mut Vec<Datum>) {
+    let (u_total, u_max) = c.utilization();
+    let derived = [
+        ("availableIPAddresses", (c.with_available > 0).then_some(c.available), Unit::Count),
+        ("ipHeadroom", (c.with_headroom > 0).then_some(c.headroom), Unit::Count),
+        ("ipUtilization", u_total.map(|r| r * 100.0), Unit::Percent),
+        ("ipCapacityUtilization", u_max.map(|r| r * 100.0), Unit::Percent),
+        ("nodesLowOnIPs", Some(f64::from(c.low_nodes)), Unit::Count),
+    ];
+    for (metric_name, value, unit) in derived {
+        if let Some(value) = value {
+            datums.push(Datum { metric_name, value, unit, dimension: None });
+        }
+    }
+}
+
+/// The breakdown groups (`--breakdown`), each datum with its dimension.
+fn breakdown_datums(b: &Breakdowns, datums: &mut Vec<Datum>) {
+    for (subnet, t) in &b.subnets {
+        for (metric_name, v) in [("totalIPAddresses", t.total), ("assignIPAddresses", t.assigned), ("availableIPAddresses", t.available)] {
+            datums.push(Datum { metric_name, value: v, unit: Unit::Count, dimension: Some((Dim::Subnet.cloudwatch(), subnet.clone())) });
+        }
+    }
+    for ((dim, value), g) in &b.groups {
+        let c = &g.capacity;
+        let per_group = [
+            ("assignIPAddresses", Some(g.assigned)),
+            ("totalIPAddresses", Some(g.total)),
+            ("maxIPAddresses", Some(g.max)),
+            ("availableIPAddresses", (c.with_available > 0).then_some(c.available)),
+            ("ipHeadroom", (c.with_headroom > 0).then_some(c.headroom)),
+            ("nodesLowOnIPs", Some(f64::from(c.low_nodes))),
+        ];
+        for (metric_name, v) in per_group {
+            if let Some(v) = v {
+                datums.push(Datum { metric_name, value: v, unit: Unit::Count, dimension: Some((dim.cloudwatch(), value.clone())) });
+            }
+        }
+    }
+}
+
+/// Subnet capacity (`--subnet-metrics`): per subnet, per AZ and for the cluster.
+fn subnet_datums(r: &SubnetReport, datums: &mut Vec<Datum>) {
+    let count = |metric_name: &'static str, value: f64, dimension: Option<(&'static str, String)>| Datum {
+        metric_name,
+        value,
+        unit: Unit::Count,
+        dimension,
+    };
+    datums.push(count("subnetAvailableIPAddresses", r.available, None));
+    datums.push(count("subnetsLowOnIPs", f64::from(r.low), None));
+    for (az, (available, low)) in &r.by_az {
+        datums.push(count("subnetAvailableIPAddresses", *available, Some((Dim::Az.cloudwatch(), az.clone()))));
+        datums.push(count("subnetsLowOnIPs", f64::from(*low), Some((Dim::Az.cloudwatch(), az.clone()))));
+    }
+    for row in &r.rows {
+        let dim = || Some((Dim::Subnet.cloudwatch(), row.subnet_id.clone()));
+        datums.push(count("subnetAvailableIPAddresses", row.available, dim()));
+        datums.push(count("subnetUsableIPAddresses", row.usable, dim()));
+        datums.push(count("subnetClusterIPAddresses", row.held_by_cluster, dim()));
+        datums.push(count("subnetOtherIPAddresses", row.held_by_others, dim()));
+    }
+}
+
+/// Free prefixes (`--subnet-prefixes`): per subnet, per AZ and for the cluster.
+fn prefix_datums(r: &crate::state::subnets::prefixes::PrefixReport, datums: &mut Vec<Datum>) {
+    let count = |metric_name: &'static str, value: u32, dimension: Option<(&'static str, String)>| Datum {
+        metric_name,
+        value: f64::from(value),
+        unit: Unit::Count,
+        dimension,
+    };
+    datums.push(count("subnetFreePrefixes", r.free, None));
+    datums.push(count("subnetsLowOnPrefixes", r.low, None));
+    for (az, (free, low)) in &r.by_az {
+        datums.push(count("subnetFreePrefixes", *free, Some((Dim::Az.cloudwatch(), az.clone()))));
+        datums.push(count("subnetsLowOnPrefixes", *low, Some((Dim::Az.cloudwatch(), az.clone()))));
+    }
+    for row in &r.rows {
+        let dim = || Some((Dim::Subnet.cloudwatch(), row.subnet_id.clone()));
+        datums.push(count("subnetFreePrefixes", row.space.free, dim()));
+        datums.push(count("subnetFreeReservedPrefixes", row.space.free_in_prefix_reservations, dim()));
+        if let Some(len) = row.space.largest_free_len {
+            datums.push(count("subnetLargestFreeBlockPrefixLength", u32::from(len), dim()));
+        }
+    }
+}
+
+/// `subnetHoursToExhaustion`: per subnet and per AZ the sooner of addresses and /28s, for the cluster the
+/// soonest subnet. Nothing without a falling trend.
+fn exhaustion_datums(forecasts: &[(Resource, Scope, f64)], datums: &mut Vec<Datum>) {
+    let mut soonest: std::collections::BTreeMap<&Scope, f64> = std::collections::BTreeMap::new();
+    for (_, scope, secs) in forecasts {
+        let e = soonest.entry(scope).or_insert(*secs);
+        *e = e.min(*secs);
+    }
+    let hours = |secs: f64, dimension| Datum { metric_name: "subnetHoursToExhaustion", value: secs / 3600.0, unit: Unit::Count, dimension };
+    let mut cluster: Option<f64> = None;
+    for (scope, secs) in soonest {
+        let dim = match scope {
+            Scope::Subnet(id) => {
+                cluster = Some(cluster.map_or(secs, |c| c.min(secs)));
+                (Dim::Subnet.cloudwatch(), id.clone())
+            }
+            Scope::Az(az) => (Dim::Az.cloudwatch(), az.clone()),
+        };
+        datums.push(hours(secs, Some(dim)));
+    }
+    if let Some(secs) = cluster {
+        datums.push(hours(secs, None));
     }
 }
 

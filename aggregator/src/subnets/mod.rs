@@ -4,24 +4,23 @@
 //! ([`ec2`]: `DescribeSubnets`, the one call, paginated) every `--subnet-refresh` about every subnet the
 //! agents report ENIs in (custom networking's ENIConfig subnets included) and, with `--subnet-discovery`,
 //! about the subnets tagged for the VPC CNI's subnet discovery in the same VPCs; the state joins EC2's
-//! numbers with the cluster's own use ([`model`]). Throttling and network errors are retried with the
+//! numbers with the cluster's own use ([`crate::state::SubnetReport`], pure). Throttling and network errors are retried with the
 //! shared backoff within the refresh; on failure the last values stay, marked stale, counted. Access
 //! denied is logged once with the policy to add; subnet metrics are extra, so nothing else stops and
 //! readiness is unaffected.
 
 pub mod ec2;
-pub mod model;
+pub mod prefixes;
 
 use std::time::Duration;
 
 use cni_metrics_proto::backoff::Backoff;
 use tracing::{error, info, warn};
 
+use crate::aws::{AwsError, ErrorKind, Retry};
 use crate::shared::{lock, Shared};
-use crate::sinks::cloudwatch::retry::Retry;
-use crate::state::RefreshResult;
-use ec2::{Ec2, Ec2Error};
-use model::SubnetFacts;
+use crate::state::{RefreshResult, SubnetFacts};
+use ec2::Ec2;
 
 /// The IAM statement `--subnet-metrics` needs, as logged when it is missing.
 pub const POLICY_HINT: &str = r#"{"Effect": "Allow", "Action": "ec2:DescribeSubnets", "Resource": "*"} (deploy/iam-policy-subnets.json)"#;
@@ -39,7 +38,7 @@ pub struct SubnetConfig {
 }
 
 /// One refresh: the reported subnets by id, then (discovery) the tagged ones in their VPCs.
-async fn fetch(ec2: &Ec2, ids: &[String], discovery: Option<&str>) -> Result<Vec<SubnetFacts>, Ec2Error> {
+async fn fetch(ec2: &Ec2, ids: &[String], discovery: Option<&str>) -> Result<Vec<SubnetFacts>, AwsError> {
     let mut facts = if ids.is_empty() { Vec::new() } else { ec2.by_id(ids).await? };
     if let Some(cluster) = discovery {
         let mut vpcs: Vec<String> = facts.iter().map(|f| f.vpc_id.clone()).filter(|v| !v.is_empty()).collect();
@@ -54,21 +53,90 @@ async fn fetch(ec2: &Ec2, ids: &[String], discovery: Option<&str>) -> Result<Vec
     Ok(facts)
 }
 
+/// How a failed attempt is counted.
+fn refresh_result(kind: ErrorKind) -> RefreshResult {
+    if kind == ErrorKind::Throttling {
+        RefreshResult::Throttled
+    } else {
+        RefreshResult::Error
+    }
+}
+
+/// Run `op` until it succeeds, fails for good, or [`ATTEMPTS`] are spent; a failed attempt that is retried
+/// goes to `on_retry`. `None` when `shutdown` came first. Both refreshers use it.
+pub(crate) async fn retrying<T, Fut>(
+    retry: &Backoff,
+    what: &str,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    mut on_retry: impl FnMut(RefreshResult),
+    mut op: impl FnMut() -> Fut,
+) -> Option<Result<T, AwsError>>
+where
+    Fut: std::future::Future<Output = Result<T, AwsError>>,
+{
+    let mut attempts = retry.start(None);
+    loop {
+        match op().await {
+            Err(e) if e.retry == Retry::Retryable && attempts.attempt() + 1 < ATTEMPTS => {
+                on_retry(refresh_result(e.kind));
+                let d = attempts.next_delay();
+                warn!(error = %e, retry_in = %cni_metrics_proto::duration::format(d), "{what} failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    () = shutdown.as_mut() => return None,
+                }
+            }
+            other => return Some(other),
+        }
+    }
+}
+
+/// "Access denied" logged once per outage, with the policy to add, and its end logged once.
+pub(crate) struct Denials {
+    denied: bool,
+}
+
+impl Denials {
+    pub(crate) fn new() -> Self {
+        Self { denied: false }
+    }
+
+    /// `op` was refused: `what` keeps its last values, marked stale.
+    pub(crate) fn denied(&mut self, e: &AwsError, op: &str, what: &str, policy: &str) {
+        if !self.denied {
+            error!(error = %e, policy, "{what}: EC2 refuses {op}; add this to the aggregator's role (the rest keeps working)");
+            self.denied = true;
+        }
+    }
+
+    pub(crate) fn allowed(&mut self, op: &str, what: &str) {
+        if self.denied {
+            info!("{op} is allowed again; {what} are current");
+            self.denied = false;
+        }
+    }
+}
+
+/// The shared retry schedule of the EC2 refreshers.
+pub(crate) fn backoff() -> Option<Backoff> {
+    match Backoff::new(Duration::from_secs(1), Duration::from_secs(20), 2.0, 0.2) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            error!(error = %e, "subnet refresher: invalid backoff; subnet metrics are off");
+            None
+        }
+    }
+}
+
 /// Refresh every `cfg.refresh` until `shutdown`.
 pub async fn run_refresher(state: Shared, cfg: SubnetConfig, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let ec2 = Ec2::new(cfg.region.clone()).await;
-    let retry = match Backoff::new(Duration::from_secs(1), Duration::from_secs(20), 2.0, 0.2) {
-        Ok(b) => b,
-        Err(e) => {
-            error!(error = %e, "subnet refresher: invalid backoff; subnet metrics are off");
-            return;
-        }
-    };
+    let Some(retry) = backoff() else { return };
     info!(refresh = %cni_metrics_proto::duration::format(cfg.refresh), discovery = cfg.discovery, "subnet metrics on: DescribeSubnets once per refresh");
     let mut tick = tokio::time::interval(cfg.refresh);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut denied = false;
+    let mut denials = Denials::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -87,43 +155,22 @@ pub async fn run_refresher(state: Shared, cfg: SubnetConfig, shutdown: impl std:
         if ids.is_empty() {
             continue; // no agent has reported a subnet yet
         }
-        let mut attempts = retry.start(None);
-        let result = loop {
-            match fetch(&ec2, &ids, cfg.discovery.then_some(cluster.as_str())).await {
-                Err(e) if e.retry == Retry::Retryable && attempts.attempt() + 1 < ATTEMPTS => {
-                    lock(&state).subnets.refreshes.inc(if e.kind == "throttling" {
-                        RefreshResult::Throttled
-                    } else {
-                        RefreshResult::Error
-                    });
-                    let d = attempts.next_delay();
-                    warn!(error = %e, retry_in = %cni_metrics_proto::duration::format(d), "DescribeSubnets failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(d) => {}
-                        () = &mut shutdown => return,
-                    }
-                }
-                other => break other,
-            }
+        let discovery = cfg.discovery.then_some(cluster.as_str());
+        let on_retry = |r| lock(&state).record_subnet_retry(r);
+        let Some(result) = retrying(&retry, "DescribeSubnets", &mut shutdown, on_retry, || fetch(&ec2, &ids, discovery)).await else {
+            return;
         };
         match result {
             Ok(facts) => {
-                let n = facts.len();
                 lock(&state).set_subnet_facts(facts, cni_metrics_proto::clock::unix_ms_now());
-                if denied {
-                    info!(subnets = n, "DescribeSubnets is allowed again; subnet metrics are current");
-                    denied = false;
-                }
+                denials.allowed("DescribeSubnets", "subnet metrics");
             }
             Err(e) if e.retry == Retry::Heal => {
                 lock(&state).subnet_refresh_failed(RefreshResult::Denied);
-                if !denied {
-                    error!(error = %e, policy = POLICY_HINT, "subnet metrics: EC2 refuses DescribeSubnets; add this to the aggregator's role (the rest keeps working)");
-                    denied = true;
-                }
+                denials.denied(&e, "DescribeSubnets", "subnet metrics", POLICY_HINT);
             }
             Err(e) => {
-                lock(&state).subnet_refresh_failed(if e.kind == "throttling" { RefreshResult::Throttled } else { RefreshResult::Error });
+                lock(&state).subnet_refresh_failed(refresh_result(e.kind));
                 warn!(error = %e, "subnet metrics: DescribeSubnets failed; the last values stay, marked stale");
             }
         }

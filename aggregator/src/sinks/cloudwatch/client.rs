@@ -1,4 +1,5 @@
-//! The SDK client: built from the default credential chain, with the start-up self-check log line.
+//! The SDK client: built from the shared AWS set-up ([`crate::aws::sdk_config`]), with the start-up
+//! self-check log line.
 
 use std::time::Duration;
 
@@ -7,16 +8,8 @@ use tracing::{error, info};
 
 /// Build the client from the SDK's default chain (env, IRSA web identity, EKS Pod Identity, profile,
 /// IMDS) and log the start-up self-check: region, cluster id, credential source, endpoint.
-pub(super) async fn build_client(region: Option<String>, cluster_id: &str, namespace: &str) -> Client {
-    use aws_config::retry::RetryConfig;
-    use aws_config::timeout::TimeoutConfig;
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).retry_config(RetryConfig::disabled()).timeout_config(
-        TimeoutConfig::builder().connect_timeout(Duration::from_secs(3)).operation_attempt_timeout(Duration::from_secs(10)).build(),
-    );
-    if let Some(r) = region {
-        loader = loader.region(aws_config::Region::new(r));
-    }
-    let sdk = loader.load().await;
+pub(super) async fn build_client(region: Option<String>, cluster_id: &str, namespace: &str, attempt_timeout: Duration) -> Client {
+    let sdk = crate::aws::sdk_config(region, attempt_timeout).await;
     let credentials = match sdk.credentials_provider() {
         Some(p) => match aws_credential_source(&p).await {
             Ok(source) => source,

@@ -96,8 +96,6 @@ pub(super) mod tests {
             region_hint: None,
             end_unix_ms: end,
             nodes: 1,
-            commits: Vec::new(),
-            seq: end as u64,
             datums: (0..n)
                 .map(|i| Datum {
                     metric_name: if i % 2 == 0 { "addReqCount" } else { "assignIPAddresses" },

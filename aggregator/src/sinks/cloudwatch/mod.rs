@@ -1,14 +1,15 @@
 //! The CloudWatch sink, drop-in for upstream's publisher: namespace `Kubernetes`, dimension
-//! `CLUSTER_ID=<id>`, upstream's MetricNames (see the README's reference table).
+//! `CLUSTER_ID=<id>`, upstream's MetricNames (see docs/metrics.md).
 //!
 //! Built like a Vector sink, a file per section:
 //! - **config** ([`config`], [`CloudWatchConfig`]): namespace, storage resolution, allow-list, backlog bound;
 //! - a **pure encoder** ([`encode`]: [`encode_window`], [`batches`]): every datum carries its window's timestamp;
 //!   NaN/±Inf are skipped and counted; batches hold ≤ 1000 datums and ≤ 1 MB (estimated with a safety
 //!   margin; split when over);
-//! - the **service** (this file) and its SDK `client`: [`Sink::publish`] only queues the window (a bounded backlog, oldest window dropped
-//!   first, counted and logged), and a sender task delivers the queue in order with PutMetricData;
-//! - an explicit **retry classification** ([`retry`]: [`classify`]) in three classes:
+//! - the **service**: [`Sink::publish`] only queues the window ([`queue`]: a bounded backlog, oldest window
+//!   dropped first, counted and logged), and the [`sender`] task delivers the queue in order with
+//!   PutMetricData through its SDK `client`, one method per outcome (delivered, healing, retried, rejected);
+//! - an explicit **retry classification** ([`crate::aws::retry`], shared with EC2) in three classes:
 //!   - *transient* (throttling, 5xx, timeouts, network): retried with the shared jittered backoff;
 //!   - *healing* (authentication, authorization, expired credentials, clock skew, request expiry, any
 //!     other error that names no datum): nothing is wrong with the data, someone has to fix IAM, IRSA,
@@ -21,30 +22,30 @@
 //!
 //! The SDK's own retries are off so every attempt is visible in the self-metrics.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_cloudwatch::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
-use aws_sdk_cloudwatch::Client;
-use cni_metrics_proto::clock::unix_ms_now;
-use cni_metrics_proto::exposition::{Kind, Page};
+use aws_sdk_cloudwatch::types::StandardUnit;
+use cni_metrics_proto::exposition::Page;
 use cni_metrics_proto::labels::Counts;
 use tokio::sync::{watch, Notify};
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 mod client;
 pub mod config;
 pub mod encode;
-pub mod retry;
+pub mod hint;
+mod queue;
+mod sender;
 
 pub use config::{default_auth_backoff, CloudWatchConfig, DIMENSION, MAX_DATUMS_PER_REQUEST, MAX_REQUEST_BYTES};
 pub use encode::{batches, datum_size, encode_window, next_batch_len, Queued};
-pub use retry::{classify, heal_hint, Retry};
+pub use hint::heal_hint;
 
 use super::{BoxFuture, Sink, SinkError};
-use crate::state::Window;
+use crate::aws::{AwsError, ErrorKind, Retry};
+use crate::state::{Unit, Window};
+use queue::Queue;
 
 cni_metrics_proto::label_enum! {
     /// The `result` of `cni_metrics_cloudwatch_requests_total`.
@@ -68,55 +69,53 @@ cni_metrics_proto::label_enum! {
     }
 }
 
+impl From<Unit> for StandardUnit {
+    fn from(u: Unit) -> Self {
+        match u {
+            Unit::Count => StandardUnit::Count,
+            Unit::Milliseconds => StandardUnit::Milliseconds,
+            Unit::Percent => StandardUnit::Percent,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Stats {
     requests: Counts<RequestResult>,
     datums: Counts<DatumOutcome>,
-    /// By error type: bounded by [`classify`]'s codes.
-    errors: BTreeMap<&'static str, u64>,
+    errors: Counts<ErrorKind>,
     retries: u64,
     last_success_ms: Option<i64>,
     last_attempt_ok: Option<bool>,
     waiting_for: Option<&'static str>,
     /// The healing error the sink is waiting on (see [`Retry::Heal`]).
-    healing: Option<&'static str>,
+    healing: Option<ErrorKind>,
 }
 
-#[derive(Debug, Default)]
-struct Queue {
-    datums: VecDeque<Queued>,
-    /// (datums, publisher's window seq) per queued window, oldest first.
-    windows: VecDeque<(usize, u64)>,
-    /// The highest window seq handed to the sink.
-    accepted_through: u64,
-    /// Datums of the front window already delivered (the window is partly sent).
-    front_sent: usize,
-}
-
-impl Queue {
-    /// Every window up to this seq is resolved: delivered, rejected (logged) or dropped (counted).
-    fn delivered_through(&self) -> u64 {
-        self.windows.front().map_or(self.accepted_through, |(_, seq)| seq.saturating_sub(1))
-    }
-
-    /// Remove `n` datums from the front, keeping window accounting right.
-    fn pop_front(&mut self, mut n: usize) {
-        while n > 0 {
-            let Some(&mut (front, _)) = self.windows.front_mut() else { break };
-            let take = n.min(front - self.front_sent);
-            for _ in 0..take {
-                self.datums.pop_front();
+impl Stats {
+    /// One PutMetricData attempt of `datums` datums ended.
+    fn record_attempt(&mut self, datums: usize, result: Result<(), &AwsError>, now_ms: i64) {
+        match result {
+            Ok(()) => {
+                self.requests.inc(RequestResult::Ok);
+                self.datums.add(DatumOutcome::Sent, datums as u64);
+                self.last_success_ms = Some(now_ms);
+                self.last_attempt_ok = Some(true);
             }
-            self.front_sent += take;
-            n -= take;
-            if self.front_sent == front {
-                self.windows.pop_front();
-                self.front_sent = 0;
+            Err(e) => {
+                self.requests.inc(match e.retry {
+                    Retry::Retryable => RequestResult::RetryableError,
+                    Retry::Heal => RequestResult::HeldError,
+                    Retry::Rejected => RequestResult::Rejected,
+                });
+                self.errors.inc(e.kind);
+                self.last_attempt_ok = Some(false);
             }
         }
     }
 }
 
+/// What the sink and its sender task share.
 struct Shared {
     cfg: CloudWatchConfig,
     /// The region the agents agree on, from the latest window.
@@ -145,14 +144,13 @@ impl CloudWatchSink {
             notify: Notify::new(),
         });
         let (close, close_rx) = watch::channel(None);
-        let task = tokio::spawn(sender(shared.clone(), close_rx));
+        let task = tokio::spawn(sender::Sender::new(shared.clone(), close_rx).run());
         Self { shared, close, task: Mutex::new(Some(task)) }
     }
 
-    /// Datums waiting for delivery.
+    /// (windows, datums) waiting for delivery.
     pub fn backlog(&self) -> (usize, usize) {
-        let q = lock(&self.shared.queue);
-        (q.windows.len(), q.datums.len())
+        lock(&self.shared.queue).backlog()
     }
 }
 
@@ -165,26 +163,13 @@ impl Sink for CloudWatchSink {
         "cloudwatch"
     }
 
-    fn publish<'a>(&'a self, window: &'a Window) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn publish<'a>(&'a self, seq: u64, window: &'a Window) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let (datums, nonfinite, filtered) = encode_window(window, &self.shared.cfg);
             if window.region_hint.is_some() {
                 lock(&self.shared.region_hint).clone_from(&window.region_hint);
             }
-            let mut dropped = 0;
-            {
-                let mut q = lock(&self.shared.queue);
-                if !datums.is_empty() {
-                    q.windows.push_back((datums.len(), window.seq));
-                    q.datums.extend(datums);
-                }
-                q.accepted_through = q.accepted_through.max(window.seq);
-                while q.windows.len() > self.shared.cfg.max_backlog_windows {
-                    let n = q.windows.front().map_or(0, |w| w.0) - q.front_sent;
-                    q.pop_front(n);
-                    dropped += n;
-                }
-            }
+            let dropped = lock(&self.shared.queue).push_window(seq, datums, self.shared.cfg.max_backlog_windows);
             let mut st = lock(&self.shared.stats);
             st.datums.add(DatumOutcome::SkippedNonfinite, nonfinite);
             st.datums.add(DatumOutcome::Filtered, filtered);
@@ -246,11 +231,7 @@ impl Sink for CloudWatchSink {
         let st = lock(&self.shared.stats);
         page.counts("cni_metrics_cloudwatch_requests_total", "PutMetricData attempts by result", "result", &st.requests);
         page.counts("cni_metrics_cloudwatch_datums_total", "Datums by outcome", "outcome", &st.datums);
-        let name = "cni_metrics_cloudwatch_errors_total";
-        page.family(name, Kind::Counter, "Failed PutMetricData attempts by error type");
-        for (kind, v) in &st.errors {
-            page.sample(name, &[("error_type", kind)], *v as f64);
-        }
+        page.counts("cni_metrics_cloudwatch_errors_total", "Failed PutMetricData attempts by error type", "error_type", &st.errors);
         page.counter("cni_metrics_cloudwatch_retries_total", "PutMetricData retries", st.retries);
         page.gauge("cni_metrics_cloudwatch_backlog_windows", "Publish windows waiting for delivery", windows as f64);
         page.gauge("cni_metrics_cloudwatch_backlog_datums", "Datums waiting for delivery", datums as f64);
@@ -261,237 +242,5 @@ impl Sink for CloudWatchSink {
                 ms as f64 / 1000.0,
             );
         }
-    }
-}
-
-/// The delivery loop.
-async fn sender(shared: Arc<Shared>, mut close: watch::Receiver<Option<tokio::time::Instant>>) {
-    let mut client: Option<Client> = None;
-    let mut attempts = shared.cfg.backoff.start(None);
-    let mut auth_attempts = shared.cfg.auth_backoff.start(None);
-    let mut healing: Option<&'static str> = None;
-    let mut cluster_id: Option<Arc<str>> = None;
-    let mut warned_no_id = false;
-    loop {
-        let closing = *close.borrow();
-        if closing.is_some_and(|d| tokio::time::Instant::now() >= d) {
-            return;
-        }
-        // The next batch (cloned: removed from the queue only once delivered or rejected).
-        let batch: Vec<Queued> = {
-            let q = lock(&shared.queue);
-            let n = next_batch_len(q.datums.iter(), &shared.cfg.namespace);
-            q.datums.iter().take(n).cloned().collect()
-        };
-        if batch.is_empty() {
-            if closing.is_some() {
-                return;
-            }
-            tokio::select! {
-                _ = shared.notify.notified() => {}
-                _ = close.changed() => {}
-            }
-            continue;
-        }
-        // A cluster id is required: never invent one (upstream's `k8s-cluster` merged clusters).
-        if let Some(id) = batch.iter().map(|q| &q.cluster_id).find(|id| !id.is_empty()) {
-            if cluster_id.as_deref() != Some(id) {
-                info!(cluster_id = %id, "CloudWatch CLUSTER_ID dimension resolved");
-            }
-            cluster_id = Some(id.clone());
-        }
-        let Some(id) = cluster_id.clone() else {
-            lock(&shared.stats).waiting_for = Some("no cluster id");
-            if !warned_no_id {
-                error!(
-                    "CloudWatch sink cannot publish: no cluster id. Set AWS_CLUSTER_ID (or --cluster-id) to the EKS cluster \
-                     name, or let agents report it (CLUSTER_NAME on the agents, or the eks:cluster-name instance tag with \
-                     instance metadata tags enabled). Windows are kept in the backlog until then."
-                );
-                warned_no_id = true;
-            }
-            wait(&mut close, Duration::from_secs(5)).await;
-            continue;
-        };
-        if client.is_none() {
-            // Region: the flag or AWS_REGION, else the agents' region, else the SDK chain.
-            let region = shared.cfg.region.clone().or_else(|| lock(&shared.region_hint).clone());
-            client = Some(client::build_client(region, &id, &shared.cfg.namespace).await);
-        }
-        let Some(c) = client.as_ref() else { continue };
-        lock(&shared.stats).waiting_for = None;
-        match deliver(c, &shared, &batch, &id).await {
-            Ok(()) => {
-                attempts.reset();
-                auth_attempts.reset();
-                lock(&shared.queue).pop_front(batch.len());
-                if let Some(kind) = healing.take() {
-                    lock(&shared.stats).healing = None;
-                    let (windows, datums) = {
-                        let q = lock(&shared.queue);
-                        (q.windows.len(), q.datums.len())
-                    };
-                    info!(
-                        error_type = kind,
-                        backlog_windows = windows,
-                        backlog_datums = datums,
-                        "CloudWatch accepts requests again; delivering the held windows with their own timestamps"
-                    );
-                }
-            }
-            // Credentials, permissions or the clock: hold everything, retry slowly, say what to fix once.
-            Err((Retry::Heal, kind)) => {
-                let delay = auth_attempts.next_delay();
-                attempts.reset();
-                {
-                    let mut st = lock(&shared.stats);
-                    st.retries += 1;
-                    st.healing = Some(kind);
-                }
-                if healing != Some(kind) {
-                    let windows = lock(&shared.queue).windows.len();
-                    error!(error_type = kind, fix = heal_hint(kind), backlog_windows = windows, retry_in = ?delay,
-                        "CloudWatch refuses the aggregator's requests; windows are held in the backlog and retried until this is fixed");
-                    healing = Some(kind);
-                }
-                wait(&mut close, delay).await;
-            }
-            // Part of the batch may be resolved already (popped by `deliver`); the rest is retried.
-            Err((_, kind)) => {
-                let delay = attempts.next_delay();
-                lock(&shared.stats).retries += 1;
-                warn!(error_type = kind, datums = batch.len(), retry_in = ?delay, "PutMetricData failed; will retry");
-                wait(&mut close, delay).await;
-            }
-        }
-    }
-}
-
-/// Sleep `d`, cut short by shutdown.
-async fn wait(close: &mut watch::Receiver<Option<tokio::time::Instant>>, d: Duration) {
-    let deadline = *close.borrow();
-    let until = tokio::time::Instant::now() + d;
-    let until = deadline.map_or(until, |dl| until.min(dl));
-    tokio::select! {
-        _ = tokio::time::sleep_until(until) => {}
-        _ = close.changed() => {}
-    }
-}
-
-/// Send one batch; rejected parts are bisected, logged and dropped (Ok). Err = retry what is left.
-async fn deliver(client: &Client, shared: &Shared, batch: &[Queued], cluster_id: &str) -> Result<(), (Retry, &'static str)> {
-    // Parts are processed in order, so what is resolved (sent or rejected) is always a prefix.
-    let mut stack: Vec<&[Queued]> = vec![batch];
-    while let Some(part) = stack.pop() {
-        match put(client, shared, part, cluster_id).await {
-            Ok(()) => {}
-            Err((retry @ (Retry::Retryable | Retry::Heal), kind)) => {
-                // Give what is left back to the retry loop; the resolved prefix is not sent again.
-                let left: usize = stack.iter().map(|p| p.len()).sum::<usize>() + part.len();
-                lock(&shared.queue).pop_front(batch.len() - left);
-                return Err((retry, kind));
-            }
-            Err((Retry::Rejected, kind)) => {
-                if part.len() > 1 {
-                    let (a, b) = part.split_at(part.len() / 2);
-                    stack.push(b);
-                    stack.push(a);
-                } else {
-                    let q = &part[0];
-                    lock(&shared.stats).datums.inc(DatumOutcome::Rejected);
-                    error!(
-                        error_type = kind,
-                        metric = q.metric_name,
-                        value = q.value,
-                        timestamp_ms = q.window_end_ms,
-                        "CloudWatch rejected a datum; dropped"
-                    );
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn put(client: &Client, shared: &Shared, part: &[Queued], cluster_id: &str) -> Result<(), (Retry, &'static str)> {
-    let cfg = &shared.cfg;
-    let data: Vec<MetricDatum> = part
-        .iter()
-        .map(|q| {
-            let mut b = MetricDatum::builder()
-                .metric_name(q.metric_name)
-                .dimensions(Dimension::builder().name(DIMENSION).value(cluster_id).build());
-            if let Some((name, value)) = &q.dimension {
-                b = b.dimensions(Dimension::builder().name(*name).value(value.as_ref()).build());
-            }
-            b.timestamp(aws_sdk_cloudwatch::primitives::DateTime::from_millis(q.window_end_ms))
-                .value(q.value)
-                .unit(StandardUnit::from(q.unit.as_str()))
-                .storage_resolution(cfg.storage_resolution)
-                .build()
-        })
-        .collect();
-    let call = client.put_metric_data().namespace(&cfg.namespace).set_metric_data(Some(data)).send();
-    let result = tokio::time::timeout(cfg.attempt_timeout + Duration::from_secs(1), call).await;
-    let outcome = match result {
-        Ok(Ok(_)) => Ok(()),
-        Err(_) => Err((Retry::Retryable, "timeout", String::from("attempt timed out"))),
-        Ok(Err(e)) => {
-            let (status, code) = match &e {
-                SdkError::ServiceError(ctx) => (Some(ctx.raw().status().as_u16()), ctx.err().code().map(str::to_owned)),
-                SdkError::ResponseError(ctx) => (Some(ctx.raw().status().as_u16()), None),
-                _ => (None, None),
-            };
-            let (retry, kind) = classify(status, code.as_deref());
-            let kind = if matches!(e, SdkError::TimeoutError(_)) { "timeout" } else { kind };
-            Err((retry, kind, format!("{}", aws_sdk_cloudwatch::error::DisplayErrorContext(&e))))
-        }
-    };
-    let mut st = lock(&shared.stats);
-    match outcome {
-        Ok(()) => {
-            st.requests.inc(RequestResult::Ok);
-            st.datums.add(DatumOutcome::Sent, part.len() as u64);
-            st.last_success_ms = Some(unix_ms_now());
-            st.last_attempt_ok = Some(true);
-            Ok(())
-        }
-        Err((retry, kind, msg)) => {
-            st.requests.inc(match retry {
-                Retry::Retryable => RequestResult::RetryableError,
-                Retry::Heal => RequestResult::HeldError,
-                Retry::Rejected => RequestResult::Rejected,
-            });
-            *st.errors.entry(kind).or_default() += 1;
-            st.last_attempt_ok = Some(false);
-            drop(st);
-            warn!(error_type = kind, datums = part.len(), error = %msg, "PutMetricData attempt failed");
-            Err((retry, kind))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::encode::tests::window;
-    use super::*;
-
-    #[test]
-    fn queue_accounting_across_windows() {
-        let mut q = Queue::default();
-        for (n, end) in [(3, 1), (2, 2), (4, 3)] {
-            let (d, _, _) = encode_window(&window(n, end), &CloudWatchConfig::default());
-            q.windows.push_back((d.len(), end as u64));
-            q.datums.extend(d);
-            q.accepted_through = end as u64;
-        }
-        assert_eq!(q.delivered_through(), 0);
-        q.pop_front(4);
-        assert_eq!((q.windows.len(), q.front_sent, q.datums.len()), (2, 1, 5));
-        assert_eq!(q.datums.front().map(|d| d.window_end_ms), Some(2));
-        assert_eq!(q.delivered_through(), 1, "window 2 is only partly sent");
-        q.pop_front(5);
-        assert!(q.windows.is_empty() && q.datums.is_empty() && q.front_sent == 0);
-        assert_eq!(q.delivered_through(), 3);
     }
 }
