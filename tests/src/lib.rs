@@ -421,7 +421,7 @@ pub async fn fake_ipamd(style: cni_metrics_testkit::PageStyle, seed: u64, steps:
 pub fn free_port() -> Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let (low, high) = below_ephemeral_range();
+    let (low, high) = outside_ephemeral_range()?;
     let span = u32::from(high - low);
     let start = std::process::id().wrapping_mul(7919) % span;
     for _ in 0..span {
@@ -434,17 +434,22 @@ pub fn free_port() -> Result<u16> {
     bail!("no free loopback port between {low} and {high}")
 }
 
-/// Ports from 10,000 up to the start of the ephemeral range (32,768 unless the host says otherwise).
-fn below_ephemeral_range() -> (u16, u16) {
-    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    if first_ephemeral > 12_000 {
-        (10_000, first_ephemeral)
-    } else {
-        (first_ephemeral.saturating_sub(2_000).max(1_024), first_ephemeral)
-    }
+/// The ports the kernel never hands out by itself: 10,000 up to the start of the ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32,768 by default), or those above its end when it starts lower.
+fn outside_ephemeral_range() -> Result<(u16, u16)> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = range.split_whitespace().map(|b| b.parse::<u16>().ok());
+    let (first, last) = match (bounds.next().flatten(), bounds.next().flatten()) {
+        (Some(first), Some(last)) => (first, last),
+        _ => (32_768, 60_999),
+    };
+    let below = (10_000, first);
+    let above = (last.saturating_add(1), u16::MAX);
+    [below, above]
+        .into_iter()
+        .filter(|(low, high)| high > low)
+        .max_by_key(|(low, high)| high - low)
+        .context(format!("no ports outside the ephemeral range {first}-{last}"))
 }
 
 pub mod cluster;

@@ -60,11 +60,10 @@ impl Capacity {
 
     /// The node's derived numbers; `low_threshold` is the headroom below which a node is low on IPs.
     pub fn derive(&self, low_threshold: f64) -> NodeCapacity {
+        let mut anomalous = [self.assigned, self.total, self.max].iter().flatten().any(|v| *v < 0.0);
         if self.is_ipv6() {
-            let anomalous = [self.assigned, self.total, self.max].iter().flatten().any(|v| *v < 0.0);
             return NodeCapacity { ipv6: true, anomalous, ..NodeCapacity::default() };
         }
-        let mut anomalous = [self.assigned, self.total, self.max].iter().flatten().any(|v| *v < 0.0);
         let free = |cap: Option<f64>, anomalous: &mut bool| -> Option<f64> {
             let (a, c) = (self.assigned?, cap?);
             if a > c {
