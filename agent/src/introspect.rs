@@ -158,7 +158,15 @@ pub fn parse_enis(v: &Value) -> Result<Vec<SubnetUsage>, IntrospectError> {
             let mut blocks = t.blocks;
             blocks.sort_by_key(|b| (b.address, b.prefix_len));
             blocks.dedup();
-            SubnetUsage { subnet_id, total_ips: t.total, assigned_ips: t.assigned, enis: t.enis, blocks, ipv6_prefixes: t.ipv6_prefixes }
+            SubnetUsage {
+                subnet_id,
+                total_ips: t.total,
+                assigned_ips: t.assigned,
+                enis: t.enis,
+                blocks,
+                ipv6_prefixes: t.ipv6_prefixes,
+                continued: false,
+            }
         })
         .collect())
 }

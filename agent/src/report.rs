@@ -163,6 +163,9 @@ fn base(seq: u64, snapshot: bool, facts: &ScrapeFacts, with_detail: bool) -> Rep
         counter_raws: Vec::new(),
         baseline_unknown: false,
         baseline_in_doubt: false,
+        // Whole: the session cuts it into parts when the aggregator accepts them.
+        part: 0,
+        parts: 0,
     }
 }
 

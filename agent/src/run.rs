@@ -20,7 +20,7 @@ use std::time::Duration;
 use cni_metrics_proto::backoff::{Attempts, Backoff};
 use cni_metrics_proto::clock::unix_ms_now;
 use cni_metrics_proto::tls::ClientTlsFlags;
-use cni_metrics_proto::v1::{agent_message, Goodbye, Hello, Report, ScrapeStatus, Welcome};
+use cni_metrics_proto::v1::{Hello, Report, ScrapeStatus, Welcome};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
@@ -34,7 +34,7 @@ use crate::metrics::AgentStats;
 use crate::parse::parse;
 use crate::report::{counter_totals, delta_report, snapshot_report, Pending, ScrapeFacts};
 use crate::scrape::{ScrapeError, Scraper};
-use crate::session::{spawn_connect, wrap, Event, Session};
+use crate::session::{spawn_connect, Event, Session};
 use crate::state_dir::{open_state_dir, position_of_resume, save_position, PositionWriter};
 
 #[derive(Debug, thiserror::Error)]
@@ -296,6 +296,9 @@ impl Agent {
         }
         self.aggregator_instance = welcome.instance_id;
         self.take_commit(welcome.committed_seq);
+        if let Some(s) = self.session.as_mut() {
+            s.accepts_parts = welcome.accepts_parts;
+        }
         let snapshot = snapshot_report(&self.engine, &self.commits, self.seq + 1, &self.scrape);
         if self.send_report(snapshot) {
             if let Some(s) = self.session.as_mut() {
@@ -357,8 +360,7 @@ impl Agent {
     async fn farewell(mut self, events: &mut mpsc::Receiver<Event>) {
         if let Some(s) = self.session.take() {
             let deadline = tokio::time::Instant::now() + GOODBYE_GRACE;
-            let bye = wrap(agent_message::Body::Goodbye(Goodbye { reason: "agent shutting down".to_owned() }));
-            let sent = tokio::time::timeout_at(deadline, s.tx.send(bye)).await.is_ok_and(|r| r.is_ok());
+            let sent = s.send_goodbye("agent shutting down", deadline).await;
             drop(s.tx);
             loop {
                 match tokio::time::timeout_at(deadline, events.recv()).await {
@@ -397,7 +399,7 @@ impl Agent {
         let Some(s) = self.session.as_ref() else { return false };
         let (seq, start) = (report.seq, report.ipamd_start_time_seconds);
         let totals: Vec<(u32, f64, f64)> = counter_totals(&self.engine, &report).collect();
-        if s.tx.try_send(wrap(agent_message::Body::Report(report))).is_err() {
+        if !s.try_send_report(report) {
             return false;
         }
         self.seq = seq;

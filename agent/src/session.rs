@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cni_metrics_proto::backoff::Attempts;
+use cni_metrics_proto::parts::{split, PART_BYTES};
 use cni_metrics_proto::v1::ingest_client::IngestClient;
-use cni_metrics_proto::v1::{agent_message, aggregator_message, AgentMessage, Hello, Welcome};
+use cni_metrics_proto::v1::{agent_message, aggregator_message, AgentMessage, Goodbye, Hello, Report, Welcome};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tracing::warn;
@@ -39,7 +39,11 @@ pub(crate) struct Session {
     pub(crate) id: u64,
     /// The snapshot went out (after the Welcome): deltas may follow.
     pub(crate) welcomed: bool,
-    pub(crate) tx: mpsc::Sender<AgentMessage>,
+    /// The aggregator's Welcome said it assembles reports sent in parts.
+    pub(crate) accepts_parts: bool,
+    /// One queue slot per report, whole or in parts (the stream sends a slot's messages back to back).
+    /// Dropped to end the stream's sending side (after the goodbye).
+    pub(crate) tx: mpsc::Sender<Vec<AgentMessage>>,
     pub(crate) task: JoinHandle<()>,
 }
 
@@ -48,14 +52,56 @@ impl Session {
     pub(crate) fn open(id: u64, channel: Channel, hello: Hello, token: Option<MetadataValue<Ascii>>, events: mpsc::Sender<Event>) -> Self {
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         // A fresh queue of SESSION_QUEUE slots always takes it.
-        let _ = tx.try_send(wrap(agent_message::Body::Hello(hello)));
+        let _ = tx.try_send(vec![wrap(agent_message::Body::Hello(hello))]);
         let task = tokio::spawn(drive_session(id, channel, rx, token, events));
-        Self { id, welcomed: false, tx, task }
+        Self { id, welcomed: false, accepts_parts: false, tx, task }
+    }
+
+    /// Queue `report`, in parts of about 1 KiB when the aggregator accepts them; false when the queue
+    /// is full or the stream gone.
+    pub(crate) fn try_send_report(&self, report: Report) -> bool {
+        let messages = if self.accepts_parts { split(report, PART_BYTES) } else { vec![report] };
+        let batch = messages.into_iter().map(|r| wrap(agent_message::Body::Report(r))).collect();
+        self.tx.try_send(batch).is_ok()
+    }
+
+    /// Queue a goodbye, waiting for room until `deadline`; whether it was queued.
+    pub(crate) async fn send_goodbye(&self, reason: &str, deadline: tokio::time::Instant) -> bool {
+        let bye = vec![wrap(agent_message::Body::Goodbye(Goodbye { reason: reason.to_owned() }))];
+        tokio::time::timeout_at(deadline, self.tx.send(bye)).await.is_ok_and(|r| r.is_ok())
     }
 }
 
-pub(crate) fn wrap(body: agent_message::Body) -> AgentMessage {
+fn wrap(body: agent_message::Body) -> AgentMessage {
     AgentMessage { body: Some(body) }
+}
+
+/// The queue's slots, one message at a time.
+struct Messages {
+    rx: mpsc::Receiver<Vec<AgentMessage>>,
+    slot: std::vec::IntoIter<AgentMessage>,
+}
+
+impl Messages {
+    fn new(rx: mpsc::Receiver<Vec<AgentMessage>>) -> Self {
+        Self { rx, slot: Vec::new().into_iter() }
+    }
+}
+
+impl tokio_stream::Stream for Messages {
+    type Item = AgentMessage;
+
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<AgentMessage>> {
+        loop {
+            if let Some(m) = self.slot.next() {
+                return std::task::Poll::Ready(Some(m));
+            }
+            match std::task::ready!(self.rx.poll_recv(cx)) {
+                Some(batch) => self.slot = batch.into_iter(),
+                None => return std::task::Poll::Ready(None),
+            }
+        }
+    }
 }
 
 /// Connect (after `delay`, then with backoff) and hand the channel to the event loop. TLS files are
@@ -100,12 +146,12 @@ pub(crate) fn spawn_connect(
 async fn drive_session(
     id: u64,
     channel: Channel,
-    rx: mpsc::Receiver<AgentMessage>,
+    rx: mpsc::Receiver<Vec<AgentMessage>>,
     token: Option<MetadataValue<Ascii>>,
     ev: mpsc::Sender<Event>,
 ) {
     let mut client = IngestClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let mut request = tonic::Request::new(Messages::new(rx));
     if let Some(t) = token {
         request.metadata_mut().insert("authorization", t);
     }

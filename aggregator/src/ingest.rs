@@ -35,6 +35,8 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use cni_metrics_proto::parts::Assembler;
+
 use crate::auth::TokenAuth;
 use crate::shared::{lock, Shared};
 use crate::state::{CommitMark, IngestError, Refusal, Welcomed};
@@ -164,6 +166,8 @@ pub struct IngestLimits {
     pub max_streams: usize,
     /// Time a new stream has to send its Hello.
     pub hello_timeout: Duration,
+    /// Largest message, and largest report sent in parts once assembled (`--max-message-bytes`).
+    pub max_message_bytes: usize,
 }
 
 #[derive(Clone)]
@@ -237,6 +241,7 @@ fn welcome_message(w: &Welcomed, instance_id: u64, started_unix_ms: i64) -> Welc
         }),
         instance_id,
         started_unix_ms,
+        accepts_parts: true,
     }
 }
 
@@ -336,6 +341,7 @@ impl Ingest for IngestService {
             signals: self.signals.clone(),
             sent_commit,
             token_deadline,
+            parts: Assembler::new(self.limits.max_message_bytes),
             _permit: permit,
         };
         tokio::spawn(stream.run());
@@ -363,6 +369,8 @@ pub struct AgentStream {
     sent_commit: Arc<AtomicU64>,
     /// When the agent's token stops holding (token mode).
     token_deadline: Option<tokio::time::Instant>,
+    /// A report sent in parts, until its last part.
+    parts: Assembler,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -411,7 +419,16 @@ impl AgentStream {
                 }
             };
             let next = match msg.body {
-                Some(agent_message::Body::Report(r)) => self.on_report(&r).await,
+                Some(agent_message::Body::Report(r)) => match (r.parts > 1, self.parts.feed(r)) {
+                    (in_parts, Ok(Some(report))) => self.on_report(&report, in_parts).await,
+                    (_, Ok(None)) => Next::Continue,
+                    (_, Err(e)) => {
+                        warn!(node = %self.node, session = self.session, error = %e, "report parts out of order; closing stream");
+                        refuse(&self.state, Refusal::BadPart);
+                        self.close(Status::invalid_argument(format!("report parts: {e}"))).await;
+                        Next::End
+                    }
+                },
                 Some(agent_message::Body::Goodbye(g)) => {
                     self.on_goodbye(&g.reason).await;
                     Next::End
@@ -467,13 +484,21 @@ impl AgentStream {
         lock(&self.state).disconnected(&self.node, self.session);
     }
 
-    async fn on_report(&mut self, r: &cni_metrics_proto::v1::Report) -> Next {
+    /// A whole or assembled report (`in_parts`: it arrived in parts).
+    async fn on_report(&mut self, r: &cni_metrics_proto::v1::Report, in_parts: bool) -> Next {
         if *self.signals.frozen.borrow() {
             // Shutting down: not applied, not acknowledged; the agent's next aggregator counts it from
             // the last commit.
             return Next::Continue;
         }
-        let applied = lock(&self.state).report(&self.node, self.session, r, Instant::now());
+        let applied = {
+            let mut state = lock(&self.state);
+            let applied = state.report(&self.node, self.session, r, Instant::now());
+            if in_parts && applied.is_ok() {
+                state.record_report_in_parts();
+            }
+            applied
+        };
         match applied {
             Ok(a) => {
                 if let Some(recovered) = a.recovered {

@@ -195,7 +195,7 @@ fn stream_limits(cfg: &AggregatorConfig) -> IngestLimits {
             "--max-streams is above what the open-file limit allows: connections past the limit will fail; raise the limit (ulimit -n) or lower --max-streams"
         );
     }
-    IngestLimits { max_streams: stream_limit.max_streams, hello_timeout: cfg.hello_timeout }
+    IngestLimits { max_streams: stream_limit.max_streams, hello_timeout: cfg.hello_timeout, max_message_bytes: cfg.max_message_bytes }
 }
 
 /// How agents prove who they are (`--agent-auth`); the token verifier's key refresher runs until stopped.

@@ -2,7 +2,13 @@
 //! small per-stream buffers. tonic gives each stream an 8 KiB encode and an 8 KiB decode buffer up front;
 //! an aggregator holds one stream per node, and its acks are a few bytes, its agents' reports a few
 //! hundred, so those buffers were the largest part of a connected agent's memory. Buffers still grow to
-//! the largest message a stream carries (snapshots, consumer views); the yield threshold is tonic's.
+//! the largest message a stream carries (consumer views; an agent sends reports in [`parts`](crate::parts)
+//! of about 1 KiB, so an agent stream's stay small).
+//!
+//! The yield threshold is small too: tonic coalesces messages that are ready at once into one chunk until
+//! the threshold, and a chunk travels as one HTTP/2 DATA frame (up to 16 KiB), which the receiving side
+//! reads whole into its decode buffer. With tonic's 32 KiB the parts of a snapshot, queued together,
+//! would reach the aggregator as one 12 KiB frame and grow its buffers as the whole snapshot did.
 
 use std::marker::PhantomData;
 
@@ -12,8 +18,9 @@ use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 /// Initial encode and decode buffer of a stream.
 pub const STREAM_BUFFER_BYTES: usize = 512;
-/// Encoded bytes after which a stream yields to the transport (tonic's default).
-pub const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
+/// Encoded bytes after which a stream yields a chunk to the transport (tonic's default is 32 KiB): a
+/// chunk is then at most about two parts of a report.
+pub const YIELD_THRESHOLD_BYTES: usize = crate::parts::PART_BYTES;
 
 fn settings() -> BufferSettings {
     BufferSettings::new(STREAM_BUFFER_BYTES, YIELD_THRESHOLD_BYTES)

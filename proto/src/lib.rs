@@ -3,7 +3,7 @@
 //! for every family how it is typed, how it folds across labels and nodes and what CloudWatch calls it.
 //! It also holds the few runtime pieces both binaries share: the one Prometheus text writer
 //! ([`exposition`]), the retry [`backoff`], [`duration`] and
-//! switch ([`flags`]) parsing of knobs, bounded metric [`labels`] and the scrape [`status`] labels, the [`shapes`] of wire strings, the wall [`clock`], the small-buffer gRPC [`codec`], the TLS client flags ([`tls`]) and
+//! switch ([`flags`]) parsing of knobs, bounded metric [`labels`] and the scrape [`status`] labels, the [`shapes`] of wire strings, the wall [`clock`], the small-buffer gRPC [`codec`], reports in [`parts`], the TLS client flags ([`tls`]) and
 //! [`telemetry`] (logging) set-up.
 #![forbid(unsafe_code)]
 
@@ -15,6 +15,7 @@ pub mod duration;
 pub mod exposition;
 pub mod flags;
 pub mod labels;
+pub mod parts;
 pub mod shapes;
 pub mod status;
 pub mod telemetry;

@@ -11,7 +11,8 @@
 //! nodes send at 26 s, so CPU per report measured here scales to 100,000 nodes at 30 s. `FLEET_ARGS` adds
 //! aggregator flags; `FLEET_AGGREGATOR` runs another build of the aggregator (an absolute path).
 //! `FLEET_TLS=1` runs every connection with mutual TLS (certificates made by `openssl` per run), to see
-//! what mTLS adds per agent. Each row also has the last window close's state-lock hold and how long its
+//! what mTLS adds per agent. `FLEET_WHOLE=1` has the agents send their snapshots whole, as agents before
+//! reports in parts did (the aggregator's buffers then grow to a snapshot). Each row also has the last window close's state-lock hold and how long its
 //! commit took to reach every stream.
 
 use std::path::{Path, PathBuf};
@@ -138,7 +139,10 @@ async fn run(n: u64, interval: &str, extra: &[String], tls: bool) -> Result<Row>
     let port = cni_metrics_e2e::free_port()?;
     let grpc = format!("127.0.0.1:{port}");
     let mut extra = extra.to_vec();
-    let mut gen_tls = Vec::new();
+    let mut gen_args = Vec::new();
+    if std::env::var("FLEET_WHOLE").is_ok_and(|v| v == "1") {
+        gen_args.push("--whole-reports".to_owned());
+    }
     if tls {
         use cni_metrics_e2e::pki::{ca, leaf};
         ca(&dir, "ca")?;
@@ -146,7 +150,7 @@ async fn run(n: u64, interval: &str, extra: &[String], tls: bool) -> Result<Row>
         leaf(&dir, "ca", "agent", "subjectAltName=DNS:fleet\nextendedKeyUsage=clientAuth\n")?;
         let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
         extra.extend(["--tls-cert", &p("server.crt"), "--tls-key", &p("server.key"), "--tls-client-ca", &p("ca.crt")].map(str::to_owned));
-        gen_tls = vec!["--tls-dir".to_owned(), dir.to_string_lossy().into_owned()];
+        gen_args.extend(["--tls-dir".to_owned(), dir.to_string_lossy().into_owned()]);
     }
     let extra = &extra[..];
     let (mut agg, http) = start_aggregator(&dir, "aggregator", &grpc, extra)?;
@@ -163,7 +167,7 @@ async fn run(n: u64, interval: &str, extra: &[String], tls: bool) -> Result<Row>
         let child = Command::new(fleet)
             .args(["--aggregator", &grpc, "--agents", &count.to_string(), "--first", &first.to_string()])
             .args(["--source", &format!("127.0.0.{}", 10 + p), "--interval", interval, "--ramp", &ramp])
-            .args(&gen_tls)
+            .args(&gen_args)
             .stdout(std::fs::File::create(&out)?)
             .stderr(Stdio::inherit())
             .spawn()

@@ -237,6 +237,7 @@ fn report(b: &mut Bytes<'_>) -> Report {
                 })
                 .collect(),
             ipv6_prefixes: u32::from(b.u8() % 2),
+            continued: false,
         }]
     } else {
         Vec::new()

@@ -322,6 +322,11 @@ impl ClusterState {
         self.stats.rejected.inc(why);
     }
 
+    /// The report about to be applied arrived in parts.
+    pub fn record_report_in_parts(&mut self) {
+        self.stats.reports_in_parts += 1;
+    }
+
     /// A stream ended because its agent's token expired.
     pub fn record_token_expiry(&mut self) {
         self.stats.token_expiries += 1;

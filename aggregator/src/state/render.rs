@@ -249,6 +249,11 @@ impl MetricsView {
         page.counter("cni_metrics_sessions_total", "Agent streams accepted", st.sessions);
         page.counter("cni_metrics_reports_received_total", "Agent reports applied", st.reports);
         page.counter(
+            "cni_metrics_reports_in_parts_total",
+            "Agent reports that arrived in parts of about 1 KiB (snapshots, large subnet lists) and were applied once assembled",
+            st.reports_in_parts,
+        );
+        page.counter(
             "cni_metrics_reports_stale_total",
             "Reports ignored because a newer one was already applied",
             st.reports_ignored_old_seq,

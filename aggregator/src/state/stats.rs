@@ -14,6 +14,7 @@ cni_metrics_proto::label_enum! {
         Cancelled => "cancelled",
         StreamError => "stream_error",
         UnexpectedMessage => "unexpected_message",
+        BadPart => "bad_part",
         BadNodeName => "bad_node_name",
         BadHelloField => "bad_hello_field",
         BadReportField => "bad_report_field",
@@ -134,4 +135,6 @@ pub struct IngestStats {
     pub last_render_hold: std::time::Duration,
     /// Streams ended because the agent's token expired (the agent reconnects with its refreshed one).
     pub token_expiries: u64,
+    /// Reports applied that arrived in parts.
+    pub reports_in_parts: u64,
 }

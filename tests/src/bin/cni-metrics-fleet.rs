@@ -1,8 +1,9 @@
 //! `cni-metrics-fleet`: a fleet of simulated agents against a real aggregator, for the fleet bench
 //! (`cargo bench -p cni-metrics-e2e --bench fleet`). Each simulated agent opens its own HTTP/2
 //! connection from `--source` (so several processes can spread over 127.0.0.x), sends an EKS-style
-//! Hello, waits for the Welcome, sends a snapshot of a v1.23 page's series and then one delta report per
-//! `--interval`, agents spread evenly over the interval. A broken stream reconnects after a jittered
+//! Hello, waits for the Welcome, sends a snapshot of a v1.23 page's series (in parts of about 1 KiB when
+//! the aggregator accepts them, as the agent does; whole with `--whole-reports`) and then one delta report
+//! per `--interval`, agents spread evenly over the interval. A broken stream reconnects after a jittered
 //! backoff, as the real agent does, so an aggregator restart becomes a reconnect storm.
 //!
 //! Every second it prints one JSON line of cumulative counts and a histogram of report→ack latency
@@ -17,8 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use cni_metrics_e2e::fleet::{latency_bucket, SimAgent, Template, LATENCY_BUCKETS};
+use cni_metrics_proto::parts::{split, PART_BYTES};
 use cni_metrics_proto::v1::ingest_client::IngestClient;
-use cni_metrics_proto::v1::{agent_message, aggregator_message, AgentMessage};
+use cni_metrics_proto::v1::{agent_message, aggregator_message, AgentMessage, AggregatorMessage};
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 
@@ -50,6 +52,10 @@ struct Args {
     /// agents' client certificate, one for all); the aggregator's certificate must name `localhost`.
     #[arg(long)]
     tls_dir: Option<std::path::PathBuf>,
+    /// Send every report whole, as agents before reports in parts did, even to an aggregator that
+    /// accepts parts.
+    #[arg(long)]
+    whole_reports: bool,
 }
 
 fn humantime(s: &str) -> Result<Duration, String> {
@@ -150,20 +156,23 @@ async fn stream(
             return false;
         }
     };
-    match inbound.message().await {
-        Ok(Some(m)) if matches!(m.body, Some(aggregator_message::Body::Welcome(_))) => {}
+    let accepts_parts = match inbound.message().await {
+        Ok(Some(AggregatorMessage { body: Some(aggregator_message::Body::Welcome(w)) })) => w.accepts_parts && !args.whole_reports,
         Err(status) if status.code() == tonic::Code::ResourceExhausted => {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         _ => return false,
-    }
+    };
     stats.welcomed.fetch_add(1, Ordering::Relaxed);
     stats.open.fetch_add(1, Ordering::Relaxed);
     let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
     let snapshot = sim.snapshot(templates, now_ms());
     in_flight.push_back((snapshot.seq, Instant::now()));
-    let _ = tx.send(msg(agent_message::Body::Report(snapshot))).await;
+    let parts = if accepts_parts { split(snapshot, PART_BYTES) } else { vec![snapshot] };
+    for part in parts {
+        let _ = tx.send(msg(agent_message::Body::Report(part))).await;
+    }
     stats.sent.fetch_add(1, Ordering::Relaxed);
     // Reports on this agent's slot of the interval.
     let first = tokio::time::Instant::now() + args.interval.mul_f64(fastrand::f64());
