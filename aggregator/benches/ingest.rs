@@ -1,6 +1,7 @@
 //! `cargo bench -p cni-metrics-aggregator`: aggregator ingest of agent reports for many simulated nodes
 //! (real report messages built by the agent's code from simulated ipamd pages), and the cost of a
-//! publish window and a /metrics render. Prints a table.
+//! publish window and a /metrics render. Prints a table. `BENCH_NODES` (20,000), `BENCH_STYLE=modern`
+//! (only v1.23 secondary-IP pages), `BENCH_KEEPING=0`, `BENCH_BREAKDOWN=0`.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -31,7 +32,12 @@ fn main() {
     let keeps_position = std::env::var("BENCH_KEEPING").map_or(true, |v| v != "0");
     // A few distinct node shapes; each simulated node reuses one shape's reports (ids are per node).
     let mut shapes: Vec<(Report, Vec<Report>, Report)> = Vec::new();
-    for (i, style) in PageStyle::ALL.iter().enumerate() {
+    // BENCH_STYLE=modern: every node a v1.23 secondary-IP node (the fleet bench's shape); else all four.
+    let styles: Vec<PageStyle> = match std::env::var("BENCH_STYLE").as_deref() {
+        Ok("modern") => vec![PageStyle::Modern],
+        _ => PageStyle::ALL.to_vec(),
+    };
+    for (i, style) in styles.iter().enumerate() {
         let mut sim = SimIpamd::new(*style, i as u64, START);
         let mut engine = DeltaEngine::new(DeltaConfig::default());
         engine.observe(&parse(&sim.render()), START + 10.0);
