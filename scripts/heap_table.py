@@ -4,36 +4,36 @@ code that allocated each byte, and print each owner's bytes per connected agent.
 
 usage: heap_table.py STACKS AGENTS
 
-Each line of STACKS is `frame;frame;...;frame bytes`, outermost frame first. The innermost frame that
-matches an owner below names the owner (so bytes a tonic decoder asked BytesMut for are tonic's)."""
+Each line of STACKS is `frame;frame;...;frame bytes`, outermost frame first; see OWNERS for how a stack
+is given an owner."""
 import re
 import sys
 
-# (owner, pattern on a frame), the first owner whose pattern matches the innermost frame wins.
+# (owner, pattern on a frame). heaptrack names a frame `function (file.rs)`, without the crate, and lists
+# a physical frame's inlined frames in its own order, so owners are told apart by their source files and
+# checked in this order against the innermost INNER frames of each stack: the first owner with a match
+# there names it (bytes a tonic decoder asked BytesMut for are tonic's, not BytesMut's).
+INNER = 24
 OWNERS = [
-    ("h2 write buffer (FramedWrite)", r"h2::codec::framed_write"),
-    ("h2 read buffer (tokio-util FramedRead)", r"tokio_util::codec::(framed_read|framed_impl|length_delimited)|h2::codec::framed_read"),
-    ("HPACK (decoder buffer, tables)", r"h2::hpack"),
-    ("h2 streams (slab, queues, windows)", r"h2::proto::streams"),
-    ("h2 connection, other", r"h2::"),
-    ("hyper (connection, service)", r"hyper::|hyper_util::"),
-    ("tonic decode buffer", r"tonic::codec::decode"),
-    ("tonic encode buffer", r"tonic::codec::encode"),
-    ("tonic, other", r"tonic::|tonic_prost::"),
-    ("node state (ClusterState)", r"cni_metrics_aggregator::state::"),
-    ("stream: assembler, mailbox (ingest)", r"cni_metrics_aggregator::ingest"),
-    ("tasks (futures of spawned tasks)", r"tokio::runtime::task::|tokio::task::spawn"),
-    ("channels (tokio mpsc/watch)", r"tokio::sync::"),
-    ("sockets and timers (tokio I/O driver)", r"tokio::runtime::(io|time)|tokio::net::"),
+    ("HPACK (h2 hpack decoder/encoder)", r"\((decoder|encoder|table|huffman)\.rs\)"),
+    ("tonic decode buffer", r"\(decode\.rs\)"),
+    ("tonic encode buffer", r"\(encode\.rs\)"),
+    ("h2 write buffer (FramedWrite, 16 KiB)", r"\(framed_write\.rs\)"),
+    ("h2 read buffer (tokio-util, 8 KiB)", r"\((framed_impl|framed_read|length_delimited)\.rs\)"),
+    ("h2 streams (slab, queues, windows)", r"\((streams|recv|send|prioritize|store|buffer|flow_control|counts)\.rs\)"),
+    ("tasks (spawned futures)", r"new_task|box_new_uninit"),
+    ("node state (state/)", r"\((fold|report|book|series|node|index|breakdown|capacity|validate|commits|window)\.rs\)"),
+    ("stream: queue, mailbox, assembler (ingest.rs)", r"\((ingest|parts)\.rs\)"),
+    ("channels (tokio sync)", r"\((bounded|chan|list|block|semaphore|batch_semaphore|watch)\.rs\)"),
 ]
 COMPILED = [(name, re.compile(p)) for name, p in OWNERS]
 
 
 def owner(frames):
-    for f in reversed(frames):
-        for name, rx in COMPILED:
-            if rx.search(f):
-                return name
+    inner = [f for f in frames if f][-INNER:]
+    for name, rx in COMPILED:
+        if any(rx.search(f) for f in inner):
+            return name
     return "other (start-up, runtime, SDKs)"
 
 

@@ -61,6 +61,11 @@ impl SeriesMap {
         }
     }
 
+    /// Give back the room beyond the series held (after a snapshot).
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+
     pub(super) fn remove(&mut self, id: &u32) -> Option<NodeSeries> {
         self.find(*id).ok().map(|i| self.0.remove(i).1)
     }

@@ -97,13 +97,17 @@ impl ClusterState {
         Ok(Checked::Fresh)
     }
 
-    /// A snapshot lists every live series: the node's others are gone.
+    /// A snapshot lists every live series: the node's others are gone, and its series take no more room
+    /// than they need (a v1.23 node's ~40 series would otherwise keep room for 64).
     fn drop_unlisted(&mut self, name: &Arc<str>, r: &Report) {
         let listed: HashSet<u32> = r.ids.iter().copied().chain(r.defs.iter().map(|d| d.id)).collect();
         let gone: Vec<u32> =
             self.book.get(name).map(|n| n.series.keys().copied().filter(|id| !listed.contains(id)).collect()).unwrap_or_default();
         for id in gone {
             self.remove_series(name, id);
+        }
+        if let Some(n) = self.book.get_mut(name) {
+            n.series.shrink_to_fit();
         }
     }
 
