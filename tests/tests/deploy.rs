@@ -455,7 +455,7 @@ fn quantity_bytes(q: &str) -> Option<f64> {
 
 /// The aggregator's memory from the fleet bench (docs/install.md, Sizing): base + per connected node.
 fn aggregator_bytes(nodes: f64) -> f64 {
-    9.0 * 1024.0 * 1024.0 + 52.0 * 1024.0 * nodes
+    9.0 * 1024.0 * 1024.0 + 41.0 * 1024.0 * nodes
 }
 
 #[test]
