@@ -423,7 +423,7 @@ impl AgentStream {
                     (in_parts, Ok(Some(report))) => self.on_report(&report, in_parts).await,
                     (_, Ok(None)) => Next::Continue,
                     (_, Err(e)) => {
-                        warn!(node = %self.node, session = self.session, error = %e, "report parts out of order; closing stream");
+                        warn!(node = %self.node, session = self.session, error = %e, "report parts refused; closing stream");
                         refuse(&self.state, Refusal::BadPart);
                         self.close(Status::invalid_argument(format!("report parts: {e}"))).await;
                         Next::End

@@ -203,7 +203,7 @@ impl Assembler {
         }
         let bytes = report.encoded_len();
         let mut pending = match self.pending.take() {
-            None if part == 1 => Box::new(Pending { report: Report { subnets: Vec::new(), ..report.clone() }, next: 1, parts, bytes: 0 }),
+            None if part == 1 => Box::new(Pending { report: Report { seq: report.seq, ..Report::default() }, next: 1, parts, bytes: 0 }),
             None => return Err(PartError::OutOfOrder { expected: 1, parts, seq: report.seq, part, got_parts: parts, got_seq: report.seq }),
             Some(p) => p,
         };
@@ -222,7 +222,13 @@ impl Assembler {
         if pending.bytes > self.max_bytes {
             return Err(PartError::TooLarge { seq: report.seq, max: self.max_bytes });
         }
-        append(&mut pending.report, report, part == 1)?;
+        if part == 1 {
+            // Part 1 is the report's header and first runs: it becomes the report.
+            pending.report = report;
+            pending.report.subnets = join_continued(std::mem::take(&mut pending.report.subnets), Vec::new())?;
+        } else {
+            append(&mut pending.report, report)?;
+        }
         if part < parts {
             pending.next += 1;
             self.pending = Some(pending);
@@ -235,16 +241,13 @@ impl Assembler {
     }
 }
 
-/// Append part `p`'s repeated fields (part 1's were cleared from the header copy, except its subnets,
-/// which start empty).
-fn append(into: &mut Report, mut p: Report, first: bool) -> Result<(), PartError> {
-    if !first {
-        into.defs.append(&mut p.defs);
-        into.ids.append(&mut p.ids);
-        into.values.append(&mut p.values);
-        into.counter_raws.append(&mut p.counter_raws);
-        into.removed.append(&mut p.removed);
-    }
+/// Append a later part's repeated fields (its other fields are not read).
+fn append(into: &mut Report, mut p: Report) -> Result<(), PartError> {
+    into.defs.append(&mut p.defs);
+    into.ids.append(&mut p.ids);
+    into.values.append(&mut p.values);
+    into.counter_raws.append(&mut p.counter_raws);
+    into.removed.append(&mut p.removed);
     let subnets = std::mem::take(&mut into.subnets);
     into.subnets = join_continued(subnets, p.subnets)?;
     Ok(())
