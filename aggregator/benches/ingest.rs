@@ -141,7 +141,7 @@ fn main() {
     let list_page = timed(&mut || drop(black_box(full.page(&st, now))));
     let picture = NodeQuery::by_name(&[], names.get(nodes / 2).cloned(), 1_000);
     let picture_page = timed(&mut || drop(black_box(picture.page(&st, now))));
-    let _ = st.take_changes(now, now); // what the joins logged (more than the log keeps)
+    let _ = st.take_changes(now, now, false); // what the joins logged (more than the log keeps)
     for (i, name) in names.iter().enumerate().step_by(100) {
         let mut r = shapes[i % shapes.len()].0.clone();
         r.seq = 300;
@@ -149,7 +149,7 @@ fn main() {
     }
     let mut changed = 0;
     let scan = timed(&mut || {
-        let log = st.take_changes(now, now).unwrap_or_default();
+        let log = st.take_changes(now, now, false).unwrap_or_default();
         changed = consumer::views_of(&st, &log.changed, now).len();
     });
     let cluster = timed(&mut || drop(black_box(consumer::cluster_view(&st, now, true))));

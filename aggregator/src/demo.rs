@@ -13,7 +13,6 @@ use tokio::net::TcpListener;
 
 use crate::config::{AggregatorConfig, DemoConfig};
 use crate::server::{serve, Handles};
-use crate::shared::lock;
 use crate::sinks::stdout::encode_lines;
 use crate::sinks::{BoxFuture, Sink, SinkError};
 use crate::state::{status_label, ClusterState, Window};
@@ -250,13 +249,13 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
         let truth = truth_of(&fakes, &baselines);
         let last = view_sink.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let input = ViewInput { header: &header, truth: &truth, publish: last.as_ref(), events: &script.events };
-        let view = render_view(&lock(&handles.state), &input);
+        let view = handles.state.read(|st| render_view(st, &input));
         if tty {
             print!("\x1b[2J\x1b[H{view}");
         } else {
             println!("{view}");
         }
-        let reporting = lock(&handles.state).nodes().filter(|n| n.status == cni_metrics_proto::v1::ScrapeStatus::Ok).count();
+        let reporting = handles.state.read(|st| st.nodes().filter(|n| n.status == cni_metrics_proto::v1::ScrapeStatus::Ok).count());
         script.advance(&fakes, reporting == n);
     }
     let _ = stop_tx.send(true);

@@ -12,12 +12,12 @@ use axum::Router;
 use cni_metrics_proto::exposition::Page;
 
 use crate::publish::PublishStats;
-use crate::shared::{lock, Shared};
 use crate::sinks::Sink;
+use crate::state::StateHandle;
 
 #[derive(Clone)]
 pub struct HttpState {
-    pub cluster: Shared,
+    pub cluster: StateHandle,
     pub publish: Arc<Mutex<PublishStats>>,
     /// Whether `/metrics` serves the cluster aggregates (`USE_PROMETHEUS`); self-metrics always.
     pub prometheus: bool,
@@ -40,14 +40,7 @@ pub fn router(state: HttpState) -> Router {
 async fn metrics(State(st): State<HttpState>) -> impl IntoResponse {
     let mut out = String::with_capacity(16 * 1024);
     // Copy under the lock, write the text after it: ingestion waits only for the copy.
-    let (view, cluster_id) = {
-        let mut cluster = lock(&st.cluster);
-        let held = std::time::Instant::now();
-        let view = st.prometheus.then(|| cluster.metrics_view(held));
-        // What the page shows starts over; the next page shows this copy's hold.
-        cluster.record_render_hold(held.elapsed());
-        (view, cluster.cluster_id().to_owned())
-    };
+    let (view, cluster_id) = st.cluster.metrics_copy(st.prometheus);
     if let Some(view) = view {
         view.render(&mut out);
     }
@@ -65,7 +58,7 @@ async fn metrics(State(st): State<HttpState>) -> impl IntoResponse {
 
 /// Ready when every sink is healthy (e.g. the last PutMetricData succeeded).
 async fn readyz(State(st): State<HttpState>) -> impl IntoResponse {
-    let nodes = lock(&st.cluster).node_count();
+    let nodes = st.cluster.read(|c| c.node_count());
     let problems: Vec<String> = st.sinks.iter().filter_map(|s| s.readiness().err()).collect();
     if problems.is_empty() {
         (StatusCode::OK, format!("ready: {nodes} nodes\n"))
@@ -77,13 +70,13 @@ async fn readyz(State(st): State<HttpState>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{ClusterState, StateConfig};
+    use crate::state::StateConfig;
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
 
     fn app() -> Router {
-        let cluster = Arc::new(Mutex::new(ClusterState::new(StateConfig { cluster_id: "c1".into(), ..StateConfig::default() })));
+        let cluster = StateHandle::new(StateConfig { cluster_id: "c1".into(), ..StateConfig::default() });
         router(HttpState {
             cluster,
             publish: Arc::default(),

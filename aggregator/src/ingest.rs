@@ -38,8 +38,7 @@ use tracing::{debug, info, warn};
 use cni_metrics_proto::parts::Assembler;
 
 use crate::auth::TokenAuth;
-use crate::shared::{lock, Shared};
-use crate::state::{CommitMark, IngestError, Refusal, Welcomed};
+use crate::state::{CommitMark, IngestError, Refusal, StateHandle, Welcomed};
 
 /// Outbound (ack) queue per stream; acks are cumulative, so a full queue just skips one.
 const ACK_QUEUE: usize = 8;
@@ -172,7 +171,7 @@ pub struct IngestLimits {
 
 #[derive(Clone)]
 pub struct IngestService {
-    state: Shared,
+    state: StateHandle,
     signals: StreamSignals,
     limits: IngestLimits,
     /// One permit per open stream (`--max-streams`), held by the stream's task whichever way it ends.
@@ -186,7 +185,7 @@ pub struct IngestService {
 }
 
 impl IngestService {
-    pub fn new(state: Shared, signals: StreamSignals, limits: IngestLimits, auth: Option<Arc<TokenAuth>>) -> Self {
+    pub fn new(state: StateHandle, signals: StreamSignals, limits: IngestLimits, auth: Option<Arc<TokenAuth>>) -> Self {
         let open = Arc::new(Semaphore::new(limits.max_streams.min(Semaphore::MAX_PERMITS)));
         Self {
             state,
@@ -210,7 +209,7 @@ impl IngestService {
                 Ok(Some(tokio::time::Instant::now() + left))
             }
             Err(e) => {
-                refuse(&self.state, e.refusal());
+                self.state.refuse(e.refusal());
                 // `node` is not validated yet: quote it only bounded and printable.
                 warn!(peer = %peer, node = %crate::auth::token::quote(node), reason = e.reason(), error = %e, "agent refused: its token does not prove this node");
                 Err(e.status())
@@ -245,26 +244,13 @@ fn welcome_message(w: &Welcomed, instance_id: u64, started_unix_ms: i64) -> Welc
     }
 }
 
-/// The node's committed seq when this stream has not sent it yet.
-fn unsent_commit(state: &Shared, node: &str, session: u64, sent: u64) -> Option<u64> {
-    lock(state).committed_seq(node, session).filter(|s| *s > sent)
-}
-
-/// Count a refusal.
-fn refuse(state: &Shared, why: Refusal) {
-    lock(state).record_refusal(why);
-}
-
-/// Count a broken inbound stream under a bounded reason (oversized messages among them).
-fn count_stream_error(state: &Shared, status: &Status) {
-    refuse(
-        state,
-        match status.code() {
-            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => Refusal::OversizedMessage,
-            tonic::Code::Cancelled => Refusal::Cancelled,
-            _ => Refusal::StreamError,
-        },
-    );
+/// The bounded reason a broken inbound stream is counted under (oversized messages among them).
+fn stream_error(status: &Status) -> Refusal {
+    match status.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => Refusal::OversizedMessage,
+        tonic::Code::Cancelled => Refusal::Cancelled,
+        _ => Refusal::StreamError,
+    }
 }
 
 fn to_status(e: &IngestError) -> Status {
@@ -282,7 +268,7 @@ impl Ingest for IngestService {
     async fn stream(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
         let peer = request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         let Ok(permit) = self.open.clone().try_acquire_owned() else {
-            refuse(&self.state, Refusal::TooManyStreams);
+            self.state.refuse(Refusal::TooManyStreams);
             warn!(peer = %peer, max_streams = self.limits.max_streams, "stream refused: --max-streams reached");
             return Err(Status::resource_exhausted("too many agent streams (--max-streams)"));
         };
@@ -292,18 +278,18 @@ impl Ingest for IngestService {
         let first = match tokio::time::timeout(self.limits.hello_timeout, inbound.message()).await {
             Ok(Ok(m)) => m,
             Ok(Err(status)) => {
-                count_stream_error(&self.state, &status);
+                self.state.refuse(stream_error(&status));
                 return Err(status);
             }
             Err(_) => {
-                refuse(&self.state, Refusal::NoHello);
+                self.state.refuse(Refusal::NoHello);
                 return Err(Status::deadline_exceeded(format!("no hello within {:?}", self.limits.hello_timeout)));
             }
         };
         let hello = match first.and_then(|m| m.body) {
             Some(agent_message::Body::Hello(h)) => h,
             _ => {
-                refuse(&self.state, Refusal::NoHello);
+                self.state.refuse(Refusal::NoHello);
                 return Err(Status::invalid_argument("the first message of a stream must be a Hello"));
             }
         };
@@ -311,7 +297,7 @@ impl Ingest for IngestService {
             return Err(Status::unavailable("aggregator shutting down"));
         }
         let token_deadline = self.authenticate(authorization.as_deref(), &hello.node_name, &peer).await?;
-        let welcomed = lock(&self.state).hello(&hello, Instant::now()).map_err(|e| {
+        let welcomed = self.state.hello(&hello, Instant::now()).map_err(|e| {
             warn!(peer = %peer, node = %hello.node_name, error = %e, reason = e.reason(), "hello refused");
             to_status(&e)
         })?;
@@ -358,7 +344,7 @@ enum Next {
 /// One admitted agent stream, run by its own task until the agent leaves, breaks the stream or the
 /// aggregator stops. Holds its `--max-streams` permit whichever way it ends.
 pub struct AgentStream {
-    state: Shared,
+    state: StateHandle,
     node: Arc<str>,
     session: u64,
     run_id: u64,
@@ -407,13 +393,13 @@ impl AgentStream {
             let msg = match next {
                 Ok(Some(m)) => m,
                 Ok(None) => {
-                    lock(&self.state).disconnected(&self.node, self.session);
+                    self.state.disconnected(&self.node, self.session);
                     debug!(node = %self.node, session = self.session, "agent stream closed without goodbye; node kept until its TTL");
                     return;
                 }
                 Err(status) => {
-                    count_stream_error(&self.state, &status);
-                    lock(&self.state).disconnected(&self.node, self.session);
+                    self.state.refuse(stream_error(&status));
+                    self.state.disconnected(&self.node, self.session);
                     warn!(node = %self.node, session = self.session, code = %status.code(), error = %status.message(), "agent stream broken");
                     return;
                 }
@@ -424,7 +410,7 @@ impl AgentStream {
                     (_, Ok(None)) => Next::Continue,
                     (_, Err(e)) => {
                         warn!(node = %self.node, session = self.session, error = %e, "report parts refused; closing stream");
-                        refuse(&self.state, Refusal::BadPart);
+                        self.state.refuse(Refusal::BadPart);
                         self.close(Status::invalid_argument(format!("report parts: {e}"))).await;
                         Next::End
                     }
@@ -435,7 +421,7 @@ impl AgentStream {
                 }
                 Some(agent_message::Body::Hello(_)) | None => {
                     warn!(node = %self.node, session = self.session, "unexpected message on an open stream; closing it");
-                    refuse(&self.state, Refusal::UnexpectedMessage);
+                    self.state.refuse(Refusal::UnexpectedMessage);
                     self.close(Status::invalid_argument("only Report or Goodbye may follow the Hello")).await;
                     Next::End
                 }
@@ -477,11 +463,11 @@ impl AgentStream {
     /// The last window is delivered: send the last commit and end with UNAVAILABLE so the agent
     /// reconnects elsewhere.
     async fn on_stop(&mut self) {
-        if let Some(seq) = unsent_commit(&self.state, &self.node, self.session, self.sent_commit()) {
+        if let Some(seq) = self.state.unsent_commit(&self.node, self.session, self.sent_commit()) {
             let _ = self.send_commit(seq).await;
         }
         let _ = self.tx.send(Outbound::End(Box::new(Status::unavailable("aggregator shutting down")))).await;
-        lock(&self.state).disconnected(&self.node, self.session);
+        self.state.disconnected(&self.node, self.session);
     }
 
     /// A whole or assembled report (`in_parts`: it arrived in parts).
@@ -491,15 +477,7 @@ impl AgentStream {
             // the last commit.
             return Next::Continue;
         }
-        let applied = {
-            let mut state = lock(&self.state);
-            let applied = state.report(&self.node, self.session, r, Instant::now());
-            if in_parts && applied.is_ok() {
-                state.record_report_in_parts();
-            }
-            applied
-        };
-        match applied {
+        match self.state.report(&self.node, self.session, r, in_parts, Instant::now()) {
             Ok(a) => {
                 if let Some(recovered) = a.recovered {
                     info!(node = %self.node, session = self.session, seq = r.seq, recovered, "run first seen mid-way: counting its increments since its last commit");
@@ -520,12 +498,11 @@ impl AgentStream {
     /// A goodbye: the node leaves. A keeping agent writes its position from the commits of windows
     /// already closed, so those are sent (within [`FAREWELL`]) before the stream ends.
     async fn on_goodbye(&mut self, reason: &str) {
-        let removed = lock(&self.state).goodbye(&self.node, self.session);
+        let removed = self.state.goodbye(&self.node, self.session);
         info!(node = %self.node, session = self.session, reason = %reason, removed, "agent said goodbye");
         let deadline = tokio::time::Instant::now() + FAREWELL;
         let mut last = false;
-        loop {
-            let Some((committed, closed)) = lock(&self.state).departed_commits(&self.node, self.run_id) else { break };
+        while let Some((committed, closed)) = self.state.departed_commits(&self.node, self.run_id) {
             if !self.send_commit(committed).await {
                 break;
             }
@@ -545,14 +522,14 @@ impl AgentStream {
     /// resumes from its last commit, nothing lost.
     async fn on_token_expired(&mut self) {
         info!(node = %self.node, session = self.session, "agent token expired; ending the stream so the agent reconnects with a fresh one");
-        lock(&self.state).record_token_expiry();
+        self.state.record_token_expiry();
         self.close(Status::unauthenticated("the agent's token expired: reconnect with the refreshed token")).await;
     }
 
     /// End the stream with `status`.
     async fn close(&mut self, status: Status) {
         let _ = self.tx.send(Outbound::End(Box::new(status))).await;
-        lock(&self.state).disconnected(&self.node, self.session);
+        self.state.disconnected(&self.node, self.session);
     }
 }
 

@@ -1,7 +1,7 @@
 //! The cluster aggregator.
 //!
-//! - [`state`] (pure, behind the one mutex of [`shared`]): per-node records, exact cluster sums,
-//!   publish windows and commits, capacity and breakdowns, the `/metrics` text of the state.
+//! - [`state`] (pure, behind the one mutex of its [`state::StateHandle`]): per-node records, exact
+//!   cluster sums, publish windows and commits, capacity and breakdowns, the `/metrics` text of the state.
 //! - [`ingest`]: the gRPC service agents stream to, one `AgentStream` task per stream;
 //!   [`consumer`]: the service `watch` and other clients subscribe to.
 //! - [`publish`]: the publisher loop closing windows and recording commits; [`sinks`]: the `Sink`
@@ -9,6 +9,7 @@
 //! - [`subnets`]: the refresher asking EC2 for subnet capacity (`--subnet-metrics`); the state joins it
 //!   with the cluster's use. [`aws`]: what both AWS callers share (SDK set-up, retry classification).
 //! - [`auth`]: agent tokens (`--agent-auth token`): an agent speaks only for its own node.
+//! - [`listen`]: the plaintext gRPC accept loop and what the listeners count.
 //! - [`limits`]: the agent stream limit, derived from the open-file limit unless `--max-streams` is set.
 //! - [`http`] (`/metrics`, `/healthz`, `/readyz`), [`tls`] (mutual TLS), [`server`] (the wiring),
 //!   [`config`] (typed flags, the one source of defaults), [`watch`] (the terminal view) and, with the
@@ -28,7 +29,6 @@ pub mod limits;
 pub mod listen;
 pub mod publish;
 pub mod server;
-pub mod shared;
 pub mod sinks;
 pub mod state;
 pub mod subnets;

@@ -21,9 +21,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::ingest::CommitMailbox;
-use crate::shared::{lock, Shared};
 use crate::sinks::Sink;
-use crate::state::CommitMark;
+use crate::state::{CommitMark, StateHandle};
 
 cni_metrics_proto::label_enum! {
     /// The `result` of `cni_metrics_publishes_total`.
@@ -100,7 +99,7 @@ impl Commits {
 
     /// Commit every window all sinks resolved, then queue each node's new commit on its stream; returns
     /// how long that took when anything was committed.
-    pub async fn settle(&mut self, state: &Shared, sinks: &[Arc<dyn Sink>]) -> Option<Duration> {
+    pub async fn settle(&mut self, state: &StateHandle, sinks: &[Arc<dyn Sink>]) -> Option<Duration> {
         let through = sinks.iter().map(|s| s.delivered_through()).min().unwrap_or(u64::MAX);
         let mut marks = Vec::new();
         while self.pending.front().is_some_and(|(seq, _)| *seq <= through) {
@@ -114,9 +113,8 @@ impl Commits {
         let start = std::time::Instant::now();
         let mut advanced_to = None;
         for chunk in marks.chunks(COMMIT_CHUNK) {
-            let mut st = lock(state);
-            if st.commit(chunk) > 0 {
-                advanced_to = Some(st.commit_generation());
+            if let Some(generation) = state.commit(chunk) {
+                advanced_to = Some(generation);
             }
         }
         if let Some(generation) = advanced_to {
@@ -133,13 +131,8 @@ impl Commits {
 }
 
 /// Close one window and publish it to every sink.
-pub async fn publish_once(state: &Shared, sinks: &[Arc<dyn Sink>], stats: &Mutex<PublishStats>, commits: &mut Commits) {
-    let (closed, close_lock) = {
-        let mut st = lock(state);
-        let held = std::time::Instant::now();
-        let closed = st.take_window(unix_ms_now());
-        (closed, held.elapsed())
-    };
+pub async fn publish_once(state: &StateHandle, sinks: &[Arc<dyn Sink>], stats: &Mutex<PublishStats>, commits: &mut Commits) {
+    let (closed, close_lock) = state.close_window(unix_ms_now());
     let seq = commits.number(closed.commits);
     let window = closed.window;
     {
@@ -166,7 +159,7 @@ pub async fn publish_once(state: &Shared, sinks: &[Arc<dyn Sink>], stats: &Mutex
 }
 
 /// Commit what the sinks delivered; note how long the fan-out took.
-async fn settle(state: &Shared, sinks: &[Arc<dyn Sink>], stats: &Mutex<PublishStats>, commits: &mut Commits) {
+async fn settle(state: &StateHandle, sinks: &[Arc<dyn Sink>], stats: &Mutex<PublishStats>, commits: &mut Commits) {
     if let Some(took) = commits.settle(state, sinks).await {
         stats.lock().unwrap_or_else(|e| e.into_inner()).commit_fanout = took;
     }
@@ -181,7 +174,7 @@ const SETTLE_EVERY: Duration = Duration::from_millis(250);
 /// Publish every `interval` until `shutdown` (the ingest is frozen by then), then publish the last
 /// partial window, give sinks `grace` to deliver what they queued, and commit what they delivered.
 pub async fn run_publisher(
-    state: Shared,
+    state: StateHandle,
     sinks: Vec<Arc<dyn Sink>>,
     interval: Duration,
     grace: Duration,

@@ -2,8 +2,9 @@
 //! the demo run it on `127.0.0.1:0`): the gRPC ingest server, the HTTP server, the TTL sweeper and the
 //! publisher. On shutdown, in this order: the ingest freezes (no report is applied any more), the
 //! publisher publishes the last window and gives the sinks `--shutdown-grace` to deliver, commits what
-//! they delivered; then every stream sends its last commit and ends, the servers drain, and `serve`
-//! returns.
+//! they delivered; then every stream sends its last commit and ends, the servers drain, the background
+//! tasks (TTL sweeper, consumer notifier, EC2 refreshers, token-key refresher) end, and `serve` returns:
+//! every task it started is in [`Tasks`], so "serve returned" means "everything it started stopped".
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -23,9 +24,8 @@ use crate::http::{router, HttpState};
 use crate::ingest::{CommitMailbox, IngestLimits, IngestService, StreamSignals};
 use crate::listen::ConnectionStats;
 use crate::publish::{run_publisher, Commits, PublishStats};
-use crate::shared::{lock, Shared};
 use crate::sinks::Sink;
-use crate::state::ClusterState;
+use crate::state::StateHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -46,7 +46,7 @@ pub enum ServeError {
 /// Handles shared with whoever embeds the aggregator (tests, demo view).
 #[derive(Clone)]
 pub struct Handles {
-    pub state: Shared,
+    pub state: StateHandle,
     pub publish: Arc<Mutex<PublishStats>>,
     /// What the gRPC listener counts (failed accepts, refused TLS handshakes).
     pub connections: Arc<ConnectionStats>,
@@ -54,8 +54,7 @@ pub struct Handles {
 
 impl Handles {
     pub fn new(cfg: &AggregatorConfig) -> Self {
-        let state = ClusterState::new(cfg.state_config());
-        Self { state: Arc::new(Mutex::new(state)), publish: Arc::default(), connections: Arc::default() }
+        Self { state: StateHandle::new(cfg.state_config()), publish: Arc::default(), connections: Arc::default() }
     }
 }
 
@@ -84,7 +83,37 @@ async fn until_true(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// Run until `shutdown` completes.
+/// The background tasks `serve` starts besides the servers and the publisher: each stops when the
+/// lifecycle says stop, and `serve` waits for all of them (aborting one that outlives [`DRAIN`]).
+#[derive(Default)]
+struct Tasks(tokio::task::JoinSet<()>);
+
+impl Tasks {
+    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.0.spawn(task);
+    }
+
+    /// Wait for every task; a task still running after [`DRAIN`] is aborted. A panicked task is an error.
+    async fn join(mut self) -> Result<(), tokio::task::JoinError> {
+        let all = async {
+            while let Some(r) = self.0.join_next().await {
+                r?;
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(DRAIN, all).await {
+            Ok(r) => r,
+            Err(_) => {
+                warn!(drain = %cni_metrics_proto::duration::format(DRAIN), left = self.0.len(), "background tasks did not end within the drain time; aborting them");
+                self.0.shutdown().await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Run until `shutdown` completes, then stop in the order the module doc gives; returns once every task
+/// it started has ended.
 pub async fn serve(
     cfg: AggregatorConfig,
     grpc: TcpListener,
@@ -96,18 +125,19 @@ pub async fn serve(
     log_start(&cfg, &grpc, &http, &sinks)?;
     let life = Lifecycle::new();
     let (commit_tx, commit_rx) = watch::channel(0u64);
+    let mut tasks = Tasks::default();
     if cfg.subnet_metrics {
-        start_subnets(&cfg, &handles.state, life.stopped());
-        start_prefixes(&cfg, &handles.state, life.stopped());
+        start_subnets(&cfg, &handles.state, &mut tasks, life.stopped());
+        start_prefixes(&cfg, &handles.state, &mut tasks, life.stopped());
     }
     let mailbox = Arc::new(CommitMailbox::default());
     let signals =
         StreamSignals { frozen: life.freeze.subscribe(), stop: life.stop.subscribe(), commits: commit_rx, mailbox: mailbox.clone() };
-    let auth = agent_auth(&cfg, life.stopped())?;
-    let (router, notifier) = grpc_services(&cfg, &handles.state, signals, auth.clone(), life.stopped()).await?;
+    let auth = agent_auth(&cfg, &mut tasks, life.stopped())?;
+    let router = grpc_services(&cfg, &handles.state, signals, auth.clone(), &mut tasks, life.stopped()).await?;
     let grpc_task = spawn_grpc(&cfg, router, grpc, handles.connections.clone(), life.stopped())?;
     let http_task = spawn_http(&cfg, http, &handles, sinks.clone(), auth, life.stopped());
-    let sweeper = tokio::spawn(sweep(handles.state.clone(), life.stopped()));
+    tasks.spawn(sweep(handles.state.clone(), life.stopped()));
     let publisher = tokio::spawn(run_publisher(
         handles.state.clone(),
         sinks,
@@ -123,11 +153,11 @@ pub async fn serve(
     let _ = life.freeze.send(true);
     let publisher_result = publisher.await;
     let _ = life.stop.send(true);
-    let grpc_result = bounded(grpc_task).await;
-    let http_result = bounded(http_task).await;
-    let _ = sweeper.await;
-    let _ = notifier.await;
+    let grpc_result = drained(grpc_task).await;
+    let http_result = drained(http_task).await;
+    let tasks_result = tasks.join().await;
     publisher_result?;
+    tasks_result?;
     grpc_result??;
     http_result??;
     info!("aggregator stopped");
@@ -150,25 +180,25 @@ fn log_start(cfg: &AggregatorConfig, grpc: &TcpListener, http: &TcpListener, sin
 }
 
 /// `--subnet-metrics`: the state joins what the refresher fetches from EC2.
-fn start_subnets(cfg: &AggregatorConfig, state: &Shared, stopped: impl Future<Output = ()> + Send + 'static) {
-    lock(state).enable_subnets(cfg.subnet_low_threshold, cfg.forecast_window);
+fn start_subnets(cfg: &AggregatorConfig, state: &StateHandle, tasks: &mut Tasks, stopped: impl Future<Output = ()> + Send + 'static) {
+    state.enable_subnets(cfg.subnet_low_threshold, cfg.forecast_window);
     let sub = crate::subnets::SubnetConfig {
         refresh: cfg.subnet_refresh,
         discovery: cfg.subnet_discovery,
         cluster_name: None,
         region: cfg.region.clone(),
     };
-    tokio::spawn(crate::subnets::run_refresher(state.clone(), sub, stopped));
+    tasks.spawn(crate::subnets::run_refresher(state.clone(), sub, stopped));
 }
 
 /// `--subnet-prefixes` (with `--subnet-metrics`): free /28 blocks, on their own refresh.
-fn start_prefixes(cfg: &AggregatorConfig, state: &Shared, stopped: impl Future<Output = ()> + Send + 'static) {
+fn start_prefixes(cfg: &AggregatorConfig, state: &StateHandle, tasks: &mut Tasks, stopped: impl Future<Output = ()> + Send + 'static) {
     use crate::state::subnets::space::PrefixMode;
     if cfg.subnet_prefixes == PrefixMode::False {
         return;
     }
-    lock(state).enable_prefixes(cfg.subnet_prefixes, cfg.subnet_low_prefixes);
-    tokio::spawn(crate::subnets::prefixes::run_refresher(state.clone(), cfg.region.clone(), cfg.subnet_prefixes_refresh, stopped));
+    state.enable_prefixes(cfg.subnet_prefixes, cfg.subnet_low_prefixes);
+    tasks.spawn(crate::subnets::prefixes::run_refresher(state.clone(), cfg.region.clone(), cfg.subnet_prefixes_refresh, stopped));
 }
 
 /// The agent stream limit: `--max-streams`, else derived from the open-file limit (raised first).
@@ -199,12 +229,16 @@ fn stream_limits(cfg: &AggregatorConfig) -> IngestLimits {
 }
 
 /// How agents prove who they are (`--agent-auth`); the token verifier's key refresher runs until stopped.
-fn agent_auth(cfg: &AggregatorConfig, stopped: impl Future<Output = ()> + Send + 'static) -> Result<Option<Arc<TokenAuth>>, ServeError> {
+fn agent_auth(
+    cfg: &AggregatorConfig,
+    tasks: &mut Tasks,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> Result<Option<Arc<TokenAuth>>, ServeError> {
     match cfg.token_auth_config() {
         Some(c) => {
             info!(audience = %c.audience, subject = %c.subject, api_server = %c.source.api_server, "agents must prove their node with a ServiceAccount token");
             let auth = Arc::new(TokenAuth::new(c)?);
-            tokio::spawn(auth.clone().run_refresher(stopped));
+            tasks.spawn(auth.clone().run_refresher(stopped));
             Ok(Some(auth))
         }
         None if cfg.tls_files().is_some() => {
@@ -218,20 +252,21 @@ fn agent_auth(cfg: &AggregatorConfig, stopped: impl Future<Output = ()> + Send +
     }
 }
 
-/// The gRPC services (ingest, consumer, health, reflection) on one router; returns it and the
-/// consumer notifier's task.
+/// The gRPC services (ingest, consumer, health, reflection) on one router; the consumer notifier joins
+/// `tasks`.
 async fn grpc_services(
     cfg: &AggregatorConfig,
-    state: &Shared,
+    state: &StateHandle,
     signals: StreamSignals,
     auth: Option<Arc<TokenAuth>>,
+    tasks: &mut Tasks,
     stopped: impl Future<Output = ()> + Send + 'static,
-) -> Result<(Router, tokio::task::JoinHandle<()>), ServeError> {
+) -> Result<Router, ServeError> {
     let ingest = IngestServer::new(IngestService::new(state.clone(), signals, stream_limits(cfg), auth))
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
     let consumer = ConsumerService::new(state.clone());
-    let notifier = consumer.run_notifier(cfg.subscribe_interval, stopped);
+    tasks.spawn(consumer.notifier(cfg.subscribe_interval, stopped));
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<IngestServer<IngestService>>().await;
     health.set_serving::<ConsumerServer<ConsumerService>>().await;
@@ -250,7 +285,7 @@ async fn grpc_services(
         .add_service(ConsumerServer::new(consumer))
         .add_service(health_svc)
         .add_service(reflection);
-    Ok((router, notifier))
+    Ok(router)
 }
 
 /// Serve gRPC on `listener`: with mutual TLS when configured, else plaintext.
@@ -297,14 +332,14 @@ fn spawn_http(
 }
 
 /// Drop nodes past their TTL, four times a second, until stopped.
-async fn sweep(state: Shared, stopped: impl Future<Output = ()>) {
+async fn sweep(state: StateHandle, stopped: impl Future<Output = ()>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tokio::pin!(stopped);
     loop {
         tokio::select! {
             _ = &mut stopped => return,
             _ = tick.tick() => {
-                let expired = lock(&state).expire(Instant::now());
+                let expired = state.expire(Instant::now());
                 for node in expired {
                     warn!(node = %node, "node expired: no report within its TTL; its gauges left the sums");
                 }
@@ -316,11 +351,12 @@ async fn sweep(state: Shared, stopped: impl Future<Output = ()>) {
 /// How long servers may take to drain at shutdown before they are aborted.
 const DRAIN: Duration = Duration::from_secs(5);
 
-async fn bounded<T>(mut task: tokio::task::JoinHandle<Result<(), T>>) -> Result<Result<(), T>, tokio::task::JoinError> {
+/// Wait for a server to drain within [`DRAIN`], else abort it.
+async fn drained<T>(mut task: tokio::task::JoinHandle<Result<(), T>>) -> Result<Result<(), T>, tokio::task::JoinError> {
     match tokio::time::timeout(DRAIN, &mut task).await {
         Ok(r) => r,
         Err(_) => {
-            warn!("a server did not drain within 5s; aborting it");
+            warn!(drain = %cni_metrics_proto::duration::format(DRAIN), "a server did not drain in time; aborting it");
             task.abort();
             Ok(Ok(()))
         }

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use super::query::{NodeQuery, PAGE_BYTES};
 use super::views::cluster_view;
 use super::Broadcast;
-use crate::shared::{lock, Shared};
+use crate::state::StateHandle;
 
 /// Nodes in one update of a picture or change set.
 pub const PAGE_NODES: usize = 1_000;
@@ -117,7 +117,7 @@ impl Picture {
 
 /// One subscriber's task.
 pub struct ChangeFeed {
-    pub state: Shared,
+    pub state: StateHandle,
     pub rx: broadcast::Receiver<Arc<Broadcast>>,
     pub tx: mpsc::Sender<Result<ClusterUpdate, Status>>,
     pub only: Vec<String>,
@@ -131,13 +131,13 @@ impl ChangeFeed {
     fn page(&self, picture: &mut Picture, pending: &mut Pending) -> ClusterUpdate {
         let after = picture.cursor();
         let q = NodeQuery::by_name(&self.only, after.clone(), PAGE_NODES);
-        let st = lock(&self.state);
-        let now = Instant::now();
-        let page = q.page(&st, now);
-        let version = st.version();
+        let (page, version, cluster) = self.state.read(|st| {
+            let now = Instant::now();
+            let page = q.page(st, now);
+            let cluster = page.next.is_none().then(|| cluster_view(st, now, true));
+            (page, st.version(), cluster)
+        });
         let last = page.next.map(|k| k.name);
-        let cluster = last.is_none().then(|| cluster_view(&st, now, true));
-        drop(st);
         pending.forget(after.as_deref(), last.as_deref());
         let reset = picture.pages.is_empty();
         picture.paged(last, version);

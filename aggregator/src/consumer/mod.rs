@@ -2,7 +2,7 @@
 //!
 //! Views are built by pure functions from the state ([`views`]) under the state lock, then sent outside
 //! it; `ListNodes` is a [`query::NodeQuery`] that builds views of one page's nodes only. Subscriptions
-//! are fed by one notifier task ([`ConsumerService::run_notifier`]) that builds an update only when the
+//! are fed by one notifier task ([`ConsumerService::notifier`]) that builds an update only when the
 //! state changed, at most once per interval, and broadcasts it: the cluster view, the nodes that changed
 //! since its last broadcast (when a `changes` subscriber exists, see [`feed`]) and, for subscribers of
 //! every node, every node. Every subscriber has a small bounded buffer, and one that falls behind is
@@ -34,8 +34,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::shared::{lock, Shared};
-use crate::state::ClusterState;
+use crate::state::{ClusterState, StateHandle};
 pub use views::{cluster_view, node_view, node_views};
 
 /// Per-subscriber buffer of updates.
@@ -78,7 +77,7 @@ pub struct Broadcast {
 
 #[derive(Clone)]
 pub struct ConsumerService {
-    state: Shared,
+    state: StateHandle,
     updates: broadcast::Sender<Arc<Broadcast>>,
     /// Subscribers that want every node in every update (the notifier builds them only then).
     node_subscribers: Arc<AtomicUsize>,
@@ -88,61 +87,84 @@ pub struct ConsumerService {
 }
 
 impl ConsumerService {
-    pub fn new(state: Shared) -> Self {
+    pub fn new(state: StateHandle) -> Self {
         let (updates, _) = broadcast::channel(BROADCAST_BUFFER);
         Self { state, updates, node_subscribers: Arc::default(), change_subscribers: Arc::default() }
     }
 
-    /// Build and broadcast updates when the state changed, at most every `interval`, until `stop`.
-    pub fn run_notifier(&self, interval: Duration, stop: impl Future<Output = ()> + Send + 'static) -> tokio::task::JoinHandle<()> {
-        let (state, updates) = (self.state.clone(), self.updates.clone());
-        let (wants_nodes, wants_changes) = (self.node_subscribers.clone(), self.change_subscribers.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut seen = u64::MAX;
-            let mut last_tick = Instant::now();
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => return,
-                    _ = tick.tick() => {}
-                }
-                let update = {
-                    let mut st = lock(&state);
-                    let now = Instant::now();
-                    let since = std::mem::replace(&mut last_tick, now);
-                    // Taken every tick, so the log stays short while nobody subscribes.
-                    let log = st.take_changes(since, now);
-                    if updates.receiver_count() == 0 {
-                        seen = st.version();
-                        continue;
-                    }
-                    let wants_changes = wants_changes.load(Ordering::Relaxed) > 0;
-                    let (changed, removed) = match log {
-                        Some(log) if wants_changes => (views_of(&st, &log.changed, now), Some(log.removed)),
-                        _ => (Vec::new(), None),
-                    };
-                    if !changed.is_empty() && st.version() == seen {
-                        st.note_change(); // nodes went stale by time: no report changed the version
-                    }
-                    if st.version() == seen {
-                        continue;
-                    }
-                    seen = st.version();
-                    let too_many_nodes = (st.node_count() > EVERY_NODE_LIMIT).then_some(st.node_count());
-                    let nodes = if wants_nodes.load(Ordering::Relaxed) > 0 && too_many_nodes.is_none() {
-                        node_views(&st, now, &[])
-                    } else {
-                        Vec::new()
-                    };
-                    let complete = wants_changes && removed.is_some();
-                    let removed = removed.unwrap_or_default();
-                    Broadcast { version: seen, cluster: cluster_view(&st, now, true), nodes, too_many_nodes, changed, removed, complete }
-                };
-                let _ = updates.send(Arc::new(update));
+    /// The notifier task: builds and broadcasts updates when the state changed, at most every
+    /// `interval`, until `stop`.
+    pub fn notifier(
+        &self,
+        interval: Duration,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let notifier = Notifier {
+            state: self.state.clone(),
+            updates: self.updates.clone(),
+            wants_nodes: self.node_subscribers.clone(),
+            wants_changes: self.change_subscribers.clone(),
+            seen: u64::MAX,
+            last_tick: Instant::now(),
+        };
+        notifier.run(interval, stop)
+    }
+}
+
+/// The one task that turns state changes into broadcasts for every subscriber.
+struct Notifier {
+    state: StateHandle,
+    updates: broadcast::Sender<Arc<Broadcast>>,
+    wants_nodes: Arc<AtomicUsize>,
+    wants_changes: Arc<AtomicUsize>,
+    /// The state version of the last broadcast.
+    seen: u64,
+    last_tick: Instant,
+}
+
+impl Notifier {
+    async fn run(mut self, interval: Duration, stop: impl Future<Output = ()>) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tick.tick() => {}
             }
-        })
+            if let Some(update) = self.tick() {
+                let _ = self.updates.send(Arc::new(update));
+            }
+        }
+    }
+
+    /// One tick under the state lock: the broadcast, when subscribers exist and the state changed. The
+    /// change log is taken every tick, so it stays short while nobody subscribes.
+    fn tick(&mut self) -> Option<Broadcast> {
+        let now = Instant::now();
+        let since = std::mem::replace(&mut self.last_tick, now);
+        let subscribed = self.updates.receiver_count() > 0;
+        let wants_changes = subscribed && self.wants_changes.load(Ordering::Relaxed) > 0;
+        let wants_nodes = self.wants_nodes.load(Ordering::Relaxed) > 0;
+        let seen = self.seen;
+        let (version, update) = self.state.take_changes(since, now, wants_changes, |st, log| {
+            let version = st.version();
+            if !subscribed || version == seen {
+                return (version, None);
+            }
+            let (changed, removed) = match log {
+                Some(log) if wants_changes => (views_of(st, &log.changed, now), Some(log.removed)),
+                _ => (Vec::new(), None),
+            };
+            let too_many_nodes = (st.node_count() > EVERY_NODE_LIMIT).then_some(st.node_count());
+            let nodes = if wants_nodes && too_many_nodes.is_none() { node_views(st, now, &[]) } else { Vec::new() };
+            let complete = wants_changes && removed.is_some();
+            let removed = removed.unwrap_or_default();
+            let cluster = cluster_view(st, now, true);
+            (version, Some(Broadcast { version, cluster, nodes, too_many_nodes, changed, removed, complete }))
+        });
+        self.seen = version;
+        update
     }
 }
 
@@ -157,6 +179,88 @@ impl Drop for NodeInterest {
     }
 }
 
+/// What a subscription without `changes` carries besides the cluster view.
+enum Scope {
+    ClusterOnly,
+    EveryNode,
+    /// These nodes, built for this subscriber alone.
+    Named(Vec<String>),
+}
+
+/// One subscriber without `changes`: every broadcast newer than what it was sent, at most every
+/// `min_interval`; cut off when it falls behind or when an update could not carry every node.
+struct Subscription {
+    state: StateHandle,
+    rx: broadcast::Receiver<Arc<Broadcast>>,
+    tx: mpsc::Sender<Result<ClusterUpdate, Status>>,
+    scope: Scope,
+    min_interval: Duration,
+    peer: String,
+    last_version: u64,
+    _interest: NodeInterest,
+}
+
+impl Subscription {
+    async fn run(mut self) {
+        let mut last_sent = tokio::time::Instant::now();
+        let mut pending: Option<Arc<Broadcast>> = None;
+        loop {
+            let due = last_sent + self.min_interval;
+            tokio::select! {
+                r = self.rx.recv() => match r {
+                    Ok(b) if b.version > self.last_version => pending = Some(b),
+                    Ok(_) => {} // already covered by what was sent
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(peer = %self.peer, missed = n, "subscriber too slow; dropped");
+                        return self.end(Status::resource_exhausted("consumer too slow: updates were missed; resubscribe"));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tokio::time::sleep_until(due), if pending.is_some() => {}
+                _ = self.tx.closed() => return,
+            }
+            if tokio::time::Instant::now() < due {
+                continue;
+            }
+            let Some(b) = pending.take() else { continue };
+            if !self.send(&b) {
+                return;
+            }
+            last_sent = tokio::time::Instant::now();
+        }
+    }
+
+    /// Send the subscriber its update of `b`; false when the subscription ends.
+    fn send(&mut self, b: &Broadcast) -> bool {
+        if self.tx.capacity() <= 1 {
+            warn!(peer = %self.peer, "subscriber not reading; dropped");
+            self.end(Status::resource_exhausted("consumer too slow: its buffer is full; resubscribe"));
+            return false;
+        }
+        if let (Some(n), Scope::EveryNode) = (b.too_many_nodes, &self.scope) {
+            warn!(peer = %self.peer, nodes = n, "subscriber of every node ended: the cluster outgrew one update");
+            self.end(too_many_nodes(n));
+            return false;
+        }
+        let nodes = match &self.scope {
+            Scope::ClusterOnly => Vec::new(),
+            Scope::EveryNode => b.nodes.clone(),
+            // Named nodes are built for this subscriber alone, as of now.
+            Scope::Named(only) => self.state.read(|st| node_views(st, Instant::now(), only)),
+        };
+        let sent = self.tx.try_send(Ok(to_update(b, nodes))).is_ok();
+        if sent {
+            self.last_version = b.version;
+        }
+        sent
+    }
+
+    /// End the subscription with `status` (the slot reserved for it is free).
+    fn end(&self, status: Status) {
+        let _ = self.tx.try_send(Err(status));
+    }
+}
+
 /// A subscriber's update: the broadcast's cluster view with `nodes`.
 fn to_update(b: &Broadcast, nodes: Vec<NodeView>) -> ClusterUpdate {
     ClusterUpdate { cluster: Some(b.cluster.clone()), nodes, version: b.version, ..ClusterUpdate::default() }
@@ -165,13 +269,13 @@ fn to_update(b: &Broadcast, nodes: Vec<NodeView>) -> ClusterUpdate {
 #[tonic::async_trait]
 impl Consumer for ConsumerService {
     async fn get_cluster(&self, _req: Request<GetClusterRequest>) -> Result<Response<ClusterView>, Status> {
-        let view = cluster_view(&lock(&self.state), Instant::now(), true);
+        let view = self.state.read(|st| cluster_view(st, Instant::now(), true));
         Ok(Response::new(view))
     }
 
     async fn list_nodes(&self, req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
         let q = query::NodeQuery::from_request(req.get_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let page = q.page(&lock(&self.state), Instant::now());
+        let page = self.state.read(|st| q.page(st, Instant::now()));
         let next_page_token = page.next.map(|k| q.encode(&k)).unwrap_or_default();
         Ok(Response::new(ListNodesResponse { nodes: page.nodes, next_page_token, total_matching: page.total as u32 }))
     }
@@ -184,11 +288,10 @@ impl Consumer for ConsumerService {
         let min_interval = Duration::from_millis(u64::from(min_interval_ms.max(100)));
         if changes && !cluster_only {
             let rx = self.updates.subscribe();
-            let interest = {
-                let _st = lock(&self.state);
-                self.change_subscribers.fetch_add(1, Ordering::Relaxed);
-                NodeInterest(Some(self.change_subscribers.clone()))
-            };
+            // Counted under the state lock, so a broadcast computed after the first page has what it needs.
+            let subscribers = self.change_subscribers.clone();
+            self.state.read(move |_| subscribers.fetch_add(1, Ordering::Relaxed));
+            let interest = NodeInterest(Some(self.change_subscribers.clone()));
             let (tx, out) = mpsc::channel(SUBSCRIBER_BUFFER + 1);
             let feed = feed::ChangeFeed { state: self.state.clone(), rx, tx, only, min_interval, peer };
             tokio::spawn(async move {
@@ -208,81 +311,36 @@ impl Consumer for ConsumerService {
             self.node_subscribers.fetch_add(1, Ordering::Relaxed);
             self.node_subscribers.clone()
         }));
-        let mut rx = self.updates.subscribe();
+        let rx = self.updates.subscribe();
         // The first update at once, from the current state.
-        let first = {
-            let st = lock(&self.state);
+        let first = self.state.read(|st| {
             if every_node && st.node_count() > EVERY_NODE_LIMIT {
                 return Err(too_many_nodes(st.node_count()));
             }
             let now = Instant::now();
-            let nodes = if cluster_only { Vec::new() } else { node_views(&st, now, &only) };
-            ClusterUpdate { cluster: Some(cluster_view(&st, now, true)), nodes, version: st.version(), ..ClusterUpdate::default() }
-        };
-        let state = self.state.clone();
+            let nodes = if cluster_only { Vec::new() } else { node_views(st, now, &only) };
+            Ok(ClusterUpdate { cluster: Some(cluster_view(st, now, true)), nodes, version: st.version(), ..ClusterUpdate::default() })
+        })?;
         // One slot more than the buffer: reserved for the status that tells a slow consumer it was dropped.
         let (tx, out) = mpsc::channel(SUBSCRIBER_BUFFER + 1);
-        let mut last_version = first.version;
+        let last_version = first.version;
         let _ = tx.try_send(Ok(first));
         info!(%peer, nodes = only.len(), cluster_only, "subscriber connected");
-        tokio::spawn(async move {
-            let _interest = interest;
-            let mut last_sent = tokio::time::Instant::now();
-            let mut pending: Option<Arc<Broadcast>> = None;
-            loop {
-                let due = last_sent + min_interval;
-                tokio::select! {
-                    r = rx.recv() => match r {
-                        Ok(b) if b.version > last_version => pending = Some(b),
-                        Ok(_) => {} // already covered by what was sent
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            warn!(%peer, missed = n, "subscriber too slow; dropped");
-                            let _ = tx.try_send(Err(Status::resource_exhausted("consumer too slow: updates were missed; resubscribe")));
-                            return;
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                    _ = tokio::time::sleep_until(due), if pending.is_some() => {}
-                    _ = tx.closed() => return,
-                }
-                if pending.is_some() && tokio::time::Instant::now() >= due {
-                    let Some(b) = pending.take() else { continue };
-                    if tx.capacity() <= 1 {
-                        warn!(%peer, "subscriber not reading; dropped");
-                        let _ = tx.try_send(Err(Status::resource_exhausted("consumer too slow: its buffer is full; resubscribe")));
-                        return;
-                    }
-                    if let Some(n) = b.too_many_nodes.filter(|_| every_node) {
-                        warn!(%peer, nodes = n, "subscriber of every node ended: the cluster outgrew one update");
-                        let _ = tx.try_send(Err(too_many_nodes(n)));
-                        return;
-                    }
-                    // Named nodes are built for this subscriber alone, as of now.
-                    let nodes = if cluster_only {
-                        Vec::new()
-                    } else if every_node {
-                        b.nodes.clone()
-                    } else {
-                        node_views(&lock(&state), Instant::now(), &only)
-                    };
-                    match tx.try_send(Ok(to_update(&b, nodes))) {
-                        Ok(()) => {
-                            last_sent = tokio::time::Instant::now();
-                            last_version = b.version;
-                        }
-                        Err(_) => return,
-                    }
-                }
-            }
-        });
+        let scope = if cluster_only {
+            Scope::ClusterOnly
+        } else if every_node {
+            Scope::EveryNode
+        } else {
+            Scope::Named(only)
+        };
+        let subscription = Subscription { state: self.state.clone(), rx, tx, scope, min_interval, peer, last_version, _interest: interest };
+        tokio::spawn(subscription.run());
         Ok(Response::new(ReceiverStream::new(out)))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use cni_metrics_proto::v1::ScrapeStatus;
     use tokio_stream::StreamExt;
 
@@ -295,7 +353,7 @@ mod tests {
         for i in 0..nodes {
             join(&mut st, &format!("n{i:05}"), "az-a", 1.0, 30.0, now);
         }
-        ConsumerService::new(Arc::new(Mutex::new(st)))
+        ConsumerService::new(StateHandle::from(st))
     }
 
     fn request(nodes: &[&str], changes: bool) -> Request<SubscribeRequest> {
@@ -336,16 +394,15 @@ mod tests {
             None => None,
         };
         assert_eq!(got, Some(3));
-        let _notifier = svc.run_notifier(Duration::from_millis(20), std::future::pending());
-        {
-            let mut st = lock(&svc.state);
+        let _notifier = tokio::spawn(svc.notifier(Duration::from_millis(20), std::future::pending()));
+        svc.state.change(|st| {
             let now = Instant::now();
             for i in 3..=EVERY_NODE_LIMIT {
-                join(&mut st, &format!("n{i:05}"), "az-a", 1.0, 30.0, now);
+                join(st, &format!("n{i:05}"), "az-a", 1.0, 30.0, now);
             }
-            let s = join(&mut st, "n99999", "az-b", 1.0, 30.0, now);
-            super::testing::set(&mut st, "n99999", s, 2, 2.0, ScrapeStatus::Ok, now);
-        }
+            let s = join(st, "n99999", "az-b", 1.0, 30.0, now);
+            super::testing::set(st, "n99999", s, 2, 2.0, ScrapeStatus::Ok, now);
+        });
         let mut end = None;
         if let Some(o) = out.as_mut() {
             while let Ok(Some(item)) = tokio::time::timeout(Duration::from_secs(5), o.next()).await {

@@ -127,16 +127,18 @@ impl NodeBook {
         self.index.expired(now)
     }
 
-    /// The nodes changed (or gone stale by time in [`since`, `now`)) and removed since the last call.
-    pub(super) fn take_changes(&mut self, since: Instant, now: Instant) -> Option<NodeChanges> {
+    /// The nodes changed (or gone stale by time in [`since`, `now`)) and removed since the last call,
+    /// and whether any went stale by time.
+    pub(super) fn take_changes(&mut self, since: Instant, now: Instant) -> Option<(NodeChanges, bool)> {
         let mut log = self.index.take_log()?;
         let went: Vec<Arc<str>> = self.index.went_stale(since, now).cloned().collect();
-        if !went.is_empty() {
+        let went_stale = !went.is_empty();
+        if went_stale {
             log.changed.extend(went);
             log.changed.sort_unstable();
             log.changed.dedup();
         }
-        Some(log)
+        Some((log, went_stale))
     }
 
     pub(super) fn agreed_cluster_name(&self) -> Option<&str> {
@@ -287,7 +289,7 @@ mod tests {
         assert!(b.remove(&a).is_some());
         assert_eq!((names(&b), b.agreed_region(), b.len()), (vec!["b".into()], Some("eu-west-1"), 1));
         assert_eq!(b.status_count(ScrapeStatus::Pending), 1, "a's index entry left with it");
-        assert_eq!(b.take_changes(t, t).map(|c| c.removed), Some(vec![a.clone()]));
+        assert_eq!(b.take_changes(t, t).map(|(c, _)| c.removed), Some(vec![a.clone()]));
         assert!(b.remove(&a).is_none(), "removing twice changes nothing");
     }
 

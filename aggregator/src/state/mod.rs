@@ -38,6 +38,7 @@ mod breakdown;
 mod capacity;
 mod commits;
 mod fold;
+mod handle;
 pub mod index;
 mod node;
 mod render;
@@ -52,6 +53,7 @@ use book::NodeBook;
 pub use breakdown::{Breakdowns, Dim, GroupTotals, NodeSubnet, SubnetTotals};
 pub use capacity::{CapRole, Capacity, CapacityTotals, NodeCapacity};
 pub use cni_metrics_proto::status::status_label;
+pub use handle::StateHandle;
 pub use node::{CommitMark, NodeState, Resume, ResumeKey, Welcomed};
 pub use render::MetricsView;
 pub(crate) use series::order_key;
@@ -300,16 +302,17 @@ impl ClusterState {
         dead
     }
 
-    /// A change no report made (nodes went stale by time): consumers that saw the old version look again.
-    pub fn note_change(&mut self) {
-        self.version += 1;
-    }
-
     /// The nodes changed (or gone stale by time in [`since`, `now`)) and those removed since the last
     /// call, for the consumers' change feed; `None` when more changed than the state remembers between
-    /// two calls (the feed then starts its picture again).
-    pub fn take_changes(&mut self, since: Instant, now: Instant) -> Option<index::NodeChanges> {
-        self.book.take_changes(since, now)
+    /// two calls (the feed then starts its picture again). When `staleness_counts` and nodes went stale
+    /// by time, the version moves: no report moved it, but consumers that saw the old version must look
+    /// again.
+    pub fn take_changes(&mut self, since: Instant, now: Instant, staleness_counts: bool) -> Option<index::NodeChanges> {
+        let (changes, went_stale) = self.book.take_changes(since, now)?;
+        if staleness_counts && went_stale {
+            self.version += 1;
+        }
+        Some(changes)
     }
 
     /// Ingest statistics (changed only by the state and its `record_*` methods).

@@ -18,7 +18,7 @@ use cni_metrics_proto::backoff::Backoff;
 use tracing::{error, info, warn};
 
 use crate::aws::{AwsError, ErrorKind, Retry};
-use crate::shared::{lock, Shared};
+use crate::state::StateHandle;
 use crate::state::{RefreshResult, SubnetFacts};
 use ec2::Ec2;
 
@@ -129,7 +129,7 @@ pub(crate) fn backoff() -> Option<Backoff> {
 }
 
 /// Refresh every `cfg.refresh` until `shutdown`.
-pub async fn run_refresher(state: Shared, cfg: SubnetConfig, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn run_refresher(state: StateHandle, cfg: SubnetConfig, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let ec2 = Ec2::new(cfg.region.clone()).await;
     let Some(retry) = backoff() else { return };
@@ -142,35 +142,30 @@ pub async fn run_refresher(state: Shared, cfg: SubnetConfig, shutdown: impl std:
             _ = tick.tick() => {}
             () = &mut shutdown => return,
         }
-        let (ids, cluster) = {
-            let st = lock(&state);
-            let ids = st.subnets_in_use();
-            let cluster = cfg
-                .cluster_name
-                .clone()
-                .or_else(|| st.agreed_cluster_name().map(str::to_owned))
-                .unwrap_or_else(|| st.cluster_id().to_owned());
-            (ids, cluster)
-        };
+        let named = cfg.cluster_name.clone();
+        let (ids, cluster) = state.read(|st| {
+            let cluster = named.or_else(|| st.agreed_cluster_name().map(str::to_owned)).unwrap_or_else(|| st.cluster_id().to_owned());
+            (st.subnets_in_use(), cluster)
+        });
         if ids.is_empty() {
             continue; // no agent has reported a subnet yet
         }
         let discovery = cfg.discovery.then_some(cluster.as_str());
-        let on_retry = |r| lock(&state).record_subnet_retry(r);
+        let on_retry = |r| state.record_subnet_retry(r);
         let Some(result) = retrying(&retry, "DescribeSubnets", &mut shutdown, on_retry, || fetch(&ec2, &ids, discovery)).await else {
             return;
         };
         match result {
             Ok(facts) => {
-                lock(&state).set_subnet_facts(facts, cni_metrics_proto::clock::unix_ms_now());
+                state.set_subnet_facts(facts, cni_metrics_proto::clock::unix_ms_now());
                 denials.allowed("DescribeSubnets", "subnet metrics");
             }
             Err(e) if e.retry == Retry::Heal => {
-                lock(&state).subnet_refresh_failed(RefreshResult::Denied);
+                state.subnet_refresh_failed(RefreshResult::Denied);
                 denials.denied(&e, "DescribeSubnets", "subnet metrics", POLICY_HINT);
             }
             Err(e) => {
-                lock(&state).subnet_refresh_failed(refresh_result(e.kind));
+                state.subnet_refresh_failed(refresh_result(e.kind));
                 warn!(error = %e, "subnet metrics: DescribeSubnets failed; the last values stay, marked stale");
             }
         }

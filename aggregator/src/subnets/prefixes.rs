@@ -15,9 +15,9 @@ use tracing::{info, warn};
 use super::ec2::Ec2;
 use super::{backoff, refresh_result, retrying, Denials};
 use crate::aws::{AwsError, Retry};
-use crate::shared::{lock, Shared};
 use crate::state::subnets::prefixes::{report, SpaceFacts};
 use crate::state::RefreshResult;
+use crate::state::StateHandle;
 
 /// The IAM statement `--subnet-prefixes` needs, as logged when it is missing.
 pub const POLICY_HINT: &str = r#"{"Effect": "Allow", "Action": ["ec2:DescribeNetworkInterfaces", "ec2:GetSubnetCidrReservations"], "Resource": "*"} (deploy/iam-policy-subnets.json)"#;
@@ -25,7 +25,7 @@ pub const POLICY_HINT: &str = r#"{"Effect": "Allow", "Action": ["ec2:DescribeNet
 const WHAT: &str = "free prefix counts";
 
 /// Refresh every `refresh` until `shutdown`.
-pub async fn run_refresher(state: Shared, region: Option<String>, refresh: Duration, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn run_refresher(state: StateHandle, region: Option<String>, refresh: Duration, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let ec2 = Ec2::new(region).await;
     let Some(retry) = backoff() else { return };
@@ -38,12 +38,8 @@ pub async fn run_refresher(state: Shared, region: Option<String>, refresh: Durat
             _ = tick.tick() => {}
             () = &mut shutdown => return,
         }
-        let (inputs, low_below) = {
-            let st = lock(&state);
-            if !st.prefixes_wanted() {
-                continue;
-            }
-            (st.prefix_inputs(), st.prefix_low_below())
+        let Some((inputs, low_below)) = state.read(|st| st.prefixes_wanted().then(|| (st.prefix_inputs(), st.prefix_low_below()))) else {
+            continue;
         };
         if inputs.is_empty() {
             continue; // EC2 has not described a subnet yet
@@ -54,15 +50,15 @@ pub async fn run_refresher(state: Shared, region: Option<String>, refresh: Durat
             Ok(facts) => {
                 let skipped = facts.values().map(|f| f.skipped).sum();
                 let counted = report(&inputs, &facts, low_below);
-                lock(&state).set_prefix_report(counted, skipped, cni_metrics_proto::clock::unix_ms_now());
+                state.set_prefix_report(counted, skipped, cni_metrics_proto::clock::unix_ms_now());
                 denials.allowed("DescribeNetworkInterfaces and GetSubnetCidrReservations", WHAT);
             }
             Err(e) if e.retry == Retry::Heal => {
-                lock(&state).prefix_refresh_failed();
+                state.prefix_refresh_failed();
                 denials.denied(&e, e.operation, WHAT, POLICY_HINT);
             }
             Err(e) => {
-                lock(&state).prefix_refresh_failed();
+                state.prefix_refresh_failed();
                 warn!(error = %e, "free prefixes: {} failed; the last counts stay, marked stale", e.operation);
             }
         }
@@ -71,31 +67,31 @@ pub async fn run_refresher(state: Shared, region: Option<String>, refresh: Durat
 
 /// One refresh's EC2 calls: the ENIs of all the subnets, then each subnet's reservations. `None`: shutdown.
 async fn fetch(
-    state: &Shared,
+    state: &StateHandle,
     ec2: &Ec2,
     retry: &cni_metrics_proto::backoff::Backoff,
     ids: &[String],
     shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Option<Result<BTreeMap<String, SpaceFacts>, AwsError>> {
-    let on_retry = |r| lock(state).record_prefix_call(r);
+    let on_retry = |r| state.record_prefix_call(r);
     let mut facts = match retrying(retry, "DescribeNetworkInterfaces", shutdown, on_retry, || ec2.interfaces(ids)).await? {
         Ok(f) => f,
         Err(e) => return Some(Err(counted(state, e))),
     };
-    lock(state).record_prefix_call(RefreshResult::Ok);
+    state.record_prefix_call(RefreshResult::Ok);
     for (id, f) in &mut facts {
         match retrying(retry, "GetSubnetCidrReservations", shutdown, on_retry, || ec2.reservations(id)).await? {
             Ok(r) => f.reservations = r,
             Err(e) => return Some(Err(counted(state, e))),
         }
-        lock(state).record_prefix_call(RefreshResult::Ok);
+        state.record_prefix_call(RefreshResult::Ok);
     }
     Some(Ok(facts))
 }
 
 /// The final failure of a call, counted.
-fn counted(state: &Shared, e: AwsError) -> AwsError {
+fn counted(state: &StateHandle, e: AwsError) -> AwsError {
     let result = if e.retry == Retry::Heal { RefreshResult::Denied } else { refresh_result(e.kind) };
-    lock(state).record_prefix_call(result);
+    state.record_prefix_call(result);
     e
 }
