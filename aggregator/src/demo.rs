@@ -118,7 +118,7 @@ pub fn render_view(st: &ClusterState, v: &ViewInput<'_>) -> String {
     }
     let _ =
         writeln!(s, "\n{:<8} {:<20} {:<10} {:>9} {:>6} {:>5} {:>8}", "NODE", "IPAMD PAGE", "SCRAPE", "ASSIGNED", "TOTAL", "MAX", "ADD REQ");
-    let status = |t: &NodeTruth| st.node(&t.name).map_or("absent", |n| status_label(n.status));
+    let status = |t: &NodeTruth| st.node(&t.name).map_or("absent", |n| status_label(n.status()));
     for t in v.truth.iter().take(NODE_ROWS) {
         let _ = writeln!(
             s,
@@ -255,7 +255,7 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
         } else {
             println!("{view}");
         }
-        let reporting = handles.state.read(|st| st.nodes().filter(|n| n.status == cni_metrics_proto::v1::ScrapeStatus::Ok).count());
+        let reporting = handles.state.read(|st| st.nodes().filter(|n| n.status() == cni_metrics_proto::v1::ScrapeStatus::Ok).count());
         script.advance(&fakes, reporting == n);
     }
     let _ = stop_tx.send(true);

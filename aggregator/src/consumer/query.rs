@@ -79,7 +79,7 @@ struct Candidate<'a> {
 
 impl Ord for Candidate<'_> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.rank.cmp(&other.rank).then_with(|| self.node.name.cmp(&other.node.name))
+        self.rank.cmp(&other.rank).then_with(|| self.node.name().cmp(other.node.name()))
     }
 }
 
@@ -179,10 +179,10 @@ impl NodeQuery {
     }
 
     fn matches(&self, n: &NodeState, now: Instant) -> bool {
-        (self.statuses.is_empty() || self.statuses.contains(&n.status))
-            && (self.zones.is_empty() || self.zones.contains(&n.availability_zone))
-            && self.max_headroom.is_none_or(|m| n.derived.headroom.is_some_and(|h| h <= m))
-            && (!self.low || n.derived.low)
+        (self.statuses.is_empty() || self.statuses.contains(&n.status()))
+            && (self.zones.is_empty() || self.zones.contains(n.availability_zone()))
+            && self.max_headroom.is_none_or(|m| n.derived().headroom.is_some_and(|h| h <= m))
+            && (!self.low || n.derived().low)
             && (!self.stale || n.is_stale(now))
     }
 
@@ -222,7 +222,7 @@ impl NodeQuery {
         for n in candidates.filter(|n| self.matches(n, now)) {
             total += 1;
             let c = Candidate { rank: self.rank(st, n), node: n };
-            if self.after.as_ref().is_some_and(|a| (c.rank, &*n.name) <= (a.rank, a.name.as_str())) {
+            if self.after.as_ref().is_some_and(|a| (c.rank, &**n.name()) <= (a.rank, a.name.as_str())) {
                 continue;
             }
             remaining += 1;
@@ -254,7 +254,7 @@ impl NodeQuery {
         let next = (beyond || nodes.len() < sorted.len())
             .then(|| sorted.get(nodes.len().wrapping_sub(1)))
             .flatten()
-            .map(|(rank, n)| Key { rank: *rank, name: n.name.to_string() });
+            .map(|(rank, n)| Key { rank: *rank, name: n.name().to_string() });
         Page { nodes, next, total }
     }
 

@@ -40,7 +40,7 @@ pub fn cluster_view(st: &ClusterState, now: Instant, with_aggregates: bool) -> C
     if let Some(r) = st.subnet_report() {
         view.subnet_available_ips = r.available;
         view.subnets_low_on_ips = r.low;
-        view.forecast_window_seconds = st.subnets().forecast_window;
+        view.forecast_window_seconds = st.subnets().forecast_window();
         view.subnets = subnet_views(st, &r.rows);
     }
     if with_aggregates {
@@ -80,8 +80,8 @@ fn subnet_views(st: &ClusterState, rows: &[crate::state::SubnetRow]) -> Vec<Subn
                 assigned_to_pods: row.assigned_to_pods,
                 held_by_others: row.held_by_others,
                 low_on_ips: row.low,
-                stale: st.subnets().stale,
-                refreshed_unix_ms: st.subnets().refreshed_unix_ms,
+                stale: st.subnets().stale(),
+                refreshed_unix_ms: st.subnets().refreshed_unix_ms(),
                 prefixes_counted: counted.is_some(),
                 free_prefixes: counted.map_or(0, |p| p.space.free),
                 free_reserved_prefixes: counted.map_or(0, |p| p.space.free_in_prefix_reservations),
@@ -97,30 +97,30 @@ fn subnet_views(st: &ClusterState, rows: &[crate::state::SubnetRow]) -> Vec<Subn
 /// One node.
 pub fn node_view(n: &NodeState, now: Instant) -> NodeView {
     let known = |v: Option<f64>| v.unwrap_or(-1.0);
-    let age_ms = now.saturating_duration_since(n.last_seen).as_millis() as u64;
+    let age_ms = now.saturating_duration_since(n.last_seen()).as_millis() as u64;
     NodeView {
-        name: n.name.to_string(),
-        status: n.status as i32,
-        status_detail: n.status_detail.clone(),
+        name: n.name().to_string(),
+        status: n.status() as i32,
+        status_detail: n.status_detail().to_owned(),
         last_report_age_ms: age_ms,
         stale: n.is_stale(now),
-        connected: n.connected,
-        availability_zone: n.availability_zone.clone(),
-        instance_type: n.instance_type.clone(),
-        instance_id: n.instance_id.clone(),
-        region: n.region.clone(),
-        agent_version: n.agent_version.clone(),
-        assigned_ips: known(n.capacity.assigned),
-        total_ips: known(n.capacity.total),
-        max_ips: known(n.capacity.max),
-        available_ips: known(n.derived.available),
-        ip_headroom: known(n.derived.headroom),
-        low_on_ips: n.derived.low,
-        anomalous: n.derived.anomalous,
+        connected: n.connected(),
+        availability_zone: n.availability_zone().to_owned(),
+        instance_type: n.instance_type().to_owned(),
+        instance_id: n.instance_id().to_owned(),
+        region: n.region().to_owned(),
+        agent_version: n.agent_version().to_owned(),
+        assigned_ips: known(n.capacity().assigned),
+        total_ips: known(n.capacity().total),
+        max_ips: known(n.capacity().max),
+        available_ips: known(n.derived().available),
+        ip_headroom: known(n.derived().headroom),
+        low_on_ips: n.derived().low,
+        anomalous: n.derived().anomalous,
         series: n.series_count() as u32,
-        bad_lines_total: n.bad_lines_total,
+        bad_lines_total: n.bad_lines_total(),
         last_report_unix_ms: unix_ms_now().saturating_sub(i64::try_from(age_ms).unwrap_or(i64::MAX)),
-        ipv6: n.derived.ipv6,
+        ipv6: n.derived().ipv6,
     }
 }
 

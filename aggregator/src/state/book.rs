@@ -1,8 +1,9 @@
 //! The node book: every node the aggregator knows now ([`NodeState`], by name and in name order), the
 //! records of nodes that left ([`Departures`], bounded), the agreed cluster name and region, and the
-//! [`NodeIndex`] readers use instead of walking the nodes. The book keeps these in step: a node enters
-//! and leaves through [`NodeBook::insert`] and [`NodeBook::remove`], its identity changes through
-//! [`NodeBook::set_identity`], and after any change the caller asks for [`NodeBook::reindex`].
+//! [`NodeIndex`] readers use instead of walking the nodes. The book keeps these in step by construction:
+//! a node enters and leaves through [`NodeBook::insert`] and [`NodeBook::remove`], its identity changes
+//! through [`NodeBook::set_identity`], and every other change goes through [`NodeBook::node_mut`], whose
+//! guard reindexes the node when it is dropped.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -34,9 +35,10 @@ impl NodeBook {
         self.nodes.get(name)
     }
 
-    /// A node to change; the caller reindexes it after ([`NodeBook::reindex`]).
-    pub(super) fn get_mut(&mut self, name: &str) -> Option<&mut NodeState> {
-        self.nodes.get_mut(name)
+    /// A node to change: the guard reindexes it when dropped.
+    pub(super) fn node_mut(&mut self, name: &str) -> Option<NodeMut<'_>> {
+        let node = self.nodes.get_mut(name)?;
+        Some(NodeMut { node, index: &mut self.index })
     }
 
     pub(super) fn contains(&self, name: &str) -> bool {
@@ -61,48 +63,39 @@ impl NodeBook {
         held.cloned().unwrap_or_else(|| Arc::from(name))
     }
 
-    /// A new node enters (a node of that name must not be in the book).
+    /// A new node enters, indexed (a node of that name must not be in the book).
     pub(super) fn insert(&mut self, node: NodeState) {
-        self.by_name.insert(node.name.clone());
-        self.cluster_names.replace("", &node.cluster_name);
-        self.regions.replace("", &node.region);
-        self.nodes.insert(node.name.clone(), node);
+        let name = node.name().clone();
+        self.by_name.insert(name.clone());
+        self.cluster_names.replace("", node.cluster_name());
+        self.regions.replace("", node.region());
+        self.nodes.insert(name.clone(), node);
+        drop(self.node_mut(&name));
     }
 
     /// The node now reports this region and cluster name.
     pub(super) fn set_identity(&mut self, name: &str, region: &str, cluster_name: &str) {
         let Some(n) = self.nodes.get_mut(name) else { return };
-        self.regions.replace(&n.region, region);
-        self.cluster_names.replace(&n.cluster_name, cluster_name);
-        n.region = region.to_owned();
-        n.cluster_name = cluster_name.to_owned();
+        self.regions.replace(n.region(), region);
+        self.cluster_names.replace(n.cluster_name(), cluster_name);
+        n.set_identity(region, cluster_name);
     }
 
     /// The node leaves the book (its departed record is the caller's to keep).
     pub(super) fn remove(&mut self, name: &Arc<str>) -> Option<NodeState> {
-        let node = self.nodes.remove(name)?;
+        let mut node = self.nodes.remove(name)?;
         self.by_name.remove(name);
-        self.regions.replace(&node.region, "");
-        self.cluster_names.replace(&node.cluster_name, "");
-        self.index.update(name, node.indexed, None);
+        self.regions.replace(node.region(), "");
+        self.cluster_names.replace(node.cluster_name(), "");
+        self.index.update(name, node.replace_indexed(None), None);
         self.index.log_removal(name);
         Some(node)
-    }
-
-    /// Bring the node's index entry up to date.
-    pub(super) fn reindex(&mut self, name: &str) {
-        let Some(n) = self.nodes.get_mut(name) else { return };
-        let new = Some(Indexed::of(n));
-        let old = std::mem::replace(&mut n.indexed, new);
-        if old != new {
-            self.index.update(&n.name, old, new);
-        }
     }
 
     /// What consumers see of the node changed.
     pub(super) fn log_change(&mut self, name: &str) {
         if let Some(n) = self.nodes.get(name) {
-            self.index.log_change(&n.name);
+            self.index.log_change(n.name());
         }
     }
 
@@ -166,10 +159,11 @@ impl NodeBook {
     pub(super) fn close_runs(&mut self) -> Vec<CommitMark> {
         let mut commits = Vec::new();
         let mut established = Vec::new();
-        for n in self.nodes.values_mut().filter(|n| !n.withheld) {
-            if n.last_seq > n.closed_seq {
-                if n.closed_seq == 0 && n.keeps_position && !self.departed.is_empty() {
-                    established.push(n.name.clone());
+        // Closing a window changes nothing the index holds: the nodes are changed in place.
+        for n in self.nodes.values_mut().filter(|n| !n.withheld()) {
+            if n.last_seq() > n.closed_seq() {
+                if n.closed_seq() == 0 && n.keeps_position() && !self.departed.is_empty() {
+                    established.push(n.name().clone());
                 }
                 commits.push(n.close_window());
             }
@@ -183,14 +177,46 @@ impl NodeBook {
 
     /// Every sink delivered a window with this mark: returns whether the run's commit advanced.
     pub(super) fn commit(&mut self, m: &CommitMark) -> bool {
-        let committed = match (self.nodes.get_mut(&m.node), self.departed.map.get_mut(&m.node)) {
-            (Some(n), _) if n.run_id == m.run_id => &mut n.committed_seq,
-            (_, Some(d)) if d.run_id == m.run_id => &mut d.committed_seq,
-            _ => return false,
-        };
-        let advanced = m.seq > *committed;
-        *committed = (*committed).max(m.seq);
-        advanced
+        // The commit changes nothing the index holds: the node is changed in place.
+        match (self.nodes.get_mut(&m.node), self.departed.map.get_mut(&m.node)) {
+            (Some(n), _) if n.run_id() == m.run_id => n.advance_commit(m.seq),
+            (_, Some(d)) if d.run_id == m.run_id => {
+                let advanced = m.seq > d.committed_seq;
+                d.committed_seq = d.committed_seq.max(m.seq);
+                advanced
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A node being changed; dropping it brings the node's index entry up to date.
+pub(super) struct NodeMut<'a> {
+    node: &'a mut NodeState,
+    index: &'a mut NodeIndex,
+}
+
+impl std::ops::Deref for NodeMut<'_> {
+    type Target = NodeState;
+
+    fn deref(&self) -> &NodeState {
+        self.node
+    }
+}
+
+impl std::ops::DerefMut for NodeMut<'_> {
+    fn deref_mut(&mut self) -> &mut NodeState {
+        self.node
+    }
+}
+
+impl Drop for NodeMut<'_> {
+    fn drop(&mut self) {
+        let new = Some(Indexed::of(self.node));
+        let old = self.node.replace_indexed(new);
+        if old != new {
+            self.index.update(self.node.name(), old, new);
+        }
     }
 }
 
@@ -261,8 +287,7 @@ mod tests {
     fn node(name: &str, run_id: u64, region: &str, cluster: &str, t: Instant) -> NodeState {
         let h = Hello { node_name: name.into(), run_id, interval_ms: 1000, ..Hello::default() };
         let mut n = NodeState::new(Arc::from(name), &h, 1, Duration::from_secs(1), Duration::from_secs(3), t);
-        n.region = region.into();
-        n.cluster_name = cluster.into();
+        n.set_identity(region, cluster);
         n
     }
 
@@ -273,15 +298,12 @@ mod tests {
         // (step, names in order after it, agreed region, agreed cluster)
         b.insert(node("b", 1, "eu-west-1", "prod", t));
         b.insert(node("a", 1, "eu-west-1", "", t));
-        for name in ["a", "b"] {
-            b.reindex(name);
-        }
-        let names = |b: &NodeBook| b.after(None).map(|n| n.name.to_string()).collect::<Vec<_>>();
+        let names = |b: &NodeBook| b.after(None).map(|n| n.name().to_string()).collect::<Vec<_>>();
         assert_eq!(
             (names(&b), b.agreed_region(), b.agreed_cluster_name()),
             (vec!["a".into(), "b".into()], Some("eu-west-1"), Some("prod"))
         );
-        assert_eq!(b.after(Some("a")).map(|n| &*n.name).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(b.after(Some("a")).map(|n| &**n.name()).collect::<Vec<_>>(), ["b"]);
         assert_eq!(b.status_count(ScrapeStatus::Pending), 2);
         b.set_identity("a", "us-east-1", "prod");
         assert_eq!((b.agreed_region(), b.agreed_cluster_name()), (None, Some("prod")), "two regions: none agreed");
@@ -311,13 +333,13 @@ mod tests {
         let t = Instant::now();
         let mut b = NodeBook::new(10);
         let mut n = node("a", 7, "", "", t);
-        n.last_seq = 5;
+        n.set_seqs_for_test(5, false, false);
         b.insert(n);
         let mut w = node("w", 8, "", "", t);
-        (w.last_seq, w.keeps_position, w.withheld) = (3, true, true);
+        w.set_seqs_for_test(3, true, true);
         b.insert(w);
         let mut gone = node("g", 9, "", "", t);
-        gone.last_seq = 4;
+        gone.set_seqs_for_test(4, false, false);
         b.departed_mut().insert(Arc::from("g"), gone.into_departed());
         let mut marks = b.close_runs();
         marks.sort_by(|x, y| x.node.cmp(&y.node));
@@ -335,6 +357,6 @@ mod tests {
         for (m, advanced) in cases {
             assert_eq!(b.commit(&m), advanced, "{m:?}");
         }
-        assert_eq!(b.get("a").map(|n| n.committed_seq), Some(5));
+        assert_eq!(b.get("a").map(|n| n.committed_seq()), Some(5));
     }
 }

@@ -93,12 +93,12 @@ pub struct NodeSubnet {
 /// All groups of the enabled dimensions.
 #[derive(Clone, Debug, Default)]
 pub struct Breakdowns {
-    pub dims: Vec<Dim>,
-    pub max_groups: usize,
-    pub groups: BTreeMap<(Dim, String), GroupTotals>,
-    pub subnets: BTreeMap<String, SubnetTotals>,
+    pub(in crate::state) dims: Vec<Dim>,
+    pub(in crate::state) max_groups: usize,
+    pub(in crate::state) groups: BTreeMap<(Dim, String), GroupTotals>,
+    pub(in crate::state) subnets: BTreeMap<String, SubnetTotals>,
     /// Node placements that went to `other` because of the guard.
-    pub overflow: u64,
+    pub(in crate::state) overflow: u64,
 }
 
 pub const OTHER: &str = "other";

@@ -20,16 +20,13 @@ impl ClusterState {
     }
 
     fn move_pending(&mut self, name: &Arc<str>, withhold: bool) {
-        let Some(node) = self.book.get_mut(name) else { return };
-        if node.withheld == withhold || (withhold && !node.keeps_position) {
+        let Some(mut node) = self.book.node_mut(name) else { return };
+        if !node.set_withheld(withhold) {
             return;
         }
-        node.withheld = withhold;
         let sign = if withhold { -1.0 } else { 1.0 };
-        for u in &node.unpublished {
-            if let Some(i) = node.series.get(&u.id).and_then(|s| s.slot) {
-                self.series.get_mut(i).window += sign * u.pending;
-            }
+        for (slot, pending) in node.unpublished_by_slot() {
+            self.series.add_increment(slot, sign * pending);
         }
     }
 
@@ -49,7 +46,7 @@ impl ClusterState {
 
     /// The committed seq of the node's current session, if it is still that session.
     pub fn committed_seq(&self, node: &str, session: u64) -> Option<u64> {
-        self.book.get(node).filter(|n| n.session == session).map(|n| n.committed_seq)
+        self.book.get(node).filter(|n| n.session() == session).map(|n| n.committed_seq())
     }
 
     /// A departed keeping run's (committed, closed) seqs: what it still waits for after its goodbye.

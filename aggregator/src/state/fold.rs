@@ -7,17 +7,17 @@ use std::sync::Arc;
 
 use cni_metrics_proto::v1::{MetricKind, SeriesDef};
 
-use super::node::{unpublished_entry, NodeSeries};
-use super::series::withdraw;
+use super::node::{Folded, NodeSeries, SlotChange};
 use super::{CapRole, ClusterState, SeriesRefusal};
 
 impl ClusterState {
     /// A node defines a series (kept as it is when the run defined it on an earlier stream).
     pub(super) fn define(&mut self, node_name: &Arc<str>, d: &SeriesDef) {
-        let Some(per_node) = self.book.get(node_name).map(|n| n.series.len()) else { return };
-        if self.book.get(node_name).is_some_and(|n| n.series.contains_key(&d.id)) {
+        let Some(node) = self.book.get(node_name) else { return };
+        if node.series(d.id).is_some() {
             return; // Known from an earlier stream of the same run: keep its last total.
         }
+        let per_node = node.series_count();
         let kind = MetricKind::try_from(d.kind).unwrap_or(MetricKind::Gauge);
         let slot = if per_node >= self.cfg.max_series_per_node { Err(SeriesRefusal::NodeLimit) } else { self.series.slot_for(d, kind) };
         let slot = slot.map_err(|why| self.stats.series_rejected.inc(why)).ok();
@@ -26,8 +26,8 @@ impl ClusterState {
         // A counter starts from its committed total: only increments never published are counted.
         let value = if counter && d.committed_total.is_finite() && d.committed_total >= 0.0 { d.committed_total } else { f64::NAN };
         let key = counter.then(|| self.series.resume_key(d));
-        if let Some(n) = self.book.get_mut(node_name) {
-            n.series.insert(d.id, NodeSeries { slot, kind, value, raw: f64::NAN, key, contributing: false, role });
+        if let Some(mut n) = self.book.node_mut(node_name) {
+            n.define_series(d.id, NodeSeries { slot, kind, value, raw: f64::NAN, key, contributing: false, role });
         }
     }
 
@@ -40,46 +40,33 @@ impl ClusterState {
 
     /// Apply one value; returns the capacity role of the series when it is a capacity gauge.
     fn apply_value(&mut self, node_name: &Arc<str>, id: u32, v: f64) -> Option<CapRole> {
-        let node = self.book.get_mut(node_name)?;
-        let Some(s) = node.series.get_mut(&id) else {
-            self.stats.series_rejected.inc(SeriesRefusal::UnknownId);
-            return None;
+        let folded = self.book.node_mut(node_name)?.set_value(id, v);
+        let (slot, change, role) = match folded {
+            Folded::UnknownId => {
+                self.stats.series_rejected.inc(SeriesRefusal::UnknownId);
+                return None;
+            }
+            Folded::NoSlot => return None,
+            Folded::Into { slot, change, role } => (slot, change, role),
         };
-        let slot = self.series.get_mut(s.slot?);
-        if !v.is_finite() {
-            self.stats.nonfinite_values += 1;
-            if s.kind == MetricKind::Gauge && s.contributing {
-                // The node has no meaningful value now: stop counting its old one.
-                withdraw(slot, node_name, s.value);
-                s.contributing = false;
-            }
-            return s.role;
-        }
-        match s.kind {
-            MetricKind::Counter => {
-                let last = if s.value.is_nan() { 0.0 } else { s.value };
-                if v < last {
-                    // Totals only grow within a run; take it as the new baseline, never as a negative.
-                    self.stats.counter_regressions += 1;
-                } else {
-                    // Into the open window; the Prometheus total follows when the window closes.
-                    slot.window += v - last;
-                    if node.keeps_position {
-                        unpublished_entry(&mut node.unpublished, id, s.raw).pending += v - last;
-                    }
+        match change {
+            SlotChange::NonFinite { withdraw } => {
+                self.stats.nonfinite_values += 1;
+                if let Some(old) = withdraw {
+                    self.series.withdraw(slot, node_name, old);
                 }
-                s.value = v;
             }
-            _ => {
-                if s.contributing {
-                    withdraw(slot, node_name, s.value);
+            SlotChange::Regressed => self.stats.counter_regressions += 1,
+            // Into the open window; the Prometheus total follows when the window closes.
+            SlotChange::Increment(by) => self.series.add_increment(slot, by),
+            SlotChange::Gauge { old, new } => {
+                if let Some(old) = old {
+                    self.series.withdraw(slot, node_name, old);
                 }
-                slot.contribute(node_name, v);
-                s.value = v;
-                s.contributing = true;
+                self.series.contribute(slot, node_name, new);
             }
         }
-        s.role
+        role
     }
 
     /// A capacity gauge of a node changed (`None`: withdrawn): update its derived numbers and the sums.
@@ -90,18 +77,16 @@ impl ClusterState {
     /// Whether the node's introspection lists IPv6 prefixes; a change moves the node in or out of the
     /// IPv4 capacity numbers.
     pub(super) fn set_ipv6_prefixes(&mut self, node_name: &Arc<str>, ipv6: bool) {
-        if self.book.get(node_name).is_some_and(|n| n.capacity.ipv6_prefixes != ipv6) {
+        if self.book.get(node_name).is_some_and(|n| n.capacity().ipv6_prefixes != ipv6) {
             self.change_capacity(node_name, |c| c.ipv6_prefixes = ipv6);
         }
     }
 
     fn change_capacity(&mut self, node_name: &Arc<str>, change: impl FnOnce(&mut super::capacity::Capacity)) {
-        let Some(node) = self.book.get_mut(node_name) else { return };
-        self.breakdowns.apply(&node.groups, &node.capacity, &node.derived, false);
-        change(&mut node.capacity);
-        let new = node.capacity.derive(self.cfg.low_ip_threshold);
-        let old = std::mem::replace(&mut node.derived, new);
-        self.breakdowns.apply(&node.groups, &node.capacity, &node.derived, true);
+        let Some(mut node) = self.book.node_mut(node_name) else { return };
+        self.breakdowns.apply(node.groups(), node.capacity(), node.derived(), false);
+        let (old, new) = node.change_capacity(change, self.cfg.low_ip_threshold);
+        self.breakdowns.apply(node.groups(), node.capacity(), node.derived(), true);
         self.capacity.sub(&old);
         self.capacity.add(&new);
         if new.anomalous && !old.anomalous {
@@ -111,10 +96,9 @@ impl ClusterState {
 
     /// A node's series is gone: its gauge leaves the sums (a counter's increments stay counted).
     pub(super) fn remove_series(&mut self, node_name: &Arc<str>, id: u32) {
-        let Some(node) = self.book.get_mut(node_name) else { return };
-        let Some(s) = node.series.remove(&id) else { return };
+        let Some(s) = self.book.node_mut(node_name).and_then(|mut n| n.remove_series(id)) else { return };
         if let (Some(i), true) = (s.slot, s.contributing) {
-            withdraw(self.series.get_mut(i), node_name, s.value);
+            self.series.withdraw(i, node_name, s.value);
         }
         if let Some(role) = s.role {
             self.set_capacity(node_name, role, None);
@@ -123,12 +107,10 @@ impl ClusterState {
 
     /// A node left: every gauge it contributes leaves the sums.
     pub(super) fn withdraw_node(&mut self, node: &super::NodeState) {
-        self.capacity.sub(&node.derived);
-        self.breakdowns.apply(&node.groups, &node.capacity, &node.derived, false);
-        for s in node.series.values() {
-            if let (Some(i), true) = (s.slot, s.contributing) {
-                withdraw(self.series.get_mut(i), &node.name, s.value);
-            }
+        self.capacity.sub(node.derived());
+        self.breakdowns.apply(node.groups(), node.capacity(), node.derived(), false);
+        for (slot, v) in node.contributions() {
+            self.series.withdraw(slot, node.name(), v);
         }
     }
 }

@@ -33,16 +33,16 @@ pub struct Indexed {
 
 /// The order key of a node's headroom (unknown last).
 pub fn headroom_rank(n: &NodeState) -> u64 {
-    n.derived.headroom.filter(|v| !v.is_nan()).map_or(u64::MAX, super::order_key)
+    n.derived().headroom.filter(|v| !v.is_nan()).map_or(u64::MAX, super::order_key)
 }
 
 impl Indexed {
     pub fn of(n: &NodeState) -> Self {
         Self {
-            status: n.status,
-            dropped: n.dropped_series,
-            stale_at: (n.status == ScrapeStatus::Ok).then(|| n.late_at()),
-            expires_at: n.last_seen + n.ttl,
+            status: n.status(),
+            dropped: n.dropped_series(),
+            stale_at: (n.status() == ScrapeStatus::Ok).then(|| n.late_at()),
+            expires_at: n.last_seen() + n.ttl(),
             headroom: headroom_rank(n),
         }
     }

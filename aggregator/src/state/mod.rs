@@ -18,9 +18,13 @@
 //!   same run coming back (a healed partition) continues from the totals; a new run of the node gets the
 //!   raw values as its resume point ([`ClusterState::hello`]).
 //!
-//! Layout: [`ClusterState`] is made of parts that own their invariants: the [`series`] table (cluster
-//! series, their index, families, names, counter identities) and the [`book`] of nodes (nodes by name,
-//! departed records, the agreed cluster name and region, the [`index`]). This file holds the node
+//! Layout: [`StateHandle`] (`handle`) is the one owner of the lock: the rest of the aggregator changes
+//! the state through its named methods and reads values out of it. [`ClusterState`] orchestrates parts
+//! that own their fields and invariants: the [`series`] table (cluster series, their index, families,
+//! names, counter identities; slots change only through its methods), the [`book`] of nodes (nodes by
+//! name, departed records, the agreed cluster name and region, the [`index`]: a node changes only
+//! through the book's guard, which reindexes it) and each [`NodeState`] (its fields private, changed
+//! by methods that return what the change means for the series). This file holds the node
 //! lifecycle (hello, report, goodbye, expiry) and `report` the checks and steps of one report; `node`
 //! the per-node records, `fold` how a node's values fold into the series, `commits` what sinks
 //! delivered and the withheld increments of keeping runs, `window` the publish window, `views` the
@@ -110,7 +114,9 @@ pub struct Applied {
     pub committed: u64,
 }
 
-/// The whole cluster.
+/// The whole cluster: the orchestrator of the parts (series table, node book, capacity totals,
+/// breakdowns, subnet facts, stats). Its `pub` methods are the operations the [`StateHandle`] exposes
+/// and the read-only views; each runs in one critical section and keeps every part in step.
 #[derive(Debug)]
 pub struct ClusterState {
     cfg: StateConfig,
@@ -152,10 +158,7 @@ impl ClusterState {
     pub fn hello(&mut self, h: &Hello, now: Instant) -> Result<Welcomed, IngestError> {
         let result = self.admit(h, now);
         match &result {
-            Ok(_) => {
-                self.book.reindex(&h.node_name);
-                self.mark_changed(&h.node_name);
-            }
+            Ok(_) => self.mark_changed(&h.node_name),
             Err(e) => self.stats.rejected.inc(e.refusal()),
         }
         result
@@ -171,7 +174,7 @@ impl ClusterState {
         // Another run while the current one is connected and reporting: a second agent claims this node
         // (a restarted agent's old stream is closed by then). Refuse it; the live one keeps the node.
         if let Some(n) = self.book.get(&h.node_name) {
-            if n.run_id != h.run_id && n.connected && !n.reporting_is_late(now) {
+            if n.run_id() != h.run_id && n.connected() && !n.reporting_is_late(now) {
                 return Err(IngestError::DuplicateNode(h.node_name.clone()));
             }
         }
@@ -179,16 +182,17 @@ impl ClusterState {
         let session = self.next_session;
         self.stats.sessions += 1;
         let name = self.book.name(&h.node_name);
-        if self.book.get(&name).is_some_and(|n| n.run_id != h.run_id) {
+        if self.book.get(&name).is_some_and(|n| n.run_id() != h.run_id) {
             // A new agent run: its counter totals start from a new baseline.
             self.stats.agent_restarts += 1;
             self.remove_node(&name);
         }
         let (continued, resume) =
             if self.book.contains(&name) { (false, None) } else { self.arrive(&name, h, session, interval, ttl, now) };
-        let Some(node) = self.book.get_mut(&name) else { return Err(IngestError::StaleSession(session)) };
-        let committed_seq = node.committed_seq;
+        let Some(mut node) = self.book.node_mut(&name) else { return Err(IngestError::StaleSession(session)) };
+        let committed_seq = node.committed_seq();
         node.greet(h, session, interval, ttl, now);
+        drop(node);
         self.book.set_identity(&name, &h.region, &h.cluster_name);
         self.place(&name, h);
         // The run's stream is live again: what it had withheld goes back into the open window.
@@ -227,11 +231,11 @@ impl ClusterState {
     /// (Re)place the node in its breakdown groups.
     fn place(&mut self, name: &Arc<str>, h: &Hello) {
         let groups = self.breakdowns.place(&h.availability_zone, &h.instance_type, &h.node_name);
-        if let Some(node) = self.book.get_mut(name) {
-            if node.groups != groups {
-                self.breakdowns.apply(&node.groups, &node.capacity, &node.derived, false);
-                self.breakdowns.apply(&groups, &node.capacity, &node.derived, true);
-                node.groups = groups;
+        if let Some(mut node) = self.book.node_mut(name) {
+            if node.groups() != groups.as_slice() {
+                self.breakdowns.apply(node.groups(), node.capacity(), node.derived(), false);
+                self.breakdowns.apply(&groups, node.capacity(), node.derived(), true);
+                node.set_groups(groups);
             }
         }
     }
@@ -245,7 +249,6 @@ impl ClusterState {
             Ok(_) => self.stats.reports += 1,
             Err(e) => self.stats.rejected.inc(e.refusal()),
         }
-        self.book.reindex(node);
         if seen(self) != before {
             self.mark_changed(node);
         }
@@ -266,8 +269,8 @@ impl ClusterState {
         // Keep what a return of this run, or the node's next run, needs. A run that never had a report
         // applied, or a keeping run none of whose increments was published, leaves an earlier record
         // in place (its resume point is still the right one).
-        let published_nothing = node.keeps_position && node.closed_seq == 0;
-        let keep = node.last_seq > 0 && !(published_nothing && self.book.departed().contains(name));
+        let published_nothing = node.keeps_position() && node.closed_seq() == 0;
+        let keep = node.last_seq() > 0 && !(published_nothing && self.book.departed().contains(name));
         if keep && self.book.departed_mut().insert(name.clone(), node.into_departed()) {
             self.stats.departed_evicted += 1;
         }
@@ -275,7 +278,7 @@ impl ClusterState {
 
     /// The node said goodbye: its gauges leave the sums at once.
     pub fn goodbye(&mut self, node: &str, session: u64) -> bool {
-        let Some(name) = self.book.get(node).filter(|n| n.session == session).map(|n| n.name.clone()) else {
+        let Some(name) = self.book.get(node).filter(|n| n.session() == session).map(|n| n.name().clone()) else {
             return false;
         };
         self.stats.goodbyes += 1;
@@ -285,9 +288,10 @@ impl ClusterState {
 
     /// The stream ended without a goodbye: keep the node until its TTL.
     pub fn disconnected(&mut self, node: &str, session: u64) {
-        let Some(n) = self.book.get_mut(node).filter(|n| n.session == session) else { return };
-        n.connected = false;
-        let name = n.name.clone();
+        let Some(mut n) = self.book.node_mut(node).filter(|n| n.session() == session) else { return };
+        n.disconnect();
+        let name = n.name().clone();
+        drop(n);
         self.withhold(&name);
         self.mark_changed(&name);
     }

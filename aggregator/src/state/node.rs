@@ -30,31 +30,27 @@ pub(super) struct NodeSeries {
 /// a control byte each), and the aggregator holds one per node. Ids come from the agent in increasing
 /// order, so an insert is a push; lookups are a binary search.
 #[derive(Debug, Clone, Default)]
-pub(super) struct SeriesMap(Vec<(u32, NodeSeries)>);
+struct SeriesMap(Vec<(u32, NodeSeries)>);
 
 impl SeriesMap {
     fn find(&self, id: u32) -> Result<usize, usize> {
         self.0.binary_search_by_key(&id, |(i, _)| *i)
     }
 
-    pub(super) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.0.len()
     }
 
-    pub(super) fn get(&self, id: &u32) -> Option<&NodeSeries> {
+    fn get(&self, id: &u32) -> Option<&NodeSeries> {
         self.find(*id).ok().map(|i| &self.0[i].1)
     }
 
-    pub(super) fn get_mut(&mut self, id: &u32) -> Option<&mut NodeSeries> {
+    fn get_mut(&mut self, id: &u32) -> Option<&mut NodeSeries> {
         self.find(*id).ok().map(|i| &mut self.0[i].1)
     }
 
-    pub(super) fn contains_key(&self, id: &u32) -> bool {
-        self.find(*id).is_ok()
-    }
-
     /// Insert or replace the series `id`.
-    pub(super) fn insert(&mut self, id: u32, s: NodeSeries) {
+    fn insert(&mut self, id: u32, s: NodeSeries) {
         match self.find(id) {
             Ok(i) => self.0[i].1 = s,
             Err(i) => self.0.insert(i, (id, s)),
@@ -62,19 +58,19 @@ impl SeriesMap {
     }
 
     /// Give back the room beyond the series held (after a snapshot).
-    pub(super) fn shrink_to_fit(&mut self) {
+    fn shrink_to_fit(&mut self) {
         self.0.shrink_to_fit();
     }
 
-    pub(super) fn remove(&mut self, id: &u32) -> Option<NodeSeries> {
+    fn remove(&mut self, id: &u32) -> Option<NodeSeries> {
         self.find(*id).ok().map(|i| self.0.remove(i).1)
     }
 
-    pub(super) fn keys(&self) -> impl Iterator<Item = &u32> {
+    fn keys(&self) -> impl Iterator<Item = &u32> {
         self.0.iter().map(|(id, _)| id)
     }
 
-    pub(super) fn values(&self) -> impl Iterator<Item = &NodeSeries> {
+    fn values(&self) -> impl Iterator<Item = &NodeSeries> {
         self.0.iter().map(|(_, s)| s)
     }
 }
@@ -120,52 +116,88 @@ pub(super) fn unpublished_entry(list: &mut Vec<Unpublished>, id: u32, raw: f64) 
     &mut list[i]
 }
 
-/// What the aggregator knows of one node.
+/// What the aggregator knows of one node. Its fields are its own: the state's parts read them through
+/// the accessors below and change them only through the methods that keep them consistent (the book
+/// reindexes a node after every change, see `NodeBook::node_mut`).
 #[derive(Debug)]
 pub struct NodeState {
-    pub name: Arc<str>,
-    pub run_id: u64,
-    pub session: u64,
-    pub agent_version: String,
-    pub availability_zone: String,
-    pub instance_type: String,
-    pub instance_id: String,
-    pub region: String,
-    pub cluster_name: String,
-    pub interval: Duration,
-    pub ttl: Duration,
-    pub last_seen: Instant,
-    pub last_seq: u64,
-    pub snapshot_seen: bool,
-    pub status: ScrapeStatus,
-    pub status_detail: String,
-    pub bad_lines_total: u64,
-    pub dropped_series: u64,
-    pub ipamd_start_time: f64,
-    pub connected: bool,
-    pub capacity: Capacity,
-    pub derived: NodeCapacity,
+    name: Arc<str>,
+    run_id: u64,
+    session: u64,
+    agent_version: String,
+    availability_zone: String,
+    instance_type: String,
+    instance_id: String,
+    region: String,
+    cluster_name: String,
+    interval: Duration,
+    ttl: Duration,
+    last_seen: Instant,
+    last_seq: u64,
+    snapshot_seen: bool,
+    status: ScrapeStatus,
+    status_detail: String,
+    bad_lines_total: u64,
+    dropped_series: u64,
+    ipamd_start_time: f64,
+    connected: bool,
+    capacity: Capacity,
+    derived: NodeCapacity,
     /// The breakdown groups the node belongs to.
-    pub groups: Vec<(Dim, String)>,
+    groups: Vec<(Dim, String)>,
     /// Per-subnet usage as last reported, and as placed in the subnet breakdown.
-    pub subnets: Vec<cni_metrics_proto::v1::SubnetUsage>,
-    pub subnet_groups: Vec<NodeSubnet>,
+    subnets: Vec<cni_metrics_proto::v1::SubnetUsage>,
+    subnet_groups: Vec<NodeSubnet>,
     /// Highest seq of the run in a closed window, and in a window every sink delivered.
-    pub closed_seq: u64,
-    pub committed_seq: u64,
+    closed_seq: u64,
+    committed_seq: u64,
     /// The run reported `baseline_in_doubt` (counted once per run).
-    pub baseline_in_doubt: bool,
+    baseline_in_doubt: bool,
     /// The agent keeps its committed position on the node (`Hello.keeps_position`).
-    pub keeps_position: bool,
+    keeps_position: bool,
     /// Its increments are out of the open window while its stream is gone (keeping runs only).
-    pub withheld: bool,
+    withheld: bool,
     /// ipamd's start time when the last window that included the run closed.
-    pub(super) published_ipamd_start: f64,
+    published_ipamd_start: f64,
     /// Keeping runs: counters changed since the last window that included the run.
-    pub(super) unpublished: Vec<Unpublished>,
-    pub(super) series: SeriesMap,
+    unpublished: Vec<Unpublished>,
+    series: SeriesMap,
     /// The node's entry in the state's index, as last applied.
-    pub(super) indexed: Option<super::index::Indexed>,
+    indexed: Option<super::index::Indexed>,
+}
+
+/// What one value does to the node's cluster series ([`NodeState::set_value`]); the caller folds it
+/// into the series table.
+#[derive(Debug, PartialEq)]
+pub(super) enum Folded {
+    /// The node never defined this id.
+    UnknownId,
+    /// The series has no cluster series (its definition was refused): nothing to fold.
+    NoSlot,
+    /// Fold `change` into cluster series `slot`; `role`: the capacity gauge the series is.
+    Into { slot: u32, change: SlotChange, role: Option<CapRole> },
+}
+
+/// A change of one node's contribution to a cluster series.
+#[derive(Debug, PartialEq)]
+pub(super) enum SlotChange {
+    /// A value that is not finite: the gauge's old value, if it counted, leaves the sum.
+    NonFinite { withdraw: Option<f64> },
+    /// A counter's total went backwards: taken as the new baseline, nothing counted.
+    Regressed,
+    /// A counter's increment, into the open window.
+    Increment(f64),
+    /// A gauge's new value, and its old one when that counted.
+    Gauge { old: Option<f64>, new: f64 },
+}
+
+/// What recording a report's status did ([`NodeState::record`]).
+pub(super) struct Recorded {
+    /// The seq to acknowledge and the run's committed seq.
+    pub(super) ack: u64,
+    pub(super) committed: u64,
+    /// The run reported `baseline_in_doubt` for the first time.
+    pub(super) newly_in_doubt: bool,
 }
 
 /// A counter's sample name and labels (as the agent defined them).
@@ -351,6 +383,301 @@ impl NodeState {
 
     pub fn series_count(&self) -> usize {
         self.series.len()
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub fn run_id(&self) -> u64 {
+        self.run_id
+    }
+
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    pub fn agent_version(&self) -> &str {
+        &self.agent_version
+    }
+
+    pub fn availability_zone(&self) -> &str {
+        &self.availability_zone
+    }
+
+    pub fn instance_type(&self) -> &str {
+        &self.instance_type
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    pub fn cluster_name(&self) -> &str {
+        &self.cluster_name
+    }
+
+    /// When its last report (or hello) arrived.
+    pub fn last_seen(&self) -> Instant {
+        self.last_seen
+    }
+
+    /// The last scrape's status, and what the agent said of it.
+    pub fn status(&self) -> ScrapeStatus {
+        self.status
+    }
+
+    pub fn status_detail(&self) -> &str {
+        &self.status_detail
+    }
+
+    pub fn bad_lines_total(&self) -> u64 {
+        self.bad_lines_total
+    }
+
+    pub fn dropped_series(&self) -> u64 {
+        self.dropped_series
+    }
+
+    /// Whether its stream is open.
+    pub fn connected(&self) -> bool {
+        self.connected
+    }
+
+    /// The capacity gauges as reported, and the numbers derived from them.
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
+    }
+
+    pub fn derived(&self) -> &NodeCapacity {
+        &self.derived
+    }
+
+    /// The highest seq of the run every sink delivered.
+    pub fn committed_seq(&self) -> u64 {
+        self.committed_seq
+    }
+
+    pub(super) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub(super) fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    pub(super) fn closed_seq(&self) -> u64 {
+        self.closed_seq
+    }
+
+    pub(super) fn snapshot_seen(&self) -> bool {
+        self.snapshot_seen
+    }
+
+    pub(super) fn keeps_position(&self) -> bool {
+        self.keeps_position
+    }
+
+    pub(super) fn withheld(&self) -> bool {
+        self.withheld
+    }
+
+    pub(super) fn groups(&self) -> &[(Dim, String)] {
+        &self.groups
+    }
+
+    pub(super) fn subnets(&self) -> &[cni_metrics_proto::v1::SubnetUsage] {
+        &self.subnets
+    }
+
+    pub(super) fn series(&self, id: u32) -> Option<&NodeSeries> {
+        self.series.get(&id)
+    }
+
+    pub(super) fn series_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.series.keys().copied()
+    }
+
+    /// The gauges it counts in cluster series: (series, value).
+    pub(super) fn contributions(&self) -> impl Iterator<Item = (u32, f64)> + '_ {
+        self.series.values().filter(|s| s.contributing).filter_map(|s| Some((s.slot?, s.value)))
+    }
+
+    /// Its index entry is now `new`; returns the one it replaces.
+    pub(super) fn replace_indexed(&mut self, new: Option<super::index::Indexed>) -> Option<super::index::Indexed> {
+        std::mem::replace(&mut self.indexed, new)
+    }
+
+    /// The agent now reports this region and cluster name.
+    pub(super) fn set_identity(&mut self, region: &str, cluster_name: &str) {
+        region.clone_into(&mut self.region);
+        cluster_name.clone_into(&mut self.cluster_name);
+    }
+
+    /// A report older than one applied still shows the node alive.
+    pub(super) fn touch(&mut self, now: Instant) {
+        self.last_seen = now;
+    }
+
+    /// Its stream ended without a goodbye.
+    pub(super) fn disconnect(&mut self) {
+        self.connected = false;
+    }
+
+    /// It now belongs to these breakdown groups.
+    pub(super) fn set_groups(&mut self, groups: Vec<(Dim, String)>) {
+        self.groups = groups;
+    }
+
+    /// Every sink delivered a window with the run's reports up to `seq`: returns whether its commit
+    /// advanced.
+    pub(super) fn advance_commit(&mut self, seq: u64) -> bool {
+        let advanced = seq > self.committed_seq;
+        self.committed_seq = self.committed_seq.max(seq);
+        advanced
+    }
+
+    /// Take the run's increments out of the open window (`true`) or put them back (`false`); returns
+    /// whether that changed anything (only keeping runs are withheld). Their amounts, by cluster
+    /// series, are then [`NodeState::unpublished_by_slot`].
+    pub(super) fn set_withheld(&mut self, withhold: bool) -> bool {
+        if self.withheld == withhold || (withhold && !self.keeps_position) {
+            return false;
+        }
+        self.withheld = withhold;
+        true
+    }
+
+    /// The increments put in the open window since the last window that included the run, by cluster
+    /// series.
+    pub(super) fn unpublished_by_slot(&self) -> impl Iterator<Item = (u32, f64)> + '_ {
+        self.unpublished.iter().filter_map(|u| Some((self.series.get(&u.id)?.slot?, u.pending)))
+    }
+
+    /// A new series (none of that id yet).
+    pub(super) fn define_series(&mut self, id: u32, s: NodeSeries) {
+        self.series.insert(id, s);
+    }
+
+    pub(super) fn remove_series(&mut self, id: u32) -> Option<NodeSeries> {
+        self.series.remove(&id)
+    }
+
+    /// Give back the room beyond the series held (after a snapshot).
+    pub(super) fn shrink_series(&mut self) {
+        self.series.shrink_to_fit();
+    }
+
+    /// Series `id` now has value `v`: what that does to its cluster series.
+    pub(super) fn set_value(&mut self, id: u32, v: f64) -> Folded {
+        let Some(s) = self.series.get_mut(&id) else { return Folded::UnknownId };
+        let Some(slot) = s.slot else { return Folded::NoSlot };
+        let role = s.role;
+        if !v.is_finite() {
+            // The node has no meaningful value now: stop counting its old one.
+            let withdraw = (s.kind == MetricKind::Gauge && s.contributing).then_some(s.value);
+            if withdraw.is_some() {
+                s.contributing = false;
+            }
+            return Folded::Into { slot, change: SlotChange::NonFinite { withdraw }, role };
+        }
+        let change = match s.kind {
+            MetricKind::Counter => {
+                let last = if s.value.is_nan() { 0.0 } else { s.value };
+                let raw = s.raw;
+                s.value = v;
+                if v < last {
+                    // Totals only grow within a run; take it as the new baseline, never as a negative.
+                    SlotChange::Regressed
+                } else {
+                    if self.keeps_position {
+                        unpublished_entry(&mut self.unpublished, id, raw).pending += v - last;
+                    }
+                    SlotChange::Increment(v - last)
+                }
+            }
+            _ => {
+                let old = s.contributing.then_some(s.value);
+                s.value = v;
+                s.contributing = true;
+                SlotChange::Gauge { old, new: v }
+            }
+        };
+        Folded::Into { slot, change, role }
+    }
+
+    /// The counters' raw values of report `r` (the resume point), before their totals apply; returns
+    /// what a recovering run brings beyond its committed totals.
+    pub(super) fn note_raws(&mut self, r: &cni_metrics_proto::v1::Report, recovering: bool) -> f64 {
+        let mut raws = r.counter_raws.iter();
+        let mut recovered = 0.0;
+        for (&id, &v) in r.ids.iter().zip(&r.values) {
+            let Some(s) = self.series.get_mut(&id).filter(|s| s.kind == MetricKind::Counter) else { continue };
+            let base = if s.value.is_nan() { 0.0 } else { s.value };
+            if let Some(&raw) = raws.next() {
+                // The published position moves on: remember it, unless the series is new and brings
+                // nothing to count (then its first raw value is its position).
+                if self.keeps_position && raw != s.raw && !(s.raw.is_nan() && v <= base) {
+                    unpublished_entry(&mut self.unpublished, id, s.raw);
+                }
+                s.raw = raw;
+            }
+            if recovering && v.is_finite() && v > base {
+                recovered += v - base;
+            }
+        }
+        recovered
+    }
+
+    /// The subnets of a report that changed them, placed in the subnet breakdown; their blocks only
+    /// when kept (`keep_blocks`: they serve `--subnet-prefixes` only).
+    pub(super) fn set_subnets(&mut self, usage: &[cni_metrics_proto::v1::SubnetUsage], placed: Vec<NodeSubnet>, keep_blocks: bool) {
+        self.subnet_groups = placed;
+        usage.clone_into(&mut self.subnets);
+        if !keep_blocks {
+            self.subnets.iter_mut().for_each(|s| s.blocks = Vec::new());
+        }
+    }
+
+    /// Its subnets as placed in the subnet breakdown.
+    pub(super) fn subnet_groups(&self) -> &[NodeSubnet] {
+        &self.subnet_groups
+    }
+
+    /// A report's scrape status, counts and sequence.
+    pub(super) fn record(&mut self, r: &cni_metrics_proto::v1::Report, status: ScrapeStatus, now: Instant) -> Recorded {
+        if status != self.status || !r.status_detail.is_empty() || r.snapshot {
+            self.status_detail.clone_from(&r.status_detail);
+        }
+        self.status = status;
+        self.bad_lines_total += u64::from(r.bad_lines);
+        self.dropped_series = r.dropped_series;
+        if r.ipamd_start_time_seconds > 0.0 {
+            self.ipamd_start_time = r.ipamd_start_time_seconds;
+        }
+        self.last_seen = now;
+        self.last_seq = self.last_seq.max(r.seq);
+        self.snapshot_seen = true;
+        let newly_in_doubt = r.baseline_in_doubt && !self.baseline_in_doubt;
+        self.baseline_in_doubt |= r.baseline_in_doubt;
+        Recorded { ack: self.last_seq, committed: self.committed_seq, newly_in_doubt }
+    }
+
+    /// Change its capacity gauges; returns the derived numbers before and after.
+    pub(super) fn change_capacity(&mut self, change: impl FnOnce(&mut Capacity), low_threshold: f64) -> (NodeCapacity, NodeCapacity) {
+        change(&mut self.capacity);
+        let new = self.capacity.derive(low_threshold);
+        (std::mem::replace(&mut self.derived, new), new)
+    }
+
+    /// Tests: the run's last seq, whether it keeps its position and whether it is withheld.
+    #[cfg(test)]
+    pub(super) fn set_seqs_for_test(&mut self, last_seq: u64, keeps_position: bool, withheld: bool) {
+        (self.last_seq, self.keeps_position, self.withheld) = (last_seq, keeps_position, withheld);
     }
 
     /// What a consumer sees of the node, but its report time, as a hash: a report that leaves it alone

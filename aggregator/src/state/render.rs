@@ -58,7 +58,7 @@ impl ClusterState {
         let mut by_family: BTreeMap<&Arc<str>, Vec<Line>> = BTreeMap::new();
         for s in self.series.iter() {
             if let Some(v) = s.value() {
-                by_family.entry(&s.family).or_default().push((s.name.clone(), s.labels.clone(), v));
+                by_family.entry(s.family()).or_default().push((s.name().clone(), s.labels().to_vec(), v));
             }
         }
         let families = by_family

@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use cni_metrics_proto::v1::{MetricKind, Report, ScrapeStatus};
 
-use super::node::unpublished_entry;
 use super::{status_label, validate, Applied, ClusterState, IngestError};
 
 /// What the checks found.
@@ -24,12 +23,12 @@ impl ClusterState {
     pub(super) fn apply(&mut self, node_name: &str, session: u64, r: &Report, now: Instant) -> Result<Applied, IngestError> {
         if let Checked::Old(applied) = self.check(node_name, session, r)? {
             self.stats.reports_ignored_old_seq += 1;
-            if let Some(n) = self.book.get_mut(node_name) {
-                n.last_seen = now;
+            if let Some(mut n) = self.book.node_mut(node_name) {
+                n.touch(now);
             }
             return Ok(applied);
         }
-        let Some(name) = self.book.get(node_name).map(|n| n.name.clone()) else {
+        let Some(name) = self.book.get(node_name).map(|n| n.name().clone()) else {
             return Err(IngestError::StaleSession(session));
         };
         for d in &r.defs {
@@ -42,7 +41,7 @@ impl ClusterState {
         // start from the committed totals their definitions carry (see `define`), so what a previous
         // aggregator never published is counted now.
         let (first_report, recovering) = match self.book.get(&name) {
-            Some(n) => (n.last_seq == 0, r.snapshot && n.last_seq == 0 && r.seq > 1),
+            Some(n) => (n.last_seq() == 0, r.snapshot && n.last_seq() == 0 && r.seq > 1),
             None => (false, false),
         };
         if first_report {
@@ -65,8 +64,8 @@ impl ClusterState {
 
     /// Refuse a report before anything changes, or find it older than one applied.
     fn check(&self, node_name: &str, session: u64, r: &Report) -> Result<Checked, IngestError> {
-        let node = self.book.get(node_name).filter(|n| n.session == session).ok_or(IngestError::StaleSession(session))?;
-        if !node.snapshot_seen && !r.snapshot {
+        let node = self.book.get(node_name).filter(|n| n.session() == session).ok_or(IngestError::StaleSession(session))?;
+        if !node.snapshot_seen() && !r.snapshot {
             return Err(IngestError::SnapshotExpected);
         }
         if r.ids.len() != r.values.len() {
@@ -76,20 +75,20 @@ impl ClusterState {
             // Kinds of this report's definitions (a map only when it has any: deltas rarely do).
             let defined: HashMap<u32, bool> = r.defs.iter().map(|d| (d.id, d.kind == MetricKind::Counter as i32)).collect();
             let is_counter =
-                |id: &u32| defined.get(id).copied().unwrap_or_else(|| node.series.get(id).is_some_and(|s| s.kind == MetricKind::Counter));
+                |id: &u32| defined.get(id).copied().unwrap_or_else(|| node.series(*id).is_some_and(|s| s.kind == MetricKind::Counter));
             let counters = r.ids.iter().filter(|id| is_counter(id)).count();
             if counters != r.counter_raws.len() {
                 return Err(IngestError::RawMismatch { counters, raws: r.counter_raws.len() });
             }
         }
-        if r.seq <= node.last_seq && !r.snapshot {
-            return Ok(Checked::Old(Applied { ack: node.last_seq, fresh: false, recovered: None, committed: node.committed_seq }));
+        if r.seq <= node.last_seq() && !r.snapshot {
+            return Ok(Checked::Old(Applied { ack: node.last_seq(), fresh: false, recovered: None, committed: node.committed_seq() }));
         }
         // Validate every string and definition before changing anything.
         validate::report(r)?;
         for d in &r.defs {
-            let Some(existing) = node.series.get(&d.id) else { continue };
-            let renamed = existing.slot.is_some_and(|i| *self.series.get(i).name != *d.name);
+            let Some(existing) = node.series(d.id) else { continue };
+            let renamed = existing.slot.is_some_and(|i| **self.series.get(i).name() != *d.name);
             if existing.kind as i32 != d.kind || renamed {
                 return Err(IngestError::Redefined(d.id));
             }
@@ -101,13 +100,12 @@ impl ClusterState {
     /// than they need (a v1.23 node's ~40 series would otherwise keep room for 64).
     fn drop_unlisted(&mut self, name: &Arc<str>, r: &Report) {
         let listed: HashSet<u32> = r.ids.iter().copied().chain(r.defs.iter().map(|d| d.id)).collect();
-        let gone: Vec<u32> =
-            self.book.get(name).map(|n| n.series.keys().copied().filter(|id| !listed.contains(id)).collect()).unwrap_or_default();
+        let gone: Vec<u32> = self.book.get(name).map(|n| n.series_ids().filter(|id| !listed.contains(id)).collect()).unwrap_or_default();
         for id in gone {
             self.remove_series(name, id);
         }
-        if let Some(n) = self.book.get_mut(name) {
-            n.series.shrink_to_fit();
+        if let Some(mut n) = self.book.node_mut(name) {
+            n.shrink_series();
         }
     }
 
@@ -115,7 +113,7 @@ impl ClusterState {
     fn establish(&mut self, name: &Arc<str>, r: &Report) {
         // A departed record of an earlier run has served its purpose (for a keeping run, once a window
         // with its increments closed: until then it is the resume point).
-        if self.book.get(name).is_some_and(|n| !n.keeps_position) {
+        if self.book.get(name).is_some_and(|n| !n.keeps_position()) {
             self.book.departed_mut().remove(name);
         }
         if r.baseline_unknown {
@@ -126,26 +124,7 @@ impl ClusterState {
     /// The counters' raw values (the resume point), before their totals apply; returns what a
     /// recovering run brings beyond its committed totals.
     fn note_raws(&mut self, name: &Arc<str>, r: &Report, recovering: bool) -> f64 {
-        let Some(node) = self.book.get_mut(name) else { return 0.0 };
-        let mut raws = r.counter_raws.iter();
-        let mut recovered = 0.0;
-        let keeps = node.keeps_position;
-        for (&id, &v) in r.ids.iter().zip(&r.values) {
-            let Some(s) = node.series.get_mut(&id).filter(|s| s.kind == MetricKind::Counter) else { continue };
-            let base = if s.value.is_nan() { 0.0 } else { s.value };
-            if let Some(&raw) = raws.next() {
-                // The published position moves on: remember it, unless the series is new and brings
-                // nothing to count (then its first raw value is its position).
-                if keeps && raw != s.raw && !(s.raw.is_nan() && v <= base) {
-                    unpublished_entry(&mut node.unpublished, id, s.raw);
-                }
-                s.raw = raw;
-            }
-            if recovering && v.is_finite() && v > base {
-                recovered += v - base;
-            }
-        }
-        recovered
+        self.book.node_mut(name).map_or(0.0, |mut node| node.note_raws(r, recovering))
     }
 
     /// The report's scrape status, subnets and sequence on the node.
@@ -158,37 +137,23 @@ impl ClusterState {
         if r.subnets_changed {
             self.set_ipv6_prefixes(name, r.subnets.iter().any(|s| s.ipv6_prefixes > 0));
         }
-        let Some(node) = self.book.get_mut(name) else {
+        let keep_blocks = self.subnets.threshold.is_some();
+        let Some(mut node) = self.book.node_mut(name) else {
             return Err(IngestError::StaleSession(session));
         };
         if r.subnets_changed {
+            // The blocks only serve --subnet-prefixes, which needs --subnet-metrics: not kept without it.
             let placed = self.breakdowns.place_subnets(&r.subnets);
-            self.breakdowns.apply_subnets(&node.subnet_groups, false);
+            self.breakdowns.apply_subnets(node.subnet_groups(), false);
             self.breakdowns.apply_subnets(&placed, true);
-            node.subnet_groups = placed;
-            node.subnets.clone_from(&r.subnets);
-            if self.subnets.threshold.is_none() {
-                // The blocks only serve --subnet-prefixes, which needs --subnet-metrics: not kept without it.
-                node.subnets.iter_mut().for_each(|s| s.blocks = Vec::new());
-            }
+            node.set_subnets(&r.subnets, placed, keep_blocks);
         }
-        if status != node.status || !r.status_detail.is_empty() || r.snapshot {
-            node.status_detail.clone_from(&r.status_detail);
-        }
-        node.status = status;
-        node.bad_lines_total += u64::from(r.bad_lines);
-        node.dropped_series = r.dropped_series;
-        if r.ipamd_start_time_seconds > 0.0 {
-            node.ipamd_start_time = r.ipamd_start_time_seconds;
-        }
-        node.last_seen = now;
-        node.last_seq = node.last_seq.max(r.seq);
-        node.snapshot_seen = true;
-        if r.baseline_in_doubt && !node.baseline_in_doubt {
-            node.baseline_in_doubt = true;
+        let recorded = node.record(r, status, now);
+        drop(node);
+        if recorded.newly_in_doubt {
             self.stats.baseline_in_doubt_runs += 1;
         }
-        let applied = Applied { ack: node.last_seq, fresh: true, recovered: None, committed: node.committed_seq };
+        let applied = Applied { ack: recorded.ack, fresh: true, recovered: None, committed: recorded.committed };
         if !r.ids.is_empty() || !r.removed.is_empty() || !r.defs.is_empty() || r.snapshot {
             self.version += 1;
         }

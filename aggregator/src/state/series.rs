@@ -2,7 +2,9 @@
 //! catalogue's cluster fold) with its gauge sum or maximum and its counter totals, found by identity in
 //! O(1). The table owns its invariants: a slot's identity never changes, at most `max` slots exist, one
 //! kind per identity, and each counter identity (its [`ResumeKey`]) is held once however many nodes
-//! have it. How a node's values fold into the slots is in `fold.rs`.
+//! have it. Slots change only through the table's methods ([`SeriesTable::contribute`],
+//! [`SeriesTable::withdraw`], [`SeriesTable::add_increment`], [`SeriesTable::close_window`]); which
+//! node values fold into them is decided in `fold.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -19,23 +21,23 @@ type SlotKey = (Arc<str>, Vec<(String, String)>);
 /// One cluster series.
 #[derive(Debug)]
 pub(super) struct Slot {
-    pub(super) family: Arc<str>,
-    pub(super) name: Arc<str>,
-    pub(super) labels: Vec<(String, String)>,
-    pub(super) kind: MetricKind,
-    pub(super) fold: NodeFold,
+    family: Arc<str>,
+    name: Arc<str>,
+    labels: Vec<(String, String)>,
+    kind: MetricKind,
+    fold: NodeFold,
     /// Gauge: sum of contributing nodes' finite values.
-    pub(super) sum: f64,
+    sum: f64,
     /// Gauge: number of contributing nodes.
-    pub(super) contributors: u32,
+    contributors: u32,
     /// Gauge with max fold: value per contributing node, and how many nodes have each value (by
     /// [`order_key`]), so the maximum is read in O(log values) instead of a pass over the nodes.
-    pub(super) per_node: HashMap<Arc<str>, f64>,
-    pub(super) maxima: BTreeMap<u64, u32>,
+    per_node: HashMap<Arc<str>, f64>,
+    maxima: BTreeMap<u64, u32>,
     /// Counter: increments since aggregator start.
-    pub(super) total: f64,
+    total: f64,
     /// Counter: increments in the open publish window.
-    pub(super) window: f64,
+    window: f64,
 }
 
 impl Slot {
@@ -180,8 +182,19 @@ impl SeriesTable {
         &self.slots[i as usize]
     }
 
-    pub(super) fn get_mut(&mut self, i: u32) -> &mut Slot {
-        &mut self.slots[i as usize]
+    /// A node's gauge value `v` now counts in slot `i` (its previous one withdrawn first).
+    pub(super) fn contribute(&mut self, i: u32, node: &Arc<str>, v: f64) {
+        self.slots[i as usize].contribute(node, v);
+    }
+
+    /// A node's gauge value `v` no longer counts in slot `i`.
+    pub(super) fn withdraw(&mut self, i: u32, node: &Arc<str>, v: f64) {
+        self.slots[i as usize].withdraw(node, v);
+    }
+
+    /// A counter increment (negative: one taken back) in slot `i`'s open window.
+    pub(super) fn add_increment(&mut self, i: u32, by: f64) {
+        self.slots[i as usize].window += by;
     }
 
     /// The slot of this sample name and labels (any order).
@@ -240,24 +253,46 @@ impl Slot {
         }
     }
 
+    pub(super) fn family(&self) -> &Arc<str> {
+        &self.family
+    }
+
+    pub(super) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub(super) fn labels(&self) -> &[(String, String)] {
+        &self.labels
+    }
+
+    pub(super) fn kind(&self) -> MetricKind {
+        self.kind
+    }
+
+    /// A counter's increments in the open publish window.
+    pub(super) fn window(&self) -> f64 {
+        self.window
+    }
+
     /// A node's gauge value `v` now counts in the slot (its previous one, if any, withdrawn first).
-    pub(super) fn contribute(&mut self, node: &Arc<str>, v: f64) {
+    fn contribute(&mut self, node: &Arc<str>, v: f64) {
         self.sum += v;
         self.contributors += 1;
         if self.fold == NodeFold::Max {
             self.set_node_max(node, Some(v));
         }
     }
-}
 
-pub(super) fn withdraw(slot: &mut Slot, node: &Arc<str>, v: f64) {
-    slot.sum -= v;
-    slot.contributors = slot.contributors.saturating_sub(1);
-    if slot.contributors == 0 {
-        slot.sum = 0.0; // no residue from float rounding once nobody contributes
-    }
-    if slot.fold == NodeFold::Max {
-        slot.set_node_max(node, None);
+    /// A node's gauge value `v` no longer counts in the slot.
+    fn withdraw(&mut self, node: &Arc<str>, v: f64) {
+        self.sum -= v;
+        self.contributors = self.contributors.saturating_sub(1);
+        if self.contributors == 0 {
+            self.sum = 0.0; // no residue from float rounding once nobody contributes
+        }
+        if self.fold == NodeFold::Max {
+            self.set_node_max(node, None);
+        }
     }
 }
 
@@ -318,7 +353,7 @@ mod tests {
     fn closing_the_window_moves_increments_into_totals() {
         let mut t = SeriesTable::new(10);
         let i = t.slot_for(&def("a_total", "a", MetricKind::Counter, &[]), MetricKind::Counter).expect("slot");
-        t.get_mut(i).window += 5.0;
+        t.add_increment(i, 5.0);
         assert_eq!((t.get(i).value(), t.get(i).live_value()), (Some(0.0), Some(5.0)));
         t.close_window();
         assert_eq!((t.get(i).value(), t.get(i).live_value()), (Some(5.0), Some(5.0)));

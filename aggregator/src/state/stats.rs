@@ -101,40 +101,40 @@ impl IngestError {
 /// Self-metrics of ingestion (names in [`ClusterState::render_prometheus`](super::ClusterState::render_prometheus)).
 #[derive(Debug, Default, Clone)]
 pub struct IngestStats {
-    pub sessions: u64,
-    pub reports: u64,
-    pub reports_ignored_old_seq: u64,
-    pub rejected: Counts<Refusal>,
-    pub series_rejected: Counts<SeriesRefusal>,
-    pub scrape_errors: BTreeMap<&'static str, u64>,
-    pub bad_lines: u64,
-    pub nonfinite_values: u64,
-    pub counter_regressions: u64,
-    pub goodbyes: u64,
-    pub expired: u64,
-    pub agent_restarts: u64,
+    pub(in crate::state) sessions: u64,
+    pub(in crate::state) reports: u64,
+    pub(in crate::state) reports_ignored_old_seq: u64,
+    pub(in crate::state) rejected: Counts<Refusal>,
+    pub(in crate::state) series_rejected: Counts<SeriesRefusal>,
+    pub(in crate::state) scrape_errors: BTreeMap<&'static str, u64>,
+    pub(in crate::state) bad_lines: u64,
+    pub(in crate::state) nonfinite_values: u64,
+    pub(in crate::state) counter_regressions: u64,
+    pub(in crate::state) goodbyes: u64,
+    pub(in crate::state) expired: u64,
+    pub(in crate::state) agent_restarts: u64,
     /// Runs first seen mid-way (this aggregator restarted) and the increments counted from their
     /// committed totals: exact unless a previous aggregator delivered a window whose commit never
     /// reached the agent (then these were counted twice).
-    pub runs_recovered: u64,
-    pub recovered_increments: f64,
+    pub(in crate::state) runs_recovered: u64,
+    pub(in crate::state) recovered_increments: f64,
     /// First snapshots whose agent started counting without a baseline (increments before it unknown).
-    pub baseline_unknown_runs: u64,
+    pub(in crate::state) baseline_unknown_runs: u64,
     /// Runs counted from a young ipamd's start without a resume point by a younger aggregator (part may be
     /// counted twice).
-    pub baseline_in_doubt_runs: u64,
+    pub(in crate::state) baseline_in_doubt_runs: u64,
     /// New runs resumed from a departed record, and departed runs that came back and continued.
-    pub runs_resumed: u64,
-    pub runs_continued: u64,
+    pub(in crate::state) runs_resumed: u64,
+    pub(in crate::state) runs_continued: u64,
     /// Departed records dropped at `max_departed` (a later agent run of those nodes cannot resume).
-    pub departed_evicted: u64,
+    pub(in crate::state) departed_evicted: u64,
     /// Times a node started reporting impossible capacity values.
-    pub capacity_anomalies: u64,
+    pub(in crate::state) capacity_anomalies: u64,
     /// Longest wait for the state lock since `/metrics` last rendered, and how long that render held it.
-    pub longest_lock_wait: std::time::Duration,
-    pub last_render_hold: std::time::Duration,
+    pub(in crate::state) longest_lock_wait: std::time::Duration,
+    pub(in crate::state) last_render_hold: std::time::Duration,
     /// Streams ended because the agent's token expired (the agent reconnects with its refreshed one).
-    pub token_expiries: u64,
+    pub(in crate::state) token_expiries: u64,
     /// Reports applied that arrived in parts.
-    pub reports_in_parts: u64,
+    pub(in crate::state) reports_in_parts: u64,
 }

@@ -62,7 +62,7 @@ fn gauges_sum_over_live_nodes_and_leave_on_goodbye_or_ttl() {
     assert!(st.goodbye("n1", s1));
     assert_eq!(st.value(ASSIGNED, &[]), Some(50.0));
     // n2 keeps reporting, n3 goes silent past its TTL (3 × 1 s).
-    let s2 = st.node("n2").map(|n| n.session).unwrap_or_default();
+    let s2 = st.node("n2").map(|n| n.session()).unwrap_or_default();
     st.report("n2", s2, &report(2, false, vec![], &[], &[]), t0 + Duration::from_secs(3)).expect("heartbeat");
     let expired = st.expire(t0 + Duration::from_millis(3500));
     assert_eq!(expired.iter().map(|n| &**n).collect::<Vec<_>>(), vec!["n3"]);
@@ -211,8 +211,8 @@ fn label_folds_kinds_and_latency() {
     assert_eq!(get("awsAPILatency"), Some((300.0, "Milliseconds")));
     assert_eq!(get("assignedIPsPerENI"), Some((14.0, "Count")));
     // Without quantiles: the mean of the window's increments.
-    st.goodbye("a", st.node("a").map(|n| n.session).unwrap_or_default());
-    let sb = st.node("b").map(|n| n.session).unwrap_or_default();
+    st.goodbye("a", st.node("a").map(|n| n.session()).unwrap_or_default());
+    let sb = st.node("b").map(|n| n.session()).unwrap_or_default();
     st.report("b", sb, &report(2, false, vec![], &[(4, 900.0), (5, 6.0)], &[3]), t0).expect("upd");
     let w = st.take_window(0);
     assert_eq!(w.window.datums.iter().find(|d| d.metric_name == "awsAPILatency").map(|d| d.value), Some(150.0));
@@ -429,9 +429,9 @@ fn derived_capacity_per_node_then_summed() {
     assert_eq!(get("nodesLowOnIPs"), Some((1.0, "Count")));
     assert_eq!(get("ipUtilization").map(|v| v.1), Some("Percent"));
     // Node b gets more IPs; node c leaves: sums follow without a full recomputation.
-    let sb = st.node("b").map(|n| n.session).unwrap_or_default();
+    let sb = st.node("b").map(|n| n.session()).unwrap_or_default();
     st.report("b", sb, &report(2, false, vec![], &[(3, 110.0)], &[]), t0).expect("update");
-    st.goodbye("c", st.node("c").map(|n| n.session).unwrap_or_default());
+    st.goodbye("c", st.node("c").map(|n| n.session()).unwrap_or_default());
     let c = *st.capacity();
     assert_eq!((c.available, c.headroom, c.low_nodes, c.anomalous_nodes), (11.0, 103.0, 0, 0));
     let mut out = String::new();
@@ -483,7 +483,7 @@ fn ipv6_nodes_stay_in_the_sums_and_out_of_the_ipv4_capacity() {
     assert_eq!((c.available, c.headroom, c.low_nodes, c.ipv6_nodes, c.with_headroom), (8.0, 48.0, 0, 2, 1));
     assert_eq!(c.utilization(), (Some(10.0 / 18.0), Some(10.0 / 58.0)), "IPv4 ratios over the IPv4 node only");
     assert_eq!(st.value(ASSIGNED, &[]), Some(123.0), "the sums keep every node");
-    let view = st.node("v6-small").map(|n| n.derived).unwrap_or_default();
+    let view = st.node("v6-small").map(|n| *n.derived()).unwrap_or_default();
     assert!(view.ipv6 && !view.low && view.headroom.is_none(), "{view:?}");
     let mut out = String::new();
     st.render_prometheus(&mut out, t0);

@@ -36,7 +36,7 @@ impl ClusterState {
 
     /// Every cluster series with a value: (name, labels, kind, value).
     pub fn aggregates(&self) -> impl Iterator<Item = (&str, &[(String, String)], MetricKind, f64)> {
-        self.series.iter().filter_map(|s| Some((&*s.name, s.labels.as_slice(), s.kind, s.value()?)))
+        self.series.iter().filter_map(|s| Some((&**s.name(), s.labels(), s.kind(), s.value()?)))
     }
 
     /// Cluster sums of the derived capacity numbers.
@@ -52,7 +52,7 @@ impl ClusterState {
     /// When the node's last report arrived, as a key that orders and pages (nanoseconds from an origin
     /// fixed per aggregator process).
     pub fn report_key(&self, n: &NodeState) -> u64 {
-        n.last_seen.saturating_duration_since(self.epoch).as_nanos() as u64
+        n.last_seen().saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
     /// Nodes whose last scrape had this status.

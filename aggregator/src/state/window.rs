@@ -105,7 +105,7 @@ fn family_datums(series: &SeriesTable) -> Vec<Datum> {
         let slots = by_family.get(spec.name).map_or(&[][..], Vec::as_slice).iter().copied();
         let (value, unit) = match spec.cloudwatch_fold {
             CloudWatchFold::GaugeSum => (sum_of(slots.filter_map(Slot::gauge_value)), Unit::Count),
-            CloudWatchFold::CounterIncrease => (sum_of(slots.filter(|s| s.kind == MetricKind::Counter).map(|s| s.window)), Unit::Count),
+            CloudWatchFold::CounterIncrease => (sum_of(slots.filter(|s| s.kind() == MetricKind::Counter).map(|s| s.window())), Unit::Count),
             CloudWatchFold::LatencyP99OrMean => (latency(slots), Unit::Milliseconds),
         };
         if let Some(value) = value {
@@ -239,14 +239,14 @@ fn latency<'a>(slots: impl Iterator<Item = &'a Slot>) -> Option<f64> {
     let mut p99: Option<f64> = None;
     let (mut sum, mut count) = (0.0, 0.0);
     for s in slots {
-        if s.labels.iter().any(|(k, v)| k == "quantile" && v == "0.99") {
+        if s.labels().iter().any(|(k, v)| k == "quantile" && v == "0.99") {
             if let Some(v) = s.gauge_value() {
                 p99 = Some(p99.map_or(v, |m: f64| m.max(v)));
             }
-        } else if s.name.ends_with("_sum") {
-            sum += s.window;
-        } else if s.name.ends_with("_count") {
-            count += s.window;
+        } else if s.name().ends_with("_sum") {
+            sum += s.window();
+        } else if s.name().ends_with("_count") {
+            count += s.window();
         }
     }
     p99.or_else(|| (count > 0.0).then(|| sum / count))

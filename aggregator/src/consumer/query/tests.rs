@@ -34,7 +34,7 @@ fn orders_and_filters() {
     for (name, zone, assigned) in [("d", "a", 10.0), ("b", "b", 28.0), ("a", "a", 29.0), ("c", "b", 1.0), ("e", "a", 28.0)] {
         join(&mut st, name, zone, assigned, 30.0, t0);
     }
-    let s = st.node("c").map(|n| n.session).unwrap_or_default();
+    let s = st.node("c").map(|n| n.session()).unwrap_or_default();
     set(&mut st, "c", s, 2, 1.0, ScrapeStatus::Timeout, t0 + secs(1));
     let now = t0 + secs(1);
     let page = |r: ListNodesRequest| NodeQuery::from_request(&r).expect("valid").page(&st, now);
@@ -103,7 +103,7 @@ fn pages_cover_every_node_once_while_nodes_change() {
         r2.page_token = q.encode(&next);
         let listed: Vec<String> = first.nodes.iter().map(|n| n.name.clone()).collect();
         let moved = &listed[0];
-        let s = st.node(moved).map(|n| n.session).unwrap_or_default();
+        let s = st.node(moved).map(|n| n.session()).unwrap_or_default();
         set(&mut st, moved, s, 2, 29.0, ScrapeStatus::Ok, t0 + secs(1));
         let rest = all_pages(&st, r2, t0 + secs(1)).concat();
         let mut all: Vec<String> = listed.iter().cloned().chain(rest).collect();

@@ -30,20 +30,37 @@ cni_metrics_proto::label_enum! {
 #[derive(Debug, Default)]
 pub struct SubnetState {
     /// `Some` when `--subnet-metrics` is on.
-    pub threshold: Option<LowThreshold>,
-    pub facts: BTreeMap<String, SubnetFacts>,
+    pub(in crate::state) threshold: Option<LowThreshold>,
+    pub(in crate::state) facts: BTreeMap<String, SubnetFacts>,
     /// Unix ms of the facts; 0 before the first refresh.
-    pub refreshed_unix_ms: i64,
+    pub(in crate::state) refreshed_unix_ms: i64,
     /// The last refresh failed.
-    pub stale: bool,
-    pub refreshes: Counts<RefreshResult>,
+    pub(in crate::state) stale: bool,
+    pub(in crate::state) refreshes: Counts<RefreshResult>,
     /// Refreshes in which some subnet's usable − available − held came out negative.
-    pub inconsistent: u64,
+    pub(in crate::state) inconsistent: u64,
     /// `--subnet-prefixes`: free /28 blocks.
-    pub prefixes: space::PrefixState,
+    pub(in crate::state) prefixes: space::PrefixState,
     /// The exhaustion forecast's samples, and `--forecast-window` in seconds.
-    pub forecasts: forecast::Forecasts,
-    pub forecast_window: f64,
+    pub(in crate::state) forecasts: forecast::Forecasts,
+    pub(in crate::state) forecast_window: f64,
+}
+
+impl SubnetState {
+    /// `--forecast-window`, in seconds.
+    pub fn forecast_window(&self) -> f64 {
+        self.forecast_window
+    }
+
+    /// The last refresh failed: the values are the last good ones.
+    pub fn stale(&self) -> bool {
+        self.stale
+    }
+
+    /// When EC2 last answered (0: never).
+    pub fn refreshed_unix_ms(&self) -> i64 {
+        self.refreshed_unix_ms
+    }
 }
 
 impl ClusterState {
@@ -73,7 +90,8 @@ impl ClusterState {
 
     /// The subnets the cluster's nodes report ENIs in.
     pub fn subnets_in_use(&self) -> Vec<String> {
-        let ids: std::collections::BTreeSet<&str> = self.book.iter().flat_map(|n| n.subnets.iter().map(|s| s.subnet_id.as_str())).collect();
+        let ids: std::collections::BTreeSet<&str> =
+            self.book.iter().flat_map(|n| n.subnets().iter().map(|s| s.subnet_id.as_str())).collect();
         ids.into_iter().map(str::to_owned).collect()
     }
 
@@ -81,7 +99,7 @@ impl ClusterState {
     pub fn cluster_subnet_use(&self) -> BTreeMap<String, ClusterUse> {
         let mut out: BTreeMap<String, ClusterUse> = BTreeMap::new();
         for n in self.book.iter() {
-            for s in &n.subnets {
+            for s in n.subnets() {
                 let u = out.entry(s.subnet_id.clone()).or_default();
                 u.nodes += 1;
                 u.pod_addresses += s.total_ips;

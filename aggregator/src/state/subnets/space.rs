@@ -54,12 +54,12 @@ impl ClusterState {
     }
 
     fn any_node_holds_prefixes(&self) -> bool {
-        let by_introspection = self.book.iter().any(|n| n.subnets.iter().any(|s| s.blocks.iter().any(|b| b.prefix_len < 32)));
+        let by_introspection = self.book.iter().any(|n| n.subnets().iter().any(|s| s.blocks.iter().any(|b| b.prefix_len < 32)));
         by_introspection
             || self
                 .series
                 .iter()
-                .any(|s| &*s.name == "awscni_total_ipv4_prefixes" && s.labels.is_empty() && s.gauge_value().is_some_and(|v| v > 0.0))
+                .any(|s| &**s.name() == "awscni_total_ipv4_prefixes" && s.labels().is_empty() && s.gauge_value().is_some_and(|v| v > 0.0))
     }
 
     /// The subnets EC2 described (their CIDRs) with the blocks the live nodes report in each.
@@ -78,7 +78,7 @@ impl ClusterState {
             })
             .collect();
         for n in self.book.iter() {
-            for s in &n.subnets {
+            for s in n.subnets() {
                 if let Some(input) = out.iter_mut().find(|i| i.subnet_id == s.subnet_id) {
                     input.cluster_blocks.extend(s.blocks.iter().filter_map(|b| crate::state::validate::block(b).ok()));
                 }
