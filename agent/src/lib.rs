@@ -2,7 +2,9 @@
 //! deltas ([`delta`]), build reports ([`report`]) and stream them to the aggregator ([`run()`]).
 //!
 //! - Pure cores (no I/O, table-tested): [`parse`], [`delta`], [`report`], [`commit`] (what the aggregator
-//!   has published of this run), [`position`]'s encoding (the counting position kept on the node).
+//!   has published of this run), [`tally`] (one scrape folded in, reports numbered, commits taken: the
+//!   counting core the event loop drives), [`multicard`] (page totals from introspection's per-card sums),
+//!   [`position`]'s encoding (the counting position kept on the node).
 //! - Edges: [`scrape`] (ipamd's page), [`introspect`] (per-subnet usage), [`imds`] (node facts), the
 //!   state directory (`state_dir`: read at start, written after commits off the loop), the stream to
 //!   the aggregator (`session`), [`http`] (the agent's `/metrics`, `/healthz`, `/readyz`, rendering
@@ -27,6 +29,7 @@ pub mod run;
 pub mod scrape;
 mod session;
 mod state_dir;
+pub mod tally;
 
 pub use config::AgentConfig;
 pub use metrics::AgentStats;

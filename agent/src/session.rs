@@ -36,15 +36,15 @@ pub(crate) enum Event {
 
 /// One stream to the aggregator.
 pub(crate) struct Session {
-    pub(crate) id: u64,
+    id: u64,
     /// The snapshot went out (after the Welcome): deltas may follow.
-    pub(crate) welcomed: bool,
+    welcomed: bool,
     /// The aggregator's Welcome said it assembles reports sent in parts.
-    pub(crate) accepts_parts: bool,
+    accepts_parts: bool,
     /// One queue slot per report, whole or in parts (the stream sends a slot's messages back to back).
     /// Dropped to end the stream's sending side (after the goodbye).
-    pub(crate) tx: mpsc::Sender<Vec<AgentMessage>>,
-    pub(crate) task: JoinHandle<()>,
+    tx: mpsc::Sender<Vec<AgentMessage>>,
+    task: JoinHandle<()>,
 }
 
 impl Session {
@@ -55,6 +55,30 @@ impl Session {
         let _ = tx.try_send(vec![wrap(agent_message::Body::Hello(hello))]);
         let task = tokio::spawn(drive_session(id, channel, rx, token, events));
         Self { id, welcomed: false, accepts_parts: false, tx, task }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the snapshot went out after the Welcome (deltas may follow).
+    pub(crate) fn welcomed(&self) -> bool {
+        self.welcomed
+    }
+
+    /// The snapshot went out.
+    pub(crate) fn mark_welcomed(&mut self) {
+        self.welcomed = true;
+    }
+
+    /// Whether the aggregator assembles reports sent in parts (its Welcome says).
+    pub(crate) fn set_accepts_parts(&mut self, accepts: bool) {
+        self.accepts_parts = accepts;
+    }
+
+    /// End the sending side (after the goodbye); the stream's task, still reading commits, is returned.
+    pub(crate) fn close(self) -> JoinHandle<()> {
+        self.task
     }
 
     /// Queue `report`, in parts of about 1 KiB when the aggregator accepts them; false when the queue
