@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use cni_metrics_proto::duration::parse_positive;
-use cni_metrics_proto::flags::parse_switch;
+use cni_metrics_proto::flags::{non_blank, parse_switch, NonBlank};
 use cni_metrics_proto::telemetry::LogFormat;
+use std::path::PathBuf;
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -23,9 +24,9 @@ pub struct AgentConfig {
     #[arg(long, env = "METRIC_UPDATE_INTERVAL", default_value = "30", value_parser = parse_positive, allow_hyphen_values = true)]
     pub interval: Duration,
 
-    /// This node's name (from the downward API in a cluster); falls back to the host name.
-    #[arg(long, env = "NODE_NAME")]
-    pub node_name: Option<String>,
+    /// This node's name (from the downward API in a cluster); blank: the host name.
+    #[arg(long, env = "NODE_NAME", default_value = "", hide_default_value = true, value_parser = non_blank::<String>)]
+    pub node_name: NonBlank<String>,
 
     /// The aggregator's gRPC address.
     #[arg(long, env = "AGGREGATOR_URL", default_value = "http://cni-metrics-aggregator.kube-system.svc:61690")]
@@ -84,8 +85,8 @@ pub struct AgentConfig {
 
     /// The agent's own /metrics, /healthz and /readyz; empty disables it. Must not collide with ipamd
     /// (61678, 61679, 50051), the network-policy agent (8162, 8163) or upstream's helper (61681).
-    #[arg(long, env = "AGENT_HTTP_LISTEN", default_value = "0.0.0.0:61691")]
-    pub http_listen: String,
+    #[arg(long, env = "AGENT_HTTP_LISTEN", default_value = "0.0.0.0:61691", value_parser = non_blank::<String>)]
+    pub http_listen: NonBlank<String>,
 
     /// Mutual TLS to the aggregator (use an https:// --aggregator URL).
     #[command(flatten)]
@@ -94,12 +95,12 @@ pub struct AgentConfig {
     /// The projected ServiceAccount token (audience `cni-metrics-aggregator`) sent with every stream,
     /// so an aggregator in `--agent-auth token` mode knows this agent speaks for its own node. Re-read at
     /// every connection (kubelet rotates it). Empty: no token.
-    #[arg(long, env = "TOKEN_FILE", default_value = "")]
-    pub token_file: String,
+    #[arg(long, env = "TOKEN_FILE", default_value = "", hide_default_value = true, value_parser = non_blank::<PathBuf>)]
+    pub token_file: NonBlank<PathBuf>,
 
     /// ipamd's introspection endpoint for per-subnet usage; empty disables it.
-    #[arg(long, env = "INTROSPECTION_URL", default_value = "http://127.0.0.1:61679/v1/enis")]
-    pub introspection_url: String,
+    #[arg(long, env = "INTROSPECTION_URL", default_value = "http://127.0.0.1:61679/v1/enis", value_parser = non_blank::<String>)]
+    pub introspection_url: NonBlank<String>,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
@@ -108,8 +109,8 @@ pub struct AgentConfig {
     /// Directory (a hostPath) where the agent keeps its committed counting position, so that a new
     /// agent run resumes exactly when no aggregator knows the node (both restarted, e.g. an upgrade).
     /// Empty disables it.
-    #[arg(long, env = "STATE_DIR", default_value = "")]
-    pub state_dir: String,
+    #[arg(long, env = "STATE_DIR", default_value = "", hide_default_value = true, value_parser = non_blank::<PathBuf>)]
+    pub state_dir: NonBlank<PathBuf>,
 
     /// Create the state directory, give it to this `uid:gid` (mode 0700) and exit: the DaemonSet's init
     /// container, the one step that runs as root (with CAP_CHOWN only), as kubelet creates a hostPath
@@ -161,11 +162,11 @@ impl AgentConfig {
         Self {
             ipamd_url: ipamd_url.to_owned(),
             interval,
-            node_name: Some(node_name.to_owned()),
+            node_name: NonBlank::new(Some(node_name.to_owned())),
             aggregator: aggregator.to_owned(),
             imds: false,
-            introspection_url: String::new(),
-            http_listen: String::new(),
+            introspection_url: NonBlank::default(),
+            http_listen: NonBlank::default(),
             ..Self::defaults()
         }
     }
@@ -177,8 +178,8 @@ impl AgentConfig {
 
     /// The node name, from the flag or the host name.
     pub fn resolved_node_name(&self) -> Result<String, ConfigError> {
-        if let Some(n) = self.node_name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
-            return Ok(n.to_owned());
+        if let Some(n) = self.node_name.get() {
+            return Ok(n.trim().to_owned());
         }
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
@@ -223,10 +224,7 @@ impl AgentConfig {
 
     /// The agent's HTTP address, `None` when disabled.
     pub fn http_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
-        let s = self.http_listen.trim();
-        if s.is_empty() {
-            return Ok(None);
-        }
+        let Some(s) = self.http_listen.get().map(|s| s.trim()) else { return Ok(None) };
         s.parse().map(Some).map_err(|_| ConfigError::HttpListen(s.to_owned()))
     }
 
@@ -248,11 +246,11 @@ mod tests {
     fn defaults_parse_and_match_the_cores() {
         let d = AgentConfig::defaults();
         assert_eq!((d.interval, d.scrape_timeout, d.keepalive), (Duration::from_secs(30), Duration::from_secs(5), Duration::from_secs(30)));
-        assert!(d.imds && d.state_dir.is_empty() && d.http_listen == "0.0.0.0:61691", "{d:?}");
+        assert!(d.imds && !d.state_dir.is_set() && d.http_listen.get().is_some_and(|h| h == "0.0.0.0:61691"), "{d:?}");
         let core = crate::delta::DeltaConfig::default();
         assert_eq!((d.initial_window, d.max_series), (core.initial_window, core.max_series), "DeltaConfig::default drifted from the flags");
         let t = AgentConfig::for_test("http://i", "http://a", "n", Duration::from_secs(1));
-        assert_eq!((t.max_page_bytes, t.imds, t.http_listen.as_str()), (d.max_page_bytes, false, ""));
+        assert_eq!((t.max_page_bytes, t.imds, t.http_listen.is_set()), (d.max_page_bytes, false, false));
     }
 
     #[test]
@@ -266,6 +264,16 @@ mod tests {
     }
 
     #[test]
+    fn blank_means_unset_in_every_optional_flag() {
+        let c = parse(&["--node-name", " ", "--http-listen", "", "--token-file", "", "--introspection-url", "  ", "--state-dir", ""]);
+        let c = c.expect("blank values parse");
+        assert!(!c.node_name.is_set() && !c.token_file.is_set() && !c.introspection_url.is_set() && !c.state_dir.is_set());
+        assert!(matches!(c.http_addr(), Ok(None)), "a blank --http-listen disables the endpoint");
+        let c = parse(&["--token-file", "/var/run/token", "--state-dir", "/var/lib/x"]).expect("values parse");
+        assert_eq!((c.token_file.get().cloned(), c.state_dir.get().cloned()), (Some("/var/run/token".into()), Some("/var/lib/x".into())));
+    }
+
+    #[test]
     fn validation() {
         let mut c = AgentConfig::for_test("http://127.0.0.1:1/metrics", "http://127.0.0.1:2", "n1", Duration::from_secs(1));
         assert!(c.validate().is_ok());
@@ -275,11 +283,12 @@ mod tests {
         c.max_series = 0;
         assert!(matches!(c.validate(), Err(ConfigError::MaxSeries)));
         c.max_series = 1;
-        c.http_listen = "0.0.0.0:61678".into();
+        let listen = |s: &str| NonBlank::new(Some(s.to_owned()));
+        c.http_listen = listen("0.0.0.0:61678");
         assert!(matches!(c.validate(), Err(ConfigError::ReservedPort(61678))));
-        c.http_listen = "nonsense".into();
+        c.http_listen = listen("nonsense");
         assert!(matches!(c.validate(), Err(ConfigError::HttpListen(_))));
-        c.http_listen = "0.0.0.0:61691".into();
+        c.http_listen = listen("0.0.0.0:61691");
         assert!(c.validate().is_ok());
         c.scrape_timeout = Duration::from_secs(60);
         assert_eq!(c.effective_scrape_timeout(), Duration::from_secs(1));

@@ -14,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg = AgentConfig::parse();
     telemetry::init(cfg.log_format);
     if let Some(owner) = &cfg.prepare_state_dir {
-        let dir = std::path::Path::new(cfg.state_dir.trim());
+        let dir = cfg.state_dir.get().ok_or_else(|| anyhow::anyhow!("--prepare-state-dir needs --state-dir (STATE_DIR)"))?;
         cni_metrics_agent::position::prepare_dir(dir, owner).map_err(anyhow::Error::msg)?;
         tracing::info!(dir = %dir.display(), owner = %owner, "state directory ready");
         return Ok(());

@@ -142,6 +142,7 @@ enum Resume {
 /// ipamd's introspection client and its last error (logged once per distinct error).
 struct Introspection {
     client: reqwest::Client,
+    url: String,
     last_error: Option<String>,
 }
 
@@ -184,10 +185,13 @@ impl Agent {
         info!(node = %node, run_id, ipamd = %cfg.ipamd_url, aggregator = %cfg.aggregator, interval = %cni_metrics_proto::duration::format(cfg.interval), "agent starting");
         let node_facts = node_facts(&cfg, &node).await;
         let (position_writer, file_resume) = open_state_dir(&cfg, &node, &stats).await;
-        let introspection = (!cfg.introspection_url.trim().is_empty())
-            .then(|| reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build())
-            .transpose()?
-            .map(|client| Introspection { client, last_error: None });
+        let introspection = match cfg.introspection_url.get() {
+            Some(url) => {
+                let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build()?;
+                Some(Introspection { client, url: url.clone(), last_error: None })
+            }
+            None => None,
+        };
         let link = Link {
             endpoint,
             tls: Arc::new(cfg.tls.clone()),
@@ -298,16 +302,14 @@ impl Agent {
             keeps_position: self.position_writer.is_some(),
         };
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-        let token = (!self.cfg.token_file.is_empty())
-            .then(|| {
-                crate::session::read_token(std::path::Path::new(&self.cfg.token_file))
-                    .inspect_err(|e| {
-                        self.stats.token_read_failures.fetch_add(1, Ordering::Relaxed);
-                        warn!(node = %self.node, error = %e, "connecting without a ServiceAccount token; an aggregator that requires one will refuse the stream");
-                    })
-                    .ok()
-            })
-            .flatten();
+        let token = self.cfg.token_file.get().and_then(|path| {
+            crate::session::read_token(path)
+                .inspect_err(|e| {
+                    self.stats.token_read_failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(node = %self.node, error = %e, "connecting without a ServiceAccount token; an aggregator that requires one will refuse the stream");
+                })
+                .ok()
+        });
         self.link.session = Some(Session::open(self.link.next_session_id, channel, hello, token, self.link.events.clone()));
         self.link.attempts = Some(attempts);
     }
@@ -450,7 +452,7 @@ impl Agent {
     async fn refresh_subnets(&mut self) -> Vec<crate::introspect::CardTotals> {
         let Some(intro) = &mut self.introspection else { return Vec::new() };
         let timeout = self.cfg.effective_scrape_timeout();
-        match crate::introspect::fetch(&intro.client, &self.cfg.introspection_url, self.cfg.max_page_bytes, timeout).await {
+        match crate::introspect::fetch(&intro.client, &intro.url, self.cfg.max_page_bytes, timeout).await {
             Ok(crate::introspect::Introspection { cards, subnets }) => {
                 if intro.last_error.take().is_some() {
                     info!(node = %self.node, subnets = subnets.len(), "ipamd introspection ok");

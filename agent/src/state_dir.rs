@@ -26,11 +26,8 @@ pub(crate) async fn open_state_dir(
     node: &str,
     stats: &Arc<AgentStats>,
 ) -> (Option<PositionWriter>, Option<ResumePoints>) {
-    let dir = cfg.state_dir.trim();
-    if dir.is_empty() {
-        return (None, None);
-    }
-    let file = PositionFile::new(std::path::Path::new(dir));
+    let Some(dir) = cfg.state_dir.get() else { return (None, None) };
+    let file = PositionFile::new(dir);
     let path = file.path().display().to_string();
     let resume = match file.load(node) {
         Ok(Some(p)) => {
@@ -51,7 +48,7 @@ pub(crate) async fn open_state_dir(
         Ok(()) => (Some(PositionWriter::spawn(file, stats.clone(), node.to_owned())), resume),
         Err(e) => {
             stats.state_file_error(&e);
-            warn!(node, dir, reason = e.reason(), error = %e, "the state directory cannot be written: the counting position is not kept on the node");
+            warn!(node, dir = %dir.display(), reason = e.reason(), error = %e, "the state directory cannot be written: the counting position is not kept on the node");
             (None, resume)
         }
     }

@@ -5,18 +5,52 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use cni_metrics_agent::{AgentConfig, AgentStats};
 use cni_metrics_testkit::sim::{PageStyle, SimIpamd};
 use cni_metrics_testkit::{FakeIpamd, Mode};
 use tokio::net::TcpListener;
 
-use crate::config::{AggregatorConfig, DemoConfig};
+use crate::config::{LogArgs, ServerConfig};
 use crate::server::{serve, Handles};
 use crate::sinks::stdout::encode_lines;
 use crate::sinks::{BoxFuture, Sink, SinkError};
 use crate::state::{status_label, ClusterState, Window};
 use cni_metrics_proto::clock::rfc3339;
+use cni_metrics_proto::duration::parse_positive;
+
+/// `demo`'s flags (its own only).
+#[derive(Clone, Debug, clap::Args)]
+pub struct DemoConfig {
+    /// Number of simulated nodes.
+    #[arg(long, default_value_t = 4)]
+    pub nodes: usize,
+    /// Scrape interval of the simulated agents (and step of the simulated ipamds).
+    #[arg(long, default_value = "1s", value_parser = parse_positive)]
+    pub interval: Duration,
+    /// Publish window of the demo aggregator.
+    #[arg(long = "demo-publish-interval", alias = "publish-interval", default_value = "5s", value_parser = parse_positive)]
+    pub publish_interval: Duration,
+    /// Stop after this long (default: run until Ctrl-C).
+    #[arg(long, value_parser = parse_positive)]
+    pub duration: Option<Duration>,
+    /// HTTP address of the demo aggregator's /metrics (a free port is taken when busy).
+    #[arg(long = "demo-http-listen", alias = "http-listen", default_value = "127.0.0.1:61681")]
+    pub http_listen: SocketAddr,
+    /// Seed of the simulation.
+    #[arg(long, default_value_t = 2026)]
+    pub seed: u64,
+    /// Append every published datum to this file (the live view shows a summary of the last window).
+    #[arg(long)]
+    pub datums_log: Option<std::path::PathBuf>,
+    /// Write the logs here (default on a terminal: cni-metrics-demo.log in the temporary directory;
+    /// otherwise stderr).
+    #[arg(long)]
+    pub log_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
 
 /// The last published window, in short, for the view.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -208,9 +242,9 @@ fn fit(s: &str) -> String {
 pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
     let n = cfg.nodes.clamp(1, 64);
     let (fakes, baselines) = start_fakes(&cfg, n).await?;
-    let mut agg_cfg = AggregatorConfig::for_test("demo");
-    agg_cfg.publish_interval = cfg.publish_interval;
-    agg_cfg.breakdown = vec![crate::state::Dim::Az, crate::state::Dim::Subnet];
+    let mut agg_cfg = ServerConfig::for_test("demo");
+    agg_cfg.publish.publish_interval = cfg.publish_interval;
+    agg_cfg.state.breakdown = vec![crate::state::Dim::Az, crate::state::Dim::Subnet];
     let (grpc, http) = bind(&cfg, &agg_cfg).await?;
     let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
     let handles = Handles::new(&agg_cfg);
@@ -228,7 +262,7 @@ pub async fn run_demo(cfg: DemoConfig, shutdown: impl std::future::Future<Output
         let mut acfg = AgentConfig::for_test(&f.url(), &format!("http://{grpc_addr}"), &format!("node-{}", i + 1), cfg.interval);
         acfg.availability_zone = ["eu-west-1a", "eu-west-1b", "eu-west-1c"][i % 3].to_owned();
         acfg.instance_type = ["m5.large", "c5.xlarge", "m6i.2xlarge"][i % 3].to_owned();
-        acfg.introspection_url = f.enis_url();
+        acfg.introspection_url = cni_metrics_proto::flags::NonBlank::new(Some(f.enis_url()));
         agents.push(tokio::spawn(cni_metrics_agent::run(acfg, Arc::new(AgentStats::default()), None, stopped())));
     }
     let header = header_lines(&cfg, n, grpc_addr, http_addr);
@@ -284,10 +318,10 @@ async fn start_fakes(cfg: &DemoConfig, n: usize) -> anyhow::Result<(Vec<FakeIpam
 
 /// The gRPC listener on the default port when free (so `cni-metrics-aggregator watch` finds the demo
 /// without flags), the HTTP one on `--demo-http-listen` when free; else any port.
-async fn bind(cfg: &DemoConfig, agg_cfg: &AggregatorConfig) -> anyhow::Result<(TcpListener, TcpListener)> {
+async fn bind(cfg: &DemoConfig, agg_cfg: &ServerConfig) -> anyhow::Result<(TcpListener, TcpListener)> {
     let grpc = match TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 61690))).await {
         Ok(l) => l,
-        Err(_) => TcpListener::bind(agg_cfg.grpc_listen).await?,
+        Err(_) => TcpListener::bind(agg_cfg.listen.grpc_listen).await?,
     };
     let http = match TcpListener::bind(cfg.http_listen).await {
         Ok(l) => l,

@@ -10,10 +10,20 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use cni_metrics_proto::exposition::Page;
+use cni_metrics_proto::flags::parse_switch;
 
 use crate::publish::PublishStats;
 use crate::sinks::Sink;
 use crate::state::StateHandle;
+
+/// `serve`'s flag for Prometheus.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Prometheus")]
+pub struct PrometheusArgs {
+    /// Serve the cluster aggregates on /metrics (the aggregator's own metrics are always served).
+    #[arg(long, env = "USE_PROMETHEUS", default_value = "true", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub prometheus: bool,
+}
 
 #[derive(Clone)]
 pub struct HttpState {

@@ -35,10 +35,36 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use cni_metrics_proto::duration::parse_positive;
+use cni_metrics_proto::flags::{at_least, blank_or, NonBlank};
 use cni_metrics_proto::parts::Assembler;
 
 use crate::auth::TokenAuth;
 use crate::state::{CommitMark, IngestError, Refusal, StateHandle, Welcomed};
+
+/// `serve`'s flags for agent streams.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Agent streams")]
+pub struct IngestArgs {
+    /// Concurrent gRPC streams one connection may open (an agent needs one).
+    #[arg(long, env = "MAX_STREAMS_PER_CONNECTION", default_value_t = 16)]
+    pub max_streams_per_connection: u32,
+
+    /// Most agent streams open at once (one per node); more are refused with RESOURCE_EXHAUSTED and
+    /// counted, so a flood of connections cannot exhaust memory. Open streams are never dropped for it.
+    /// Unset: the open-file limit (raised to its hard limit at start) less 256; the effective value is
+    /// logged at start.
+    #[arg(long, env = "MAX_STREAMS", default_value = "", hide_default_value = true, value_parser = blank_or(at_least(1usize, "1")))]
+    pub max_streams: NonBlank<usize>,
+
+    /// Time a new agent stream has to send its Hello.
+    #[arg(long, env = "HELLO_TIMEOUT", default_value = "10s", value_parser = parse_positive)]
+    pub hello_timeout: Duration,
+
+    /// Largest gRPC message accepted from an agent, in bytes.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = at_least(64 * 1024usize, "64 KiB"))]
+    pub max_message_bytes: usize,
+}
 
 /// Outbound (ack) queue per stream; acks are cumulative, so a full queue just skips one.
 const ACK_QUEUE: usize = 8;

@@ -24,6 +24,19 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Sleep;
 use tracing::{info, warn};
 
+/// Where the aggregator listens (`serve`).
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Listening")]
+pub struct ListenArgs {
+    /// gRPC listen address for agents.
+    #[arg(long, env = "GRPC_LISTEN", default_value = "0.0.0.0:61690")]
+    pub grpc_listen: SocketAddr,
+
+    /// HTTP listen address for /metrics, /healthz and /readyz (upstream helper's Prometheus port).
+    #[arg(long, env = "HTTP_LISTEN", default_value = "0.0.0.0:61681")]
+    pub http_listen: SocketAddr,
+}
+
 /// Connections the kernel may queue before the aggregator accepts them.
 pub const BACKLOG: u32 = 4096;
 

@@ -6,8 +6,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::Parser;
-use cni_metrics_aggregator::config::{Cli, Command};
+use cni_metrics_aggregator::config::{Cli, Command, ServerConfig};
 use cni_metrics_aggregator::sinks::cloudwatch::CloudWatchSink;
 use cni_metrics_aggregator::sinks::stdout::StdoutSink;
 use cni_metrics_aggregator::sinks::Sink;
@@ -16,40 +15,44 @@ use cni_metrics_proto::telemetry;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let cfg = cli.aggregator.normalized();
-    match cli.command {
+    match Cli::parse_args().command {
         #[cfg(feature = "demo")]
-        Some(Command::Demo(mut demo_cfg)) => {
+        Command::Demo(mut demo_cfg) => {
             // On a terminal the live view owns the screen: logs go to a file it names.
+            let format = demo_cfg.log.log_format;
             if std::io::IsTerminal::is_terminal(&std::io::stdout()) || demo_cfg.log_file.is_some() {
                 let path = demo_cfg.log_file.clone().unwrap_or_else(|| std::env::temp_dir().join("cni-metrics-demo.log"));
                 let file = std::fs::File::create(&path).with_context(|| format!("cannot write the demo log {}", path.display()))?;
-                telemetry::init_file(cfg.log_format, file);
+                telemetry::init_file(format, file);
                 demo_cfg.log_file = Some(path);
             } else {
-                telemetry::init(cfg.log_format);
+                telemetry::init(format);
             }
-            return cni_metrics_aggregator::demo::run_demo(demo_cfg, telemetry::shutdown_signal()).await;
+            cni_metrics_aggregator::demo::run_demo(demo_cfg, telemetry::shutdown_signal()).await
         }
-        Some(Command::Watch(w)) => {
-            telemetry::init(cfg.log_format);
-            return watch::run_watch(w, telemetry::shutdown_signal()).await;
+        Command::Watch(w) => {
+            telemetry::init(w.log.log_format);
+            watch::run_watch(w, telemetry::shutdown_signal()).await
         }
-        None => telemetry::init(cfg.log_format),
+        Command::Serve(args) => {
+            telemetry::init(args.log.log_format);
+            serve(args.validate()?).await
+        }
     }
-    cfg.validate()?;
-    let grpc = cni_metrics_aggregator::listen::bind(cfg.grpc_listen)
-        .with_context(|| format!("cannot listen on {} (--grpc-listen)", cfg.grpc_listen))?;
-    let http = tokio::net::TcpListener::bind(cfg.http_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (--http-listen)", cfg.http_listen))?;
+}
+
+/// Bind the listeners, start the sinks and serve until the shutdown signal.
+async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
+    let grpc_addr = cfg.listen.grpc_listen;
+    let grpc = cni_metrics_aggregator::listen::bind(grpc_addr).with_context(|| format!("cannot listen on {grpc_addr} (--grpc-listen)"))?;
+    let http_addr = cfg.listen.http_listen;
+    let http = tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("cannot listen on {http_addr} (--http-listen)"))?;
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
-    if cfg.stdout {
+    if cfg.publish.stdout {
         sinks.push(Arc::new(StdoutSink::new()));
     }
-    if cfg.cloudwatch {
-        sinks.push(Arc::new(CloudWatchSink::start(cfg.cloudwatch_config())));
+    if let Some(cw) = cfg.cloudwatch.clone() {
+        sinks.push(Arc::new(CloudWatchSink::start(cw)));
     }
     let handles = server::Handles::new(&cfg);
     server::serve(cfg, grpc, http, sinks, handles, telemetry::shutdown_signal()).await?;

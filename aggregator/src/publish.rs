@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cni_metrics_proto::clock::unix_ms_now;
+use cni_metrics_proto::duration::parse_positive;
 use cni_metrics_proto::exposition::{Kind, Page};
+use cni_metrics_proto::flags::parse_switch;
 use cni_metrics_proto::labels::Label;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -23,6 +25,23 @@ use tracing::{info, warn};
 use crate::ingest::CommitMailbox;
 use crate::sinks::Sink;
 use crate::state::{CommitMark, StateHandle};
+
+/// `serve`'s flags for publishing.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Publishing")]
+pub struct PublishArgs {
+    /// Publish window length.
+    #[arg(long, env = "PUBLISH_INTERVAL", default_value = "60s", value_parser = parse_positive)]
+    pub publish_interval: Duration,
+
+    /// Time given to sinks to deliver queued windows at shutdown.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_positive)]
+    pub shutdown_grace: Duration,
+
+    /// Print every publish window to stdout, one line per datum (dry run).
+    #[arg(long, env = "USE_STDOUT", default_value = "false", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub stdout: bool,
+}
 
 cni_metrics_proto::label_enum! {
     /// The `result` of `cni_metrics_publishes_total`.

@@ -18,14 +18,16 @@ use tonic::transport::server::Router;
 use tracing::{info, warn};
 
 use crate::auth::TokenAuth;
-use crate::config::AggregatorConfig;
+use crate::config::ServerConfig;
 use crate::consumer::ConsumerService;
 use crate::http::{router, HttpState};
+use crate::ingest::IngestArgs;
 use crate::ingest::{CommitMailbox, IngestLimits, IngestService, StreamSignals};
 use crate::listen::ConnectionStats;
 use crate::publish::{run_publisher, Commits, PublishStats};
 use crate::sinks::Sink;
 use crate::state::StateHandle;
+use crate::subnets::SubnetsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -53,8 +55,8 @@ pub struct Handles {
 }
 
 impl Handles {
-    pub fn new(cfg: &AggregatorConfig) -> Self {
-        Self { state: StateHandle::new(cfg.state_config()), publish: Arc::default(), connections: Arc::default() }
+    pub fn new(cfg: &ServerConfig) -> Self {
+        Self { state: StateHandle::new(cfg.state.clone()), publish: Arc::default(), connections: Arc::default() }
     }
 }
 
@@ -115,7 +117,7 @@ impl Tasks {
 /// Run until `shutdown` completes, then stop in the order the module doc gives; returns once every task
 /// it started has ended.
 pub async fn serve(
-    cfg: AggregatorConfig,
+    cfg: ServerConfig,
     grpc: TcpListener,
     http: TcpListener,
     sinks: Vec<Arc<dyn Sink>>,
@@ -126,9 +128,9 @@ pub async fn serve(
     let life = Lifecycle::new();
     let (commit_tx, commit_rx) = watch::channel(0u64);
     let mut tasks = Tasks::default();
-    if cfg.subnet_metrics {
-        start_subnets(&cfg, &handles.state, &mut tasks, life.stopped());
-        start_prefixes(&cfg, &handles.state, &mut tasks, life.stopped());
+    if let Some(subnets) = &cfg.subnets {
+        start_subnets(subnets, &handles.state, &mut tasks, life.stopped());
+        start_prefixes(subnets, &handles.state, &mut tasks, life.stopped());
     }
     let mailbox = Arc::new(CommitMailbox::default());
     let signals =
@@ -141,8 +143,8 @@ pub async fn serve(
     let publisher = tokio::spawn(run_publisher(
         handles.state.clone(),
         sinks,
-        cfg.publish_interval,
-        cfg.shutdown_grace,
+        cfg.publish.publish_interval,
+        cfg.publish.shutdown_grace,
         handles.publish.clone(),
         Commits::new(commit_tx, mailbox),
         life.frozen(),
@@ -164,45 +166,40 @@ pub async fn serve(
     Ok(())
 }
 
-fn log_start(cfg: &AggregatorConfig, grpc: &TcpListener, http: &TcpListener, sinks: &[Arc<dyn Sink>]) -> Result<(), ServeError> {
+fn log_start(cfg: &ServerConfig, grpc: &TcpListener, http: &TcpListener, sinks: &[Arc<dyn Sink>]) -> Result<(), ServeError> {
     info!(
         grpc = %grpc.local_addr()?,
         http = %http.local_addr()?,
-        cluster_id = cfg.cluster_id.as_deref().unwrap_or(""),
-        publish_interval = %cni_metrics_proto::duration::format(cfg.publish_interval),
+        cluster_id = cfg.state.cluster_id.as_str(),
+        publish_interval = %cni_metrics_proto::duration::format(cfg.publish.publish_interval),
         sinks = %sinks.iter().map(|s| s.name()).collect::<Vec<_>>().join(","),
         "aggregator starting"
     );
-    if cfg.cluster_id.is_none() {
+    if cfg.state.cluster_id.is_empty() {
         warn!("no cluster id: set AWS_CLUSTER_ID or --cluster-id; the cluster_id label is empty");
     }
     Ok(())
 }
 
 /// `--subnet-metrics`: the state joins what the refresher fetches from EC2.
-fn start_subnets(cfg: &AggregatorConfig, state: &StateHandle, tasks: &mut Tasks, stopped: impl Future<Output = ()> + Send + 'static) {
-    state.enable_subnets(cfg.subnet_low_threshold, cfg.forecast_window);
-    let sub = crate::subnets::SubnetConfig {
-        refresh: cfg.subnet_refresh,
-        discovery: cfg.subnet_discovery,
-        cluster_name: None,
-        region: cfg.region.clone(),
-    };
-    tasks.spawn(crate::subnets::run_refresher(state.clone(), sub, stopped));
+fn start_subnets(cfg: &SubnetsConfig, state: &StateHandle, tasks: &mut Tasks, stopped: impl Future<Output = ()> + Send + 'static) {
+    state.enable_subnets(cfg.low_threshold, cfg.forecast_window);
+    tasks.spawn(crate::subnets::run_refresher(state.clone(), cfg.refresher.clone(), stopped));
 }
 
 /// `--subnet-prefixes` (with `--subnet-metrics`): free /28 blocks, on their own refresh.
-fn start_prefixes(cfg: &AggregatorConfig, state: &StateHandle, tasks: &mut Tasks, stopped: impl Future<Output = ()> + Send + 'static) {
+fn start_prefixes(cfg: &SubnetsConfig, state: &StateHandle, tasks: &mut Tasks, stopped: impl Future<Output = ()> + Send + 'static) {
     use crate::state::subnets::space::PrefixMode;
-    if cfg.subnet_prefixes == PrefixMode::False {
+    if cfg.prefixes == PrefixMode::False {
         return;
     }
-    state.enable_prefixes(cfg.subnet_prefixes, cfg.subnet_low_prefixes);
-    tasks.spawn(crate::subnets::prefixes::run_refresher(state.clone(), cfg.region.clone(), cfg.subnet_prefixes_refresh, stopped));
+    state.enable_prefixes(cfg.prefixes, cfg.low_prefixes);
+    let region = cfg.refresher.region.clone();
+    tasks.spawn(crate::subnets::prefixes::run_refresher(state.clone(), region, cfg.prefixes_refresh, stopped));
 }
 
 /// The agent stream limit: `--max-streams`, else derived from the open-file limit (raised first).
-fn stream_limits(cfg: &AggregatorConfig) -> IngestLimits {
+fn stream_limits(cfg: &IngestArgs) -> IngestLimits {
     let open_files = match crate::limits::raise_open_file_limit() {
         Ok(n) => Some(n),
         Err(e) => {
@@ -210,7 +207,7 @@ fn stream_limits(cfg: &AggregatorConfig) -> IngestLimits {
             None
         }
     };
-    let stream_limit = crate::limits::derive(cfg.max_streams, open_files);
+    let stream_limit = crate::limits::derive(cfg.max_streams.get().copied(), open_files);
     info!(
         max_streams = stream_limit.max_streams,
         open_files = open_files.unwrap_or(0),
@@ -230,18 +227,18 @@ fn stream_limits(cfg: &AggregatorConfig) -> IngestLimits {
 
 /// How agents prove who they are (`--agent-auth`); the token verifier's key refresher runs until stopped.
 fn agent_auth(
-    cfg: &AggregatorConfig,
+    cfg: &ServerConfig,
     tasks: &mut Tasks,
     stopped: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Option<Arc<TokenAuth>>, ServeError> {
-    match cfg.token_auth_config() {
+    match cfg.auth.clone() {
         Some(c) => {
             info!(audience = %c.audience, subject = %c.subject, api_server = %c.source.api_server, "agents must prove their node with a ServiceAccount token");
             let auth = Arc::new(TokenAuth::new(c)?);
             tasks.spawn(auth.clone().run_refresher(stopped));
             Ok(Some(auth))
         }
-        None if cfg.tls_files().is_some() => {
+        None if cfg.tls.is_some() => {
             info!("agents are authenticated by mutual TLS only (--agent-auth none): any client with a certificate can speak for any node");
             Ok(None)
         }
@@ -255,16 +252,16 @@ fn agent_auth(
 /// The gRPC services (ingest, consumer, health, reflection) on one router; the consumer notifier joins
 /// `tasks`.
 async fn grpc_services(
-    cfg: &AggregatorConfig,
+    cfg: &ServerConfig,
     state: &StateHandle,
     signals: StreamSignals,
     auth: Option<Arc<TokenAuth>>,
     tasks: &mut Tasks,
     stopped: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Router, ServeError> {
-    let ingest = IngestServer::new(IngestService::new(state.clone(), signals, stream_limits(cfg), auth))
-        .max_decoding_message_size(cfg.max_message_bytes)
-        .max_encoding_message_size(cfg.max_message_bytes);
+    let ingest = IngestServer::new(IngestService::new(state.clone(), signals, stream_limits(&cfg.ingest), auth))
+        .max_decoding_message_size(cfg.ingest.max_message_bytes)
+        .max_encoding_message_size(cfg.ingest.max_message_bytes);
     let consumer = ConsumerService::new(state.clone());
     tasks.spawn(consumer.notifier(cfg.subscribe_interval, stopped));
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -280,7 +277,7 @@ async fn grpc_services(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // One stream per agent; a few for consumers. A client opening more is held back by HTTP/2.
-        .max_concurrent_streams(Some(cfg.max_streams_per_connection))
+        .max_concurrent_streams(Some(cfg.ingest.max_streams_per_connection))
         .add_service(ingest)
         .add_service(ConsumerServer::new(consumer))
         .add_service(health_svc)
@@ -290,17 +287,17 @@ async fn grpc_services(
 
 /// Serve gRPC on `listener`: with mutual TLS when configured, else plaintext.
 fn spawn_grpc(
-    cfg: &AggregatorConfig,
+    cfg: &ServerConfig,
     router: Router,
     listener: TcpListener,
     connections: Arc<ConnectionStats>,
     stopped: impl Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, ServeError> {
-    Ok(match cfg.tls_files() {
-        Some(files) => {
-            let initial = crate::tls::server_config(&files)?;
-            info!(cert = %files.cert.display(), client_ca = %files.client_ca.display(), "gRPC requires mutual TLS");
-            let incoming = crate::tls::incoming(listener, files, initial, connections, cfg.max_tls_handshakes);
+    Ok(match cfg.tls.clone() {
+        Some(tls) => {
+            let initial = crate::tls::server_config(&tls.files)?;
+            info!(cert = %tls.files.cert.display(), client_ca = %tls.files.client_ca.display(), "gRPC requires mutual TLS");
+            let incoming = crate::tls::incoming(listener, tls.files, initial, connections, tls.max_handshakes);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
         }
         None => {
@@ -312,7 +309,7 @@ fn spawn_grpc(
 
 /// Serve `/metrics`, `/healthz`, `/readyz` on `listener`.
 fn spawn_http(
-    cfg: &AggregatorConfig,
+    cfg: &ServerConfig,
     listener: TcpListener,
     handles: &Handles,
     sinks: Vec<Arc<dyn Sink>>,
@@ -325,7 +322,7 @@ fn spawn_http(
         prometheus: cfg.prometheus,
         sinks,
         connections: handles.connections.clone(),
-        tls: cfg.tls_files().is_some(),
+        tls: cfg.tls.is_some(),
         auth,
     });
     tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await })

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use cni_metrics_proto::flags::{at_least, non_blank, NonBlank};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -35,6 +36,53 @@ pub enum TlsError {
     Empty(PathBuf),
     #[error("invalid TLS material: {0}")]
     Invalid(String),
+}
+
+/// `serve`'s flags for mutual TLS on the gRPC port.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Mutual TLS")]
+pub struct TlsArgs {
+    /// Server certificate (PEM) of the gRPC port; with --tls-key and --tls-client-ca turns on mutual TLS.
+    #[arg(long, env = "TLS_CERT", default_value = "", hide_default_value = true, value_parser = non_blank::<PathBuf>)]
+    pub tls_cert: NonBlank<PathBuf>,
+
+    /// Server private key (PEM).
+    #[arg(long, env = "TLS_KEY", default_value = "", hide_default_value = true, value_parser = non_blank::<PathBuf>)]
+    pub tls_key: NonBlank<PathBuf>,
+
+    /// CA (PEM) that client certificates must chain to.
+    #[arg(long, env = "TLS_CLIENT_CA", default_value = "", hide_default_value = true, value_parser = non_blank::<PathBuf>)]
+    pub tls_client_ca: NonBlank<PathBuf>,
+
+    /// Most TLS handshakes in progress at once; further connections wait (in the listen backlog).
+    #[arg(long, env = "MAX_TLS_HANDSHAKES", default_value_t = 256, value_parser = at_least(1usize, "1"))]
+    pub max_tls_handshakes: usize,
+}
+
+/// Some but not all of the three TLS files.
+#[derive(Debug, thiserror::Error)]
+#[error("mutual TLS needs all of --tls-cert, --tls-key and --tls-client-ca (or none)")]
+pub struct TlsIncomplete;
+
+/// Mutual TLS on the gRPC port: the files and the handshake bound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub files: TlsFiles,
+    pub max_handshakes: usize,
+}
+
+impl TlsArgs {
+    /// `None` when no file is given; all three or none.
+    pub fn config(&self) -> Result<Option<TlsConfig>, TlsIncomplete> {
+        match (self.tls_cert.get(), self.tls_key.get(), self.tls_client_ca.get()) {
+            (Some(cert), Some(key), Some(client_ca)) => Ok(Some(TlsConfig {
+                files: TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: client_ca.clone() },
+                max_handshakes: self.max_tls_handshakes,
+            })),
+            (None, None, None) => Ok(None),
+            _ => Err(TlsIncomplete),
+        }
+    }
 }
 
 /// The three files.

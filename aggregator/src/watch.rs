@@ -13,9 +13,36 @@ use cni_metrics_proto::v1::{
     ClusterView, GetClusterRequest, ListNodesRequest, MetricKind, NodeOrder, NodeView, ScrapeStatus, SubscribeRequest,
 };
 
-use crate::config::WatchConfig;
 use crate::state::status_label;
 use cni_metrics_proto::clock::rfc3339;
+
+/// `watch`'s flags (its own only: a server setting in the environment never breaks it).
+#[derive(Clone, Debug, clap::Args)]
+pub struct WatchConfig {
+    /// The aggregator's gRPC address.
+    #[arg(long = "aggregator", env = "AGGREGATOR_URL", default_value = "http://127.0.0.1:61690")]
+    pub aggregator: String,
+    /// Print one snapshot and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Rows of the node table.
+    #[arg(long, default_value_t = 15)]
+    pub top: usize,
+    /// Only these nodes (repeat the flag).
+    #[arg(long)]
+    pub node: Vec<String>,
+    /// Redraw at most this often.
+    #[arg(long = "refresh", default_value = "1s", value_parser = cni_metrics_proto::duration::parse_positive)]
+    pub interval: std::time::Duration,
+    /// Client certificate, key and CA (PEM) when the aggregator requires mutual TLS (use an https:// URL).
+    #[command(flatten)]
+    pub tls: cni_metrics_proto::tls::ClientTlsFlags,
+    #[command(flatten)]
+    pub log: crate::config::LogArgs,
+}
 
 /// Error counters shown in the view: (family, label).
 const ERROR_FAMILIES: &[(&str, &str)] = &[

@@ -6,18 +6,20 @@ use std::path::PathBuf;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-/// `--tls-cert`, `--tls-key`, `--tls-ca` for gRPC clients.
+use crate::flags::{non_blank, NonBlank};
+
+/// `--tls-cert`, `--tls-key`, `--tls-ca` for gRPC clients (blank: unset).
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ClientTlsFlags {
     /// Client certificate (PEM) presented to the aggregator.
-    #[arg(long = "tls-cert", env = "AGENT_TLS_CERT")]
-    pub cert: Option<PathBuf>,
+    #[arg(long = "tls-cert", env = "AGENT_TLS_CERT", default_value = "", hide_default_value = true, value_parser = non_blank::<PathBuf>)]
+    pub cert: NonBlank<PathBuf>,
     /// Client private key (PEM).
-    #[arg(long = "tls-key", env = "AGENT_TLS_KEY")]
-    pub key: Option<PathBuf>,
+    #[arg(long = "tls-key", env = "AGENT_TLS_KEY", default_value = "", hide_default_value = true, value_parser = non_blank::<PathBuf>)]
+    pub key: NonBlank<PathBuf>,
     /// CA (PEM) the aggregator's certificate must chain to.
-    #[arg(long = "tls-ca", env = "AGENT_TLS_CA")]
-    pub ca: Option<PathBuf>,
+    #[arg(long = "tls-ca", env = "AGENT_TLS_CA", default_value = "", hide_default_value = true, value_parser = non_blank::<PathBuf>)]
+    pub ca: NonBlank<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +34,7 @@ pub enum ClientTlsError {
 
 impl ClientTlsFlags {
     pub fn enabled(&self) -> Result<bool, ClientTlsError> {
-        match (&self.cert, &self.key, &self.ca) {
+        match (self.cert.get(), self.key.get(), self.ca.get()) {
             (None, None, None) => Ok(false),
             (Some(_), Some(_), Some(_)) => Ok(true),
             _ => Err(ClientTlsError::Incomplete),
@@ -44,7 +46,7 @@ impl ClientTlsFlags {
         if !self.enabled()? {
             return Ok(endpoint);
         }
-        let (Some(cert), Some(key), Some(ca)) = (&self.cert, &self.key, &self.ca) else {
+        let (Some(cert), Some(key), Some(ca)) = (self.cert.get(), self.key.get(), self.ca.get()) else {
             return Err(ClientTlsError::Incomplete);
         };
         let read = |p: &PathBuf| std::fs::read(p).map_err(|e| ClientTlsError::Read(p.clone(), e));

@@ -15,15 +15,92 @@
 pub mod keys;
 pub mod token;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use cni_metrics_proto::duration::parse_positive;
 use cni_metrics_proto::exposition::Page;
+use cni_metrics_proto::flags::{non_blank, NonBlank};
 use tracing::{info, warn};
 
 pub use keys::{KeySource, KeySourceConfig, SetupError};
 pub use token::{Identity, Keys, Policy, TokenError};
+
+/// `serve`'s flags for agent authentication.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Agent authentication")]
+pub struct TokenAuthArgs {
+    /// How an agent proves which node it speaks for. `token`: its projected ServiceAccount token
+    /// (audience --token-audience) must be signed by the cluster and name the node of its Hello; others
+    /// are refused (UNAUTHENTICATED / PERMISSION_DENIED) and counted. `none`: any client that reaches
+    /// the gRPC port may speak for any node (only behind mutual TLS or a tight NetworkPolicy).
+    #[arg(long, env = "AGENT_AUTH", value_enum, default_value = "none")]
+    pub agent_auth: AgentAuthMode,
+
+    /// Audience the agents' tokens are projected for.
+    #[arg(long, env = "TOKEN_AUDIENCE", default_value = "cni-metrics-aggregator")]
+    pub token_audience: String,
+
+    /// ServiceAccount the agents run as (the token's `sub`).
+    #[arg(long, env = "TOKEN_SUBJECT", default_value = "system:serviceaccount:kube-system:cni-metrics-agent")]
+    pub token_subject: String,
+
+    /// Issuer the agents' tokens must name; by default (blank) the API server's (its
+    /// `/.well-known/openid-configuration`).
+    #[arg(long, env = "TOKEN_ISSUER", default_value = "", hide_default_value = true, value_parser = non_blank::<String>)]
+    pub token_issuer: NonBlank<String>,
+
+    /// The Kubernetes API server, for the token signing keys (`/openid/v1/jwks`).
+    #[arg(long = "kubernetes-api-url", env = "KUBERNETES_API_URL", default_value = "https://kubernetes.default.svc")]
+    pub kubernetes_api_url: String,
+
+    /// CA bundle of the API server's certificate.
+    #[arg(long = "kubernetes-ca-file", env = "KUBERNETES_CA_FILE", default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")]
+    pub kubernetes_ca_file: PathBuf,
+
+    /// The aggregator's own token for the API server (re-read at every fetch; a missing file: anonymous).
+    #[arg(
+        long = "kubernetes-token-file",
+        env = "KUBERNETES_TOKEN_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub kubernetes_token_file: PathBuf,
+
+    /// Refresh the token signing keys this often (also when a token names an unknown key).
+    #[arg(long, env = "TOKEN_KEYS_REFRESH", default_value = "5m", value_parser = parse_positive)]
+    pub token_keys_refresh: Duration,
+
+    /// Least time between two key fetches caused by unknown key ids.
+    #[arg(long, env = "TOKEN_KEYS_MIN_REFETCH", default_value = "10s", value_parser = parse_positive)]
+    pub token_keys_min_refetch: Duration,
+}
+
+/// `--agent-auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentAuthMode {
+    None,
+    Token,
+}
+
+impl TokenAuthArgs {
+    /// The token verifier's configuration, `None` unless `--agent-auth token`.
+    pub fn config(&self) -> Option<TokenAuthConfig> {
+        (self.agent_auth == AgentAuthMode::Token).then(|| TokenAuthConfig {
+            source: KeySourceConfig {
+                api_server: self.kubernetes_api_url.clone(),
+                ca_file: Some(self.kubernetes_ca_file.clone()),
+                token_file: Some(self.kubernetes_token_file.clone()),
+            },
+            issuer: self.token_issuer.get().cloned(),
+            audience: self.token_audience.clone(),
+            subject: self.token_subject.clone(),
+            refresh: self.token_keys_refresh,
+            min_refetch: self.token_keys_min_refetch,
+        })
+    }
+}
 
 /// What tokens must say, and where the keys are.
 #[derive(Clone, Debug)]

@@ -11,6 +11,15 @@ use aws_sdk_cloudwatch::error::{DisplayErrorContext, ProvideErrorMetadata, SdkEr
 
 pub use retry::{classify, ErrorKind, Retry};
 
+/// `serve`'s AWS flag, shared by CloudWatch and the EC2 refreshers.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "AWS")]
+pub struct AwsArgs {
+    /// AWS region of CloudWatch and EC2 (blank: unset; then the agents' region, else the SDK chain).
+    #[arg(long, env = "AWS_REGION", default_value = "", hide_default_value = true, value_parser = cni_metrics_proto::flags::non_blank::<String>)]
+    pub region: cni_metrics_proto::flags::NonBlank<String>,
+}
+
 /// The SDK configuration from the default chain (env, IRSA web identity, EKS Pod Identity, profile,
 /// IMDS), with the SDK's retries off and each attempt bounded by `attempt_timeout`.
 pub async fn sdk_config(region: Option<String>, attempt_timeout: Duration) -> aws_config::SdkConfig {

@@ -37,6 +37,15 @@ use tracing::{info, warn};
 use crate::state::{ClusterState, StateHandle};
 pub use views::{cluster_view, node_view, node_views};
 
+/// `serve`'s flag for the consumer service.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Consumer API")]
+pub struct ConsumerArgs {
+    /// Subscribers get an update at most this often (when something changed).
+    #[arg(long, env = "SUBSCRIBE_INTERVAL", default_value = "1s", value_parser = cni_metrics_proto::duration::parse_positive)]
+    pub subscribe_interval: Duration,
+}
+
 /// Per-subscriber buffer of updates.
 const SUBSCRIBER_BUFFER: usize = 4;
 /// Updates kept for subscribers between notifier ticks.

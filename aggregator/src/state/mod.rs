@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use cni_metrics_proto::v1::{Hello, Report};
 
+mod args;
 mod book;
 mod breakdown;
 mod capacity;
@@ -53,6 +54,7 @@ pub mod subnets;
 pub mod validate;
 mod views;
 mod window;
+pub use args::StateArgs;
 use book::NodeBook;
 pub use breakdown::{Breakdowns, Dim, GroupTotals, NodeSubnet, SubnetTotals};
 pub use capacity::{CapRole, Capacity, CapacityTotals, NodeCapacity};

@@ -15,11 +15,14 @@ pub mod prefixes;
 use std::time::Duration;
 
 use cni_metrics_proto::backoff::Backoff;
+use cni_metrics_proto::duration::parse_positive;
+use cni_metrics_proto::flags::parse_switch;
 use tracing::{error, info, warn};
 
 use crate::aws::{AwsError, ErrorKind, Retry};
+use crate::state::subnets::space::PrefixMode;
 use crate::state::StateHandle;
-use crate::state::{RefreshResult, SubnetFacts};
+use crate::state::{LowThreshold, RefreshResult, SubnetFacts};
 use ec2::Ec2;
 
 /// The IAM statement `--subnet-metrics` needs, as logged when it is missing.
@@ -28,6 +31,75 @@ pub const POLICY_HINT: &str = r#"{"Effect": "Allow", "Action": "ec2:DescribeSubn
 /// Throttled or failed attempts retried within one refresh.
 const ATTEMPTS: u32 = 4;
 
+/// `serve`'s flags for subnet capacity.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Subnet capacity")]
+pub struct SubnetArgs {
+    /// Subnet capacity from EC2 (`DescribeSubnets`; needs ec2:DescribeSubnets, see
+    /// deploy/iam-policy-subnets.json): per subnet, AZ and cluster, joined with the cluster's own use.
+    #[arg(long, env = "SUBNET_METRICS", default_value = "false", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub subnet_metrics: bool,
+
+    /// Also the subnets tagged for the VPC CNI's subnet discovery (`kubernetes.io/role/cni`,
+    /// `cni.networking.k8s.aws/cluster/<cluster>`) in the cluster's VPCs, used by a node or not.
+    #[arg(long, env = "SUBNET_DISCOVERY", default_value = "false", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub subnet_discovery: bool,
+
+    /// How often the subnets are described (one paginated DescribeSubnets per refresh).
+    #[arg(long, env = "SUBNET_REFRESH", default_value = "60s", value_parser = parse_positive)]
+    pub subnet_refresh: Duration,
+
+    /// A subnet is low on addresses below this: a share of its usable addresses (`10%`) or a count (`50`).
+    #[arg(long, env = "SUBNET_LOW_THRESHOLD", default_value = "10%", value_parser = LowThreshold::parse)]
+    pub subnet_low_threshold: LowThreshold,
+
+    /// Free /28 prefixes per subnet (with --subnet-metrics; needs ec2:DescribeNetworkInterfaces and
+    /// ec2:GetSubnetCidrReservations): `auto` counts once any node holds a prefix (prefix delegation).
+    #[arg(long, env = "SUBNET_PREFIXES", value_enum, default_value = "auto")]
+    pub subnet_prefixes: PrefixMode,
+
+    /// How often free prefixes are counted (one paginated DescribeNetworkInterfaces over the subnets and one
+    /// GetSubnetCidrReservations per subnet).
+    #[arg(long, env = "SUBNET_PREFIXES_REFRESH", default_value = "5m", value_parser = parse_positive)]
+    pub subnet_prefixes_refresh: Duration,
+
+    /// A subnet with fewer free /28 blocks than this is low on prefixes (see docs/metrics.md for the default).
+    #[arg(long, env = "SUBNET_LOW_PREFIXES", default_value_t = 32)]
+    pub subnet_low_prefixes: u32,
+
+    /// The trailing window of the subnet exhaustion forecast (least squares over the refreshes' samples;
+    /// published once at least 6 samples span a quarter of it).
+    #[arg(long, env = "FORECAST_WINDOW", default_value = "6h", value_parser = parse_positive)]
+    pub forecast_window: Duration,
+}
+
+/// Subnet capacity, when `--subnet-metrics` is on: the refreshers' settings and the state's thresholds.
+#[derive(Clone, Debug)]
+pub struct SubnetsConfig {
+    pub refresher: SubnetConfig,
+    pub low_threshold: LowThreshold,
+    pub forecast_window: Duration,
+    /// Free /28 prefixes (off with `PrefixMode::False`), on their own refresh.
+    pub prefixes: PrefixMode,
+    pub prefixes_refresh: Duration,
+    pub low_prefixes: u32,
+}
+
+impl SubnetArgs {
+    /// `None` unless `--subnet-metrics` is on (`region`: the AWS flag's).
+    pub fn config(&self, region: Option<String>) -> Option<SubnetsConfig> {
+        self.subnet_metrics.then_some(SubnetsConfig {
+            refresher: SubnetConfig { refresh: self.subnet_refresh, discovery: self.subnet_discovery, cluster_name: None, region },
+            low_threshold: self.subnet_low_threshold,
+            forecast_window: self.forecast_window,
+            prefixes: self.subnet_prefixes,
+            prefixes_refresh: self.subnet_prefixes_refresh,
+            low_prefixes: self.subnet_low_prefixes,
+        })
+    }
+}
+
+/// The subnet refresher's settings.
 #[derive(Clone, Debug)]
 pub struct SubnetConfig {
     pub refresh: Duration,

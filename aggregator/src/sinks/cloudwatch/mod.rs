@@ -38,7 +38,9 @@ pub mod hint;
 mod queue;
 mod sender;
 
-pub use config::{default_auth_backoff, CloudWatchConfig, DIMENSION, MAX_DATUMS_PER_REQUEST, MAX_REQUEST_BYTES};
+pub use config::{
+    default_auth_backoff, CloudWatchArgs, CloudWatchConfig, UnknownMetric, DIMENSION, MAX_DATUMS_PER_REQUEST, MAX_REQUEST_BYTES,
+};
 pub use encode::{batches, datum_size, encode_window, next_batch_len, Queued};
 pub use hint::heal_hint;
 
