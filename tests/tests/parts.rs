@@ -118,6 +118,15 @@ async fn a_whole_snapshot_and_one_in_parts_count_the_same() -> Result<()> {
     let delta_seq = delta.seq;
     new.send(split(delta, PART_BYTES)).await?;
     ensure!(new.next_ack().await?.ok() == Some(delta_seq), "a small delta goes whole and is acknowledged");
+    // The delta's increments reach the page's counter totals when its window closes (200 ms windows):
+    // two closes later `before` holds them, so a slow machine cannot see them land between the pages.
+    let windows = |p: &str| sample(p, "cni_metrics_publish_windows_total", &[]).unwrap_or(0.0);
+    let closed = windows(&page(&agg).await?);
+    eventually(Duration::from_secs(10), || async {
+        let now = windows(&page(&agg).await?);
+        Ok(if now >= closed + 2.0 { Ok(()) } else { Err(format!("{now} windows closed, waiting for {}", closed + 2.0)) })
+    })
+    .await?;
     let before = awscni(&page(&agg).await?);
 
     // Parts out of order: that stream alone is closed, with what was expected.
