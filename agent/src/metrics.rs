@@ -75,9 +75,9 @@ pub fn render(node: &str, s: &AgentStats) -> String {
         page.counter(&format!("cni_metrics_agent_{name}"), help, v.load(Ordering::Relaxed));
     }
     let name = "cni_metrics_agent_state_file_errors_total";
-    page.family(name, Kind::Counter, "State file problems: not used, or not written");
+    let mut family = page.family(name, Kind::Counter, "State file problems: not used, or not written");
     for (reason, v) in PositionError::REASONS.iter().zip(&s.state_file_errors) {
-        page.sample(name, &[("reason", reason)], v.load(Ordering::Relaxed) as f64);
+        family.sample(&[("reason", reason)], v.load(Ordering::Relaxed) as f64);
     }
     let (cards, corrected) = s.multi_card.lock().map(|m| m.clone()).unwrap_or_else(|e| e.into_inner().clone());
     page.gauge("cni_metrics_agent_network_cards", "Network cards in the last introspection read (0: not read)", cards as f64);
@@ -89,9 +89,9 @@ pub fn render(node: &str, s: &AgentStats) -> String {
         }),
     ];
     for (name, help, value) in per_metric {
-        page.family(name, Kind::Gauge, help);
+        let mut family = page.family(name, Kind::Gauge, help);
         for c in &corrected {
-            page.sample(name, &[("metric", c.name)], value(c));
+            family.sample(&[("metric", c.name)], value(c));
         }
     }
     page.gauge(

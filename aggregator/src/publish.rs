@@ -76,19 +76,19 @@ impl PublishStats {
             self.commit_fanout.as_secs_f64(),
         );
         let name = "cni_metrics_publishes_total";
-        page.family(name, Kind::Counter, "Window publications by sink and result");
+        let mut family = page.family(name, Kind::Counter, "Window publications by sink and result");
         for ((sink, result), v) in &self.publishes {
-            page.sample(name, &[("sink", sink), ("result", result.as_str())], *v as f64);
+            family.sample(&[("sink", sink), ("result", result.as_str())], *v as f64);
         }
         let name = "cni_metrics_published_datums_total";
-        page.family(name, Kind::Counter, "Datums published by sink");
+        let mut family = page.family(name, Kind::Counter, "Datums published by sink");
         for (sink, v) in &self.datums {
-            page.sample(name, &[("sink", sink)], *v as f64);
+            family.sample(&[("sink", sink)], *v as f64);
         }
         let name = "cni_metrics_last_publish_success_timestamp_seconds";
-        page.family(name, Kind::Gauge, "Time of the last successful publication by sink");
+        let mut family = page.family(name, Kind::Gauge, "Time of the last successful publication by sink");
         for (sink, ms) in &self.last_success_unix_ms {
-            page.sample(name, &[("sink", sink)], *ms as f64 / 1000.0);
+            family.sample(&[("sink", sink)], *ms as f64 / 1000.0);
         }
     }
 }

@@ -67,20 +67,18 @@ impl<'a> Page<'a> {
         Self { out, base: rendered }
     }
 
-    /// `# HELP` and `# TYPE` of a family.
-    pub fn family(&mut self, name: &str, kind: Kind, help: &str) -> &mut Self {
+    /// Declare a family (its `# HELP` and `# TYPE`); its samples are written through the returned
+    /// [`Family`], bound to its name, so a family's samples follow its declaration and never carry
+    /// another family's name.
+    pub fn family<'p>(&'p mut self, name: &'p str, kind: Kind, help: &str) -> Family<'p, 'a> {
         let _ = writeln!(self.out, "# HELP {name} {}\n# TYPE {name} {}", escape_help(help), kind.keyword());
-        self
+        Family { page: self, name }
     }
 
     /// One sample: `name{base…,labels…} value`.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
-        self.sample_iter(name, labels.iter().copied(), value)
-    }
-
-    /// [`Page::sample`] with the labels from an iterator (no intermediate list).
-    pub fn sample_iter<'l>(&mut self, name: &str, labels: impl IntoIterator<Item = (&'l str, &'l str)>, value: f64) -> &mut Self {
+    fn sample<'l>(&mut self, name: &str, suffix: &str, labels: impl IntoIterator<Item = (&'l str, &'l str)>, value: f64) {
         self.out.push_str(name);
+        self.out.push_str(suffix);
         let mut open = !self.base.is_empty();
         if open {
             self.out.push('{');
@@ -97,12 +95,12 @@ impl<'a> Page<'a> {
         self.out.push(' ');
         write_value(self.out, value);
         self.out.push('\n');
-        self
     }
 
     /// A family with one unlabelled sample.
     pub fn single(&mut self, name: &str, kind: Kind, help: &str, value: f64) -> &mut Self {
-        self.family(name, kind, help).sample(name, &[], value)
+        self.family(name, kind, help).sample(&[], value);
+        self
     }
 
     pub fn counter(&mut self, name: &str, help: &str, value: u64) -> &mut Self {
@@ -115,10 +113,37 @@ impl<'a> Page<'a> {
 
     /// A counter family with one sample per value of label `L`, zeros included.
     pub fn counts<L: Label>(&mut self, name: &str, help: &str, label: &str, counts: &Counts<L>) -> &mut Self {
-        self.family(name, Kind::Counter, help);
+        let mut family = self.family(name, Kind::Counter, help);
         for (l, v) in counts.iter() {
-            self.sample(name, &[(label, l.as_str())], v as f64);
+            family.sample(&[(label, l.as_str())], v as f64);
         }
+        self
+    }
+}
+
+/// A declared family: its samples, under its name.
+pub struct Family<'p, 'a> {
+    page: &'p mut Page<'a>,
+    name: &'p str,
+}
+
+impl Family<'_, '_> {
+    /// A sample of the family: `name{base…,labels…} value`.
+    pub fn sample(&mut self, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        self.page.sample(self.name, "", labels.iter().copied(), value);
+        self
+    }
+
+    /// [`Family::sample`] with the labels from an iterator (no intermediate list).
+    pub fn sample_iter<'l>(&mut self, labels: impl IntoIterator<Item = (&'l str, &'l str)>, value: f64) -> &mut Self {
+        self.page.sample(self.name, "", labels, value);
+        self
+    }
+
+    /// A sample named after the family with `suffix` (`_sum`, `_count`, `_bucket` of a summary or
+    /// histogram, or `_total`), labels from an iterator.
+    pub fn suffixed<'l>(&mut self, suffix: &str, labels: impl IntoIterator<Item = (&'l str, &'l str)>, value: f64) -> &mut Self {
+        self.page.sample(self.name, suffix, labels, value);
         self
     }
 }
@@ -169,7 +194,7 @@ mod tests {
     fn writes_escaped_families_and_samples() {
         let mut out = String::new();
         let mut p = Page::new(&mut out, &[("cluster_id", "a\"b")]);
-        p.family("x_total", Kind::Counter, "line one\nline \\ two").sample("x_total", &[("v", "q\"}\n\\")], 3.0);
+        p.family("x_total", Kind::Counter, "line one\nline \\ two").sample(&[("v", "q\"}\n\\")], 3.0);
         p.gauge("g", "gauge", f64::NAN).gauge("inf", "inf", f64::NEG_INFINITY).gauge("frac", "frac", 0.25);
         let mut c = Counts::<Outcome>::default();
         c.inc(Outcome::Dropped);
@@ -185,5 +210,17 @@ mod tests {
              # HELP o_total outcomes\n# TYPE o_total counter\no_total{cluster_id=\"a\\\"b\",outcome=\"sent\"} 0\no_total{cluster_id=\"a\\\"b\",outcome=\"dropped\"} 1\n"
         );
         assert_eq!(bare, "# HELP plain_total no labels\n# TYPE plain_total counter\nplain_total 7\n");
+    }
+
+    #[test]
+    fn a_familys_samples_carry_its_name_and_suffixes() {
+        let mut out = String::new();
+        let mut p = Page::new(&mut out, &[]);
+        p.family("lat", Kind::Summary, "latency").sample(&[("quantile", "0.5")], 1.0).suffixed("_sum", [], 3.0).suffixed(
+            "_count",
+            [("a", "b")],
+            2.0,
+        );
+        assert_eq!(out, "# HELP lat latency\n# TYPE lat summary\nlat{quantile=\"0.5\"} 1\nlat_sum 3\nlat_count{a=\"b\"} 2\n");
     }
 }

@@ -239,8 +239,8 @@ impl TokenAuth {
             cni_metrics_proto::exposition::Kind::Counter,
             "Fetches of the cluster's token signing keys, by result",
         )
-        .sample("cni_metrics_token_key_fetches_total", &[("result", "ok")], self.fetches_ok.load(Ordering::Relaxed) as f64)
-        .sample("cni_metrics_token_key_fetches_total", &[("result", "error")], self.fetches_failed.load(Ordering::Relaxed) as f64);
+        .sample(&[("result", "ok")], self.fetches_ok.load(Ordering::Relaxed) as f64)
+        .sample(&[("result", "error")], self.fetches_failed.load(Ordering::Relaxed) as f64);
         page.gauge(
             "cni_metrics_token_keys",
             "Token signing keys the aggregator verifies agents with",

@@ -93,9 +93,11 @@ impl MetricsView {
             let mut lines: Vec<&Line> = f.lines.iter().collect();
             lines.sort_by(|a, b| (&*a.0, &a.1).cmp(&(&*b.0, &b.1)));
             let help = catalog::family(&f.family).map_or("ipamd metric summed across the cluster's nodes", |f| f.help);
-            page.family(&f.family, Kind::from(f.family_type), help);
+            let mut family = page.family(&f.family, Kind::from(f.family_type), help);
             for (name, labels, v) in lines {
-                page.sample_iter(name, labels.iter().map(|(k, v)| (k.as_str(), v.as_str())), *v);
+                // A sample's name is its family's plus a suffix (`_sum`, `_count`, …): validated on entry.
+                let Some(suffix) = name.strip_prefix(&*f.family) else { continue };
+                family.suffixed(suffix, labels.iter().map(|(k, v)| (k.as_str(), v.as_str())), *v);
             }
         }
         self.render_capacity(&mut page);
@@ -130,10 +132,11 @@ impl MetricsView {
         let (u_total, u_max) = c.utilization();
         if u_total.is_some() || u_max.is_some() {
             let name = "cni_metrics_ip_utilization_ratio";
-            page.family(name, Kind::Gauge, "Sum of assigned IPs over the sum of total (basis=total) or max (basis=max) IPs");
+            let mut family =
+                page.family(name, Kind::Gauge, "Sum of assigned IPs over the sum of total (basis=total) or max (basis=max) IPs");
             for (basis, v) in [("total", u_total), ("max", u_max)] {
                 if let Some(v) = v {
-                    page.sample(name, &[("basis", basis)], v);
+                    family.sample(&[("basis", basis)], v);
                 }
             }
         }
@@ -183,9 +186,9 @@ impl MetricsView {
             ];
             for (metric, help, get) in subnet_metrics {
                 let name = format!("cni_metrics_{metric}_by_subnet_id");
-                page.family(&name, Kind::Gauge, &format!("{help}, by subnet (ipamd introspection)"));
+                let mut family = page.family(&name, Kind::Gauge, &format!("{help}, by subnet (ipamd introspection)"));
                 for (subnet, t) in &self.breakdowns.subnets {
-                    page.sample(&name, &[("subnet_id", subnet)], get(t));
+                    family.sample(&[("subnet_id", subnet)], get(t));
                 }
             }
         }
@@ -193,13 +196,13 @@ impl MetricsView {
             let label = dim.label();
             for (metric, help, get) in metrics {
                 let name = format!("cni_metrics_{metric}_by_{label}");
-                page.family(&name, Kind::Gauge, &format!("{help}, by {label}"));
+                let mut family = page.family(&name, Kind::Gauge, &format!("{help}, by {label}"));
                 for ((d, value), g) in self.breakdowns.groups.range((*dim, String::new())..) {
                     if d != dim {
                         break;
                     }
                     if let Some(v) = get(g) {
-                        page.sample(&name, &[(label, value)], v);
+                        family.sample(&[(label, value)], v);
                     }
                 }
             }
@@ -342,8 +345,8 @@ impl MetricsView {
 
 /// A family with one sample per label value.
 fn labelled(page: &mut Page<'_>, name: &str, help: &str, kind: Kind, label: &str, m: &BTreeMap<&'static str, u64>) {
-    page.family(name, kind, help);
+    let mut family = page.family(name, kind, help);
     for (k, v) in m {
-        page.sample(name, &[(label, k)], *v as f64);
+        family.sample(&[(label, k)], *v as f64);
     }
 }

@@ -211,15 +211,15 @@ impl SubnetsView {
             ];
             for (metric, help, get) in per_subnet {
                 let name = format!("cni_metrics_subnet_{metric}");
-                page.family(&name, Kind::Gauge, help);
+                let mut family = page.family(&name, Kind::Gauge, help);
                 for row in report.iter().flat_map(|r| &r.rows) {
-                    page.sample(&name, &[("subnet_id", &row.subnet_id), ("availability_zone", &row.availability_zone)], get(row));
+                    family.sample(&[("subnet_id", &row.subnet_id), ("availability_zone", &row.availability_zone)], get(row));
                 }
             }
         }
-        page.family("cni_metrics_subnets_low_on_ips", Kind::Gauge, "Subnets of the cluster below --subnet-low-threshold");
+        let mut family = page.family("cni_metrics_subnets_low_on_ips", Kind::Gauge, "Subnets of the cluster below --subnet-low-threshold");
         if let Some(r) = &report {
-            page.sample("cni_metrics_subnets_low_on_ips", &[], f64::from(r.low));
+            family.sample(&[], f64::from(r.low));
         }
         page.gauge(
             "cni_metrics_subnet_stale",
@@ -249,16 +249,16 @@ impl SubnetsView {
         use cni_metrics_proto::labels::Label;
         use forecast::Scope;
         let (subnet, az) = ("cni_metrics_subnet_exhaustion_seconds", "cni_metrics_az_exhaustion_seconds");
-        page.family(subnet, Kind::Gauge, "Seconds until the subnet has no free addresses (resource=addresses) or /28s (prefixes) at the trend of --forecast-window; absent unless falling");
+        let mut family = page.family(subnet, Kind::Gauge, "Seconds until the subnet has no free addresses (resource=addresses) or /28s (prefixes) at the trend of --forecast-window; absent unless falling");
         for (r, scope, zone, secs) in &self.exhaustion {
             if let Scope::Subnet(id) = scope {
-                page.sample(subnet, &[("subnet_id", id), ("availability_zone", zone), ("resource", r.as_str())], *secs);
+                family.sample(&[("subnet_id", id), ("availability_zone", zone), ("resource", r.as_str())], *secs);
             }
         }
-        page.family(az, Kind::Gauge, "Seconds until the cluster's subnets of the AZ have no free addresses or /28s at the trend of --forecast-window; absent unless falling");
+        let mut family = page.family(az, Kind::Gauge, "Seconds until the cluster's subnets of the AZ have no free addresses or /28s at the trend of --forecast-window; absent unless falling");
         for (r, scope, _, secs) in &self.exhaustion {
             if let Scope::Az(zone) = scope {
-                page.sample(az, &[("availability_zone", zone), ("resource", r.as_str())], *secs);
+                family.sample(&[("availability_zone", zone), ("resource", r.as_str())], *secs);
             }
         }
         page.gauge("cni_metrics_forecast_window_seconds", "--forecast-window: the trailing window of the exhaustion forecast", self.window);

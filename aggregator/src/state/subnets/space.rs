@@ -172,24 +172,25 @@ impl PrefixView {
         ];
         for (metric, help, get) in per_subnet {
             let name = format!("cni_metrics_subnet_{metric}");
-            page.family(&name, Kind::Gauge, help);
+            let mut family = page.family(&name, Kind::Gauge, help);
             for row in rows.clone() {
                 if let Some(v) = get(row) {
-                    page.sample(&name, &[("subnet_id", &row.subnet_id), ("availability_zone", &row.availability_zone)], v);
+                    family.sample(&[("subnet_id", &row.subnet_id), ("availability_zone", &row.availability_zone)], v);
                 }
             }
         }
-        page.family(
+        let mut low = page.family(
             "cni_metrics_subnets_low_on_prefixes",
             Kind::Gauge,
             "Subnets of the cluster with fewer free /28 blocks than --subnet-low-prefixes",
         );
-        page.family("cni_metrics_az_free_prefixes", Kind::Gauge, "Free /28 blocks over the cluster's subnets of the AZ");
         if let Some(r) = &self.report {
-            page.sample("cni_metrics_subnets_low_on_prefixes", &[], f64::from(r.low));
-            for (az, (free, _)) in &r.by_az {
-                page.sample("cni_metrics_az_free_prefixes", &[("availability_zone", az)], f64::from(*free));
-            }
+            low.sample(&[], f64::from(r.low));
+        }
+        let mut free_by_az =
+            page.family("cni_metrics_az_free_prefixes", Kind::Gauge, "Free /28 blocks over the cluster's subnets of the AZ");
+        for (az, (free, _)) in self.report.iter().flat_map(|r| &r.by_az) {
+            free_by_az.sample(&[("availability_zone", az)], f64::from(*free));
         }
         page.gauge(
             "cni_metrics_subnet_low_prefixes_threshold",
@@ -217,5 +218,48 @@ impl PrefixView {
             "EC2 addresses and reservations that were not IPv4, left out of the counts",
             self.skipped,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every sample of a page follows its own family's `# TYPE` line (the text format wants a family's
+    /// lines as one group).
+    fn ungrouped(page: &str) -> Vec<String> {
+        let mut current = "";
+        let mut bad = Vec::new();
+        for line in page.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                current = rest.split(' ').next().unwrap_or("");
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap_or("");
+                if !name.starts_with(current) || current.is_empty() {
+                    bad.push(line.to_owned());
+                }
+            }
+        }
+        bad
+    }
+
+    #[test]
+    fn each_family_s_samples_follow_its_declaration() {
+        let mut by_az = std::collections::BTreeMap::new();
+        by_az.insert("us-east-1a".to_owned(), (12, 1));
+        let row = prefixes::PrefixRow {
+            subnet_id: "subnet-1".into(),
+            availability_zone: "us-east-1a".into(),
+            space: prefixes::PrefixSpace { free: 12, ..prefixes::PrefixSpace::default() },
+            low: true,
+        };
+        let report = PrefixReport { rows: vec![row], by_az, free: 12, low: 1 };
+        let view =
+            PrefixView { report: Some(report), stale: false, refreshed_unix_ms: 1, calls: Counts::default(), skipped: 0, low_below: 32 };
+        let mut out = String::new();
+        view.render(&mut cni_metrics_proto::exposition::Page::new(&mut out, &[("cluster_id", "c")]));
+        assert!(out.contains("cni_metrics_subnets_low_on_prefixes{cluster_id=\"c\"} 1"), "{out}");
+        assert!(out.contains("cni_metrics_az_free_prefixes{cluster_id=\"c\",availability_zone=\"us-east-1a\"} 12"), "{out}");
+        assert_eq!(ungrouped(&out), Vec::<String>::new(), "{out}");
     }
 }
