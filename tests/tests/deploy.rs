@@ -113,9 +113,11 @@ fn restricted(pod: &Value, what: &str, api_token: bool) -> Result<()> {
     Ok(())
 }
 
-/// Every env var a manifest sets is one the binary documents in `--help`.
+/// Every env var a manifest sets is one the binary documents in `--help` (the aggregator: the help of
+/// `serve`, the command its manifest runs).
 fn env_known(container: &Value, bin: &str) -> Result<()> {
-    let help = Command::new(bin_dir()?.join(bin)).arg("--help").output()?;
+    let args: &[&str] = if bin == "cni-metrics-aggregator" { &["serve", "--help"] } else { &["--help"] };
+    let help = Command::new(bin_dir()?.join(bin)).args(args).output()?;
     let help = String::from_utf8_lossy(&help.stdout);
     for e in container["env"].as_array().into_iter().flatten() {
         let name = e["name"].as_str().unwrap_or_default();
@@ -244,7 +246,7 @@ fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
                 ensure!(cm["data"]["SUBNET_DISCOVERY"] == "true", "discovery on");
                 ensure!(role.is_string(), "IRSA annotation");
                 // Every key the overlay sets is a flag the aggregator reads.
-                let help = Command::new(bin_dir()?.join("cni-metrics-aggregator")).arg("--help").output()?;
+                let help = Command::new(bin_dir()?.join("cni-metrics-aggregator")).args(["serve", "--help"]).output()?;
                 let help = String::from_utf8_lossy(&help.stdout);
                 for key in cm["data"].as_object().into_iter().flatten().map(|(k, _)| k) {
                     ensure!(help.contains(&format!("env: {key}=")), "the aggregator does not read {key}");
