@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use cni_metrics_e2e::fleet::{latency_quantile, LATENCY_BUCKETS};
-use cni_metrics_e2e::{json_field, proc_stat, sample, scratch_dir, Proc};
+use cni_metrics_e2e::{json_field, proc_stat, sample, scratch_dir, Launch, Proc};
 
 const PER_PROCESS: u64 = 5_000;
 
@@ -94,7 +94,7 @@ fn start_aggregator(dir: &Path, name: &str, grpc: &str, extra: &[String]) -> Res
     let env = [("AWS_ACCESS_KEY_ID", Some("testing")), ("AWS_SECRET_ACCESS_KEY", Some("testing")), ("AWS_REGION", Some("us-east-1"))];
     // FLEET_AGGREGATOR: another build of the aggregator (an absolute path), e.g. to measure before a change.
     let bin = std::env::var("FLEET_AGGREGATOR").unwrap_or_else(|_| "cni-metrics-aggregator".to_owned());
-    let proc = Proc::start_in(None, &bin, name, &args, &env, dir, false)?;
+    let proc = Launch::host(&bin, name, dir)?.args(args).envs(&env).start()?;
     let line = proc.wait_log("aggregator starting", Duration::from_secs(20))?;
     let http = json_field(&line, "http").context("http address in log")?;
     Ok((proc, http))

@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = scratch_dir("footprint")?;
     let sim = SimIpamd::new(PageStyle::Modern, 5, 1_700_000_000.0);
     let fake = FakeIpamd::start(sim, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--publish-interval", "1s"])?;
+    let agg = Aggregator::start(&dir, "aggregator", &["--publish-interval", "1s"])?;
     let agent = start_agent(&dir, "node-1", &fake.url(), &agg.grpc, &["--interval", "100ms", "--scrape-timeout", "100ms"])?;
     agent.wait_log("connected to aggregator", Duration::from_secs(10))?;
     tokio::time::sleep(Duration::from_secs(2)).await; // warm-up

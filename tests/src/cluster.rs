@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::netns::{Lab, CONTROL_IP};
-use crate::{eventually, free_port, json_field, sample, scratch_dir, stdout_sum, Aggregator, Proc, Program};
+use crate::{eventually, free_port, json_field, sample, scratch_dir, stdout_sum, Aggregator, Launch, Proc, Program};
 
 pub struct Node {
     pub name: String,
@@ -110,7 +110,11 @@ impl Cluster {
         };
         let args: Vec<String> =
             ["--listen", &listen, "--seed", &(100 + i).to_string(), "--style", style].iter().map(|s| (*s).to_owned()).collect();
-        let fake = Proc::start_in(ns.as_deref(), "cni-metrics-fake-ipamd", &format!("{name}-ipamd"), &args, &[], &self.dir, true)?;
+        let fake = Launch::host("cni-metrics-fake-ipamd", &format!("{name}-ipamd"), &self.dir)?
+            .netns(ns.as_deref())
+            .args(args)
+            .piped_stdin()
+            .start()?;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !fake.stdout().contains("LISTENING") {
             if std::time::Instant::now() > deadline {
@@ -162,7 +166,7 @@ impl Cluster {
             Some(p) => p.clone(),
             None => Program::host("cni-metrics-agent")?,
         };
-        n.agent = Some(Proc::start_program(ns.as_deref(), &program, &name, &args, &[], &self.dir, false)?);
+        n.agent = Some(Launch::new(program, &name, &self.dir).netns(ns.as_deref()).args(args).start()?);
         Ok(())
     }
 
@@ -185,7 +189,8 @@ impl Cluster {
             Some(p) => p.clone(),
             None => Program::host("cni-metrics-aggregator")?,
         };
-        let agg = Aggregator::start_program(&program, ns.as_deref(), &self.dir, &name, &self.agg_listen, &extra, &env)?;
+        let launch = Launch::new(program, &name, &self.dir).netns(ns.as_deref()).args(["--grpc-listen", self.agg_listen.as_str()]);
+        let agg = Aggregator::start_with(launch.args(extra).envs(&env))?;
         self.agg_http = agg.http;
         self.aggregators.push(agg.proc);
         Ok(())

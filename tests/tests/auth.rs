@@ -44,7 +44,6 @@ async fn an_agent_speaks_only_for_its_own_node() -> Result<()> {
     let agg = Aggregator::start(
         &dir,
         "aggregator",
-        "127.0.0.1:0",
         &[
             "--agent-auth",
             "token",
@@ -175,12 +174,7 @@ async fn keys_are_read_over_https_trusting_only_the_cluster_ca() -> Result<()> {
     let start = |name: &str, ca_file: &str| {
         let ca_path = dir.join(ca_file).display().to_string();
         let url = api.url();
-        Aggregator::start(
-            &dir,
-            name,
-            "127.0.0.1:0",
-            &["--agent-auth", "token", "--kubernetes-api-url", &url, "--kubernetes-ca-file", &ca_path],
-        )
+        Aggregator::start(&dir, name, &["--agent-auth", "token", "--kubernetes-api-url", &url, "--kubernetes-ca-file", &ca_path])
     };
     let trusted = start("aggregator-trusted", "cluster-ca.crt")?;
     let misled = start("aggregator-other-ca", "other-ca.crt")?;

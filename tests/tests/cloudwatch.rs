@@ -55,7 +55,7 @@ fn cw_aggregator(dir: &std::path::Path, emu: &Emulator, name: &str, extra: &[&st
     e.extend_from_slice(env);
     let mut args = vec!["--cloudwatch", "true"];
     args.extend_from_slice(extra);
-    Aggregator::start_env(dir, name, "127.0.0.1:0", &args, &e)
+    Aggregator::start_with(Aggregator::launch(dir, name)?.args(args).envs(&e))
 }
 
 /// Sum of every datapoint of `metric` in moto.

@@ -334,12 +334,10 @@ async fn dashboards_and_alerts_use_real_metric_names() -> Result<()> {
     let fake = cni_metrics_testkit::FakeIpamd::start(sim, std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     // Subnet metrics on, EC2 unreachable (a closed port): their families are declared all the same.
     let closed = format!("http://127.0.0.1:{}", cni_metrics_e2e::free_port()?);
-    let agg = cni_metrics_e2e::Aggregator::start_env(
-        &dir,
-        "aggregator",
-        "127.0.0.1:0",
-        &["--cluster-id", "e2e", "--breakdown", "az,subnet", "--cloudwatch", "true", "--subnet-metrics", "true"],
-        &[("AWS_ENDPOINT_URL", Some(closed.as_str()))],
+    let agg = cni_metrics_e2e::Aggregator::start_with(
+        cni_metrics_e2e::Aggregator::launch(&dir, "aggregator")?
+            .args(["--cluster-id", "e2e", "--breakdown", "az,subnet", "--cloudwatch", "true", "--subnet-metrics", "true"])
+            .envs(&[("AWS_ENDPOINT_URL", Some(closed.as_str()))]),
     )?;
     let agent = cni_metrics_e2e::start_agent(&dir, "node-1", &fake.url(), &agg.grpc, &["--availability-zone", "eu-west-1a"])?;
     let line = agent.wait_log("agent HTTP endpoint", std::time::Duration::from_secs(10))?;

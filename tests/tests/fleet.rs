@@ -12,7 +12,7 @@ use cni_metrics_e2e::{eventually, sample, scratch_dir, Aggregator};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_fleet_is_welcomed_acknowledged_and_counted() -> Result<()> {
     let dir = scratch_dir("fleet")?;
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--publish-interval", "1s"])?;
+    let agg = Aggregator::start(&dir, "aggregator", &["--publish-interval", "1s"])?;
     let out = dir.join("fleet.jsonl");
     let mut fleet = Command::new(env!("CARGO_BIN_EXE_cni-metrics-fleet"))
         .args(["--aggregator", &agg.grpc, "--agents", "40", "--first", "1000", "--interval", "500ms", "--ramp", "500ms"])

@@ -70,12 +70,7 @@ fn truth(sims: &[FakeIpamd]) -> Truth {
 async fn derived_capacity_metrics_match_node_truth_and_watch_shows_them() -> Result<()> {
     let dir = scratch_dir("insight")?;
     let (sims, odd) = nodes().await?;
-    let agg = Aggregator::start(
-        &dir,
-        "aggregator",
-        "127.0.0.1:0",
-        &["--subscribe-interval", "200ms", "--breakdown", "az,instance_type,subnet,node"],
-    )?;
+    let agg = Aggregator::start(&dir, "aggregator", &["--subscribe-interval", "200ms", "--breakdown", "az,instance_type,subnet,node"])?;
     let mut all: Vec<&FakeIpamd> = sims.iter().collect();
     all.push(&odd);
     // Nodes 1 and 3 in eu-west-1a, nodes 2 and 4 in eu-west-1b.
@@ -205,7 +200,7 @@ async fn an_ipv6_node_is_summed_but_kept_out_of_ipv4_capacity() -> Result<()> {
         FakeIpamd::start(v4, SocketAddr::from(([127, 0, 0, 1], 0))).await?,
         FakeIpamd::start(v6, SocketAddr::from(([127, 0, 0, 1], 0))).await?,
     ];
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "200ms"])?;
+    let agg = Aggregator::start(&dir, "aggregator", &["--subscribe-interval", "200ms"])?;
     let _agents: Vec<Proc> = ["node-v4", "node-v6"]
         .iter()
         .zip(&fakes)
@@ -254,8 +249,7 @@ async fn an_ipv6_node_is_summed_but_kept_out_of_ipv4_capacity() -> Result<()> {
 /// on one connection (allowed more streams than an agent needs).
 async fn synthetic_cluster(test: &str, nodes: impl Iterator<Item = (String, f64)>) -> Result<(Aggregator, String, Vec<SyntheticNode>)> {
     let dir = scratch_dir(test)?;
-    let agg =
-        Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "100ms", "--max-streams-per-connection", "5000"])?;
+    let agg = Aggregator::start(&dir, "aggregator", &["--subscribe-interval", "100ms", "--max-streams-per-connection", "5000"])?;
     let url = format!("http://{}", agg.grpc);
     let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await?;
     let mut joined = Vec::new();
@@ -378,7 +372,7 @@ async fn a_slow_subscriber_is_dropped_without_slowing_anyone() -> Result<()> {
 async fn hostile_streams_are_refused_and_others_unaffected() -> Result<()> {
     use cni_metrics_proto::v1::{agent_message::Body, Hello, Report, SeriesDef};
     let dir = scratch_dir("hostile")?;
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--max-message-bytes", "65536"])?;
+    let agg = Aggregator::start(&dir, "aggregator", &["--max-message-bytes", "65536"])?;
     let url = format!("http://{}", agg.grpc);
     let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await?;
     let mut good = synthetic_node(channel.clone(), "good".into(), 5.0).await?;
@@ -461,7 +455,7 @@ async fn stream_outcome(channel: tonic::transport::Channel, msgs: Vec<AgentMessa
 async fn hostile_strings_are_refused_whole_and_metrics_still_parse() -> Result<()> {
     use cni_metrics_proto::v1::{agent_message::Body, Hello, Label, Report, SeriesDef};
     let dir = scratch_dir("hostile-strings")?;
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &[])?;
+    let agg = Aggregator::start(&dir, "aggregator", &[])?;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", agg.grpc))?.connect().await?;
     let mut good = synthetic_node(channel.clone(), "good".into(), 5.0).await?;
     let hello = |name: &str| Hello { node_name: name.into(), run_id: 7, interval_ms: 60_000, ..Hello::default() };
@@ -570,7 +564,7 @@ async fn a_multi_card_node_reports_its_totals_from_introspection() -> Result<()>
     });
     let (truth_total, truth_assigned, page) = f.with_sim(|s| (s.total_ips() as f64, s.assigned as f64, s.page_totals()));
     ensure!(page.0 as f64 != truth_total && page.2 == 1, "the page shows one card: {page:?}, node total {truth_total}");
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &[])?;
+    let agg = Aggregator::start(&dir, "aggregator", &[])?;
     let agent = start_agent(&dir, "node-1", &f.url(), &agg.grpc, &[])?;
     let line = agent.wait_log("agent HTTP endpoint", Duration::from_secs(10))?;
     let agent_http = json_field(&line, "http").context("agent http")?;

@@ -45,7 +45,6 @@ async fn mutual_tls_admits_only_clients_of_the_ca() -> Result<()> {
     let agg = Aggregator::start(
         &dir,
         "aggregator",
-        "127.0.0.1:0",
         &["--tls-cert", &p("server.crt"), "--tls-key", &p("server.key"), "--tls-client-ca", &p("ca.crt")],
     )?;
     let url = format!("https://{}", agg.grpc);
@@ -88,7 +87,7 @@ async fn handshakes_in_progress_are_bounded() -> Result<()> {
     leaf(&dir, "ca", "agent", "subjectAltName=DNS:node-1\nextendedKeyUsage=clientAuth\n")?;
     let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let tls = ["--tls-cert", &p("server.crt"), "--tls-key", &p("server.key"), "--tls-client-ca", &p("ca.crt")];
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &[&tls[..], &["--max-tls-handshakes", "2"]].concat())?;
+    let agg = Aggregator::start(&dir, "aggregator", &[&tls[..], &["--max-tls-handshakes", "2"]].concat())?;
     let url = format!("https://{}", agg.grpc);
     ensure!(get_cluster(&url, &dir, Some("agent"), true).await? == 0, "served while no handshake is stuck");
     // Two connections that never send a ClientHello hold both handshake slots.

@@ -79,7 +79,7 @@ async fn page(agg: &Aggregator) -> Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_snapshot_and_one_in_parts_count_the_same() -> Result<()> {
     let dir = scratch_dir("parts")?;
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &[])?;
+    let agg = Aggregator::start(&dir, "aggregator", &[])?;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", agg.grpc))?.connect().await?;
     // One template: every simulated node has the same series and values.
     let templates = vec![Template::build(1, 4)];

@@ -100,7 +100,7 @@ async fn step_all(nodes: &[&Node], times: usize) {
 async fn exact_cluster_sums_across_page_styles_and_an_ipamd_restart() -> Result<()> {
     let dir = scratch_dir("exact")?;
     let nodes = fakes(&[PageStyle::Legacy2019, PageStyle::Modern, PageStyle::PrefixDelegation, PageStyle::GaugeTyped], 10).await?;
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--publish-interval", "500ms"])?;
+    let agg = Aggregator::start(&dir, "aggregator", &["--publish-interval", "500ms"])?;
     let agents: Vec<Proc> = nodes.iter().map(|n| start_agent(&dir, &n.name, &n.fake.url(), &agg.grpc, &[])).collect::<Result<_>>()?;
     wait_reporting(&agg, 4.0).await?;
     let all: Vec<&Node> = nodes.iter().collect();
@@ -155,7 +155,7 @@ async fn exact_cluster_sums_across_page_styles_and_an_ipamd_restart() -> Result<
 async fn goodbye_removes_at_once_and_ttl_expires_a_silent_node() -> Result<()> {
     let dir = scratch_dir("leave")?;
     let nodes = fakes(&[PageStyle::Modern, PageStyle::Modern, PageStyle::PrefixDelegation], 20).await?;
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--node-ttl", "4s"])?;
+    let agg = Aggregator::start(&dir, "aggregator", &["--node-ttl", "4s"])?;
     let mut agents: Vec<Proc> = nodes.iter().map(|n| start_agent(&dir, &n.name, &n.fake.url(), &agg.grpc, &[])).collect::<Result<_>>()?;
     wait_reporting(&agg, 3.0).await?;
     let all: Vec<&Node> = nodes.iter().collect();
@@ -188,7 +188,7 @@ async fn goodbye_removes_at_once_and_ttl_expires_a_silent_node() -> Result<()> {
 async fn garbage_page_on_one_node_while_the_others_stay_exact() -> Result<()> {
     let dir = scratch_dir("garbage")?;
     let nodes = fakes(&[PageStyle::Modern, PageStyle::Legacy2019, PageStyle::PrefixDelegation], 30).await?;
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &[])?;
+    let agg = Aggregator::start(&dir, "aggregator", &[])?;
     let _agents: Vec<Proc> = nodes.iter().map(|n| start_agent(&dir, &n.name, &n.fake.url(), &agg.grpc, &[])).collect::<Result<_>>()?;
     wait_reporting(&agg, 3.0).await?;
     let all: Vec<&Node> = nodes.iter().collect();
@@ -222,12 +222,11 @@ async fn garbage_page_on_one_node_while_the_others_stay_exact() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_errors_are_clear() -> Result<()> {
     let dir = scratch_dir("startup")?;
-    let mut bad =
-        Proc::start("cni-metrics-agent", "agent-bad-interval", &["--interval".into(), "0".into(), "--node-name".into(), "x".into()], &dir)?;
+    let mut bad = Launch::host("cni-metrics-agent", "agent-bad-interval", &dir)?.args(["--interval", "0", "--node-name", "x"]).start()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     bad.kill();
     assert!(bad.stderr().contains("must be positive"), "{}", bad.stderr());
-    let mut bad = Proc::start("cni-metrics-aggregator", "agg-bad-switch", &["--prometheus".into(), "ture".into()], &dir)?;
+    let mut bad = Launch::host("cni-metrics-aggregator", "agg-bad-switch", &dir)?.args(["--prometheus", "ture"]).start()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     bad.kill();
     assert!(bad.stderr().contains("is not one of yes/true/no/false"), "{}", bad.stderr());
@@ -238,35 +237,13 @@ async fn startup_errors_are_clear() -> Result<()> {
 async fn two_agents_claiming_one_node_do_not_double_it() -> Result<()> {
     let dir = scratch_dir("twins")?;
     let nodes = fakes(&[PageStyle::Modern, PageStyle::PrefixDelegation], 50).await?;
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &[])?;
+    let agg = Aggregator::start(&dir, "aggregator", &[])?;
     let first = start_agent(&dir, "twin", &nodes[0].fake.url(), &agg.grpc, &[])?;
     wait_reporting(&agg, 1.0).await?;
-    let second = Proc::start(
-        "cni-metrics-agent",
-        "twin-2",
-        &[
-            "--ipamd-url",
-            &nodes[1].fake.url(),
-            "--aggregator",
-            &format!("http://{}", agg.grpc),
-            "--node-name",
-            "twin",
-            "--interval",
-            "200ms",
-            "--imds",
-            "false",
-            "--introspection-url",
-            "",
-            "--http-listen",
-            "",
-            "--log-format",
-            "json",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect::<Vec<_>>(),
-        &dir,
-    )?;
+    let second = Launch::host("cni-metrics-agent", "twin-2", &dir)?
+        .args(["--ipamd-url", &nodes[1].fake.url(), "--aggregator", &format!("http://{}", agg.grpc), "--node-name", "twin"])
+        .args(["--interval", "200ms", "--imds", "false", "--introspection-url", "", "--http-listen", "", "--log-format", "json"])
+        .start()?;
     second.wait_log("already reported by another live agent", Duration::from_secs(10))?;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let page = agg.metrics().await?;

@@ -209,7 +209,7 @@ async fn promql_over_a_real_prometheus_gives_the_truth() -> Result<()> {
     let agg_port = targets[0].port;
     let agent_port = targets[1].port;
     let agg_http = format!("{agg_ip}:{agg_port}");
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--http-listen", &agg_http])?;
+    let agg = Aggregator::start(&dir, "aggregator", &["--http-listen", &agg_http])?;
 
     let mut ipamds = Vec::new();
     let mut agents = Vec::new();

@@ -33,7 +33,7 @@ async fn the_python_example_prints_what_the_aggregator_exposes() -> Result<()> {
     let stubs = dir.join("stubs");
     generate_stubs(python, &stubs)?;
 
-    let agg = Aggregator::start(&dir, "aggregator", "127.0.0.1:0", &["--subscribe-interval", "100ms"])?;
+    let agg = Aggregator::start(&dir, "aggregator", &["--subscribe-interval", "100ms"])?;
     let mut ipamds = Vec::new();
     let mut agents = Vec::new();
     for (i, style) in [PageStyle::Modern, PageStyle::PrefixDelegation, PageStyle::Legacy2019].into_iter().enumerate() {

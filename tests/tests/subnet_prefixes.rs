@@ -134,27 +134,25 @@ async fn free_prefixes_match_a_count_over_ec2_and_the_nodes() -> Result<()> {
     }
 
     let dir = scratch_dir("subnet-prefixes")?;
-    let agg = Aggregator::start_env(
-        &dir,
-        "aggregator",
-        "127.0.0.1:0",
-        &[
-            "--cluster-id",
-            "e2e",
-            "--cloudwatch",
-            "true",
-            "--subnet-metrics",
-            "true",
-            "--subnet-refresh",
-            "1s",
-            "--subnet-prefixes-refresh",
-            "1s",
-            "--subnet-low-prefixes",
-            "8",
-            "--publish-interval",
-            "1s",
-        ],
-        &[("AWS_ENDPOINT_URL", Some(emu.url().as_str()))],
+    let agg = Aggregator::start_with(
+        Aggregator::launch(&dir, "aggregator")?
+            .args([
+                "--cluster-id",
+                "e2e",
+                "--cloudwatch",
+                "true",
+                "--subnet-metrics",
+                "true",
+                "--subnet-refresh",
+                "1s",
+                "--subnet-prefixes-refresh",
+                "1s",
+                "--subnet-low-prefixes",
+                "8",
+                "--publish-interval",
+                "1s",
+            ])
+            .envs(&[("AWS_ENDPOINT_URL", Some(emu.url().as_str()))]),
     )?;
     // One node per subnet, prefix delegation, its /28s in the subnet (auto mode: they turn counting on).
     let mut ipamds = Vec::new();

@@ -80,25 +80,23 @@ async fn subnet_capacity_from_ec2_joined_with_the_cluster() -> Result<()> {
     emu.ec2(&[("Action", "CreateNetworkInterface"), ("SubnetId", &a), ("SecondaryPrivateIpAddressCount", "9")]).await?;
 
     let dir = scratch_dir("subnets")?;
-    let agg = Aggregator::start_env(
-        &dir,
-        "aggregator",
-        "127.0.0.1:0",
-        &[
-            "--cluster-id",
-            "e2e",
-            "--cloudwatch",
-            "true",
-            "--subnet-metrics",
-            "true",
-            "--subnet-discovery",
-            "true",
-            "--subnet-refresh",
-            "1s",
-            "--publish-interval",
-            "1s",
-        ],
-        &[("AWS_ENDPOINT_URL", Some(emu.url().as_str()))],
+    let agg = Aggregator::start_with(
+        Aggregator::launch(&dir, "aggregator")?
+            .args([
+                "--cluster-id",
+                "e2e",
+                "--cloudwatch",
+                "true",
+                "--subnet-metrics",
+                "true",
+                "--subnet-discovery",
+                "true",
+                "--subnet-refresh",
+                "1s",
+                "--publish-interval",
+                "1s",
+            ])
+            .envs(&[("AWS_ENDPOINT_URL", Some(emu.url().as_str()))]),
     )?;
     // Two nodes in subnet A, one in B.
     let mut ipamds = Vec::new();
