@@ -96,11 +96,19 @@ impl Cluster {
         self.lab.is_some()
     }
 
-    /// Add a node with a fresh ipamd (started 2 s ago); returns its index.
+    /// Add a node with a fresh ipamd (started 2 s ago, modern and prefix-delegation pages in turn);
+    /// returns its index.
     pub fn add_node(&mut self) -> Result<usize> {
+        let style = if self.nodes.len().is_multiple_of(2) { "modern" } else { "pd" };
+        self.add_node_with(style, 2.0)
+    }
+
+    /// Add a node whose ipamd serves pages of `style` (`modern`, `pd`, `legacy`: 2019, `gauge`: counters
+    /// typed as gauges) and started `age_secs` ago (older than the agents' initial window: its
+    /// counters are a baseline, not counted); returns its index.
+    pub fn add_node_with(&mut self, style: &str, age_secs: f64) -> Result<usize> {
         let i = self.nodes.len();
         let name = format!("node-{i}");
-        let style = if i.is_multiple_of(2) { "modern" } else { "pd" };
         let (ns, listen) = match &mut self.lab {
             Some(lab) => {
                 lab.add_node(i)?;
@@ -108,8 +116,8 @@ impl Cluster {
             }
             None => (None, format!("127.0.0.1:{}", free_port()?)),
         };
-        let args: Vec<String> =
-            ["--listen", &listen, "--seed", &(100 + i).to_string(), "--style", style].iter().map(|s| (*s).to_owned()).collect();
+        let (seed, age) = ((100 + i).to_string(), age_secs.to_string());
+        let args = ["--listen", &listen, "--seed", &seed, "--style", style, "--age-secs", &age];
         let fake = Launch::host("cni-metrics-fake-ipamd", &format!("{name}-ipamd"), &self.dir)?
             .netns(ns.as_deref())
             .args(args)
@@ -255,11 +263,15 @@ impl Cluster {
 
     /// Advance every running ipamd `times` intervals, `pause` apart.
     pub async fn step_all(&mut self, times: usize, pause: Duration) -> Result<()> {
+        let up: Vec<usize> = (0..self.nodes.len()).filter(|i| self.nodes[*i].ipamd_up).collect();
+        self.step(&up, times, pause).await
+    }
+
+    /// Advance the ipamds of `nodes` `times` intervals, `pause` apart.
+    pub async fn step(&mut self, nodes: &[usize], times: usize, pause: Duration) -> Result<()> {
         for _ in 0..times {
-            for i in 0..self.nodes.len() {
-                if self.nodes[i].ipamd_up {
-                    self.ipamd(i, "step 1")?;
-                }
+            for i in nodes {
+                self.ipamd(*i, "step 1")?;
             }
             tokio::time::sleep(pause).await;
         }
@@ -278,10 +290,57 @@ impl Cluster {
 
     /// What node `i`'s ipamd counted.
     pub fn node_truth(&mut self, i: usize) -> Result<Totals> {
+        let f = self.node_facts(i)?;
+        Ok((f("add"), f("del"), f("ec2")))
+    }
+
+    /// Node `i`'s ipamd gauges now: (assigned, total, max).
+    pub fn node_gauges(&mut self, i: usize) -> Result<Totals> {
+        let f = self.node_facts(i)?;
+        Ok((f("assigned"), f("total"), f("max")))
+    }
+
+    /// Node `i`'s ipamd's `truth` answer, by field.
+    fn node_facts(&mut self, i: usize) -> Result<impl Fn(&str) -> f64> {
         let line = self.nodes[i].fake.send("truth")?;
         let json: serde_json::Value = serde_json::from_str(line.strip_prefix("TRUTH ").context("truth line")?)?;
-        let f = |k: &str| json[k].as_f64().unwrap_or(f64::NAN);
-        Ok((f("add"), f("del"), f("ec2")))
+        Ok(move |k: &str| json[k].as_f64().unwrap_or(f64::NAN))
+    }
+
+    /// Node `i`'s ipamd metrics URL, as its agent sees it.
+    pub fn ipamd_url(&self, i: usize) -> &str {
+        &self.nodes[i].ipamd
+    }
+
+    /// Node `i`'s ipamd page (from inside its namespace when there is one).
+    pub async fn ipamd_page(&self, i: usize) -> Result<String> {
+        let ns = self.lab.as_ref().map(|l| l.node(i));
+        http_get(ns.as_deref(), &self.nodes[i].ipamd).await
+    }
+
+    /// Wait until the current aggregator's `/metrics` shows the gauges of `gauge_nodes` and every node's
+    /// counters less `lost` (baselines not counted): (assigned, total, max, add, del).
+    pub async fn wait_page_exact(&mut self, gauge_nodes: &[usize], lost: Totals, timeout: Duration) -> Result<()> {
+        let mut gauges = (0.0, 0.0, 0.0);
+        for i in gauge_nodes {
+            let g = self.node_gauges(*i)?;
+            gauges = (gauges.0 + g.0, gauges.1 + g.1, gauges.2 + g.2);
+        }
+        let t = self.truth()?;
+        let want = (Some(gauges.0), Some(gauges.1), Some(gauges.2), Some(t.0 - lost.0), Some(t.1 - lost.1));
+        let this = &*self;
+        eventually(timeout, || async move {
+            let page = this.metrics().await?;
+            let got = (
+                sample(&page, "awscni_assigned_ip_addresses", &[]),
+                sample(&page, "awscni_total_ip_addresses", &[]),
+                sample(&page, "awscni_ip_max", &[]),
+                sample(&page, "awscni_add_ip_req_count", &[]),
+                sample(&page, "awscni_del_ip_req_count", &[("reason", "PodDeleted")]),
+            );
+            Ok(if got == want { Ok(()) } else { Err(format!("(assigned, total, max, add, del) got {got:?}, want {want:?}")) })
+        })
+        .await
     }
 
     /// Node `i`'s state directory (with `keep_position`).
