@@ -1,5 +1,4 @@
-//! The command line: `serve` (the default: run the aggregator), `watch` and `demo`, each parsing only
-//! its own flags (clap with `env =`), so a server setting in a pod's environment never breaks `watch`.
+//! `serve`'s configuration (the commands themselves are in [`crate::cli`]).
 //!
 //! `serve`'s flags are one clap `Args` group per concern, each declared next to the component it
 //! configures ([`ListenArgs`], [`StateArgs`], [`IngestArgs`], [`PublishArgs`], [`CloudWatchArgs`],
@@ -8,10 +7,9 @@
 //! (ranges, switches, a blank value meaning unset) are the flag parsers' (`cni_metrics_proto::flags`),
 //! the rules across flags are here. `watch`'s and `demo`'s flags live with them.
 
-use std::ffi::OsString;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser};
 use cni_metrics_proto::telemetry::LogFormat;
 
 use crate::auth::{TokenAuthArgs, TokenAuthConfig};
@@ -27,55 +25,6 @@ use crate::subnets::{SubnetArgs, SubnetsConfig};
 use crate::tls::{TlsArgs, TlsConfig, TlsIncomplete};
 
 pub use cni_metrics_proto::flags::parse_switch;
-
-#[derive(Clone, Debug, Parser)]
-#[command(
-    name = "cni-metrics-aggregator",
-    version,
-    about = "Sums per-node ipamd reports into exact cluster metrics, publishes and re-exposes them",
-    after_help = "Without a command the aggregator serves: `cni-metrics-aggregator [FLAGS]` is `cni-metrics-aggregator serve [FLAGS]`."
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Clone, Debug, Subcommand)]
-pub enum Command {
-    /// Run the aggregator (the default command).
-    Serve(Box<ServeArgs>),
-    /// Run an aggregator with simulated nodes (fake ipamd pages, real agents, real gRPC); no AWS, no cluster.
-    #[cfg(feature = "demo")]
-    Demo(crate::demo::DemoConfig),
-    /// A terminal view of a running aggregator (its Consumer gRPC service).
-    Watch(crate::watch::WatchConfig),
-}
-
-/// The commands, and what `serve` is taken for when the first argument names none.
-const COMMANDS: [&str; 4] = ["serve", "demo", "watch", "help"];
-
-impl Cli {
-    /// Parse the process arguments, `serve` when no command is named.
-    pub fn parse_args() -> Self {
-        Self::parse_from(with_default_command(std::env::args_os().collect()))
-    }
-
-    /// As [`Cli::parse_args`], for given arguments (tests).
-    pub fn try_parse_args(args: Vec<OsString>) -> Result<Self, clap::Error> {
-        Self::try_parse_from(with_default_command(args))
-    }
-}
-
-/// `serve` inserted when the first argument is neither a command nor help/version: the aggregator's
-/// manifests run it with flags (or none) and no command.
-fn with_default_command(mut args: Vec<OsString>) -> Vec<OsString> {
-    let first = args.get(1).and_then(|a| a.to_str());
-    let named = first.is_some_and(|a| COMMANDS.contains(&a) || ["-h", "--help", "-V", "--version"].contains(&a));
-    if !named {
-        args.insert(1.min(args.len()), OsString::from("serve"));
-    }
-    args
-}
 
 /// Logging, for every command.
 #[derive(Clone, Debug, Args)]
@@ -112,6 +61,13 @@ pub struct ServeArgs {
     pub consumer: ConsumerArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// `serve`'s flags alone, as their own command line (defaults, tests).
+#[derive(Parser)]
+pub(crate) struct Serve {
+    #[command(flatten)]
+    pub(crate) args: ServeArgs,
 }
 
 /// What the aggregator runs with, validated: one typed part per concern.
@@ -167,11 +123,6 @@ impl ServeArgs {
     /// against them.
     pub fn defaults() -> Self {
         use clap::{CommandFactory, FromArgMatches};
-        #[derive(Parser)]
-        struct Serve {
-            #[command(flatten)]
-            args: ServeArgs,
-        }
         let cmd = Serve::command().mut_args(|a| a.env(None::<&'static str>));
         // Only the defaults are parsed here, so this fails only if an attribute is broken (the tests'
         // `defaults_parse_and_match_the_cores` proves it does not).

@@ -11,14 +11,16 @@
 //! - [`auth`]: agent tokens (`--agent-auth token`): an agent speaks only for its own node.
 //! - [`listen`]: the plaintext gRPC accept loop and what the listeners count.
 //! - [`limits`]: the agent stream limit, derived from the open-file limit unless `--max-streams` is set.
-//! - [`http`] (`/metrics`, `/healthz`, `/readyz`), [`tls`] (mutual TLS), [`server`] (the wiring),
-//!   [`config`] (typed flags, the one source of defaults), [`watch`] (the terminal view) and, with the
-//!   default `demo` feature, `demo` (real agents against simulated ipamds; the production image is
+//! - [`http`] (`/metrics`, `/healthz`, `/readyz`), [`tls`] (mutual TLS), [`server`] (the wiring).
+//! - [`cli`] (the commands: serve, the default, watch, demo), [`config`] (serve's flags, a group per
+//!   concern, validated once into a typed configuration; the one source of defaults).
+//! - [`watch`] (the terminal view) and, with the default `demo` feature, `demo` (real agents against simulated ipamds; the production image is
 //!   built without it, so it links neither the agent nor the test fixtures).
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod aws;
+pub mod cli;
 pub mod config;
 pub mod consumer;
 #[cfg(feature = "demo")]

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use cni_metrics_aggregator::config::{Cli, Command, ServerConfig};
+use cni_metrics_aggregator::cli::{Cli, Command};
+use cni_metrics_aggregator::config::ServerConfig;
 use cni_metrics_aggregator::sinks::cloudwatch::CloudWatchSink;
 use cni_metrics_aggregator::sinks::stdout::StdoutSink;
 use cni_metrics_aggregator::sinks::Sink;
