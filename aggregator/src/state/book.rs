@@ -359,4 +359,20 @@ mod tests {
         }
         assert_eq!(b.get("a").map(|n| n.committed_seq()), Some(5));
     }
+
+    #[test]
+    fn a_node_changed_through_its_guard_is_reindexed() {
+        let t = Instant::now();
+        let mut b = NodeBook::new(10);
+        b.insert(node("a", 1, "", "", t));
+        assert_eq!((b.status_count(ScrapeStatus::Pending), b.status_count(ScrapeStatus::Ok)), (1, 0), "indexed on entry");
+        let report = cni_metrics_proto::v1::Report { seq: 1, snapshot: true, ..Default::default() };
+        if let Some(mut n) = b.node_mut("a") {
+            n.record(&report, ScrapeStatus::Ok, t + Duration::from_secs(1));
+        }
+        assert_eq!((b.status_count(ScrapeStatus::Pending), b.status_count(ScrapeStatus::Ok)), (0, 1), "reindexed when the guard dropped");
+        // Expiry follows the new report time: 3 s TTL after t + 1 s.
+        assert!(b.expired(t + Duration::from_millis(3500)).is_empty());
+        assert_eq!(b.expired(t + Duration::from_secs(5)), vec![Arc::<str>::from("a")]);
+    }
 }

@@ -757,4 +757,46 @@ mod tests {
             assert_eq!(got, want, "case {i}");
         }
     }
+
+    #[test]
+    fn a_value_says_what_it_does_to_its_cluster_series() {
+        let t = Instant::now();
+        let h = Hello { node_name: "n".into(), run_id: 1, keeps_position: true, ..Hello::default() };
+        let mut n = NodeState::new(Arc::from("n"), &h, 1, Duration::from_secs(10), Duration::from_secs(30), t);
+        let series = |slot: Option<u32>, kind: MetricKind, value: f64, role: Option<CapRole>| NodeSeries {
+            slot,
+            kind,
+            value,
+            raw: 5.0,
+            key: None,
+            contributing: false,
+            role,
+        };
+        n.define_series(1, series(Some(10), MetricKind::Gauge, f64::NAN, Some(CapRole::Assigned)));
+        n.define_series(2, series(Some(11), MetricKind::Counter, 100.0, None));
+        n.define_series(3, series(None, MetricKind::Gauge, f64::NAN, None));
+        let into = |slot, change, role| Folded::Into { slot, change, role };
+        let assigned = Some(CapRole::Assigned);
+        // (series, value, what it does)
+        let steps = [
+            (9, 1.0, Folded::UnknownId),
+            (3, 1.0, Folded::NoSlot),
+            (1, 4.0, into(10, SlotChange::Gauge { old: None, new: 4.0 }, assigned)),
+            (1, 6.0, into(10, SlotChange::Gauge { old: Some(4.0), new: 6.0 }, assigned)),
+            (1, f64::NAN, into(10, SlotChange::NonFinite { withdraw: Some(6.0) }, assigned)),
+            (1, f64::INFINITY, into(10, SlotChange::NonFinite { withdraw: None }, assigned)),
+            (1, 2.0, into(10, SlotChange::Gauge { old: None, new: 2.0 }, assigned)),
+            (2, 103.0, into(11, SlotChange::Increment(3.0), None)),
+            (2, 103.0, into(11, SlotChange::Increment(0.0), None)),
+            (2, 90.0, into(11, SlotChange::Regressed, None)),
+            (2, 95.0, into(11, SlotChange::Increment(5.0), None)),
+        ];
+        for (i, (id, v, want)) in steps.into_iter().enumerate() {
+            assert_eq!(n.set_value(id, v), want, "step {i}: series {id} = {v}");
+        }
+        // A keeping run remembers what it put in the open window since the last window that included it.
+        assert_eq!(n.unpublished_by_slot().collect::<Vec<_>>(), vec![(11, 8.0)]);
+        assert!(n.set_withheld(true) && !n.set_withheld(true), "withheld once");
+        assert_eq!(n.contributions().collect::<Vec<_>>(), vec![(10, 2.0)], "the gauge counts its last value");
+    }
 }
