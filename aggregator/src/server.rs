@@ -95,18 +95,18 @@ impl Tasks {
         self.0.spawn(task);
     }
 
-    /// Wait for every task; a task still running after [`DRAIN`] is aborted. A panicked task is an error.
-    async fn join(mut self) -> Result<(), tokio::task::JoinError> {
+    /// Wait for every task; a task still running after `drain` is aborted. A panicked task is an error.
+    async fn join(mut self, drain: Duration) -> Result<(), tokio::task::JoinError> {
         let all = async {
             while let Some(r) = self.0.join_next().await {
                 r?;
             }
             Ok(())
         };
-        match tokio::time::timeout(DRAIN, all).await {
+        match tokio::time::timeout(drain, all).await {
             Ok(r) => r,
             Err(_) => {
-                warn!(drain = %cni_metrics_proto::duration::format(DRAIN), left = self.0.len(), "background tasks did not end within the drain time; aborting them");
+                warn!(drain = %cni_metrics_proto::duration::format(drain), left = self.0.len(), "background tasks did not end within the drain time; aborting them");
                 self.0.shutdown().await;
                 Ok(())
             }
@@ -157,7 +157,7 @@ pub async fn serve(
     let _ = life.stop.send(true);
     let grpc_result = drained(grpc_task).await;
     let http_result = drained(http_task).await;
-    let tasks_result = tasks.join().await;
+    let tasks_result = tasks.join(DRAIN).await;
     publisher_result?;
     tasks_result?;
     grpc_result??;
@@ -357,5 +357,40 @@ async fn drained<T>(mut task: tokio::task::JoinHandle<Result<(), T>>) -> Result<
             task.abort();
             Ok(Ok(()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Tasks that end when told, one that never does, one that panics.
+    #[tokio::test]
+    async fn tasks_end_or_are_aborted_and_a_panic_is_an_error() {
+        let life = Lifecycle::new();
+        let ended = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Tasks::default();
+        for _ in 0..3 {
+            let (stopped, ended) = (life.stopped(), ended.clone());
+            tasks.spawn(async move {
+                stopped.await;
+                ended.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        let _ = life.stop.send(true);
+        assert!(tasks.join(Duration::from_secs(5)).await.is_ok());
+        assert_eq!(ended.load(Ordering::Relaxed), 3, "joined means ended");
+
+        let mut stuck = Tasks::default();
+        stuck.spawn(std::future::pending());
+        let started = Instant::now();
+        assert!(stuck.join(Duration::from_millis(50)).await.is_ok(), "a task past the drain is aborted");
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        let mut panics = Tasks::default();
+        panics.spawn(async { panic!("a refresher bug") });
+        assert!(panics.join(Duration::from_secs(5)).await.is_err(), "a panic is reported");
     }
 }
