@@ -97,7 +97,7 @@ pub fn introspection(data: &[u8]) {
     }
 }
 
-/// The duration and switch parsers.
+/// The flag parsers: durations, switches, blank-means-unset values and floors.
 pub fn flags(data: &[u8]) {
     let s = String::from_utf8_lossy(data);
     if let Ok(d) = cni_metrics_proto::duration::parse_positive(&s) {
@@ -105,6 +105,14 @@ pub fn flags(data: &[u8]) {
         assert!(d <= cni_metrics_proto::duration::MAX, "a duration above the maximum accepted from {s:?}");
     }
     let _ = cni_metrics_proto::flags::parse_switch(&s);
+    // Blank is unset and nothing else is; a floor holds for whatever parses.
+    match cni_metrics_proto::flags::non_blank::<u64>(&s) {
+        Ok(v) => assert_eq!(v.is_set(), !s.trim().is_empty(), "blank and set disagree for {s:?}"),
+        Err(_) => assert!(!s.trim().is_empty(), "a blank value refused: {s:?}"),
+    }
+    if let Ok(v) = cni_metrics_proto::flags::at_least(1024usize, "1 KiB")(&s) {
+        assert!(v >= 1024, "{v} accepted below its floor from {s:?}");
+    }
 }
 
 const NODES: &[&str] = &["node-a", "node-b", "ip-10-0-0-1.ec2.internal", "Bad Node", ""];
