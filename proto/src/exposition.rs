@@ -134,12 +134,6 @@ impl Family<'_, '_> {
         self
     }
 
-    /// [`Family::sample`] with the labels from an iterator (no intermediate list).
-    pub fn sample_iter<'l>(&mut self, labels: impl IntoIterator<Item = (&'l str, &'l str)>, value: f64) -> &mut Self {
-        self.page.sample(self.name, "", labels, value);
-        self
-    }
-
     /// A sample named after the family with `suffix` (`_sum`, `_count`, `_bucket` of a summary or
     /// histogram, or `_total`), labels from an iterator.
     pub fn suffixed<'l>(&mut self, suffix: &str, labels: impl IntoIterator<Item = (&'l str, &'l str)>, value: f64) -> &mut Self {

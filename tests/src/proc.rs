@@ -102,10 +102,6 @@ impl Launch {
         self
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn start(self) -> Result<Proc> {
         let stdout_path = self.dir.join(format!("{}.stdout", self.name));
         let stderr_path = self.dir.join(format!("{}.stderr", self.name));

@@ -153,10 +153,12 @@ impl Notifier {
         let now = Instant::now();
         let since = std::mem::replace(&mut self.last_tick, now);
         let subscribed = self.updates.receiver_count() > 0;
-        let wants_changes = subscribed && self.wants_changes.load(Ordering::Relaxed) > 0;
-        let wants_nodes = self.wants_nodes.load(Ordering::Relaxed) > 0;
+        let (change_subscribers, node_subscribers) = (&self.wants_changes, &self.wants_nodes);
         let seen = self.seen;
-        let (version, update) = self.state.take_changes(since, now, wants_changes, |st, log| {
+        // The subscriber counts are read under the state lock, where subscribers register.
+        let wants = || subscribed && change_subscribers.load(Ordering::Relaxed) > 0;
+        let (version, update) = self.state.take_changes(since, now, wants, |st, log, wants_changes| {
+            let wants_nodes = node_subscribers.load(Ordering::Relaxed) > 0;
             let version = st.version();
             if !subscribed || version == seen {
                 return (version, None);

@@ -131,19 +131,22 @@ impl StateHandle {
         (view, st.cluster_id().to_owned())
     }
 
-    /// The consumers' change log since the last call and, under the same lock, `f` over the state. When
-    /// `staleness_counts` (a change subscriber exists) and nodes went stale by time since the last
-    /// call, the version moves: no report moved it, yet what consumers see changed.
+    /// The consumers' change log since the last call and, under the same lock, `f` over the state.
+    /// `staleness_counts` is asked under the lock too (whether a change subscriber exists: subscribers
+    /// register under the lock, so a tick and a new subscriber's first page are ordered); when it says
+    /// yes and nodes went stale by time since the last call, the version moves: no report moved it, yet
+    /// what consumers see changed. `f` gets its answer.
     pub fn take_changes<R: 'static>(
         &self,
         since: Instant,
         now: Instant,
-        staleness_counts: bool,
-        f: impl FnOnce(&ClusterState, Option<NodeChanges>) -> R,
+        staleness_counts: impl FnOnce() -> bool,
+        f: impl FnOnce(&ClusterState, Option<NodeChanges>, bool) -> R,
     ) -> R {
         let mut st = self.lock();
-        let changes = st.take_changes(since, now, staleness_counts);
-        f(&st, changes)
+        let counts = staleness_counts();
+        let changes = st.take_changes(since, now, counts);
+        f(&st, changes, counts)
     }
 
     /// `--subnet-metrics`: turn subnet metrics on.
