@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The aarch64 toolchain, made once and kept under target/arm64-sid (never committed): a Debian sid root
+# The aarch64 toolchain, made once and kept outside the clone (~/.cache/cni-metrics-helper/arm64-sid-v1, or
+# ARM64_ROOT; v1 is the package set below: change it with them), so a fresh clone reuses it: a Debian sid root
 # (debootstrap, minbase) with sid's rustc and cargo and the aarch64 standard library of exactly that
 # compiler (libstd-rust-dev:arm64), the aarch64 C cross compiler and libc. The host's rustup cannot add
 # targets here (no rustup server is reachable), and bookworm's own Rust is too old for the lock file.
@@ -7,7 +8,7 @@
 # Prints the compiler's version. `scripts/build-images.sh` calls it; it is a no-op once the root is ready.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-dir="${ARM64_ROOT:-$root/target/arm64-sid}"
+dir="${ARM64_ROOT:-${CNI_METRICS_CACHE:-$HOME/.cache/cni-metrics-helper}/arm64-sid-v1}"
 ready="$dir/.cni-metrics-toolchain-ready"
 packages=(rustc cargo libstd-rust-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross ca-certificates)
 if [ ! -f "$ready" ]; then

@@ -24,7 +24,7 @@ case "$arch" in
     ;;
   arm64)
     target=aarch64-unknown-linux-gnu
-    sid="${ARM64_ROOT:-$root/target/arm64-sid}"
+    sid="${ARM64_ROOT:-${CNI_METRICS_CACHE:-$HOME/.cache/cni-metrics-helper}/arm64-sid-v1}"
     bash "$root/scripts/arm64-toolchain.sh" >/dev/null
     echo "arm64 toolchain: $(chroot "$sid" rustc --version) (Debian sid, libstd-rust-dev:arm64)" >&2
     cargo fetch --locked -q >&2

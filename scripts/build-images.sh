@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build both images for amd64 and arm64 without a Docker daemon: static release binaries per architecture
-# (scripts/build-binaries.sh: amd64 on the host, arm64 with Debian sid's toolchain in target/arm64-sid,
+# (scripts/build-binaries.sh: amd64 on the host, arm64 with Debian sid's toolchain in ~/.cache/cni-metrics-helper/arm64-sid-v1,
 # made once), then `buildah` (vfs storage, chroot isolation) from `FROM scratch`, one image per
 # architecture, gathered in one OCI image index per component and exported with every manifest as an OCI
 # archive: target/images/cni-metrics-agent.tar and target/images/cni-metrics-aggregator.tar.

@@ -21,7 +21,11 @@ GO_PACKAGE=golang-1.19
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 CACHE="${CNI_METRICS_CACHE:-$HOME/.cache/cni-metrics-helper}"
-HOME_DIR="$CACHE/kube-apiserver-$KUBE_VERSION"
+# The build's revision: r2 replaces the vendored reflect2 1.0.1, whose map iteration crashes the server
+# (SIGSEGV in json-iterator's sortKeysMapEncoder) on custom resources when built with Go >= 1.18, with
+# Debian's reflect2 1.0.2, the release that fixed it.
+BUILD_REVISION=r2
+HOME_DIR="$CACHE/kube-apiserver-$KUBE_VERSION-$BUILD_REVISION"
 BIN="$HOME_DIR/bin"
 
 log() { echo "kube-apiserver.sh: $*" >&2; }
@@ -71,13 +75,16 @@ build() {
   local started=$SECONDS
   private_apt "$work/apt"
   log "downloading Debian's kubernetes $DEB_SOURCE_VERSION source, Go 1.19, rsync and etcd"
-  unpack_debs "$work/apt" "$work/root" "$GO_PACKAGE-go" "$GO_PACKAGE-src" rsync libpopt0 libxxhash0 etcd-server
+  unpack_debs "$work/apt" "$work/root" "$GO_PACKAGE-go" "$GO_PACKAGE-src" rsync libpopt0 libxxhash0 etcd-server \
+    golang-github-modern-go-reflect2-dev
   (cd "$work" && APT_CONFIG="$work/apt/apt.conf" apt-get source -q --download-only \
     "kubernetes=$DEB_SOURCE_VERSION" >/dev/null) || die "could not download the kubernetes source"
   local orig
   orig=$(ls "$work"/kubernetes_*.orig.tar.* | head -n 1)
   mkdir -p "$work/gopath/src/k8s.io/kubernetes"
   tar -xf "$orig" -C "$work/gopath/src/k8s.io/kubernetes" --strip-components=1
+  local reflect2="$work/gopath/src/k8s.io/kubernetes/vendor/github.com/modern-go/reflect2"
+  rm -rf "$reflect2" && cp -r "$work/root/usr/share/gocode/src/github.com/modern-go/reflect2" "$reflect2"
   log "building kube-apiserver $KUBE_VERSION (about 13 min on 2 cores)"
   local goroot="$work/root/usr/lib/go-1.19"
   (
@@ -95,7 +102,7 @@ build() {
   cp "$work/root/usr/bin/etcd" "$BIN/etcd"
   mv "$BIN/kube-apiserver.tmp" "$BIN/kube-apiserver"
   rm -rf "$work"
-  log "built $("$BIN/kube-apiserver" --version) in $((SECONDS - started)) s; cached in $BIN"
+  log "built $("$BIN/kube-apiserver" --version) ($BUILD_REVISION) in $((SECONDS - started)) s; cached in $BIN"
   echo "$BIN/kube-apiserver"
 }
 

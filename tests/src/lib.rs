@@ -7,6 +7,7 @@
 //!   when the machine allows, with its truth; the one way the e2e tests start a cluster;
 //! - [`ipamd`]: simulated ipamds served from the test process; [`emulator`]: the AWS emulators (moto);
 //! - [`fleet`]: simulated agents for the fleet benchmark; [`invariants`]: the properties' generators;
+//! - [`kube`]: helm, kubectl and checkov, renders compared as objects, a real kube-apiserver;
 //! - [`page`]: reading `/metrics` and the stdout sink; [`ports`], [`tools`], [`pki`], [`netns`].
 
 pub mod aggregator;
@@ -15,6 +16,7 @@ pub mod emulator;
 pub mod fleet;
 pub mod invariants;
 pub mod ipamd;
+pub mod kube;
 pub mod netns;
 pub mod page;
 pub mod pki;

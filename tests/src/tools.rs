@@ -50,12 +50,7 @@ pub fn render_overlay(overlay: &str) -> Result<(String, Vec<serde_json::Value>, 
     let scratch = scratch_dir(&format!("render-{overlay}"))?;
     let file = scratch.join(format!("{overlay}.yaml"));
     std::fs::write(&file, &yaml)?;
-    let json = Command::new(test_python()?)
-        .args(["-c", "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))"])
-        .arg(&file)
-        .output()?;
-    anyhow::ensure!(json.status.success(), "yaml to json: {}", String::from_utf8_lossy(&json.stderr));
-    let docs: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout)?;
+    let docs = crate::kube::yaml_docs(&yaml)?;
     Ok((yaml, docs, file))
 }
 

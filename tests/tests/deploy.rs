@@ -13,6 +13,9 @@ use serde_json::Value;
 /// Ports taken on an EKS node: ipamd, the network-policy agent, upstream's helper.
 const RESERVED: &[u64] = &[50051, 61678, 61679, 8162, 8163, 61681];
 
+/// Read by both binaries' logging set-up, not by a flag (upstream's log level, and RUST_LOG).
+const READ_BY_LOGGING: &[&str] = &["AWS_VPC_K8S_CNI_LOGLEVEL", "RUST_LOG"];
+
 fn render(overlay: &str) -> Result<(String, Vec<Value>)> {
     let (yaml, docs, file) = render_overlay(overlay)?;
     validate(&file)?;
@@ -121,8 +124,8 @@ fn env_known(container: &Value, bin: &str) -> Result<()> {
     let help = String::from_utf8_lossy(&help.stdout);
     for e in container["env"].as_array().into_iter().flatten() {
         let name = e["name"].as_str().unwrap_or_default();
-        if ["AWS_VPC_K8S_CNI_LOGLEVEL"].contains(&name) {
-            continue; // read by the logging set-up, not a flag
+        if READ_BY_LOGGING.contains(&name) {
+            continue;
         }
         ensure!(help.contains(&format!("env: {name}=")), "{bin} does not read {name}");
     }
@@ -248,7 +251,7 @@ fn overlays_render_validate_and_keep_least_privilege() -> Result<()> {
                 // Every key the overlay sets is a flag the aggregator reads.
                 let help = Command::new(bin_dir()?.join("cni-metrics-aggregator")).args(["serve", "--help"]).output()?;
                 let help = String::from_utf8_lossy(&help.stdout);
-                for key in cm["data"].as_object().into_iter().flatten().map(|(k, _)| k) {
+                for key in cm["data"].as_object().into_iter().flatten().map(|(k, _)| k).filter(|k| !READ_BY_LOGGING.contains(&k.as_str())) {
                     ensure!(help.contains(&format!("env: {key}=")), "the aggregator does not read {key}");
                 }
                 let policy: Value = serde_json::from_str(&std::fs::read_to_string(repo_root().join("deploy/iam-policy-subnets.json"))?)?;
