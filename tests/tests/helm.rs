@@ -56,6 +56,8 @@ fn chart_lints_strictly_and_each_profile_renders_its_kustomize_overlay() -> Resu
     ensure!(lint.contains("0 chart(s) failed"), "helm lint --strict:\n{lint}");
     for (name, overlay) in PROFILES {
         let values = profile(name);
+        let lint = run(tool("helm")?.args(["lint", "--strict"]).arg(chart_dir()).arg("-f").arg(&values))?;
+        ensure!(lint.contains("0 chart(s) failed"), "helm lint --strict -f {name}:\n{lint}");
         let raw = yaml_docs(&helm_template(&["-f", values.to_str().context("path")?])?)?;
         for doc in &raw {
             let labels = &doc["metadata"]["labels"];
