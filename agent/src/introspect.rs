@@ -45,14 +45,19 @@ fn eni_sets(v: &Value) -> Result<Vec<&serde_json::Map<String, Value>>, Introspec
     Ok(out)
 }
 
+/// An address is assigned when its `IPAMKey` is set. ipamd v1.23 blanks `containerID` and `ifName` on
+/// this page, so `networkName` counts as much as `containerID` (a free address has all three empty).
 fn assigned(addr: &Value) -> bool {
     let Some(key) = addr.as_object().and_then(|a| a.iter().find(|(k, _)| k.eq_ignore_ascii_case("IPAMKey"))).map(|(_, v)| v) else {
         return false;
     };
-    key.as_object()
-        .and_then(|k| k.iter().find(|(k, _)| k.eq_ignore_ascii_case("containerID")))
-        .and_then(|(_, v)| v.as_str())
-        .is_some_and(|c| !c.is_empty())
+    let set = |name: &str| {
+        key.as_object()
+            .and_then(|k| k.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
+            .and_then(|(_, v)| v.as_str())
+            .is_some_and(|c| !c.is_empty())
+    };
+    set("networkName") || set("containerID")
 }
 
 /// One network card's datastore: pod addresses, assigned, ENIs.
@@ -195,7 +200,8 @@ mod tests {
     use serde_json::json;
 
     fn eni(subnet: Option<&str>, prefix: bool) -> Value {
-        let used = json!({"Address": "10.0.1.5", "IPAMKey": {"networkName": "aws-cni", "containerID": "abc", "ifName": "eth0"}});
+        // ipamd v1.23 blanks containerID and ifName on this page: networkName alone marks the address used.
+        let used = json!({"Address": "10.0.1.5", "IPAMKey": {"networkName": "aws-cni", "containerID": "", "ifName": ""}});
         let free = json!({"Address": "10.0.1.6", "IPAMKey": {"networkName": "", "containerID": "", "ifName": ""}});
         let cidrs = if prefix {
             json!({"10.0.1.0/28": {"IsPrefix": true, "IPAddresses": {"10.0.1.5": used, "10.0.1.6": free}}})

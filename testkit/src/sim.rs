@@ -214,7 +214,7 @@ impl SimIpamd {
                 total += cap;
                 assigned += used;
                 let addrs: Vec<String> = (0..used)
-                    .map(|i| format!("\"10.{e}.{k}.{i}\": {{\"Address\": \"10.{e}.{k}.{i}\", \"IPAMKey\": {{\"networkName\": \"aws-cni\", \"containerID\": \"c{e}{k}{i}\", \"ifName\": \"eth0\"}}}}"))
+                    .map(|i| format!("\"10.{e}.{k}.{i}\": {{\"Address\": \"10.{e}.{k}.{i}\", \"IPAMKey\": {{\"networkName\": \"aws-cni\", \"containerID\": \"\", \"ifName\": \"\"}}}}"))
                     .collect();
                 let cidr = if pd {
                     self.prefix_cidrs.get(prefix as usize).cloned().unwrap_or_else(|| format!("10.{e}.{k}.0/28"))
@@ -237,7 +237,7 @@ impl SimIpamd {
     /// An IPv6 node's one ENI: a /80 prefix with the pods' addresses.
     fn ipv6_eni(&self) -> (String, u64, u64) {
         let addrs: Vec<String> = (0..self.assigned)
-            .map(|i| format!("\"2600:1f18:4a:2b00:{i:x}::\": {{\"Address\": \"2600:1f18:4a:2b00:{i:x}::\", \"IPAMKey\": {{\"networkName\": \"aws-cni\", \"containerID\": \"c{i}\", \"ifName\": \"eth0\"}}}}"))
+            .map(|i| format!("\"2600:1f18:4a:2b00:{i:x}::\": {{\"Address\": \"2600:1f18:4a:2b00:{i:x}::\", \"IPAMKey\": {{\"networkName\": \"aws-cni\", \"containerID\": \"\", \"ifName\": \"\"}}}}"))
             .collect();
         let json = format!(
             "\"eni-0a1b2c3d4e5f00000\": {{\"ID\": \"eni-0a1b2c3d4e5f00000\", \"SubnetID\": \"{}\", \"AvailableIPv4Cidrs\": {{}}, \
