@@ -9,6 +9,14 @@ use cni_metrics_proto::flags::{non_blank, parse_switch, NonBlank};
 use cni_metrics_proto::telemetry::LogFormat;
 use std::path::PathBuf;
 
+/// IP_COOLDOWN_PERIOD: 0 (ipamd then keeps no freed address from pods), or a positive duration.
+fn parse_cooldown(s: &str) -> Result<Duration, cni_metrics_proto::duration::DurationError> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_positive(s)
+}
+
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "cni-metrics-agent",
@@ -101,6 +109,11 @@ pub struct AgentConfig {
     /// ipamd's introspection endpoint for per-subnet usage; empty disables it.
     #[arg(long, env = "INTROSPECTION_URL", default_value = "http://127.0.0.1:61679/v1/enis", value_parser = non_blank::<String>)]
     pub introspection_url: NonBlank<String>,
+
+    /// ipamd's IP_COOLDOWN_PERIOD (aws-node's own variable: plain seconds, or a duration; 0 for none):
+    /// how long a freed address stays from pods. The agent counts the free addresses still in it.
+    #[arg(long, env = "IP_COOLDOWN_PERIOD", default_value = "30", value_parser = parse_cooldown)]
+    pub ip_cooldown_period: Duration,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]

@@ -60,12 +60,59 @@ fn assigned(addr: &Value) -> bool {
     set("networkName") || set("containerID")
 }
 
-/// One network card's datastore: pod addresses, assigned, ENIs.
+/// When the page is read and how long ipamd keeps a freed address from pods (IP_COOLDOWN_PERIOD).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cooldown {
+    pub now_unix_ms: i64,
+    pub period_ms: i64,
+}
+
+impl Cooldown {
+    /// ipamd's default period (30 s), now.
+    pub fn now(period: Duration) -> Cooldown {
+        Cooldown { now_unix_ms: cni_metrics_proto::clock::unix_ms_now(), period_ms: i64::try_from(period.as_millis()).unwrap_or(i64::MAX) }
+    }
+
+    /// A free address unassigned within the period (ipamd's `inCoolingPeriod`: `now - UnassignedTime <=
+    /// period`). Go's zero time and unreadable times are not cooling.
+    fn cooling(&self, addr: &Value) -> bool {
+        if assigned(addr) {
+            return false;
+        }
+        let Some(t) = addr.get("UnassignedTime").and_then(Value::as_str).and_then(cni_metrics_proto::clock::parse_rfc3339) else {
+            return false;
+        };
+        let age = self.now_unix_ms.saturating_sub(t);
+        // A time ahead of this clock (skew) is taken as just now.
+        age <= self.period_ms && t > 0
+    }
+}
+
+/// One `AvailableIPv4Cidrs` entry: its addresses (1, or 2^(32 − length) for a prefix), those assigned
+/// and the free ones still cooling (at most its free addresses, whatever the page lists).
+fn cidr_usage(cidr: &str, info: &Value, cooldown: &Cooldown) -> (f64, f64, f64) {
+    let is_prefix = info.get("IsPrefix").and_then(Value::as_bool).unwrap_or(false);
+    let size = if is_prefix {
+        let bits: u32 = cidr.rsplit('/').next().and_then(|b| b.parse().ok()).filter(|b| *b <= 32).unwrap_or(28);
+        f64::from(1u32 << (32 - bits).min(16))
+    } else {
+        1.0
+    };
+    let addresses = info.get("IPAddresses").and_then(Value::as_object);
+    let count = |f: &dyn Fn(&Value) -> bool| addresses.map_or(0, |a| a.values().filter(|x| f(x)).count()) as f64;
+    let assigned = count(&assigned);
+    let cooling = count(&|x| cooldown.cooling(x)).min((size - assigned).max(0.0));
+    (size, assigned, cooling)
+}
+
+/// One network card's datastore: pod addresses, assigned, cooling, ENIs.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct CardTotals {
     pub total_ips: f64,
     pub assigned_ips: f64,
     pub enis: u32,
+    /// Free addresses in their cooldown, over the card's ENIs (IPv4).
+    pub cooldown_ips: f64,
 }
 
 /// What the introspection page says: per network card (one entry on pages without cards) and per
@@ -76,18 +123,31 @@ pub struct Introspection {
     pub subnets: Vec<SubnetUsage>,
 }
 
-/// Read the page: each card's `TotalIPs` / `AssignedIPs` (else summed from its ENIs) and ENI count, and
-/// the per-subnet usage.
-pub fn parse(v: &Value) -> Result<Introspection, IntrospectError> {
-    let subnets = parse_enis(v)?;
+impl Introspection {
+    /// The node's free addresses in their cooldown, over every card.
+    pub fn cooldown_ips(&self) -> f64 {
+        self.cards.iter().map(|c| c.cooldown_ips).sum()
+    }
+}
+
+/// Read the page: each card's `TotalIPs` / `AssignedIPs` (else summed from its ENIs), ENI count and
+/// cooling addresses, and the per-subnet usage.
+pub fn parse(v: &Value, cooldown: &Cooldown) -> Result<Introspection, IntrospectError> {
+    let subnets = parse_enis(v, cooldown)?;
     let obj = v.as_object().ok_or_else(|| IntrospectError::Shape("not an object".into()))?;
     let card = |c: &serde_json::Map<String, Value>| {
         let enis = c.get("ENIs").and_then(Value::as_object);
         let n = |k: &str| c.get(k).and_then(Value::as_f64).filter(|x| x.is_finite() && *x >= 0.0);
+        let cidrs = enis
+            .into_iter()
+            .flat_map(|e| e.values())
+            .filter_map(|eni| eni.get("AvailableIPv4Cidrs").and_then(Value::as_object))
+            .flat_map(|m| m.iter());
         CardTotals {
             total_ips: n("TotalIPs").unwrap_or(0.0),
             assigned_ips: n("AssignedIPs").unwrap_or(0.0),
             enis: enis.map_or(0, |e| u32::try_from(e.len()).unwrap_or(u32::MAX)),
+            cooldown_ips: cidrs.map(|(cidr, info)| cidr_usage(cidr, info, cooldown).2).sum(),
         }
     };
     let cards = if obj.contains_key("ENIs") {
@@ -109,6 +169,7 @@ pub const MAX_BLOCKS: usize = 4096;
 struct Tally {
     total: f64,
     assigned: f64,
+    cooldown: f64,
     enis: u32,
     blocks: Vec<Ipv4Block>,
     ipv6_prefixes: u32,
@@ -125,7 +186,7 @@ fn block(cidr: &str) -> Option<Ipv4Block> {
 
 /// Sum the page's ENIs per subnet, sorted by subnet id, with the IPv4 blocks they hold (at most
 /// [`MAX_BLOCKS`] in all) and their IPv6 prefixes.
-pub fn parse_enis(v: &Value) -> Result<Vec<SubnetUsage>, IntrospectError> {
+pub fn parse_enis(v: &Value, cooldown: &Cooldown) -> Result<Vec<SubnetUsage>, IntrospectError> {
     let mut by_subnet: BTreeMap<String, Tally> = BTreeMap::new();
     let mut blocks_left = MAX_BLOCKS;
     for enis in eni_sets(v)? {
@@ -140,16 +201,10 @@ pub fn parse_enis(v: &Value) -> Result<Vec<SubnetUsage>, IntrospectError> {
             entry.enis += 1;
             entry.ipv6_prefixes += v6.map_or(0, |m| u32::try_from(m.len()).unwrap_or(u32::MAX));
             for (cidr, info) in v4.into_iter().flatten() {
-                let is_prefix = info.get("IsPrefix").and_then(Value::as_bool).unwrap_or(false);
-                let size = if is_prefix {
-                    let bits: u32 = cidr.rsplit('/').next().and_then(|b| b.parse().ok()).filter(|b| *b <= 32).unwrap_or(28);
-                    f64::from(1u32 << (32 - bits).min(16))
-                } else {
-                    1.0
-                };
+                let (size, assigned, cooling) = cidr_usage(cidr, info, cooldown);
                 entry.total += size;
-                entry.assigned +=
-                    info.get("IPAddresses").and_then(Value::as_object).map_or(0, |a| a.values().filter(|x| assigned(x)).count()) as f64;
+                entry.assigned += assigned;
+                entry.cooldown += cooling;
                 if let Some(b) = block(cidr).filter(|_| blocks_left > 0) {
                     blocks_left -= 1;
                     entry.blocks.push(b);
@@ -171,13 +226,20 @@ pub fn parse_enis(v: &Value) -> Result<Vec<SubnetUsage>, IntrospectError> {
                 blocks,
                 ipv6_prefixes: t.ipv6_prefixes,
                 continued: false,
+                cooldown_ips: t.cooldown,
             }
         })
         .collect())
 }
 
 /// Fetch and parse the endpoint.
-pub async fn fetch(client: &reqwest::Client, url: &str, max_bytes: usize, timeout: Duration) -> Result<Introspection, IntrospectError> {
+pub async fn fetch(
+    client: &reqwest::Client,
+    url: &str,
+    max_bytes: usize,
+    timeout: Duration,
+    cooldown_period: Duration,
+) -> Result<Introspection, IntrospectError> {
     let unavailable = |e: reqwest::Error| IntrospectError::Unavailable(e.to_string());
     let mut resp = client.get(url).timeout(timeout).send().await.map_err(unavailable)?;
     if !resp.status().is_success() {
@@ -191,13 +253,16 @@ pub async fn fetch(client: &reqwest::Client, url: &str, max_bytes: usize, timeou
         body.extend_from_slice(&chunk);
     }
     let v: Value = serde_json::from_slice(&body).map_err(|e| IntrospectError::Shape(e.to_string()))?;
-    parse(&v)
+    parse(&v, &Cooldown::now(cooldown_period))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// 2026-12-07T12:00:00Z, ipamd's default cooldown.
+    const CLOCK: Cooldown = Cooldown { now_unix_ms: 1_796_644_800_000, period_ms: 30_000 };
 
     fn eni(subnet: Option<&str>, prefix: bool) -> Value {
         // ipamd v1.23 blanks containerID and ifName on this page: networkName alone marks the address used.
@@ -221,7 +286,7 @@ mod tests {
             |s: &str, t: f64, a: f64| SubnetUsage { subnet_id: s.into(), total_ips: t, assigned_ips: a, enis: 1, ..Default::default() };
         // The blocks are checked in `blocks_and_ipv6`.
         let parse_enis =
-            |v: &Value| parse_enis(v).map(|u| u.into_iter().map(|s| SubnetUsage { blocks: Vec::new(), ..s }).collect::<Vec<_>>());
+            |v: &Value| parse_enis(v, &CLOCK).map(|u| u.into_iter().map(|s| SubnetUsage { blocks: Vec::new(), ..s }).collect::<Vec<_>>());
         let cases = [
             (
                 "by network card, secondary IPs",
@@ -248,11 +313,11 @@ mod tests {
         // Cards: their own totals, in index order; a page without cards is one.
         let two = json!({"1": {"TotalIPs": 4, "AssignedIPs": 3, "ENIs": {"eni-2": eni(Some("subnet-b"), false), "eni-3": eni(Some("subnet-b"), false)}},
                          "0": {"TotalIPs": 2, "AssignedIPs": 1, "ENIs": {"eni-1": eni(Some("subnet-a"), false)}}});
-        let cards = parse(&two).map(|i| i.cards);
-        let card = |t: f64, a: f64, e: u32| CardTotals { total_ips: t, assigned_ips: a, enis: e };
+        let cards = parse(&two, &CLOCK).map(|i| i.cards);
+        let card = |t: f64, a: f64, e: u32| CardTotals { total_ips: t, assigned_ips: a, enis: e, cooldown_ips: 0.0 };
         assert_eq!(cards, Ok(vec![card(2.0, 1.0, 1), card(4.0, 3.0, 2)]));
         let old = json!({"TotalIPs": 2, "AssignedIPs": 1, "ENIs": {"eni-1": eni(Some("subnet-a"), false)}});
-        assert_eq!(parse(&old).map(|i| i.cards), Ok(vec![card(2.0, 1.0, 1)]));
+        assert_eq!(parse(&old, &CLOCK).map(|i| i.cards), Ok(vec![card(2.0, 1.0, 1)]));
         assert!(parse_enis(&json!({"weird": true})).is_err());
     }
 
@@ -268,11 +333,39 @@ mod tests {
                 "10.0.1.32/28": {"IsPrefix": true}, "10.0.1.16/28": {"IsPrefix": true}, "10.0.1.17/28": {"IsPrefix": true}}},
             "eni-2": {"SubnetID": "subnet-a", "AvailableIPv4Cidrs": {"10.0.1.32/28": {"IsPrefix": true}, "10.0.1.5/32": {}, "nonsense": {}}},
             "eni-3": {"SubnetID": "subnet-6", "AvailableIPv4Cidrs": {}, "AvailableIPv6Cidrs": {"2600:1f18:1:2:3::/80": {"IsPrefix": true}}}}}});
-        let got = parse_enis(&page).map(|u| u.into_iter().map(|s| (s.subnet_id, s.blocks, s.ipv6_prefixes, s.enis)).collect::<Vec<_>>());
+        let got =
+            parse_enis(&page, &CLOCK).map(|u| u.into_iter().map(|s| (s.subnet_id, s.blocks, s.ipv6_prefixes, s.enis)).collect::<Vec<_>>());
         let want = vec![
             ("subnet-6".to_owned(), vec![], 1, 1),
             ("subnet-a".to_owned(), vec![block("10.0.1.5", 32), block("10.0.1.16", 28), block("10.0.1.32", 28)], 0, 2),
         ];
         assert_eq!(got, Ok(want));
+    }
+
+    #[test]
+    fn cooling_addresses_are_free_ones_unassigned_within_the_period() {
+        let addr = |used: bool, unassigned: &str| {
+            let key = if used {
+                json!({"networkName": "aws-cni", "containerID": "", "ifName": ""})
+            } else {
+                json!({"networkName": "", "containerID": "", "ifName": ""})
+            };
+            json!({"Address": "10.0.1.1", "IPAMKey": key, "UnassignedTime": unassigned})
+        };
+        let page = json!({"0": {"TotalIPs": 16, "AssignedIPs": 1, "ENIs": {"eni-1": {"ID": "eni-1", "SubnetID": "subnet-a", "AvailableIPv4Cidrs": {
+        "10.0.1.0/28": {"IsPrefix": true, "IPAddresses": {
+            "10.0.1.1": addr(true, "2026-12-07T11:59:00Z"),
+            "10.0.1.2": addr(false, "2026-12-07T11:59:50.5Z"),
+            "10.0.1.3": addr(false, "2026-12-07T11:59:30Z"),
+            "10.0.1.4": addr(false, "2026-12-07T11:59:29.999Z"),
+            "10.0.1.5": addr(false, "0001-01-01T00:00:00Z"),
+            "10.0.1.6": addr(false, "yesterday"),
+            "10.0.1.7": addr(false, "2026-12-07T12:00:05Z")
+        }}}}}}});
+        // Cooling: 10 s ago, exactly 30 s ago (ipamd's `<=`), and a time just ahead of this clock (skew).
+        let got = parse(&page, &CLOCK).map(|i| (i.cooldown_ips(), i.subnets.iter().map(|s| s.cooldown_ips).collect::<Vec<_>>()));
+        assert_eq!(got, Ok((3.0, vec![3.0])));
+        let longer = Cooldown { period_ms: 60_000, ..CLOCK };
+        assert_eq!(parse(&page, &longer).map(|i| i.cooldown_ips()), Ok(4.0));
     }
 }

@@ -52,8 +52,10 @@ mod tests {
 
     #[test]
     fn two_cards_give_the_node_totals() {
-        let cards =
-            [CardTotals { total_ips: 28.0, assigned_ips: 20.0, enis: 2 }, CardTotals { total_ips: 14.0, assigned_ips: 9.0, enis: 1 }];
+        let cards = [
+            CardTotals { total_ips: 28.0, assigned_ips: 20.0, enis: 2, cooldown_ips: 0.0 },
+            CardTotals { total_ips: 14.0, assigned_ips: 9.0, enis: 1, cooldown_ips: 0.0 },
+        ];
         let mut page = parse(PAGE);
         let fixed = correct(&mut page, &cards);
         assert_eq!(
@@ -71,7 +73,7 @@ mod tests {
 
     #[test]
     fn one_card_or_none_changes_nothing() {
-        for cards in [&[][..], &[CardTotals { total_ips: 99.0, assigned_ips: 1.0, enis: 5 }][..]] {
+        for cards in [&[][..], &[CardTotals { total_ips: 99.0, assigned_ips: 1.0, enis: 5, cooldown_ips: 0.0 }][..]] {
             let mut page = parse(PAGE);
             assert!(correct(&mut page, cards).is_empty());
             assert_eq!(page.samples.iter().find(|s| s.name == "awscni_total_ip_addresses").map(|s| s.value), Some(14.0));

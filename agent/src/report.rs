@@ -55,6 +55,8 @@ pub struct ScrapeFacts {
     pub ipamd_start_time: f64,
     /// Per-subnet usage from introspection (empty when unknown).
     pub subnets: Vec<SubnetUsage>,
+    /// Free addresses in ipamd's IP cooldown, from introspection (None when unknown).
+    pub cooldown_ips: Option<f64>,
 }
 
 impl ScrapeFacts {
@@ -73,6 +75,7 @@ impl ScrapeFacts {
             dropped_series: 0,
             ipamd_start_time,
             subnets: Vec::new(),
+            cooldown_ips: None,
         }
     }
 }
@@ -166,6 +169,7 @@ fn base(seq: u64, snapshot: bool, facts: &ScrapeFacts, with_detail: bool) -> Rep
         // Whole: the session cuts it into parts when the aggregator accepts them.
         part: 0,
         parts: 0,
+        cooldown_ips: facts.cooldown_ips,
     }
 }
 

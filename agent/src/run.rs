@@ -452,15 +452,18 @@ impl Agent {
     async fn refresh_subnets(&mut self) -> Vec<crate::introspect::CardTotals> {
         let Some(intro) = &mut self.introspection else { return Vec::new() };
         let timeout = self.cfg.effective_scrape_timeout();
-        match crate::introspect::fetch(&intro.client, &intro.url, self.cfg.max_page_bytes, timeout).await {
-            Ok(crate::introspect::Introspection { cards, subnets }) => {
+        match crate::introspect::fetch(&intro.client, &intro.url, self.cfg.max_page_bytes, timeout, self.cfg.ip_cooldown_period).await {
+            Ok(page) => {
                 if intro.last_error.take().is_some() {
-                    info!(node = %self.node, subnets = subnets.len(), "ipamd introspection ok");
+                    info!(node = %self.node, subnets = page.subnets.len(), "ipamd introspection ok");
                 }
-                self.tally.set_subnets(subnets);
-                cards
+                self.tally.set_cooldown_ips(Some(page.cooldown_ips()));
+                self.tally.set_subnets(page.subnets);
+                page.cards
             }
             Err(e) => {
+                // A cooldown count is a moment's: none rather than a stale one.
+                self.tally.set_cooldown_ips(None);
                 self.stats.introspection_errors.fetch_add(1, Ordering::Relaxed);
                 let msg = e.to_string();
                 if intro.last_error.as_deref() != Some(msg.as_str()) {

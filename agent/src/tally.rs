@@ -146,6 +146,11 @@ impl Tally {
         }
     }
 
+    /// Introspection's count of free addresses in ipamd's cooldown (None: unknown), sent with every report.
+    pub fn set_cooldown_ips(&mut self, cooldown_ips: Option<f64>) {
+        self.scrape.cooldown_ips = cooldown_ips;
+    }
+
     /// Introspection's per-subnet usage; a change goes out with the next report.
     pub fn set_subnets(&mut self, subnets: Vec<SubnetUsage>) {
         if subnets != self.scrape.subnets {

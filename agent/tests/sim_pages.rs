@@ -1,7 +1,7 @@
 //! The simulator's pages read cleanly with the agent's own parser and introspection reader, so every
 //! test and benchmark built on them starts from pages the agent accepts.
 
-use cni_metrics_agent::introspect::parse_enis;
+use cni_metrics_agent::introspect::{parse_enis, Cooldown};
 use cni_metrics_agent::parse::parse;
 use cni_metrics_testkit::sim::{PageStyle, SimIpamd};
 
@@ -28,9 +28,13 @@ fn introspection_page_matches_the_node() {
         for _ in 0..10 {
             sim.step();
         }
+        sim.cooling = 3;
         let v: serde_json::Value = serde_json::from_str(&sim.render_enis()).unwrap_or_default();
-        let usage = parse_enis(&v).unwrap_or_default();
+        let usage = parse_enis(&v, &Cooldown::now(std::time::Duration::from_secs(30))).unwrap_or_default();
         assert_eq!(usage.len(), 1, "{style:?}");
         assert_eq!((usage[0].total_ips, usage[0].assigned_ips), (sim.total_ips() as f64, sim.assigned as f64), "{style:?}");
+        // The addresses the last departures freed, cooling as the simulator says.
+        assert!(sim.cooling_ips() > 0, "{style:?}: no free slot for cooling addresses");
+        assert_eq!(usage[0].cooldown_ips, sim.cooling_ips() as f64, "{style:?}");
     }
 }

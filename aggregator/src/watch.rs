@@ -107,6 +107,13 @@ fn render_totals(s: &mut String, c: &ClusterView) {
         "IPs  assigned {}  total {}  max {}  available {}  headroom {}",
         c.assigned_ips, c.total_ips, c.max_ips, c.available_ips, c.ip_headroom
     );
+    if let Some(cooling) = c.cooldown_ips {
+        let _ = writeln!(
+            s,
+            "WARM POOL  idle {}  of which in cooldown {} (freed within IP_COOLDOWN_PERIOD: no pod can have them yet)",
+            c.available_ips, cooling
+        );
+    }
     let _ = writeln!(
         s,
         "utilization {} of total, {} of max   ENIs {} / {}",
@@ -281,6 +288,8 @@ struct JsonView<'a> {
     subnets_low_on_ips: u64,
     nodes_ipv6: u64,
     forecast_window_seconds: f64,
+    /// Null when no node reports it.
+    cooldown_ips: Option<f64>,
     subnets: Vec<JsonSubnet<'a>>,
     nodes: Vec<JsonNode<'a>>,
 }
@@ -321,6 +330,8 @@ struct JsonNode<'a> {
     low_on_ips: bool,
     anomalous: bool,
     ipv6: bool,
+    /// Null when the node's agent does not read introspection.
+    cooldown_ips: Option<f64>,
     last_report_age_ms: u64,
 }
 
@@ -347,6 +358,7 @@ pub fn render_json(c: &ClusterView, nodes: &[NodeView]) -> String {
         subnets_low_on_ips: c.subnets_low_on_ips.into(),
         nodes_ipv6: c.nodes_ipv6.into(),
         forecast_window_seconds: c.forecast_window_seconds,
+        cooldown_ips: c.cooldown_ips,
         subnets: c.subnets.iter().map(json_subnet).collect(),
         nodes: nodes
             .iter()
@@ -364,6 +376,7 @@ pub fn render_json(c: &ClusterView, nodes: &[NodeView]) -> String {
                 low_on_ips: n.low_on_ips,
                 anomalous: n.anomalous,
                 ipv6: n.ipv6,
+                cooldown_ips: n.cooldown_ips,
                 last_report_age_ms: n.last_report_age_ms,
             })
             .collect(),

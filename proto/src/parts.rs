@@ -297,6 +297,7 @@ mod tests {
             blocks: (0..blocks).map(|b| Ipv4Block { address: 0x0a00_0000 + (n << 16) + (b << 4), prefix_len: 28 }).collect(),
             ipv6_prefixes: 0,
             continued: false,
+            cooldown_ips: 2.0,
         }
     }
 
@@ -315,6 +316,7 @@ mod tests {
             subnets_changed: true,
             subnets,
             baseline_in_doubt: true,
+            cooldown_ips: Some(4.5),
             ..Report::default()
         }
     }

@@ -81,6 +81,9 @@ pub struct SimIpamd {
     /// (no IPv4 cidrs), counted by ipamd as 2^48 addresses in `awscni_total_ip_addresses`; `awscni_ip_max`
     /// keeps the IPv4 limits, as ipamd does.
     pub ipv6: bool,
+    /// Free addresses freed by the last step's departures, shown on the introspection page as unassigned
+    /// a second before it is rendered: in ipamd's IP cooldown for any reader with a period over 1 s.
+    pub cooling: u64,
 }
 
 /// What ipamd counts for one IPv6 /80 prefix.
@@ -107,6 +110,7 @@ impl SimIpamd {
             prefix_cidrs: Vec::new(),
             network_cards: 1,
             ipv6: false,
+            cooling: 0,
         };
         sim.assigned = sim.rng.u64(0..=ips_per_eni);
         sim.fit_capacity();
@@ -173,6 +177,7 @@ impl SimIpamd {
         }
         self.p99_ms = 80.0 + self.rng.f64() * 200.0;
         self.fit_capacity();
+        self.cooling = dels;
     }
 
     /// Simulate an ipamd restart at `now`: counters on the page start again from zero.
@@ -191,18 +196,26 @@ impl SimIpamd {
         self.subnet.clone().unwrap_or_else(|| format!("subnet-0{:016x}", self.eni_max * 1_000 + self.ips_per_eni))
     }
 
-    /// The node's ENIs: each one's introspection JSON, pod addresses and assigned addresses.
-    fn eni_layout(&self) -> Vec<(String, u64, u64)> {
+    /// Free addresses its introspection page shows in their cooldown (`cooling`, as far as free slots go).
+    pub fn cooling_ips(&self) -> u64 {
+        self.eni_layout().iter().map(|e| e.3).sum()
+    }
+
+    /// The node's ENIs: each one's introspection JSON, pod addresses, assigned and cooling addresses.
+    fn eni_layout(&self) -> Vec<(String, u64, u64, u64)> {
         if self.ipv6 {
-            return vec![self.ipv6_eni()];
+            let (json, total, assigned) = self.ipv6_eni();
+            return vec![(json, total, assigned, 0)];
         }
+        let freed_at = cni_metrics_proto::clock::rfc3339(cni_metrics_proto::clock::unix_ms_now() - 1000);
+        let mut cooling_left = self.cooling;
         let mut out = Vec::new();
         let mut left = self.assigned;
         let pd = self.style == PageStyle::PrefixDelegation;
         let mut prefix = 0;
         for e in 0..self.enis {
             let mut cidrs = Vec::new();
-            let (mut total, mut assigned) = (0, 0);
+            let (mut total, mut assigned, mut cooling) = (0, 0, 0);
             let slots = if pd { self.prefixes.div_ceil(self.enis).max(1) } else { self.ips_per_eni - 1 };
             for k in 0..slots {
                 if pd && prefix >= self.prefixes {
@@ -213,9 +226,17 @@ impl SimIpamd {
                 left -= used;
                 total += cap;
                 assigned += used;
-                let addrs: Vec<String> = (0..used)
+                let cool = cooling_left.min(cap - used);
+                cooling_left -= cool;
+                cooling += cool;
+                let mut addrs: Vec<String> = (0..used)
                     .map(|i| format!("\"10.{e}.{k}.{i}\": {{\"Address\": \"10.{e}.{k}.{i}\", \"IPAMKey\": {{\"networkName\": \"aws-cni\", \"containerID\": \"\", \"ifName\": \"\"}}}}"))
                     .collect();
+                addrs.extend((used..used + cool).map(|i| {
+                    format!(
+                        "\"10.{e}.{k}.{i}\": {{\"Address\": \"10.{e}.{k}.{i}\", \"IPAMKey\": {{\"networkName\": \"\", \"containerID\": \"\", \"ifName\": \"\"}}, \"UnassignedTime\": \"{freed_at}\"}}"
+                    )
+                }));
                 let cidr = if pd {
                     self.prefix_cidrs.get(prefix as usize).cloned().unwrap_or_else(|| format!("10.{e}.{k}.0/28"))
                 } else {
@@ -229,7 +250,7 @@ impl SimIpamd {
                 self.subnet_id(),
                 cidrs.join(", ")
             );
-            out.push((json, total, assigned));
+            out.push((json, total, assigned, cooling));
         }
         out
     }
@@ -252,7 +273,7 @@ impl SimIpamd {
     pub fn card_totals(&self) -> Vec<(u64, u64, u64)> {
         let cards = self.network_cards.max(1);
         let mut out = vec![(0, 0, 0); cards as usize];
-        for (e, (_, total, assigned)) in self.eni_layout().into_iter().enumerate() {
+        for (e, (_, total, assigned, _)) in self.eni_layout().into_iter().enumerate() {
             if let Some(c) = out.get_mut(e % cards as usize) {
                 c.0 += total;
                 c.1 += assigned;
@@ -266,7 +287,7 @@ impl SimIpamd {
     pub fn render_enis(&self) -> String {
         let cards = self.network_cards.max(1) as usize;
         let mut per_card: Vec<Vec<String>> = vec![Vec::new(); cards];
-        for (e, (json, _, _)) in self.eni_layout().into_iter().enumerate() {
+        for (e, (json, _, _, _)) in self.eni_layout().into_iter().enumerate() {
             per_card[e % cards].push(json);
         }
         let totals = self.card_totals();

@@ -86,13 +86,19 @@ fn counter_totals(e: &DeltaEngine) -> Vec<(u32, f64)> {
         .collect()
 }
 
-/// Read ipamd's introspection JSON.
+/// Read ipamd's introspection JSON: subnet usage or an error, never a panic; cooling addresses are a
+/// finite count no larger than the addresses held.
 pub fn introspection(data: &[u8]) {
+    use cni_metrics_agent::introspect::{parse, Cooldown};
+    // 2026-12-07T12:00:00Z, ipamd's default period.
+    let clock = Cooldown { now_unix_ms: 1_796_644_800_000, period_ms: 30_000 };
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
-        if let Ok(usage) = cni_metrics_agent::introspect::parse_enis(&v) {
-            for u in usage {
+        if let Ok(page) = parse(&v, &clock) {
+            for u in &page.subnets {
                 assert!(u.total_ips.is_finite() && u.assigned_ips.is_finite(), "non-finite subnet usage {u:?}");
+                assert!(u.cooldown_ips >= 0.0 && u.cooldown_ips <= u.total_ips, "cooling beyond the subnet's addresses {u:?}");
             }
+            assert!(page.cooldown_ips().is_finite() && page.cooldown_ips() >= 0.0, "cooling {}", page.cooldown_ips());
         }
     }
 }
@@ -232,10 +238,11 @@ fn report(b: &mut Bytes<'_>) -> Report {
     let counter_raws: Vec<f64> =
         if b.u8().is_multiple_of(2) { Vec::new() } else { (0..usize::from(b.u8() % 5)).map(|_| b.f64()).collect() };
     let subnets = if b.u8().is_multiple_of(4) {
+        let (total_ips, assigned_ips) = (b.f64(), b.f64());
         vec![SubnetUsage {
             subnet_id: b.text(&["subnet-0abc", "subnet-1"]),
-            total_ips: b.f64(),
-            assigned_ips: b.f64(),
+            total_ips,
+            assigned_ips,
             enis: u32::from(b.u8() % 4),
             // Some unaligned or too long: the aggregator refuses those reports whole.
             blocks: (0..b.u8() % 3)
@@ -246,10 +253,12 @@ fn report(b: &mut Bytes<'_>) -> Report {
                 .collect(),
             ipv6_prefixes: u32::from(b.u8() % 2),
             continued: false,
+            cooldown_ips: if (total_ips - assigned_ips).is_finite() { (total_ips - assigned_ips).abs() } else { 0.0 },
         }]
     } else {
         Vec::new()
     };
+    let cooldown_ips = values.first().copied().filter(|v| v.is_finite() && *v >= 0.0);
     Report {
         seq: u64::from(b.u8() % 16),
         snapshot,
@@ -260,6 +269,8 @@ fn report(b: &mut Bytes<'_>) -> Report {
         subnets_changed: !subnets.is_empty(),
         subnets,
         ipamd_start_time_seconds: 1_700_000_000.0 + f64::from(b.u8()),
+        // From bytes already drawn (the committed corpus keeps its meaning): some reports carry a count.
+        cooldown_ips,
         ..Report::default()
     }
 }

@@ -30,6 +30,8 @@ async fn nodes() -> Result<(Vec<FakeIpamd>, FakeIpamd)> {
             sim.assigned = sim.ip_max() - 2; // headroom 2 < 5: low on IPs
             sim.fit_capacity();
         }
+        // Pods just left: their addresses are in ipamd's IP cooldown (as far as free slots go).
+        sim.cooling = 2 + i as u64;
         sims.push(FakeIpamd::start(sim, SocketAddr::from(([127, 0, 0, 1], 0))).await?);
     }
     let odd = FakeIpamd::start(SimIpamd::new(PageStyle::Modern, 1, now()), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
@@ -159,6 +161,34 @@ async fn derived_capacity_metrics_match_node_truth_and_watch_shows_them() -> Res
     })
     .await?;
 
+    // Free addresses in ipamd's IP cooldown (introspection): the cluster, by zone, by subnet, exactly.
+    let cooling = |f: &FakeIpamd| f.with_sim(|s| s.cooling_ips() as f64);
+    let cluster_cooling: f64 = all.iter().map(|f| cooling(f)).sum();
+    ensure!(cluster_cooling >= 2.0, "the scenario has addresses in cooldown");
+    let zone_a_cooling = cooling(&sims[0]) + cooling(&sims[2]);
+    let mut cooling_by_subnet: std::collections::BTreeMap<String, f64> = Default::default();
+    for f in &all {
+        *cooling_by_subnet.entry(f.with_sim(|s| s.subnet_id())).or_default() += cooling(f);
+    }
+    eventually(Duration::from_secs(10), || async {
+        let p = agg.metrics().await?;
+        let got = (
+            sample(&p, "cni_metrics_cooldown_ips", &[]),
+            sample(&p, "cni_metrics_cooldown_ips_by_availability_zone", &[("availability_zone", "eu-west-1a")]),
+        );
+        if got != (Some(cluster_cooling), Some(zone_a_cooling)) {
+            return Ok(Err(format!("cooldown (cluster, eu-west-1a) got {got:?} want {:?}", (cluster_cooling, zone_a_cooling))));
+        }
+        for (subnet, want) in &cooling_by_subnet {
+            let got = sample(&p, "cni_metrics_cooldown_ips_by_subnet_id", &[("subnet_id", subnet)]);
+            if got != Some(*want) {
+                return Ok(Err(format!("{subnet} cooldown got {got:?} want {want}")));
+            }
+        }
+        Ok(Ok(()))
+    })
+    .await?;
+
     // watch --once: one table, worst node first.
     let out = std::process::Command::new(bin_dir()?.join("cni-metrics-aggregator"))
         .args(["watch", "--aggregator", &format!("http://{}", agg.grpc), "--once"])
@@ -168,6 +198,7 @@ async fn derived_capacity_metrics_match_node_truth_and_watch_shows_them() -> Res
     println!("watch --once sample:\n{table}");
     ensure!(table.starts_with("cluster e2e "), "{table}");
     ensure!(table.contains(&format!("available {}  headroom {}", t.available, t.headroom)), "{table}");
+    ensure!(table.contains(&format!("WARM POOL  idle {}  of which in cooldown {cluster_cooling} ", t.available)), "{table}");
     let rows: Vec<&str> = table.lines().skip_while(|l| !l.starts_with("NODE ")).skip(1).take_while(|l| !l.is_empty()).collect();
     ensure!(rows.first().is_some_and(|r| r.starts_with("node-3 ") && r.trim_end().ends_with("yes")), "worst first: {rows:?}");
     // --json: the same numbers, machine-readable.
@@ -177,6 +208,7 @@ async fn derived_capacity_metrics_match_node_truth_and_watch_shows_them() -> Res
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("watch --json output")?;
     ensure!(v["available_ips"].as_f64() == Some(t.available) && v["nodes_low_on_ips"].as_f64() == Some(t.low), "{v}");
     ensure!(v["nodes"].as_array().map(Vec::len) == Some(4));
+    ensure!(v["cooldown_ips"].as_f64() == Some(cluster_cooling), "cooldown in --json: {}", v["cooldown_ips"]);
     Ok(())
 }
 

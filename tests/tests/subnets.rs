@@ -26,7 +26,8 @@ async fn available(emu: &Emulator, subnet: &str) -> Result<f64> {
 /// What a node holds in its subnet by its introspection page: pod addresses plus one primary per ENI.
 fn held(f: &cni_metrics_testkit::FakeIpamd) -> Result<f64> {
     let page: serde_json::Value = serde_json::from_str(&f.with_sim(|s| s.render_enis()))?;
-    let usage = cni_metrics_agent::introspect::parse_enis(&page).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let clock = cni_metrics_agent::introspect::Cooldown::now(Duration::from_secs(30));
+    let usage = cni_metrics_agent::introspect::parse_enis(&page, &clock).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(usage.iter().map(|u| u.total_ips + f64::from(u.enis)).sum())
 }
 

@@ -36,6 +36,7 @@ pub fn cluster_view(st: &ClusterState, now: Instant, with_aggregates: bool) -> C
         subnets_low_on_ips: 0,
         nodes_ipv6: c.ipv6_nodes,
         forecast_window_seconds: 0.0,
+        cooldown_ips: (c.with_cooldown > 0).then_some(c.cooldown),
     };
     if let Some(r) = st.subnet_report() {
         view.subnet_available_ips = r.available;
@@ -121,6 +122,7 @@ pub fn node_view(n: &NodeState, now: Instant) -> NodeView {
         bad_lines_total: n.bad_lines_total(),
         last_report_unix_ms: unix_ms_now().saturating_sub(i64::try_from(age_ms).unwrap_or(i64::MAX)),
         ipv6: n.derived().ipv6,
+        cooldown_ips: n.derived().cooldown,
     }
 }
 

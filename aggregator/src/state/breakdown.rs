@@ -78,6 +78,8 @@ pub struct SubnetTotals {
     pub nodes: u32,
     pub total: f64,
     pub assigned: f64,
+    /// Free addresses in ipamd's cooldown.
+    pub cooldown: f64,
     /// Σ over nodes of max(0, total − assigned) in this subnet.
     pub available: f64,
 }
@@ -88,6 +90,7 @@ pub struct NodeSubnet {
     pub subnet: String,
     pub total: f64,
     pub assigned: f64,
+    pub cooldown: f64,
 }
 
 /// All groups of the enabled dimensions.
@@ -139,7 +142,7 @@ impl Breakdowns {
         }
         let mut out: Vec<NodeSubnet> = Vec::new();
         for u in usage {
-            if !(u.total_ips.is_finite() && u.assigned_ips.is_finite()) {
+            if !(u.total_ips.is_finite() && u.assigned_ips.is_finite() && u.cooldown_ips.is_finite()) {
                 continue;
             }
             let subnet = if self.subnets.contains_key(&u.subnet_id) || self.groups.len() + self.subnets.len() < self.max_groups {
@@ -153,8 +156,9 @@ impl Breakdowns {
                 Some(s) => {
                     s.total += u.total_ips;
                     s.assigned += u.assigned_ips;
+                    s.cooldown += u.cooldown_ips;
                 }
-                None => out.push(NodeSubnet { subnet, total: u.total_ips, assigned: u.assigned_ips }),
+                None => out.push(NodeSubnet { subnet, total: u.total_ips, assigned: u.assigned_ips, cooldown: u.cooldown_ips }),
             }
         }
         out
@@ -168,6 +172,7 @@ impl Breakdowns {
             t.nodes = if add { t.nodes + 1 } else { t.nodes.saturating_sub(1) };
             t.total += sign * u.total;
             t.assigned += sign * u.assigned;
+            t.cooldown += sign * u.cooldown;
             t.available += sign * (u.total - u.assigned).max(0.0);
             if t.nodes == 0 {
                 self.subnets.remove(&u.subnet);
@@ -194,7 +199,7 @@ mod tests {
     #[test]
     fn groups_sum_and_guard() {
         let mut b = Breakdowns::new(vec![Dim::Az, Dim::Node], 3);
-        let cap = Capacity { assigned: Some(10.0), total: Some(18.0), max: Some(58.0), ipv6_prefixes: false };
+        let cap = Capacity { assigned: Some(10.0), total: Some(18.0), max: Some(58.0), ipv6_prefixes: false, cooldown: Some(2.0) };
         let d = cap.derive(5.0);
         let g1 = b.place("eu-west-1a", "m5.large", "n1");
         b.apply(&g1, &cap, &d, true);
@@ -206,6 +211,7 @@ mod tests {
         assert_eq!(b.overflow, 2);
         let az = b.groups.get(&(Dim::Az, "eu-west-1a".into())).copied().unwrap_or_default();
         assert_eq!((az.nodes, az.assigned, az.capacity.available, az.capacity.headroom), (2, 20.0, 16.0, 96.0));
+        assert_eq!(az.capacity.cooldown, 4.0);
         b.apply(&g1, &cap, &d, false);
         b.apply(&g2, &cap, &d, false);
         assert!(!b.groups.contains_key(&(Dim::Az, "eu-west-1a".into())), "empty groups go away");

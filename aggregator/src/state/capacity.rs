@@ -39,6 +39,8 @@ pub struct Capacity {
     pub max: Option<f64>,
     /// The node's introspection lists IPv6 prefixes.
     pub ipv6_prefixes: bool,
+    /// Free addresses in ipamd's IP cooldown, from introspection (`None`: unknown).
+    pub cooldown: Option<f64>,
 }
 
 /// More addresses than an IPv4 node can hold (a whole IPv4 space): the total counts IPv6 /80 prefixes.
@@ -82,6 +84,7 @@ impl Capacity {
             assigned_total: pair(self.total),
             assigned_max: pair(self.max),
             ipv6: false,
+            cooldown: self.cooldown,
         }
     }
 }
@@ -98,6 +101,8 @@ pub struct NodeCapacity {
     pub assigned_max: Option<(f64, f64)>,
     /// An IPv6 node: none of the above but `anomalous` applies.
     pub ipv6: bool,
+    /// Free IPv4 addresses in ipamd's cooldown: part of `available`, which pods cannot have yet.
+    pub cooldown: Option<f64>,
 }
 
 /// Sums over live nodes, maintained incrementally.
@@ -115,6 +120,9 @@ pub struct CapacityTotals {
     /// Σ assigned and Σ total over nodes that report both; likewise for max.
     pub util_total: (f64, f64),
     pub util_max: (f64, f64),
+    /// Σ cooldown over the nodes that report it, and how many do.
+    pub cooldown: f64,
+    pub with_cooldown: u32,
 }
 
 impl CapacityTotals {
@@ -143,6 +151,13 @@ impl CapacityTotals {
         }
         if let Some(h) = c.headroom {
             self.headroom += sign * h;
+        }
+        if let Some(x) = c.cooldown {
+            self.cooldown += sign * x;
+        }
+        step(&mut self.with_cooldown, c.cooldown.is_some());
+        if self.with_cooldown == 0 {
+            self.cooldown = 0.0;
         }
         for (acc, term) in [(&mut self.util_total, c.assigned_total), (&mut self.util_max, c.assigned_max)] {
             if let Some((a, b)) = term {
@@ -174,8 +189,20 @@ mod tests {
 
     #[test]
     fn derive_table() {
-        let cap = |a: Option<f64>, t: Option<f64>, m: Option<f64>| Capacity { assigned: a, total: t, max: m, ipv6_prefixes: false };
-        let v6 = |a: Option<f64>, t: Option<f64>, m: Option<f64>| Capacity { assigned: a, total: t, max: m, ipv6_prefixes: true };
+        let cap = |a: Option<f64>, t: Option<f64>, m: Option<f64>| Capacity {
+            assigned: a,
+            total: t,
+            max: m,
+            ipv6_prefixes: false,
+            cooldown: None,
+        };
+        let v6 = |a: Option<f64>, t: Option<f64>, m: Option<f64>| Capacity {
+            assigned: a,
+            total: t,
+            max: m,
+            ipv6_prefixes: true,
+            cooldown: None,
+        };
         let nc = |available: Option<f64>, headroom: Option<f64>, low: bool, anomalous: bool| NodeCapacity {
             available,
             headroom,
@@ -214,15 +241,19 @@ mod tests {
     #[test]
     fn totals_add_and_sub_back_to_zero() {
         let mut t = CapacityTotals::default();
-        let a = Capacity { assigned: Some(10.0), total: Some(18.0), max: Some(58.0), ipv6_prefixes: false }.derive(5.0);
-        let b = Capacity { assigned: Some(60.0), total: Some(58.0), max: Some(63.0), ipv6_prefixes: false }.derive(5.0);
+        let a =
+            Capacity { assigned: Some(10.0), total: Some(18.0), max: Some(58.0), ipv6_prefixes: false, cooldown: Some(3.0) }.derive(5.0);
+        let b = Capacity { assigned: Some(60.0), total: Some(58.0), max: Some(63.0), ipv6_prefixes: false, cooldown: None }.derive(5.0);
         // An IPv6 node full to its max: in no IPv4 number, not low.
-        let c = Capacity { assigned: Some(110.0), total: Some(2f64.powi(48)), max: Some(110.0), ipv6_prefixes: true }.derive(5.0);
+        let c = Capacity { assigned: Some(110.0), total: Some(2f64.powi(48)), max: Some(110.0), ipv6_prefixes: true, cooldown: Some(9.0) }
+            .derive(5.0);
         t.add(&a);
         t.add(&b);
         t.add(&c);
         assert_eq!((t.available, t.headroom, t.low_nodes, t.anomalous_nodes, t.with_headroom, t.ipv6_nodes), (8.0, 51.0, 1, 1, 2, 1));
         assert_eq!(t.utilization(), (Some(70.0 / 76.0), Some(70.0 / 121.0)));
+        // Cooling addresses: only IPv4 nodes that report them.
+        assert_eq!((t.cooldown, t.with_cooldown), (3.0, 1));
         t.sub(&a);
         t.sub(&b);
         t.sub(&c);

@@ -82,6 +82,13 @@ impl ClusterState {
         }
     }
 
+    /// The node's count of addresses in ipamd's cooldown (`None`: unknown).
+    pub(super) fn set_cooldown(&mut self, node_name: &Arc<str>, cooldown: Option<f64>) {
+        if self.book.get(node_name).is_some_and(|n| n.capacity().cooldown != cooldown) {
+            self.change_capacity(node_name, |c| c.cooldown = cooldown);
+        }
+    }
+
     fn change_capacity(&mut self, node_name: &Arc<str>, change: impl FnOnce(&mut super::capacity::Capacity)) {
         let Some(mut node) = self.book.node_mut(node_name) else { return };
         self.breakdowns.apply(node.groups(), node.capacity(), node.derived(), false);

@@ -686,7 +686,8 @@ impl NodeState {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (self.status as i32, &self.status_detail, self.connected, stale, self.series.len(), self.bad_lines_total).hash(&mut h);
-        for v in [self.capacity.assigned, self.capacity.total, self.capacity.max, self.derived.available, self.derived.headroom] {
+        let capacity = [self.capacity.assigned, self.capacity.total, self.capacity.max, self.capacity.cooldown];
+        for v in capacity.into_iter().chain([self.derived.available, self.derived.headroom]) {
             v.map(f64::to_bits).hash(&mut h);
         }
         (self.derived.low, self.derived.anomalous).hash(&mut h);

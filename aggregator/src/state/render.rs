@@ -140,6 +140,12 @@ impl MetricsView {
                 }
             }
         }
+        gauge(
+            page,
+            "cni_metrics_cooldown_ips",
+            "Free IPs in ipamd's IP cooldown (unassigned within IP_COOLDOWN_PERIOD): counted as available by ipamd, not usable by pods yet",
+            (c.with_cooldown > 0).then_some(c.cooldown),
+        );
         gauge(page, "cni_metrics_nodes_low_on_ips", "Nodes whose IP headroom is below --low-ip-threshold", Some(f64::from(c.low_nodes)));
         gauge(page, "cni_metrics_nodes_stale", "Nodes whose last scrape failed or that missed two reports", Some(self.stale as f64));
         gauge(
@@ -165,7 +171,7 @@ impl MetricsView {
     /// `cni_metrics_<metric>_by_<label>` families: their own families, so `sum()` never double counts.
     fn render_breakdowns(&self, page: &mut Page<'_>) {
         type Get = fn(&GroupTotals) -> Option<f64>;
-        let metrics: [(&str, &str, Get); 7] = [
+        let metrics: [(&str, &str, Get); 8] = [
             ("nodes", "Nodes", |g| Some(f64::from(g.nodes))),
             ("assigned_ip_addresses", "IPs assigned to pods", |g| Some(g.assigned)),
             ("total_ip_addresses", "IPs held by the nodes", |g| Some(g.total)),
@@ -175,14 +181,16 @@ impl MetricsView {
             }),
             ("ip_headroom", "Sum over nodes of (ip_max - assigned)", |g| (g.capacity.with_headroom > 0).then_some(g.capacity.headroom)),
             ("nodes_low_on_ips", "Nodes whose IP headroom is below --low-ip-threshold", |g| Some(f64::from(g.capacity.low_nodes))),
+            ("cooldown_ips", "Free IPs in ipamd's IP cooldown", |g| (g.capacity.with_cooldown > 0).then_some(g.capacity.cooldown)),
         ];
         if self.breakdowns.dims.contains(&Dim::Subnet) {
             type SubnetGet = fn(&SubnetTotals) -> f64;
-            let subnet_metrics: [(&str, &str, SubnetGet); 4] = [
+            let subnet_metrics: [(&str, &str, SubnetGet); 5] = [
                 ("nodes", "Nodes with ENIs", |t| f64::from(t.nodes)),
                 ("total_ip_addresses", "IPs the cluster's nodes hold", |t| t.total),
                 ("assigned_ip_addresses", "IPs assigned to pods", |t| t.assigned),
                 ("available_ip_addresses", "Sum over nodes of (held - assigned)", |t| t.available),
+                ("cooldown_ips", "Free IPs in ipamd's IP cooldown", |t| t.cooldown),
             ];
             for (metric, help, get) in subnet_metrics {
                 let name = format!("cni_metrics_{metric}_by_subnet_id");

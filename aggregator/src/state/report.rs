@@ -137,6 +137,7 @@ impl ClusterState {
         if r.subnets_changed {
             self.set_ipv6_prefixes(name, r.subnets.iter().any(|s| s.ipv6_prefixes > 0));
         }
+        self.set_cooldown(name, r.cooldown_ips);
         let keep_blocks = self.subnets.threshold.is_some();
         let Some(mut node) = self.book.node_mut(name) else {
             return Err(IngestError::StaleSession(session));

@@ -56,11 +56,15 @@ pub fn report(r: &Report) -> Result<(), IngestError> {
     if r.status_detail.len() > MAX_STATUS_DETAIL || r.status_detail.chars().any(char::is_control) {
         return Err(IngestError::BadReportField("status_detail"));
     }
+    if r.cooldown_ips.is_some_and(|c| !(c.is_finite() && c >= 0.0)) {
+        return Err(IngestError::BadReportField("cooldown_ips"));
+    }
     for s in &r.subnets {
         if s.subnet_id.is_empty() || !shapes::fact_ok(Fact::SubnetId, &s.subnet_id) {
             return Err(IngestError::BadReportField("subnet_id"));
         }
-        if !(s.total_ips.is_finite() && s.total_ips >= 0.0 && s.assigned_ips.is_finite() && s.assigned_ips >= 0.0) {
+        let count = |x: f64| x.is_finite() && x >= 0.0;
+        if !(count(s.total_ips) && count(s.assigned_ips) && count(s.cooldown_ips)) {
             return Err(IngestError::BadReportField("subnet usage"));
         }
         if !s.blocks.iter().all(|b| block(b).is_ok()) {
@@ -227,5 +231,21 @@ mod tests {
         assert_eq!(report(&subnet("subnet-0abc1234def567890", 14.0)), Ok(()));
         assert_eq!(report(&subnet("subnet-\"x", 14.0)), Err(IngestError::BadReportField("subnet_id")));
         assert_eq!(report(&subnet("subnet-1", f64::NAN)), Err(IngestError::BadReportField("subnet usage")));
+        // Addresses in cooldown: a count (finite, not negative), for the node and per subnet.
+        for (cooldown, ok) in [
+            (Some(0.0), true),
+            (Some(12.0), true),
+            (None, true),
+            (Some(-1.0), false),
+            (Some(f64::NAN), false),
+            (Some(f64::INFINITY), false),
+        ] {
+            let r = Report { cooldown_ips: cooldown, ..Report::default() };
+            assert_eq!(report(&r).is_ok(), ok, "{cooldown:?}");
+            let mut r = subnet("subnet-1", 14.0);
+            r.subnets[0].cooldown_ips = cooldown.unwrap_or(0.0);
+            assert_eq!(report(&r).is_ok(), ok, "subnet {cooldown:?}");
+        }
+        assert_eq!(report(&Report { cooldown_ips: Some(-1.0), ..Report::default() }), Err(IngestError::BadReportField("cooldown_ips")));
     }
 }

@@ -130,13 +130,14 @@ fn flip_types(page: &str) -> String {
 fn truth(s: &SimIpamd) -> String {
     let l = &s.lifetime;
     format!(
-        "TRUTH {{\"add\":{},\"del\":{},\"ec2\":{},\"assigned\":{},\"total\":{},\"max\":{},\"start\":{}}}",
+        "TRUTH {{\"add\":{},\"del\":{},\"ec2\":{},\"assigned\":{},\"total\":{},\"max\":{},\"start\":{},\"cooling\":{}}}",
         l.add_ip_req,
         l.del_ip_req_pod_deleted,
         l.ec2_req_describe + l.ec2_req_assign,
         s.assigned,
         s.total_ips(),
         s.ip_max(),
-        s.start_time
+        s.start_time,
+        s.cooling_ips()
     )
 }
