@@ -108,11 +108,7 @@ fn render_totals(s: &mut String, c: &ClusterView) {
         c.assigned_ips, c.total_ips, c.max_ips, c.available_ips, c.ip_headroom
     );
     if let Some(cooling) = c.cooldown_ips {
-        let _ = writeln!(
-            s,
-            "WARM POOL  idle {}  of which in cooldown {} (freed within IP_COOLDOWN_PERIOD: no pod can have them yet)",
-            c.available_ips, cooling
-        );
+        let _ = writeln!(s, "WARM POOL  idle {}  of which in cooldown {} (no pod can have those yet)", c.available_ips, cooling);
     }
     let _ = writeln!(
         s,
@@ -604,6 +600,18 @@ mod tests {
         for (secs, words) in [(5400.0, "90 min"), (21_600.0, "6 h"), (172_800.0, "2 days")] {
             assert_eq!(span(secs), words);
         }
+    }
+
+    #[test]
+    fn warm_pool_line_only_when_cooldown_is_known() {
+        let mut c = cluster();
+        assert!(!render_table(&c, &[], 10).contains("WARM POOL"), "unknown cooldown: no line");
+        c.cooldown_ips = Some(0.0);
+        let t = render_table(&c, &[], 10);
+        let line = t.lines().find(|l| l.starts_with("WARM POOL")).unwrap_or_default();
+        assert_eq!(line, format!("WARM POOL  idle {}  of which in cooldown 0 (no pod can have those yet)", c.available_ips));
+        assert!(line.len() <= 100);
+        assert!(render_json(&c, &[]).contains("\"cooldown_ips\":0.0"), "{}", render_json(&c, &[]));
     }
 
     #[test]
