@@ -6,6 +6,9 @@
 //! - [`calls`]: the EC2 APIs ipamd calls, named as `awscni_ec2api_req_count{fn}` names them.
 //! - [`pool`]: one node's pool (ENIs, their /32 or /28 CIDRs, each address's cooldown), a 5 s tick that
 //!   grows, shrinks and frees ENIs as ipamd does, and the EC2 calls each action makes.
+//! - [`replay`]: settings replayed on a node's sampled history, next to what ipamd really held (the
+//!   backtest).
+//! - [`recommend`]: the grid of candidate settings and the rule that picks one, with its reason in words.
 //!
 //! docs/advisor.md describes the model and its limits; the oracles are upstream's two doc tables
 //! and the pool tests of `ipamd_test.go`, table-tested in `pool/tests.rs`. Where upstream is not
@@ -17,10 +20,12 @@
 
 pub mod calls;
 pub mod pool;
+pub mod recommend;
 pub mod replay;
 pub mod settings;
 
 pub use calls::{Calls, Ec2Api};
 pub use pool::{Pool, Stats};
+pub use recommend::{grid, recommend, Budget, Evaluated, Recommendation};
 pub use replay::{observe, replay, Observed, Outcome, Sample};
 pub use settings::{Limits, Settings, SettingsError};

@@ -205,4 +205,4 @@ pub fn replay(settings: &Settings, limits: Limits, history: &[Sample]) -> Option
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

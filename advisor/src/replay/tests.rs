@@ -53,7 +53,7 @@ impl Rng {
 
 /// A simulated node over `minutes`: pods arrive and leave at random seconds around `mean_pods`, the pool
 /// kept by `settings`; sampled every 30 s as the agent does.
-fn simulated_history(settings: &Settings, limits: Limits, seed: u64, mean_pods: u32, minutes: u64) -> Vec<Sample> {
+pub(crate) fn simulated_history(settings: &Settings, limits: Limits, seed: u64, mean_pods: u32, minutes: u64) -> Vec<Sample> {
     let mut rng = Rng(seed);
     let mut pool = Pool::new(settings.clone(), limits);
     let mut now = 0;
