@@ -19,7 +19,13 @@ fn history(samples: u64, pods: u32, churn: u32) -> Vec<Sample> {
             let dels = ((x >> 8) % u64::from(churn + 1)) as u32;
             let dels = dels.min(assigned + adds);
             // Drift back towards the mean.
-            let (adds, dels) = if assigned > pods + 5 { (adds / 2, dels) } else if assigned + 5 < pods { (adds, dels / 2) } else { (adds, dels) };
+            let (adds, dels) = if assigned > pods + 5 {
+                (adds / 2, dels)
+            } else if assigned + 5 < pods {
+                (adds, dels / 2)
+            } else {
+                (adds, dels)
+            };
             assigned = assigned + adds - dels.min(assigned + adds);
             Sample { at_ms: i * 30_000, assigned, held: 0, adds, dels, waits: 0, ec2_calls: 0 }
         })
@@ -27,7 +33,10 @@ fn history(samples: u64, pods: u32, churn: u32) -> Vec<Sample> {
 }
 
 fn main() {
-    println!("{:<34} {:>8} {:>10} {:>12} {:>14}", "node (limits, pods, churn/30 s)", "samples", "candidates", "replay all", "per candidate");
+    println!(
+        "{:<34} {:>8} {:>10} {:>12} {:>14}",
+        "node (limits, pods, churn/30 s)", "samples", "candidates", "replay all", "per candidate"
+    );
     let cases = [
         ("m5.large 3x10, 20 pods, 2", Limits { eni_limit: 3, ipv4_per_eni: 10, max_pods: 29 }, 20, 2, false),
         ("m5.4xlarge 8x30, 100 pods, 4", Limits { eni_limit: 8, ipv4_per_eni: 30, max_pods: 234 }, 100, 4, false),

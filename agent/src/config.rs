@@ -115,6 +115,11 @@ pub struct AgentConfig {
     #[arg(long, env = "IP_COOLDOWN_PERIOD", default_value = "30", value_parser = parse_cooldown)]
     pub ip_cooldown_period: Duration,
 
+    /// How much of the node's pool history the agent keeps for the warm-pool advisor (one 32-byte
+    /// sample per scrape, at most 8640).
+    #[arg(long, env = "ADVISOR_WINDOW", default_value = "24h", value_parser = parse_positive)]
+    pub advisor_window: Duration,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -17,6 +17,7 @@
 pub mod commit;
 pub mod config;
 pub mod delta;
+pub mod history;
 pub mod http;
 pub mod imds;
 pub mod introspect;

@@ -37,6 +37,9 @@ pub struct AgentStats {
     /// ([`PositionError::REASONS`] order).
     pub state_file_writes: AtomicU64,
     pub state_file_errors: [AtomicU64; 6],
+    /// Samples of the pool history kept for the warm-pool advisor, and the span they cover (seconds).
+    pub advisor_history_samples: AtomicU64,
+    pub advisor_history_seconds: AtomicU64,
 }
 
 impl AgentStats {
@@ -94,6 +97,16 @@ pub fn render(node: &str, s: &AgentStats) -> String {
             family.sample(&[("metric", c.name)], value(c));
         }
     }
+    page.gauge(
+        "cni_metrics_agent_advisor_history_samples",
+        "Samples of the node's pool history kept for the warm-pool advisor (--advisor-window)",
+        s.advisor_history_samples.load(Ordering::Relaxed) as f64,
+    );
+    page.gauge(
+        "cni_metrics_agent_advisor_history_seconds",
+        "The span of the node's pool history, in seconds",
+        s.advisor_history_seconds.load(Ordering::Relaxed) as f64,
+    );
     page.gauge(
         "cni_metrics_agent_commit_backlog",
         "Counter changes sent and not yet published by the aggregator",

@@ -205,7 +205,7 @@ impl Agent {
         link.connect(Duration::ZERO, Backoff::default().start(None), &stats);
         let delta = DeltaConfig { initial_window: cfg.initial_window, max_series: cfg.max_series };
         Ok(Self {
-            tally: Tally::new(delta, MAX_COMMIT_LOG, unix_ms_now()),
+            tally: Tally::new(delta, MAX_COMMIT_LOG, cfg.advisor_window, unix_ms_now()),
             cfg,
             node,
             run_id,
@@ -226,6 +226,9 @@ impl Agent {
         let cards = self.refresh_subnets().await;
         self.stats.scrapes.fetch_add(1, Ordering::Relaxed);
         let folded = self.tally.fold(fetched, &cards, unix_ms_now());
+        let history = self.tally.history();
+        self.stats.advisor_history_samples.store(history.len() as u64, Ordering::Relaxed);
+        self.stats.advisor_history_seconds.store(history.span_seconds(), Ordering::Relaxed);
         self.count_scrape(&folded);
         self.log_notes(folded.notes);
         if !self.doubt_warned && self.tally.engine().baseline_in_doubt() {

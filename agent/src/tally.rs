@@ -11,6 +11,7 @@ use cni_metrics_proto::v1::{Report, ScrapeStatus, SubnetUsage, Welcome};
 
 use crate::commit::CommitLog;
 use crate::delta::{DeltaConfig, DeltaEngine, ResumePoints};
+use crate::history::{History, PoolReading};
 use crate::introspect::CardTotals;
 use crate::multicard::Corrected;
 use crate::parse::parse;
@@ -26,6 +27,8 @@ pub struct Tally {
     scrape: ScrapeFacts,
     /// Sequence number of the last report queued.
     seq: u64,
+    /// The pool's recent history, for the warm-pool advisor.
+    history: History,
 }
 
 /// What one scrape did: its status and detail, its counts for the agent's metrics, and what to log.
@@ -61,14 +64,21 @@ pub enum Note {
 }
 
 impl Tally {
-    pub fn new(cfg: DeltaConfig, max_commit_log: usize, now_ms: i64) -> Self {
+    /// A tally whose pool history covers `history_window`.
+    pub fn new(cfg: DeltaConfig, max_commit_log: usize, history_window: std::time::Duration, now_ms: i64) -> Self {
         Self {
             engine: DeltaEngine::new(cfg),
             pending: Pending::default(),
             commits: CommitLog::new(max_commit_log),
             scrape: ScrapeFacts::pending(now_ms),
             seq: 0,
+            history: History::new(history_window),
         }
+    }
+
+    /// The pool's recent history (one sample per usable scrape).
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     /// Fold one scrape result, read at `now_ms` with introspection's `cards`, into the engine and what
@@ -123,6 +133,9 @@ impl Tally {
         }
         let first = crate::parse::describe(&page.first_errors[..page.first_errors.len().min(1)]);
         let (status, detail) = if obs.usable {
+            if let Some(reading) = PoolReading::from_page(&page) {
+                self.history.record(now_ms, reading);
+            }
             self.pending.absorb(&obs);
             obs.removed.iter().for_each(|id| self.commits.forget(*id));
             let detail = if page.bad_lines > 0 { format!("{} bad lines ({first})", page.bad_lines) } else { String::new() };

@@ -44,8 +44,11 @@ async fn exact_cluster_sums_across_page_styles_and_an_ipamd_restart() -> Result<
 
     // Each agent serves its own self-metrics and readiness.
     let m = c.agent_page(1).await?;
-    let scrapes = cni_metrics_agent::parse::parse(&m).samples.iter().find(|s| s.name == "cni_metrics_agent_scrapes_total").map(|s| s.value);
-    assert!(scrapes.unwrap_or(0.0) >= 1.0, "{m}");
+    let value = |m: &str, name: &str| cni_metrics_agent::parse::parse(m).samples.iter().find(|s| s.name == name).map(|s| s.value);
+    assert!(value(&m, "cni_metrics_agent_scrapes_total").unwrap_or(0.0) >= 1.0, "{m}");
+    // Every usable scrape is a sample of the node's pool history (the warm-pool advisor's input).
+    let samples = value(&m, "cni_metrics_agent_advisor_history_samples").unwrap_or(0.0);
+    assert!(samples >= 1.0, "{m}");
     // Both pages parse in Prometheus itself, four ipamd generations' series included.
     promtool_check(&m)?;
     promtool_check(&c.metrics().await?)?;
@@ -56,6 +59,8 @@ async fn exact_cluster_sums_across_page_styles_and_an_ipamd_restart() -> Result<
     c.step_all(4, STEP).await?;
     let t = c.truth()?;
     assert!(t.0 > t0.0, "the simulation moved");
+    let later = value(&c.agent_page(1).await?, "cni_metrics_agent_advisor_history_samples").unwrap_or(0.0);
+    assert!(later > samples, "the history grows with scrapes: {samples} then {later}");
     c.wait_page_exact(&all, baseline, EXACT).await?;
 
     // The old ipamd's latency summary has quantiles: the cluster series is their max, not a sum.

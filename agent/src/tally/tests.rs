@@ -19,7 +19,7 @@ fn page(start: f64, add: u64, assigned: u64) -> String {
 }
 
 fn tally() -> Tally {
-    Tally::new(DeltaConfig::default(), 1_000, NOW_MS)
+    Tally::new(DeltaConfig::default(), 1_000, std::time::Duration::from_secs(86_400), NOW_MS)
 }
 
 /// One scrape of a sequence and what it must leave.
