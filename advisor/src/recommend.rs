@@ -122,8 +122,8 @@ pub fn recommend(current: &Evaluated, candidates: &[Evaluated], budget: Budget) 
              ({} mutating, {} describe per second)",
             current.settings,
             current.pod_ip_waits,
-            per_second(max_m),
-            per_second(max_d)
+            PerSecond(max_m),
+            PerSecond(max_d)
         );
         return Recommendation { choice: None, why };
     };
@@ -140,21 +140,17 @@ pub fn recommend(current: &Evaluated, candidates: &[Evaluated], budget: Budget) 
         e.ips_held_peak,
         e.pod_ip_waits,
         current.pod_ip_waits,
-        per_second(m),
-        per_second(d),
-        per_second(cur_m),
-        per_second(cur_d),
-        per_second(max_m),
-        per_second(max_d)
+        PerSecond(m),
+        PerSecond(d),
+        PerSecond(cur_m),
+        PerSecond(cur_d),
+        PerSecond(max_m),
+        PerSecond(max_d)
     );
     Recommendation { choice: Some(i), why }
 }
 
-/// A rate for people: two significant figures.
-fn per_second(x: f64) -> PerSecond {
-    PerSecond(x)
-}
-
+/// A rate for people: two decimals under 1, one under 10, none above.
 struct PerSecond(f64);
 
 impl fmt::Display for PerSecond {

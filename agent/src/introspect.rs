@@ -68,13 +68,13 @@ pub struct Cooldown {
 }
 
 impl Cooldown {
-    /// ipamd's default period (30 s), now.
+    /// This clock's time, with ipamd's `period` (IP_COOLDOWN_PERIOD).
     pub fn now(period: Duration) -> Cooldown {
         Cooldown { now_unix_ms: cni_metrics_proto::clock::unix_ms_now(), period_ms: i64::try_from(period.as_millis()).unwrap_or(i64::MAX) }
     }
 
     /// A free address unassigned within the period (ipamd's `inCoolingPeriod`: `now - UnassignedTime <=
-    /// period`). Go's zero time and unreadable times are not cooling.
+    /// period`). Unreadable times are not cooling; Go's zero time (never unassigned) is far past any period.
     fn cooling(&self, addr: &Value) -> bool {
         if assigned(addr) {
             return false;
@@ -84,7 +84,7 @@ impl Cooldown {
         };
         let age = self.now_unix_ms.saturating_sub(t);
         // A time ahead of this clock (skew) is taken as just now.
-        age <= self.period_ms && t > 0
+        age <= self.period_ms
     }
 }
 

@@ -63,11 +63,17 @@ pub fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-/// `helm template cni-metrics-helper <chart> -n kube-system` with these extra arguments (`-f`, `--set`).
-pub fn helm_template(args: &[&str]) -> Result<String> {
+/// The command `helm template cni-metrics-helper <chart> -n kube-system` with these extra arguments
+/// (`-f`, `--set`).
+pub fn helm_template_command(args: &[&str]) -> Result<Command> {
     let mut cmd = tool("helm")?;
     cmd.args(["template", "cni-metrics-helper"]).arg(chart_dir()).args(["-n", "kube-system"]).args(args);
-    run(&mut cmd)
+    Ok(cmd)
+}
+
+/// What [`helm_template_command`] renders (an error carries helm's message).
+pub fn helm_template(args: &[&str]) -> Result<String> {
+    run(&mut helm_template_command(args)?)
 }
 
 /// The documents of a YAML stream as JSON values (PyYAML in the test venv: no YAML crate in the tests).

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::{ensure, Context, Result};
-use cni_metrics_e2e::kube::{chart_dir, helm_template, objects, profile, run, text, tool, yaml_docs, ApiServer};
+use cni_metrics_e2e::kube::{chart_dir, helm_template, helm_template_command, objects, profile, run, text, tool, yaml_docs, ApiServer};
 use cni_metrics_e2e::{bin_dir, render_overlay, repo_root, scratch_dir};
 use serde_json::Value;
 
@@ -187,9 +187,7 @@ fn bad_values_are_refused_by_name() -> Result<()> {
         (&["--set", "image.account=111122223333"], "image.region is required"),
     ];
     for (args, expected) in cases {
-        let mut cmd = tool("helm")?;
-        cmd.args(["template", "cni-metrics-helper"]).arg(chart_dir()).args(["-n", "kube-system"]).args(*args);
-        let out = cmd.output()?;
+        let out = helm_template_command(args)?.output()?;
         let t = text(&out);
         ensure!(!out.status.success(), "helm template {args:?} was accepted");
         ensure!(t.contains(expected), "helm template {args:?} failed without naming {expected}:\n{t}");
@@ -208,29 +206,44 @@ fn schema_keys(schema: &Value, pointer: &str) -> Result<BTreeSet<String>> {
     Ok(props.keys().cloned().collect())
 }
 
+/// A binary's settings the chart's values may carry: what it reads from its environment, without what the
+/// chart sets itself, with upstream's log level and RUST_LOG (read by the logging set-up of both, not by a
+/// flag) and `extra`.
+fn settable(bin: &str, args: &[&str], chart_sets: &[&str], extra: &[&str]) -> Result<BTreeSet<String>> {
+    let mut names = env_names(bin, args)?;
+    names.retain(|n| !chart_sets.contains(&n.as_str()));
+    names.extend(["AWS_VPC_K8S_CNI_LOGLEVEL", "RUST_LOG"].iter().chain(extra).map(|s| s.to_string()));
+    Ok(names)
+}
+
 #[test]
 fn env_values_are_exactly_the_settings_the_binaries_read() -> Result<()> {
     let schema: Value = serde_json::from_str(&std::fs::read_to_string(chart_dir().join("values.schema.json"))?)?;
-    // Upstream's log level and RUST_LOG are read by the logging set-up of both binaries, not by a flag.
-    let logging = ["AWS_VPC_K8S_CNI_LOGLEVEL", "RUST_LOG"].map(String::from);
-    let owned = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
-
-    let mut want = env_names("cni-metrics-aggregator", &["serve", "--help"])?;
-    // The chart sets these itself (ports, log format, TLS files).
-    want =
-        want.difference(&owned(&["GRPC_LISTEN", "HTTP_LISTEN", "LOG_FORMAT", "TLS_CERT", "TLS_KEY", "TLS_CLIENT_CA"])).cloned().collect();
-    want.extend(logging.clone());
-    want.insert("METRIC_UPDATE_INTERVAL".into()); // upstream's poll interval: the agents'
-    let have = schema_keys(&schema, "/properties/env/properties")?;
-    ensure!(have == want, "env: schema only {:?}, binary only {:?}", have.difference(&want), want.difference(&have));
-
-    let mut want = env_names("cni-metrics-agent", &["--help"])?;
-    let chart_set = ["NODE_NAME", "AGGREGATOR_URL", "AGENT_HTTP_LISTEN", "STATE_DIR", "TOKEN_FILE", "LOG_FORMAT"];
-    want = want.difference(&owned(&chart_set)).cloned().collect();
-    want = want.difference(&owned(&["AGENT_TLS_CERT", "AGENT_TLS_KEY", "AGENT_TLS_CA"])).cloned().collect();
-    want.extend(logging);
-    let have = schema_keys(&schema, "/properties/agent/properties/env/properties")?;
-    ensure!(have == want, "agent.env: schema only {:?}, binary only {:?}", have.difference(&want), want.difference(&have));
+    let aggregator_sets = ["GRPC_LISTEN", "HTTP_LISTEN", "LOG_FORMAT", "TLS_CERT", "TLS_KEY", "TLS_CLIENT_CA"];
+    let agent_sets = [
+        "NODE_NAME",
+        "AGGREGATOR_URL",
+        "AGENT_HTTP_LISTEN",
+        "STATE_DIR",
+        "TOKEN_FILE",
+        "LOG_FORMAT",
+        "AGENT_TLS_CERT",
+        "AGENT_TLS_KEY",
+        "AGENT_TLS_CA",
+    ];
+    let cases = [
+        // Upstream's poll interval goes to the agents.
+        (
+            "env",
+            "/properties/env/properties",
+            settable("cni-metrics-aggregator", &["serve", "--help"], &aggregator_sets, &["METRIC_UPDATE_INTERVAL"])?,
+        ),
+        ("agent.env", "/properties/agent/properties/env/properties", settable("cni-metrics-agent", &["--help"], &agent_sets, &[])?),
+    ];
+    for (what, pointer, want) in cases {
+        let have = schema_keys(&schema, pointer)?;
+        ensure!(have == want, "{what}: schema only {:?}, binary only {:?}", have.difference(&want), want.difference(&have));
+    }
     Ok(())
 }
 
